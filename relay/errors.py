@@ -1,0 +1,23 @@
+"""The relay's exception types: one common base, so callers can catch what they can act on."""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error the relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid; ``problems`` lists every one with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class DatabaseUnavailable(RelayError):
+    """The database cannot be reached or did not answer in time."""
+
+
+class SchemaMissing(RelayError):
+    """The relay's SQL functions are not installed in the database."""

@@ -1,0 +1,51 @@
+-- stability-relay: the least-privilege role the relay connects as. Idempotent.
+-- Apply after stability.sql.
+--
+-- `stability_relay` is a NOLOGIN group role. It may connect, call the three SECURITY DEFINER
+-- functions and LISTEN (LISTEN needs no privilege), and nothing else: it has no privileges on
+-- any table. An operator creates the login role the relay uses, once per cluster:
+--
+--     CREATE ROLE relay LOGIN PASSWORD '...' IN ROLE stability_relay;
+--
+-- and puts that role's name and password in the relay's configuration. Roles belong to the
+-- cluster, so apply this file in every database the relay watches (it grants CONNECT on the
+-- current one).
+--
+-- pg_notification_queue_usage() and pg_listening_channels(), which the relay reads for its
+-- metrics, are executable by PUBLIC in PostgreSQL, so they need no grant here.
+--
+-- The three functions are revoked from PUBLIC: they run as their owner. If other roles of the
+-- data system call them (e.g. its web API), grant them EXECUTE, or make them members of
+-- stability_relay.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'stability_relay') THEN
+        CREATE ROLE stability_relay NOLOGIN;
+    END IF;
+EXCEPTION
+    -- Another database's install created it concurrently (roles are cluster-wide, and the
+    -- installer's advisory lock only serialises installs into the same database).
+    WHEN duplicate_object OR unique_violation THEN NULL;
+END;
+$$;
+
+REVOKE EXECUTE ON FUNCTION
+    public.is_system_stable(),
+    public.get_analytics_tasks_in_progress(),
+    public.get_import_jobs_in_progress()
+FROM PUBLIC;
+
+DO $$
+BEGIN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO stability_relay', current_database());
+END;
+$$;
+
+GRANT USAGE ON SCHEMA public, worker TO stability_relay;
+
+GRANT EXECUTE ON FUNCTION
+    public.is_system_stable(),
+    public.get_analytics_tasks_in_progress(),
+    public.get_import_jobs_in_progress()
+TO stability_relay;
