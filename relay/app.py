@@ -1,0 +1,143 @@
+"""Wiring: builds every component from the config and runs them in a fixed order.
+
+    NOTIFY → Listener → Stability → observers: Hub (SSE), Metrics, (webhooks)
+
+Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener.
+Shutdown, bounded: stop accepting → stop the listener → close SSE streams → HTTP cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+from contextlib import suppress
+from typing import Any
+
+from aiohttp import web
+
+from relay.config import Config
+from relay.http import build_app
+from relay.listener import Listener
+from relay.logs import get_logger
+from relay.metrics import Metrics
+from relay.sse import Hub
+from relay.stability import Stability, State
+
+log = get_logger("relay.app")
+
+
+class Relay:
+    """The whole daemon. ``start()`` then ``aclose()``; both idempotent, not reopenable."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stability = Stability()
+        self.metrics = Metrics()
+        self.hub = Hub(self.stability, config.http, self.metrics)
+        self.metrics.watch(self.stability, lambda: len(self.hub))
+        self.listener = Listener(
+            config.database,
+            self,
+            self.metrics,
+            extra_channels=config.channels,
+            reconcile_interval=config.stability.reconcile_interval,
+            min_read_interval=config.stability.min_read_interval,
+        )
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._state = "new"
+
+    # ListenerEvents: what the database tells us.
+    def on_truth(self, stable: bool) -> None:
+        self.stability.update(State.from_truth(stable))
+
+    def on_disconnected(self) -> None:
+        self.stability.update(State.UNKNOWN)
+
+    def on_notification(self, channel: str, payload: str) -> None:
+        self.hub.publish_event(channel, payload)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``listen: 127.0.0.1:0``)."""
+        assert self._runner is not None
+        address = self._runner.addresses[0]
+        return int(address[1])
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"relay cannot start: it is {self._state}")
+        self._state = "starting"
+        warn_if_fd_limit_low(self.config.http.max_clients)
+        await self.hub.start()
+        self._runner = web.AppRunner(
+            build_app(self),
+            handler_cancellation=True,  # a client that goes away cancels its SSE handler
+            access_log=None,
+            shutdown_timeout=self.config.http.shutdown_timeout,
+        )
+        await self._runner.setup()
+        listen = self.config.http.listen
+        self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=4096)
+        await self._site.start()
+        await self.listener.start()
+        self._state = "running"
+        log.info("serving", listen=f"{listen.host}:{self.port}")
+
+    async def aclose(self) -> None:
+        if self._state in ("closing", "closed"):
+            return
+        self._state = "closing"
+        if self._site is not None:
+            await self._site.stop()
+        await self.listener.aclose(timeout=self.config.http.shutdown_timeout)
+        await self.hub.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._state = "closed"
+        log.info("stopped")
+
+
+def warn_if_fd_limit_low(max_clients: int) -> None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max_clients + 64:
+        log.warning(
+            "open_file_limit_low",
+            limit=soft,
+            max_clients=max_clients,
+            hint="raise LimitNOFILE (systemd) or ulimit -n, or lower http.max_clients",
+        )
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; a second signal forces the exit."""
+    relay = Relay(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            raise SystemExit(1)
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await relay.start()
+        await stop.wait()
+    finally:
+        await relay.aclose()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with suppress(Exception):
+                loop.remove_signal_handler(signum)
+    return 0
+
+
+def run(config: Config) -> int:
+    return asyncio.run(serve(config))
+
+
+__all__: list[Any] = ["Relay", "run", "serve"]

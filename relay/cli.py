@@ -1,0 +1,131 @@
+"""Command line: ``stability-relay run | check | db install | demo``.
+
+Exit codes: 0 success, 1 runtime failure (e.g. cannot bind, database refused the
+install), 2 invalid configuration or usage. Never a traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from relay import __version__
+from relay.config import Config, load_config
+from relay.errors import ConfigError, RelayError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stability-relay",
+        description="Relay a PostgreSQL data system's stability (stable/processing) "
+        "to browsers (SSE), Prometheus and webhooks.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the relay")
+    _config_flags(run)
+    run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080)")
+
+    check = commands.add_parser("check", help="validate a config file and exit")
+    check.add_argument("--config", metavar="FILE", required=True)
+
+    db = commands.add_parser("db", help="database set-up")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    install = db_commands.add_parser("install", help="apply sql/ (idempotent)")
+    install.add_argument("--dsn", help="PostgreSQL connection string (default: $RELAY_DSN)")
+    install.add_argument("--config", metavar="FILE")
+    install.add_argument(
+        "--demo-schema", action="store_true", help="also create the demo stand-in tables"
+    )
+
+    demo = commands.add_parser("demo", help="embedded PostgreSQL + simulated workload + relay")
+    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
+    demo.add_argument("--period", type=float, default=4.0, help="seconds between flips")
+    return parser
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config file")
+    parser.add_argument("--dsn", help="PostgreSQL connection string (default: $RELAY_DSN)")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "dsn", None):
+        overrides["database.dsn"] = args.dsn
+    if getattr(args, "listen", None):
+        overrides["http.listen"] = args.listen
+    return load_config(getattr(args, "config", None), overrides=overrides)
+
+
+def _print_problems(error: ConfigError) -> None:
+    print("invalid configuration:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as error:
+        _print_problems(error)
+        return EXIT_USAGE
+    except RelayError as error:
+        from relay.logs import redactor
+
+        print(f"error: {redactor.mask(str(error))}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check":
+        config = load_config(args.config)
+        print(f"{args.config}: OK ({len(config.webhooks)} webhook(s))")
+        return EXIT_OK
+    if args.command == "run":
+        return _run(_load(args))
+    if args.command == "db":
+        return _db_install(args)
+    if args.command == "demo":
+        from relay.demo import run_demo
+
+        return run_demo(listen=args.listen, period=args.period)
+    raise AssertionError(args.command)
+
+
+def _run(config: Config) -> int:
+    from relay import logs
+    from relay.app import run
+
+    logs.configure(config.logging, config.secrets())
+    if not config.database.dsn:
+        raise ConfigError(["database.dsn: required (set it in the file, or --dsn, or $RELAY_DSN)"])
+    try:
+        return run(config)
+    except OSError as error:
+        listen = config.http.listen
+        print(f"error: cannot listen on {listen}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _db_install(args: argparse.Namespace) -> int:
+    from relay.dbinstall import install
+
+    config = _load(args)
+    if not config.database.dsn:
+        raise ConfigError(["database.dsn: required (--dsn, the config file, or $RELAY_DSN)"])
+    from relay import logs
+
+    logs.redactor.update(config.secrets())
+    applied = asyncio.run(install(config.database.dsn, demo_schema=args.demo_schema))
+    for name in applied:
+        print(f"applied {name}")
+    return EXIT_OK

@@ -1,0 +1,388 @@
+"""Configuration: one YAML file, declared here, loaded and validated in one step.
+
+Every problem is reported with its key path (``http.heartbeat: expected a duration
+like "15s", got "fast"``); the result is a frozen object passed down to every
+component. No other module reads files or environment variables on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from relay.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|KB|MB)?\s*$")
+_UNIT_BYTES = {None: 1, "B": 1, "KiB": 1024, "KB": 1000, "MiB": 1024**2, "MB": 1000**2}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: Any) -> float:
+    """``"15s"``, ``"2m"``, ``"500ms"`` or a number of seconds, to seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f'expected a duration like "15s", got {value!r}')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        shown = f'"{value}"' if isinstance(value, str) else repr(value)
+        raise ValueError(f'expected a duration like "15s", got {shown}')
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """``"64KiB"``, ``"1MiB"`` or a number of bytes, to bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    raise ValueError(f'expected a size like "64KiB", got {value!r}')
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+StateName = Literal["stable", "processing", "unknown"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ListenAddress(_Section):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+
+def parse_listen(value: Any) -> Any:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) to a :class:`ListenAddress`."""
+    if isinstance(value, ListenAddress | dict):
+        return value
+    text = str(value)
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError(f'expected HOST:PORT like "127.0.0.1:8080", got "{text}"')
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    return {"host": host, "port": port}
+
+
+Listen = Annotated[ListenAddress, BeforeValidator(parse_listen)]
+
+
+class DatabaseConfig(_Section):
+    dsn: str = ""
+    channel: str = Field(default="system_stability", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    application_name: str = "stability-relay"
+    connect_timeout: Duration = 5.0
+    heartbeat_interval: Duration = 5.0
+    heartbeat_timeout: Duration = 5.0
+    reconnect_initial: Duration = 0.5
+    reconnect_max: Duration = 30.0
+    reconnect_reset_after: Duration = 60.0
+    keepalives_idle: Duration = 10.0
+    keepalives_interval: Duration = 5.0
+    keepalives_count: int = Field(default=3, ge=1)
+    tcp_user_timeout: Duration = 15.0
+
+    @field_validator("heartbeat_interval", "heartbeat_timeout", "connect_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0s")
+        return value
+
+
+class StabilityConfig(_Section):
+    # Notifications are hints; this re-read of the truth catches anything missed.
+    reconcile_interval: Duration = 5.0
+    # Reads answering hints are at least this far apart; hints in between coalesce.
+    min_read_interval: Duration = 0.05
+
+    @field_validator("reconcile_interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0s")
+        return value
+
+
+class HttpConfig(_Section):
+    listen: Listen = ListenAddress(host="127.0.0.1", port=8080)
+    heartbeat: Duration = 15.0
+    retry: Duration = 3.0
+    max_clients: int = Field(default=20_000, ge=1)
+    client_buffer: Size = 64 * 1024
+    shutdown_timeout: Duration = 5.0
+    public_url: str | None = None
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0s")
+        return value
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class WebhookConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str
+    format: Literal["json", "slack"] = "json"
+    secret: str | None = None
+    on: tuple[StateName, ...] = ("stable", "processing")
+    min_duration: Duration = 0.0
+    timeout: Duration = 10.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    retry_schedule: tuple[Duration, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f'expected an http:// or https:// URL, got "{value}"')
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("whsec_"):
+            raise ValueError('expected a Standard Webhooks secret "whsec_<base64>"')
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError('the part after "whsec_" is not valid base64') from None
+        if len(key) < 16:
+            raise ValueError("the secret is too short: use at least 16 random bytes")
+        return value
+
+    @field_validator("on")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one state: stable, processing or unknown")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0s")
+        return value
+
+    @property
+    def signing_key(self) -> bytes | None:
+        if self.secret is None:
+            return None
+        return base64.b64decode(self.secret.removeprefix("whsec_"))
+
+
+class Config(_Section):
+    database: DatabaseConfig = DatabaseConfig()
+    stability: StabilityConfig = StabilityConfig()
+    http: HttpConfig = HttpConfig()
+    logging: LoggingConfig = LoggingConfig()
+    # Further NOTIFY channels relayed to SSE clients as named events.
+    channels: tuple[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")], ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    state_directory: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_webhook_names(self) -> Config:
+        seen: set[str] = set()
+        for hook in self.webhooks:
+            if hook.name in seen:
+                raise ValueError(f'webhook name "{hook.name}" is used twice')
+            seen.add(hook.name)
+        return self
+
+    def secrets(self) -> list[str]:
+        """Every configured value that must never reach a log line."""
+        found = [_dsn_password(self.database.dsn)]
+        for hook in self.webhooks:
+            found.append(hook.secret)
+            found.extend(hook.headers.values())
+            found.append(_url_password(hook.url))
+        return [s for s in found if s and len(s) >= 3]
+
+
+def _dsn_password(dsn: str) -> str | None:
+    if not dsn:
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        value = conninfo_to_dict(dsn).get("password")
+    except Exception:  # an unparsable DSN fails later, with a clean message
+        return _url_password(dsn)
+    return str(value) if value else None
+
+
+def _url_password(url: str) -> str | None:
+    match = re.match(r"^[a-z][a-z0-9+.-]*://[^:/@]*:([^@/]*)@", url)
+    return match.group(1) if match else None
+
+
+def interpolate_env(tree: Any, environ: Mapping[str, str], path: str = "") -> tuple[Any, list[str]]:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree."""
+    problems: list[str] = []
+    if isinstance(tree, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(substitute, tree), problems
+    if isinstance(tree, dict):
+        result: dict[Any, Any] = {}
+        for key, value in tree.items():
+            result[key], sub = interpolate_env(value, environ, _join(path, key))
+            problems.extend(sub)
+        return result, problems
+    if isinstance(tree, list):
+        items = []
+        for index, value in enumerate(tree):
+            item, sub = interpolate_env(value, environ, _join(path, index))
+            items.append(item)
+            problems.extend(sub)
+        return items, problems
+    return tree, problems
+
+
+def _join(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """One ``key.path: message`` line per problem."""
+    lines = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path = _join(path, part)
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind == "value_error":
+            message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
+        else:
+            message = f"{item['msg'][0].lower()}{item['msg'][1:]}, got {item['input']!r}"
+        lines.append(f"{path or '<root>'}: {message}")
+    return lines
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read, interpolate and validate; raise :class:`ConfigError` listing every problem.
+
+    ``overrides`` are dotted keys (``{"http.listen": "0.0.0.0:80"}``) from the command line.
+    """
+    environ = os.environ if environ is None else environ
+    tree: Any = {}
+    if path is not None:
+        tree = _read_yaml(Path(path))
+    if not isinstance(tree, dict):
+        raise ConfigError([f"<root>: expected a mapping of sections, got {type(tree).__name__}"])
+    tree, problems = interpolate_env(tree, environ)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    database = tree.get("database")
+    if isinstance(database, dict) and not database.get("dsn") and environ.get("RELAY_DSN"):
+        database["dsn"] = environ["RELAY_DSN"]
+    elif database is None and environ.get("RELAY_DSN"):
+        tree["database"] = {"dsn": environ["RELAY_DSN"]}
+    try:
+        config = Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError([*problems, *format_validation_error(error)]) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so a key like ``on:`` stays "on"."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read the file ({error.strerror})"]) from None
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: {problem}{where}"]) from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value

@@ -1,0 +1,275 @@
+"""The listener: one dedicated PostgreSQL connection, LISTENing, kept alive, re-read often.
+
+Data path: NOTIFY → this module → :class:`ListenerEvents` (the stability state and the
+channel relay). Notifications are hints: after one arrives on the stability channel the
+listener reads ``is_system_stable()`` on the same connection, so the answer includes every
+commit whose notification has been received. Hints that arrive during that read are
+buffered by psycopg and coalesce into the next read; reads are at least
+``min_read_interval`` apart (the first hint after a quiet spell is answered at once), so a
+burst of a thousand commits costs a handful of queries: one in flight, at most one queued.
+
+Liveness: TCP keepalives and ``tcp_user_timeout`` on the socket, plus a same-session
+heartbeat (the probe below, with a deadline) every ``heartbeat_interval``. Any failure
+closes the connection, reports ``unknown`` and reconnects with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+from relay.backoff import Backoff
+from relay.config import DatabaseConfig
+from relay.errors import DatabaseUnavailable, SchemaMissing
+from relay.logs import describe_dsn, get_logger
+from relay.metrics import Metrics
+
+log = get_logger("relay.listener")
+T = TypeVar("T")
+
+# One round trip is the heartbeat, the reconcile and the queue-usage sample.
+PROBE = (
+    "SELECT public.is_system_stable(), "
+    "array(SELECT pg_listening_channels()), "
+    "pg_notification_queue_usage()"
+)
+
+
+class ListenerEvents(Protocol):
+    """What the listener tells the rest of the relay."""
+
+    def on_truth(self, stable: bool) -> None: ...
+
+    def on_disconnected(self) -> None: ...
+
+    def on_notification(self, channel: str, payload: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    stable: bool
+    channels: frozenset[str]
+    queue_usage: float
+
+
+class Listener:
+    """Owns the LISTEN connection and its reconnect loop. ``start()`` once, ``aclose()`` once."""
+
+    def __init__(
+        self,
+        settings: DatabaseConfig,
+        events: ListenerEvents,
+        metrics: Metrics,
+        *,
+        extra_channels: Sequence[str] = (),
+        reconcile_interval: float = 5.0,
+        min_read_interval: float = 0.05,
+    ) -> None:
+        self._settings = settings
+        self._events = events
+        self._metrics = metrics
+        self._stability_channel = settings.channel
+        self._channels = tuple(dict.fromkeys([settings.channel, *extra_channels]))
+        self._tick = min(settings.heartbeat_interval, reconcile_interval)
+        self._min_read_interval = min(min_read_interval, self._tick)
+        self._backoff = Backoff(
+            settings.reconnect_initial, settings.reconnect_max, settings.reconnect_reset_after
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._conn: AsyncConnection[Any] | None = None
+        self._closed = False
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("a closed listener cannot be started again")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="relay-listener")
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._conn is not None:
+            _sever(self._conn)
+        if self._task is not None:
+            self._task.cancel()
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                log.warning("listener_stop_timeout", timeout_s=timeout)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # The reconnect loop: exactly one per listener, owned by self._task.
+    async def _run(self) -> None:
+        first = True
+        while not self._closed:
+            if not first:
+                self._metrics.reconnects.inc()
+            first = False
+            try:
+                conn = await self._connect()
+            except DatabaseUnavailable as error:
+                await self._wait_before_retry(str(error))
+                continue
+            self._conn = conn
+            try:
+                await self._session(conn)
+            except (psycopg.Error, DatabaseUnavailable, SchemaMissing, OSError) as error:
+                reason = _describe(error)
+            else:
+                reason = "closed"
+            finally:
+                self._conn = None
+                self.connected.clear()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            if self._closed:
+                return
+            await self._wait_before_retry(reason)
+
+    async def _wait_before_retry(self, reason: str) -> None:
+        self._events.on_disconnected()
+        delay = self._backoff.delay()
+        log.warning(
+            "database_disconnected",
+            reason=reason,
+            attempt=self._backoff.attempt,
+            retry_in_s=round(delay, 2),
+        )
+        await asyncio.sleep(delay)
+
+    async def _connect(self) -> AsyncConnection[Any]:
+        s = self._settings
+        target = describe_dsn(s.dsn)
+        options: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": s.application_name,
+            "connect_timeout": max(2, round(s.connect_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(s.keepalives_idle)),
+            "keepalives_interval": max(1, round(s.keepalives_interval)),
+            "keepalives_count": s.keepalives_count,
+            "tcp_user_timeout": round(s.tcp_user_timeout * 1000),
+            "prepare_threshold": None,
+        }
+        try:
+            conn = await asyncio.wait_for(
+                AsyncConnection.connect(s.dsn, **options), timeout=s.connect_timeout + 1
+            )
+        except (psycopg.Error, OSError, TimeoutError) as error:
+            raise DatabaseUnavailable(f"cannot connect to {target}: {_describe(error)}") from None
+        log.info("database_connected", target=target, backend_pid=conn.info.backend_pid)
+        return conn
+
+    async def _session(self, conn: AsyncConnection[Any]) -> None:
+        # LISTEN first, then read the state: a commit between the two is caught by
+        # the read, a commit after it by a notification. Never the reverse.
+        await self._listen(conn, self._channels)
+        await self._refresh(conn)
+        self.connected.set()
+        self._backoff.healthy()
+        last_read = time.monotonic()
+        hinted = False
+        while not self._closed:
+            now = time.monotonic()
+            # A hint is answered at once, unless the last read was moments ago: then the
+            # read waits out `min_read_interval` while further hints coalesce into it.
+            read_due = last_read + (self._min_read_interval if hinted else self._tick)
+            if now >= read_due:
+                await self._refresh(conn)
+                last_read, hinted = time.monotonic(), False
+                continue
+            async with contextlib.aclosing(
+                conn.notifies(timeout=read_due - now, stop_after=1)
+            ) as batch:
+                async for note in batch:
+                    hinted |= self._dispatch(note.channel, note.payload)
+
+    def _dispatch(self, channel: str, payload: str) -> bool:
+        """Route one notification; return whether it hints at a stability change."""
+        self._metrics.notifications.labels(channel).inc()
+        if channel == self._stability_channel:
+            return True
+        self._events.on_notification(channel, payload)
+        return False
+
+    async def _listen(self, conn: AsyncConnection[Any], channels: Sequence[str]) -> None:
+        for channel in channels:
+            await self._deadline(
+                conn, conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            )
+
+    async def _refresh(self, conn: AsyncConnection[Any]) -> None:
+        """Read the truth (also the heartbeat); re-LISTEN if a channel went missing."""
+        probe = await self._probe(conn)
+        missing = [c for c in self._channels if c not in probe.channels]
+        if missing:
+            log.warning("channels_missing_relistening", channels=missing)
+            await self._listen(conn, missing)
+            probe = await self._probe(conn)
+        self._metrics.notify_queue_usage.set(probe.queue_usage)
+        self._events.on_truth(probe.stable)
+
+    async def _probe(self, conn: AsyncConnection[Any]) -> Probe:
+        self._metrics.truth_queries.inc()
+        try:
+            cursor = await self._deadline(conn, conn.execute(PROBE))
+        except psycopg.errors.UndefinedFunction:
+            raise SchemaMissing(
+                "public.is_system_stable() is missing: run `stability-relay db install`"
+            ) from None
+        row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            raise SchemaMissing("public.is_system_stable() returned no answer")
+        return Probe(bool(row[0]), frozenset(row[1]), float(row[2]))
+
+    async def _deadline(self, conn: AsyncConnection[Any], operation: Awaitable[T]) -> T:
+        """Await a query, or sever the connection when it takes longer than the heartbeat timeout.
+
+        Hand-rolled instead of ``asyncio.wait_for``: cancelling a psycopg query first sends
+        a cancel request and waits for it (up to 10 s), which is exactly what hangs on a
+        half-open connection. Shutting the socket down fails the query at once.
+        """
+        task = asyncio.ensure_future(operation)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._settings.heartbeat_timeout)
+        finally:
+            if not task.done():
+                _sever(conn)
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if not done:
+            raise DatabaseUnavailable(
+                f"no answer within {self._settings.heartbeat_timeout:g}s (heartbeat timeout)"
+            )
+        return task.result()
+
+
+def _sever(conn: AsyncConnection[Any]) -> None:
+    """Shut the connection's socket down so any pending operation fails immediately."""
+    with contextlib.suppress(Exception):
+        fd = conn.pgconn.socket
+        dup = socket.socket(fileno=os.dup(fd))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "connection attempt timed out"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text

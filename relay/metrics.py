@@ -1,0 +1,121 @@
+"""Prometheus metrics, on a private registry served by ``prometheus_client``'s aiohttp handler.
+
+Gauges that mirror live state (stability, clients, connection) are computed at scrape
+time from the components themselves; counters are incremented where things happen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from relay.stability import Snapshot, Stability
+
+
+class Metrics:
+    """Every metric the relay exports. One instance per relay, with its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.system_stable = Gauge(
+            "relay_system_stable",
+            "1 while the system is stable, 0 while processing, NaN while unknown "
+            "(no database connection: see relay_database_connected).",
+            registry=r,
+        )
+        self.database_connected = Gauge(
+            "relay_database_connected",
+            "1 while the listener's PostgreSQL connection is up and the state is known.",
+            registry=r,
+        )
+        self.sse_clients = Gauge(
+            "relay_sse_clients", "Connected Server-Sent Events clients.", registry=r
+        )
+        self.notifications = Counter(
+            "relay_notifications",
+            "NOTIFY messages received, by channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.notifications_dropped = Counter(
+            "relay_notifications_dropped",
+            "NOTIFY messages dropped (bad payload), by channel and reason.",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "relay_reconnects",
+            "Listener (re)connection attempts after the first.",
+            registry=r,
+        )
+        self.truth_queries = Counter(
+            "relay_stability_queries",
+            "Reads of is_system_stable() (after hints, on connect, and on reconcile).",
+            registry=r,
+        )
+        self.transitions = Counter(
+            "relay_state_transitions",
+            "Stability transitions, by the state entered.",
+            ["state"],
+            registry=r,
+        )
+        self.state_since = Gauge(
+            "relay_state_since_timestamp_seconds",
+            "Unix time at which the current stability state began.",
+            registry=r,
+        )
+        self.notify_queue_usage = Gauge(
+            "relay_notify_queue_usage_ratio",
+            "pg_notification_queue_usage() at the last heartbeat (0..1).",
+            registry=r,
+        )
+        self.sse_dropped = Counter(
+            "relay_sse_clients_dropped",
+            "SSE clients disconnected because they fell behind (unsent buffer full).",
+            registry=r,
+        )
+        self.sse_refused = Counter(
+            "relay_sse_clients_refused",
+            "SSE connections refused because the client limit was reached.",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "relay_webhook_deliveries",
+            "Webhook delivery attempts, by target and outcome.",
+            ["webhook", "outcome"],
+            registry=r,
+        )
+        self.webhook_duration = Histogram(
+            "relay_webhook_delivery_duration_seconds",
+            "Time from sending a webhook request to its answer.",
+            ["webhook"],
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "relay_webhook_pending",
+            "Transitions waiting to be delivered, by target.",
+            ["webhook"],
+            registry=r,
+        )
+
+    def watch(self, stability: Stability, clients: Callable[[], int]) -> None:
+        """Compute the live gauges at scrape time from their sources."""
+        self.system_stable.set_function(lambda: _stable_value(stability.current))
+        self.database_connected.set_function(
+            lambda: 0.0 if stability.current.stable is None else 1.0
+        )
+        self.state_since.set_function(lambda: stability.current.since)
+        self.sse_clients.set_function(lambda: float(clients()))
+        stability.subscribe(self._count_transition)
+
+    def _count_transition(self, snapshot: Snapshot) -> None:
+        self.transitions.labels(snapshot.state.value).inc()
+
+
+def _stable_value(snapshot: Snapshot) -> float:
+    if snapshot.stable is None:
+        return math.nan
+    return 1.0 if snapshot.stable else 0.0

@@ -1,0 +1,166 @@
+"""Test helpers: a real relay on a loopback port, a real SSE client, database shortcuts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from relay.app import Relay
+from relay.config import Config, load_config
+
+
+@dataclass
+class Event:
+    id: str | None = None
+    event: str | None = None
+    data: str = ""
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SseClient:
+    """A real SSE client over aiohttp: parses the stream the way a browser does."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.comments: list[str] = []
+        self.retry: int | None = None
+
+    async def next_event(self, timeout: float = 5.0) -> Event:
+        """The next event with data (comments and retry lines are recorded, not returned)."""
+        return await asyncio.wait_for(self._read_event(), timeout)
+
+    async def _read_event(self) -> Event:
+        current = Event()
+        while True:
+            raw = await self.response.content.readline()
+            if not raw:
+                raise EOFError("stream ended")
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if current.data or current.event:
+                    current.data = current.data.removesuffix("\n")
+                    return current
+                current = Event()
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "":
+                self.comments.append(value)
+            elif name == "data":
+                current.data += value + "\n"
+            elif name == "id":
+                current.id = value
+            elif name == "event":
+                current.event = value
+            elif name == "retry":
+                self.retry = int(value)
+
+    async def wait_for_state(self, state: str, timeout: float = 10.0) -> Event:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"state {state!r} not seen within {timeout}s")
+            event = await self.next_event(remaining)
+            if event.event is None and event.json["state"] == state:
+                return event
+
+
+@asynccontextmanager
+async def sse_connect(
+    url: str, headers: dict[str, str] | None = None, session: aiohttp.ClientSession | None = None
+) -> AsyncIterator[SseClient]:
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        async with session.get(url, headers=headers or {}) as response:
+            assert response.status == 200, response.status
+            yield SseClient(response)
+    finally:
+        if own:
+            await session.close()
+
+
+def relay_config(dsn: str, **sections: Any) -> Config:
+    """A config for tests: loopback port 0, fast heartbeats, quick reconnects."""
+    tree: dict[str, Any] = {
+        "database": {
+            "dsn": dsn,
+            "heartbeat_interval": "1s",
+            "heartbeat_timeout": "2s",
+            "reconnect_initial": "0.1s",
+            "reconnect_max": "0.5s",
+            "connect_timeout": "2s",
+        },
+        "http": {"listen": "127.0.0.1:0", "heartbeat": "15s"},
+        "stability": {"reconcile_interval": "5s"},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            tree.setdefault(section, {}).update(values)
+        else:
+            tree[section] = values
+    return _config_from_tree(tree)
+
+
+def _config_from_tree(tree: dict[str, Any]) -> Config:
+    return Config.model_validate(tree) if tree else load_config(None)
+
+
+@asynccontextmanager
+async def running_relay(config: Config) -> AsyncIterator[Relay]:
+    relay = Relay(config)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.aclose()
+
+
+def base_url(relay: Relay) -> str:
+    return f"http://127.0.0.1:{relay.port}"
+
+
+async def execute(dsn: str, *statements: str) -> None:
+    """Run statements in one committed transaction."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        for statement in statements:
+            await conn.execute(statement)
+
+
+async def truth(dsn: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute("SELECT public.is_system_stable()")
+        row = await cursor.fetchone()
+        assert row is not None
+        return bool(row[0])
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)

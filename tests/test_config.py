@@ -1,0 +1,128 @@
+"""Configuration: defaults, durations, environment interpolation, and every error's message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import load_config, parse_duration
+from relay.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None, environ={})
+    assert str(config.http.listen) == "127.0.0.1:8080"
+    assert config.http.heartbeat == 15.0
+    assert config.http.max_clients == 20_000
+    assert config.database.channel == "system_stability"
+    assert config.stability.reconcile_interval == 5.0
+
+
+def test_example_config_is_valid_and_documents_every_default() -> None:
+    config = load_config(
+        REPO / "config.example.yaml",
+        environ={"RELAY_DSN": "postgresql://relay@db/statbus", "SLACK_WEBHOOK_URL": "https://x/y"},
+    )
+    assert config.database.dsn == "postgresql://relay@db/statbus"
+    text = (REPO / "config.example.yaml").read_text()
+    for key in ("heartbeat_interval", "reconcile_interval", "client_buffer", "max_clients"):
+        assert key in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("15s", 15.0),
+        ("2m", 120.0),
+        ("500ms", 0.5),
+        ("1h", 3600.0),
+        (3, 3.0),
+        ("1.5s", 1.5),
+    ],
+)
+def test_durations(text: object, expected: float) -> None:
+    assert parse_duration(text) == expected
+
+
+BAD_CONFIGS = [
+    ("http:\n  heartbeat: fast\n", 'http.heartbeat: expected a duration like "15s", got "fast"'),
+    ("http:\n  heartbeet: 15s\n", "http.heartbeet: unknown key"),
+    ("surprise: 1\n", "surprise: unknown key"),
+    ("http:\n  listen: localhost\n", 'http.listen: expected HOST:PORT like "127.0.0.1:8080"'),
+    ("http:\n  max_clients: -1\n", "http.max_clients: input should be greater than or equal to 1"),
+    ("http:\n  max_clients: lots\n", "http.max_clients: input should be a valid integer"),
+    ("database:\n  heartbeat_timeout: 0s\n", "database.heartbeat_timeout: must be greater than 0s"),
+    ("database:\n  channel: 'Bad Channel'\n", "database.channel: string should match pattern"),
+    ("logging:\n  level: loud\n", "logging.level: input should be 'debug', 'info', 'warning'"),
+    ("http:\n  client_buffer: big\n", 'http.client_buffer: expected a size like "64KiB"'),
+    ("- a\n- b\n", "<root>: expected a mapping of sections, got list"),
+    ("http: [\n", "relay.yaml: expected the node content, but found '<stream end>' at line 2"),
+    ("database:\n  dsn: ${NOT_SET_ANYWHERE}\n", "database.dsn: environment variable"),
+    (
+        "webhooks:\n  - name: a\n    url: ftp://x\n",
+        'webhooks[0].url: expected an http:// or https:// URL, got "ftp://x"',
+    ),
+    (
+        "webhooks:\n  - name: a\n    url: https://x\n    secret: plain\n",
+        'webhooks[0].secret: expected a Standard Webhooks secret "whsec_<base64>"',
+    ),
+    (
+        "webhooks:\n  - name: a\n    url: https://x\n    on: [sometimes]\n",
+        "webhooks[0].on[0]: input should be 'stable', 'processing' or 'unknown'",
+    ),
+    (
+        "webhooks:\n  - {name: a, url: 'https://x'}\n  - {name: a, url: 'https://y'}\n",
+        'webhook name "a" is used twice',
+    ),
+    ("webhooks:\n  - url: https://x\n", "webhooks[0].name: required key is missing"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
+def test_bad_config_is_reported_with_its_key_path(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ={})
+    assert any(message in problem for problem in caught.value.problems), caught.value.problems
+
+
+def test_every_problem_is_listed_not_just_the_first(tmp_path: Path) -> None:
+    text = "http:\n  heartbeat: fast\n  retry: soon\ndatabase:\n  nope: 1\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ={})
+    assert len(caught.value.problems) == 3
+
+
+def test_environment_interpolation_with_default(tmp_path: Path) -> None:
+    text = (
+        "database:\n  dsn: postgresql://relay:${PW}@db/x\nhttp:\n  listen: ${ADDR:-0.0.0.0:9000}\n"
+    )
+    config = load_config(write(tmp_path, text), environ={"PW": "s3cret"})
+    assert config.database.dsn == "postgresql://relay:s3cret@db/x"
+    assert str(config.http.listen) == "0.0.0.0:9000"
+    assert "s3cret" in config.secrets()
+
+
+def test_relay_dsn_environment_variable_is_the_fallback() -> None:
+    config = load_config(None, environ={"RELAY_DSN": "postgresql://a@b/c"})
+    assert config.database.dsn == "postgresql://a@b/c"
+
+
+def test_yaml_on_and_yes_are_strings_not_booleans(tmp_path: Path) -> None:
+    text = "webhooks:\n  - name: a\n    url: https://x\n    on: [processing]\n"
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.webhooks[0].on == ("processing",)
+
+
+def test_unreadable_file_is_a_clean_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "missing.yaml", environ={})
+    assert "cannot read the file" in caught.value.problems[0]

@@ -1,0 +1,170 @@
+"""Exactness: once commits settle, the relay's state equals ``is_system_stable()``.
+
+The reconcile and heartbeat are pushed far out in these tests, so what is tested is the
+hint path alone: notifications received, the truth re-read after each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import psycopg
+
+from relay.app import Relay
+from relay.stability import State
+from tests.support import eventually, execute, relay_config, running_relay, truth
+
+HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
+NO_RECONCILE = {"reconcile_interval": "60s"}
+
+
+def hints_only_config(dsn: str):  # type: ignore[no-untyped-def]
+    return relay_config(dsn, database=HINTS_ONLY, stability=NO_RECONCILE)
+
+
+async def settled_equals_truth(relay: Relay, dsn: str, timeout: float = 5.0) -> None:
+    expected = State.from_truth(await truth(dsn))
+    await eventually(lambda: relay.stability.current.state is expected, timeout=timeout)
+
+
+async def test_concurrent_finish_and_start_ends_processing(db_dsn: str) -> None:
+    """T1 finishes the last active job while T2 starts one; T2 commits first.
+
+    The seed's triggers compute the state inside each transaction: T2 (committing first)
+    says processing, T1 (last) says stable, and the seed reports stable for good.
+    The truth is processing.
+    """
+    await execute(
+        db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('old', 'analysing_data')"
+    )
+    async with running_relay(hints_only_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        t1 = await psycopg.AsyncConnection.connect(db_dsn)
+        t2 = await psycopg.AsyncConnection.connect(db_dsn)
+        try:
+            await t1.execute("UPDATE public.import_job SET state = 'finished' WHERE slug = 'old'")
+            await t2.execute(
+                "INSERT INTO public.import_job (slug, state) VALUES ('new', 'preparing_data')"
+            )
+            await t2.commit()
+            await t1.commit()
+        finally:
+            await t1.close()
+            await t2.close()
+        assert await truth(db_dsn) is False
+        await asyncio.sleep(0.5)  # let every notification arrive and be handled
+        assert relay.stability.current.state is State.PROCESSING
+
+
+async def test_concurrent_finishes_of_the_last_two_jobs_end_stable(db_dsn: str) -> None:
+    """Each transaction alone still sees the other's job active; together they end it all."""
+    await execute(
+        db_dsn,
+        "INSERT INTO public.import_job (slug, state) VALUES ('a', 'analysing_data'), "
+        "('b', 'processing_data')",
+    )
+    async with running_relay(hints_only_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        t1 = await psycopg.AsyncConnection.connect(db_dsn)
+        t2 = await psycopg.AsyncConnection.connect(db_dsn)
+        try:
+            await t1.execute("UPDATE public.import_job SET state = 'finished' WHERE slug = 'a'")
+            await t2.execute("UPDATE public.import_job SET state = 'failed' WHERE slug = 'b'")
+            await t1.commit()
+            await t2.commit()
+        finally:
+            await t1.close()
+            await t2.close()
+        await settled_equals_truth(relay, db_dsn)
+        assert relay.stability.current.state is State.STABLE
+
+
+OPERATIONS = [
+    "INSERT INTO public.import_job (slug, state) VALUES ('{slug}', 'processing_data')",
+    "UPDATE public.import_job SET state = 'finished' WHERE id = "
+    "(SELECT id FROM public.import_job WHERE state <> 'finished' ORDER BY random() LIMIT 1)",
+    "INSERT INTO worker.tasks (command, state) VALUES ('derive_statistical_unit', 'pending')",
+    "UPDATE worker.tasks SET state = 'completed' WHERE id = "
+    "(SELECT id FROM worker.tasks WHERE state <> 'completed' ORDER BY random() LIMIT 1)",
+    "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')",
+]
+
+
+async def _random_transaction(dsn: str, rng: random.Random, gate: asyncio.Event) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        try:
+            for _ in range(rng.randint(1, 3)):
+                statement = rng.choice(OPERATIONS).format(slug=f"s{rng.getrandbits(40)}")
+                await conn.execute(statement)
+        except psycopg.errors.DeadlockDetected:
+            await conn.rollback()  # PostgreSQL chose this one; the others go on
+            return
+        await gate.wait()  # transactions run their statements before the first commits
+        await asyncio.sleep(rng.random() * 0.02)
+        if rng.random() < 0.1:
+            await conn.rollback()
+        else:
+            await conn.commit()
+
+
+async def test_random_concurrent_transactions_settle_to_the_truth(db_dsn: str) -> None:
+    rng = random.Random(20261130)
+    async with running_relay(hints_only_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.stable is not None)
+        for _round in range(25):
+            gate = asyncio.Event()
+            workers = [
+                asyncio.create_task(_random_transaction(db_dsn, rng, gate))
+                for _ in range(rng.randint(2, 8))
+            ]
+            await asyncio.sleep(0.05)
+            gate.set()
+            await asyncio.gather(*workers)
+            await settled_equals_truth(relay, db_dsn)
+            # Finish everything now and then, so both states are visited often.
+            if rng.random() < 0.4:
+                await execute(
+                    db_dsn,
+                    "UPDATE public.import_job SET state = 'finished'",
+                    "UPDATE worker.tasks SET state = 'completed'",
+                )
+                await settled_equals_truth(relay, db_dsn)
+                assert relay.stability.current.state is State.STABLE
+
+
+async def test_thousand_commit_burst_ends_right_with_few_queries(db_dsn: str) -> None:
+    async with running_relay(hints_only_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        before = relay.metrics.truth_queries._value.get()
+        notifications_before = relay.metrics.notifications.labels("system_stability")._value.get()
+        # 1,000 commits, each changing an import job's activeness, pipelined.
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+            async with conn.pipeline() as pipeline:
+                # A sync point after each statement: each is its own committed transaction.
+                for i in range(500):
+                    await conn.execute(
+                        "INSERT INTO public.import_job (slug, state) VALUES (%s, 'approved')",
+                        (f"burst-{i}",),
+                    )
+                    await pipeline.sync()
+                    await conn.execute(
+                        "UPDATE public.import_job SET state = 'finished' WHERE slug = %s",
+                        (f"burst-{i}",),
+                    )
+                    await pipeline.sync()
+            await conn.execute(
+                "INSERT INTO public.import_job (slug, state) VALUES ('last', 'processing_data')"
+            )
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        await eventually(
+            lambda: (
+                relay.metrics.notifications.labels("system_stability")._value.get()
+                - notifications_before
+                >= 1001
+            )
+        )
+        await asyncio.sleep(0.3)
+        queries = relay.metrics.truth_queries._value.get() - before
+        assert relay.stability.current.state is State.PROCESSING
+        assert 1 <= queries <= 100, f"{queries} queries for 1,001 hints"

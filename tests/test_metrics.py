@@ -1,0 +1,84 @@
+"""/metrics, /healthz, /readyz and the JSON snapshot, scraped over real HTTP."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import base_url, eventually, execute, relay_config, running_relay, sse_connect
+
+EXPORTED = [
+    "relay_system_stable",
+    "relay_database_connected",
+    "relay_sse_clients",
+    "relay_notifications",
+    "relay_reconnects",
+    "relay_state_transitions",
+    "relay_state_since_timestamp_seconds",
+    "relay_notify_queue_usage_ratio",
+]
+
+
+async def scrape(
+    http: aiohttp.ClientSession, url: str
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    async with http.get(url + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    for sample_labels, sample_value in samples[name]:
+        if all(sample_labels.get(k) == v for k, v in labels.items()):
+            return sample_value
+    raise KeyError((name, labels))
+
+
+async def test_every_metric_is_exported_and_follows_the_state(db_dsn: str) -> None:
+    async with running_relay(relay_config(db_dsn)) as relay, aiohttp.ClientSession() as http:
+        url = base_url(relay)
+        await eventually(lambda: relay.stability.current.stable is True)
+        async with sse_connect(url + "/api/system-status/live", session=http) as client:
+            await client.next_event()
+            await execute(
+                db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('m', 'approved')"
+            )
+            await client.wait_for_state("processing")
+            samples = await scrape(http, url)
+        names = {name.removesuffix("_total") for name in samples}
+        for metric in EXPORTED:
+            assert metric in names, f"{metric} missing from /metrics"
+        assert value(samples, "relay_system_stable") == 0.0
+        assert value(samples, "relay_database_connected") == 1.0
+        assert value(samples, "relay_sse_clients") == 1.0
+        assert value(samples, "relay_notifications_total", channel="system_stability") >= 1
+        assert value(samples, "relay_state_transitions_total", state="processing") == 1
+        assert value(samples, "relay_state_transitions_total", state="stable") == 1
+        since = value(samples, "relay_state_since_timestamp_seconds")
+        assert abs(since - relay.stability.current.since) < 0.001
+        assert 0.0 <= value(samples, "relay_notify_queue_usage_ratio") < 1.0
+        assert value(samples, "relay_reconnects_total") == 0
+
+
+async def test_health_readiness_and_snapshot(db_dsn: str) -> None:
+    async with running_relay(relay_config(db_dsn)) as relay, aiohttp.ClientSession() as http:
+        url = base_url(relay)
+        async with http.get(url + "/healthz") as health:
+            assert health.status == 200
+        await eventually(lambda: relay.listener.connected.is_set())
+        async with http.get(url + "/readyz") as ready:
+            assert ready.status == 200
+        async with http.get(url + "/api/system-status") as snapshot:
+            body = await snapshot.json()
+        assert body["stable"] is True
+        assert body["state"] == "stable"
+        assert body["database_connected"] is True
+        assert body["seq"] == relay.stability.current.seq
+        assert "since" in body
