@@ -16,7 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.channels import ChannelRelay
 from relay.config import Config
+from relay.details import Details
 from relay.http import build_app
 from relay.listener import Listener
 from relay.logs import get_logger
@@ -36,6 +38,8 @@ class Relay:
         self.metrics = Metrics()
         self.hub = Hub(self.stability, config.http, self.metrics)
         self.metrics.watch(self.stability, lambda: len(self.hub))
+        self.details = Details(config.database.dsn, config.details, self.metrics)
+        self._relay_channel = ChannelRelay(self.hub.publish_event, self.metrics)
         self.listener = Listener(
             config.database,
             self,
@@ -56,7 +60,7 @@ class Relay:
         self.stability.update(State.UNKNOWN)
 
     def on_notification(self, channel: str, payload: str) -> None:
-        self.hub.publish_event(channel, payload)
+        self._relay_channel(channel, payload)
 
     @property
     def port(self) -> int:
@@ -71,6 +75,7 @@ class Relay:
         self._state = "starting"
         warn_if_fd_limit_low(self.config.http.max_clients)
         await self.hub.start()
+        await self.details.start()
         self._runner = web.AppRunner(
             build_app(self),
             handler_cancellation=True,  # a client that goes away cancels its SSE handler
@@ -95,6 +100,7 @@ class Relay:
         await self.hub.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.details.aclose(timeout=self.config.http.shutdown_timeout)
         self._state = "closed"
         log.info("stopped")
 

@@ -154,6 +154,20 @@ class HttpConfig(_Section):
         return value
 
 
+class DetailsConfig(_Section):
+    # Requests within this window share one answer (and one round of queries).
+    cache: Duration = 1.0
+    statement_timeout: Duration = 5.0
+    pool_size: int = Field(default=2, ge=1, le=20)
+
+    @field_validator("statement_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0s")
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -217,6 +231,7 @@ class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     stability: StabilityConfig = StabilityConfig()
     http: HttpConfig = HttpConfig()
+    details: DetailsConfig = DetailsConfig()
     logging: LoggingConfig = LoggingConfig()
     # Further NOTIFY channels relayed to SSE clients as named events.
     channels: tuple[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")], ...] = ()

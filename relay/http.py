@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -14,7 +15,21 @@ if TYPE_CHECKING:
 LIVE = "/api/system-status/live"
 SNAPSHOT = "/api/system-status"
 
+DETAILS = "/api/system-status/details"
+STATIC = Path(__file__).parent / "static"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The page loads only its own script and style and may not be framed elsewhere.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def build_app(relay: Relay) -> web.Application:
@@ -23,8 +38,24 @@ def build_app(relay: Relay) -> web.Application:
     app.router.add_get(SNAPSHOT, _snapshot(relay))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz(relay))
+    app.router.add_get(DETAILS, relay.details.handle)
     app.router.add_get("/metrics", make_aiohttp_handler(relay.metrics.registry))
+    app.router.add_get("/", _page)
+    app.router.add_static("/static/", STATIC, append_version=False)
+    app.on_response_prepare.append(_static_headers)
     return app
+
+
+async def _page(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/static/"):
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-cache"
+        # The web component may be embedded by any site: allow cross-origin script loads.
+        response.headers["Access-Control-Allow-Origin"] = "*"
 
 
 def _snapshot(relay: Relay) -> Handler:

@@ -82,6 +82,11 @@ class Metrics:
             "SSE connections refused because the client limit was reached.",
             registry=r,
         )
+        self.details_queries = Counter(
+            "relay_details_queries",
+            "Rounds of details queries sent to the database (cache misses).",
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             "relay_webhook_deliveries",
             "Webhook delivery attempts, by target and outcome.",

@@ -71,3 +71,33 @@ CREATE TABLE IF NOT EXISTS worker.tasks (
     error text,
     payload jsonb
 );
+
+-- Live progress for the demo: a named SSE event per change of an import job's rows or state
+-- (relayed when the relay's config lists `channels: [import_job_progress]`). The payload is a
+-- small JSON object, far under NOTIFY's 8000-byte limit. A production importer would send
+-- this at most every few hundred rows, not per statement.
+CREATE OR REPLACE FUNCTION public.notify_import_job_progress()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_notify('import_job_progress', json_build_object(
+        'id', NEW.id,
+        'slug', NEW.slug,
+        'state', NEW.state,
+        'total_rows', NEW.total_rows,
+        'imported_rows', NEW.imported_rows,
+        'progress_pct', coalesce(NEW.import_completed_pct,
+            CASE WHEN NEW.total_rows > 0
+                 THEN round(100.0 * coalesce(NEW.imported_rows, 0) / NEW.total_rows, 2) END)
+    )::text);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER import_job_progress_notify
+AFTER UPDATE ON public.import_job
+FOR EACH ROW
+WHEN (OLD.imported_rows IS DISTINCT FROM NEW.imported_rows OR OLD.state IS DISTINCT FROM NEW.state)
+EXECUTE FUNCTION public.notify_import_job_progress();

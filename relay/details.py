@@ -1,0 +1,126 @@
+"""The details API: which import jobs and analytics tasks are in progress.
+
+Queries run on a small pool of their own (never on the listener's connection), with a
+statement timeout. Single flight plus a short cache: however many requests arrive within
+``details.cache``, they cost at most one round of queries (one statement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from relay.config import DetailsConfig
+from relay.errors import DatabaseUnavailable
+from relay.logs import get_logger
+from relay.metrics import Metrics
+
+log = get_logger("relay.details")
+
+# One statement, one snapshot: the lists and the verdict agree with each other.
+# PostgreSQL builds the JSON text; the relay passes it through without parsing.
+QUERY = """
+SELECT json_build_object(
+    'import_jobs', coalesce((
+        SELECT json_agg(job ORDER BY n) FROM public.get_import_jobs_in_progress()
+            WITH ORDINALITY AS jobs (job, n)), '[]'::json),
+    'analytics_tasks', coalesce((
+        SELECT json_agg(task ORDER BY n) FROM public.get_analytics_tasks_in_progress()
+            WITH ORDINALITY AS tasks (task, n)), '[]'::json),
+    'system_stable', public.is_system_stable()
+)::text
+"""
+
+
+class Details:
+    """Serves ``GET /api/system-status/details``. ``start()`` then ``aclose()``."""
+
+    def __init__(self, dsn: str, settings: DetailsConfig, metrics: Metrics) -> None:
+        self._dsn = dsn
+        self._settings = settings
+        self._metrics = metrics
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._cached: bytes | None = None
+        self._cached_at = 0.0
+        self._inflight: asyncio.Future[bytes] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("closed details service cannot be started again")
+        if self._pool is not None:
+            return
+        timeout_ms = round(self._settings.statement_timeout * 1000)
+        self._pool = AsyncConnectionPool(
+            self._dsn,
+            min_size=0,
+            max_size=self._settings.pool_size,
+            timeout=self._settings.statement_timeout,
+            kwargs={
+                "autocommit": True,
+                "application_name": "stability-relay-details",
+                "options": f"-c statement_timeout={timeout_ms}",
+                "connect_timeout": max(2, round(self._settings.statement_timeout)),
+            },
+            open=False,
+            name="relay-details",
+        )
+        await self._pool.open(wait=False)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            await self._pool.close(timeout=timeout)
+
+    async def fetch(self) -> bytes:
+        """The JSON body: from the cache, from the query in flight, or from a new query."""
+        if self._cached is not None and time.monotonic() - self._cached_at < self._settings.cache:
+            return self._cached
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._query())
+            self._inflight.add_done_callback(self._landed)
+        # Shielded: a client that goes away must not cancel the query the others wait for.
+        return await asyncio.shield(self._inflight)
+
+    def _landed(self, future: asyncio.Future[bytes]) -> None:
+        self._inflight = None
+        if not future.cancelled() and future.exception() is None:
+            self._cached, self._cached_at = future.result(), time.monotonic()
+
+    async def _query(self) -> bytes:
+        if self._pool is None or self._closed:
+            raise DatabaseUnavailable("details service is not running")
+        self._metrics.details_queries.inc()
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(QUERY)
+                row = await cursor.fetchone()
+        except PoolTimeout:
+            raise DatabaseUnavailable("no database connection for details") from None
+        except psycopg.errors.UndefinedFunction:
+            raise DatabaseUnavailable("details functions are missing: run `db install`") from None
+        except psycopg.Error as error:
+            raise DatabaseUnavailable(f"details query failed: {type(error).__name__}") from None
+        assert row is not None
+        return str(row[0]).encode()
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        try:
+            body = await self.fetch()
+        except DatabaseUnavailable as error:
+            log.warning("details_unavailable", reason=str(error))
+            return web.json_response(
+                {"error": "status details are unavailable: the database cannot be reached"},
+                status=503,
+                headers={"Retry-After": "5", "Cache-Control": "no-store"},
+            )
+        return web.Response(
+            body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
+        )
