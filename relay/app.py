@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.access import AddressLimit
+from relay.auth import Authenticator
 from relay.channels import ChannelRelay
 from relay.config import Config
 from relay.details import Details
@@ -38,6 +40,8 @@ class Relay:
         self.metrics = Metrics()
         self.hub = Hub(self.stability, config.http, self.metrics)
         self.metrics.watch(self.stability, lambda: len(self.hub))
+        self.authenticator = Authenticator(config.auth)
+        self.address_limit = AddressLimit(config.http, self.metrics)
         self.details = Details(config.database.dsn, config.details, self.metrics)
         self._relay_channel = ChannelRelay(self.hub.publish_event, self.metrics)
         self.listener = Listener(
@@ -74,12 +78,15 @@ class Relay:
             raise RuntimeError(f"relay cannot start: it is {self._state}")
         self._state = "starting"
         warn_if_fd_limit_low(self.config.http.max_clients)
+        warn_if_unprotected(self.config)
         await self.hub.start()
         await self.details.start()
         self._runner = web.AppRunner(
             build_app(self),
             handler_cancellation=True,  # a client that goes away cancels its SSE handler
             access_log=None,
+            max_line_size=self.config.http.max_header_size,
+            max_field_size=self.config.http.max_header_size,
             shutdown_timeout=self.config.http.shutdown_timeout,
         )
         await self._runner.setup()
@@ -103,6 +110,16 @@ class Relay:
         await self.details.aclose(timeout=self.config.http.shutdown_timeout)
         self._state = "closed"
         log.info("stopped")
+
+
+def warn_if_unprotected(config: Config) -> None:
+    if config.auth is None and not config.http.listen.is_loopback:
+        log.warning(
+            "no_authentication_on_public_address",
+            listen=str(config.http.listen),
+            hint="anyone who can reach this address can read the status and details; "
+            "configure `auth` or bind to 127.0.0.1 behind a proxy that authenticates",
+        )
 
 
 def warn_if_fd_limit_low(max_clients: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -33,6 +35,11 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|KB|MB)?\s*$")
 _UNIT_BYTES = {None: 1, "B": 1, "KiB": 1024, "KB": 1000, "MiB": 1024**2, "MB": 1000**2}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# `${VAR}` as a whole item of a YAML flow collection (`[${TOKEN}]`, `{X-Token: ${T}}`) is not
+# valid YAML ("{" is a flow indicator); quoting it before parsing keeps the natural spelling.
+_FLOW_ENV_REF = re.compile(
+    r"(?<=[\[,{:])(\s*)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\})(\s*)(?=[\]},])"
+)
 
 
 def parse_duration(value: Any) -> float:
@@ -63,6 +70,18 @@ def parse_size(value: Any) -> int:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 StateName = Literal["stable", "processing", "unknown"]
+
+
+def parse_network(value: Any) -> Any:
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError(
+            f'expected an IP address or CIDR like "10.0.0.0/8", got "{value}"'
+        ) from None
+
+
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(parse_network)]
 
 
 class _Section(BaseModel):
@@ -145,6 +164,10 @@ class HttpConfig(_Section):
     client_buffer: Size = 64 * 1024
     shutdown_timeout: Duration = 5.0
     public_url: str | None = None
+    # Per client address (behind a proxy: from X-Forwarded-For of a trusted proxy); off if null.
+    max_clients_per_address: int | None = Field(default=None, ge=1)
+    trusted_proxies: tuple[Network, ...] = ()
+    max_header_size: Size = 8190
 
     @field_validator("heartbeat")
     @classmethod
@@ -171,6 +194,79 @@ class DetailsConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+
+
+def _non_empty_secret(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("too short (or its environment variable is empty): use 16+ characters")
+    return value
+
+
+Secret = Annotated[str, AfterValidator(_non_empty_secret)]
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d+)?$|^https?://\[[0-9A-Fa-f:]+\](:\d+)?$")
+
+
+def _hmac_key(value: str) -> str:
+    if len(value.encode()) < 32:
+        raise ValueError("too short: an HMAC key needs at least 32 bytes (RFC 7518 3.2)")
+    return value
+
+
+class JwtConfig(_Section):
+    secret: Annotated[str, AfterValidator(_hmac_key)] | None = None
+    public_key: str | None = None
+    algorithms: tuple[str, ...] = ()
+    cookie: str | None = None
+    audience: str | None = None
+    issuer: str | None = None
+    roles: tuple[str, ...] = ()
+    role_claim: str = "role"
+    leeway: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JwtConfig:
+        if (self.secret is None) == (self.public_key is None):
+            raise ValueError("set exactly one of secret (HS256/384/512) or public_key (RS*/ES*)")
+        allowed = HMAC_ALGORITHMS if self.secret is not None else KEY_ALGORITHMS
+        wrong = [a for a in self.algorithms if a not in allowed]
+        if wrong:
+            raise ValueError(f"algorithms {wrong} do not fit the key; use some of {allowed}")
+        return self
+
+    @property
+    def allowed_algorithms(self) -> list[str]:
+        default = HMAC_ALGORITHMS if self.secret is not None else KEY_ALGORITHMS
+        return list(self.algorithms or default)
+
+
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+class AuthConfig(_Section):
+    bearer_tokens: tuple[Secret, ...] = ()
+    jwt: JwtConfig | None = None
+    metrics_token: Secret | None = None
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> AuthConfig:
+        if not self.bearer_tokens and self.jwt is None:
+            raise ValueError("configure bearer_tokens or jwt (or remove the auth section)")
+        return self
+
+
+class CorsConfig(_Section):
+    allow_origins: tuple[str, ...] = ()
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f'expected origins like "https://app.example" (no path, no "*"), got "{origin}"'
+                )
+        return value
 
 
 class WebhookConfig(_Section):
@@ -232,6 +328,8 @@ class Config(_Section):
     stability: StabilityConfig = StabilityConfig()
     http: HttpConfig = HttpConfig()
     details: DetailsConfig = DetailsConfig()
+    auth: AuthConfig | None = None
+    cors: CorsConfig = CorsConfig()
     logging: LoggingConfig = LoggingConfig()
     # Further NOTIFY channels relayed to SSE clients as named events.
     channels: tuple[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")], ...] = ()
@@ -250,6 +348,11 @@ class Config(_Section):
     def secrets(self) -> list[str]:
         """Every configured value that must never reach a log line."""
         found = [_dsn_password(self.database.dsn)]
+        if self.auth is not None:
+            found.extend(self.auth.bearer_tokens)
+            found.append(self.auth.metrics_token)
+            if self.auth.jwt is not None:
+                found.append(self.auth.jwt.secret)
         for hook in self.webhooks:
             found.append(hook.secret)
             found.extend(hook.headers.values())
@@ -382,6 +485,7 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError([f"{path}: cannot read the file ({error.strerror})"]) from None
+    text = _FLOW_ENV_REF.sub(r'\1"\2"\3', text)
     try:
         return yaml.load(text, Loader=_Yaml12Loader) or {}
     except yaml.YAMLError as error:

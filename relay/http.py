@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from relay.access import authenticate, cors, security_headers
+
 if TYPE_CHECKING:
     from relay.app import Relay
 
@@ -32,8 +34,19 @@ PAGE_HEADERS = {
 }
 
 
+API = (LIVE, SNAPSHOT, DETAILS)
+
+
 def build_app(relay: Relay) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(
+        client_max_size=64 * 1024,
+        middlewares=[
+            security_headers(),
+            cors(relay.config.cors, API),
+            authenticate(relay.authenticator, API),
+            relay.address_limit.middleware(LIVE),
+        ],
+    )
     app.router.add_get(LIVE, relay.hub.handle)
     app.router.add_get(SNAPSHOT, _snapshot(relay))
     app.router.add_get("/healthz", _healthz)

@@ -1,0 +1,132 @@
+"""Authentication: static bearer tokens (constant-time) and JWTs (PyJWT), from a header or a cookie.
+
+EventSource cannot set headers, so browsers authenticate with the web app's own session
+cookie (``auth.jwt.cookie``). Tokens in query strings are refused: they end up in proxy logs.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+import jwt
+from aiohttp import web
+
+from relay.config import AuthConfig, JwtConfig
+
+QUERY_TOKEN_NAMES = ("token", "access_token", "jwt", "auth", "bearer")
+REALM = 'Bearer realm="stability-relay"'
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a request is refused: 401 no or bad token, 403 role not allowed, 400 token in URL."""
+
+    status: int
+    reason: str
+
+
+class Authenticator:
+    """Decides whether a request may read the protected routes. ``replace()`` on SIGHUP."""
+
+    def __init__(self, settings: AuthConfig | None) -> None:
+        self._settings = settings
+
+    def replace(self, settings: AuthConfig | None) -> None:
+        self._settings = settings
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings is not None
+
+    def check(self, request: web.Request) -> Denial | None:
+        """``None`` when the request may pass."""
+        settings = self._settings
+        if settings is None:
+            return None
+        if refused := _query_token(request):
+            return refused
+        token = _bearer(request) or _cookie(request, settings.jwt)
+        if token is None:
+            return Denial(401, "authentication required")
+        if _matches_any(token, settings.bearer_tokens):
+            return None
+        if settings.jwt is not None:
+            return _check_jwt(token, settings.jwt)
+        return Denial(401, "invalid token")
+
+    def check_metrics(self, request: web.Request) -> Denial | None:
+        """``/metrics`` needs ``auth.metrics_token`` when one is set; it is open otherwise."""
+        settings = self._settings
+        if settings is None or settings.metrics_token is None:
+            return None
+        if refused := _query_token(request):
+            return refused
+        token = _bearer(request)
+        if token is not None and _matches_any(token, (settings.metrics_token,)):
+            return None
+        return Denial(401, "metrics token required")
+
+
+def unauthorized(denial: Denial) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    if denial.status == 401:
+        headers["WWW-Authenticate"] = REALM
+    return web.json_response({"error": denial.reason}, status=denial.status, headers=headers)
+
+
+def _query_token(request: web.Request) -> Denial | None:
+    if any(name in request.query for name in QUERY_TOKEN_NAMES):
+        return Denial(
+            400,
+            "tokens in query strings are refused (they end up in logs); "
+            "send an Authorization header or a cookie",
+        )
+    return None
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def _cookie(request: web.Request, settings: JwtConfig | None) -> str | None:
+    if settings is None or settings.cookie is None:
+        return None
+    return request.cookies.get(settings.cookie) or None
+
+
+def _matches_any(token: str, allowed: tuple[str, ...]) -> bool:
+    # Compare against every token, without stopping early, each in constant time.
+    presented = token.encode()
+    matched = False
+    for candidate in allowed:
+        matched |= hmac.compare_digest(presented, candidate.encode())
+    return matched
+
+
+def _check_jwt(token: str, settings: JwtConfig) -> Denial | None:
+    key = settings.secret if settings.secret is not None else settings.public_key
+    assert key is not None
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=settings.allowed_algorithms,
+            audience=settings.audience,
+            issuer=settings.issuer,
+            leeway=settings.leeway,
+            options={"require": ["exp"], "verify_aud": settings.audience is not None},
+        )
+    except jwt.ExpiredSignatureError:
+        return Denial(401, "token expired")
+    except jwt.PyJWTError:
+        return Denial(401, "invalid token")
+    if settings.roles:
+        role = claims.get(settings.role_claim)
+        roles = set(role) if isinstance(role, list) else {role}
+        if not roles & set(settings.roles):
+            return Denial(403, "role not allowed")
+    return None
