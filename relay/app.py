@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -21,12 +22,14 @@ from relay.auth import Authenticator
 from relay.channels import ChannelRelay
 from relay.config import Config
 from relay.details import Details
+from relay.errors import ConfigError
 from relay.http import build_app
 from relay.listener import Listener
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.sse import Hub
 from relay.stability import Stability, State
+from relay.systemd import Notifier
 
 log = get_logger("relay.app")
 
@@ -34,9 +37,11 @@ log = get_logger("relay.app")
 class Relay:
     """The whole daemon. ``start()`` then ``aclose()``; both idempotent, not reopenable."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.stability = Stability()
+        self.notifier = notifier or Notifier()  # systemd; a no-op without $NOTIFY_SOCKET
+        self.notifier.watch(self.stability)
         self.metrics = Metrics()
         self.hub = Hub(self.stability, config.http, self.metrics)
         self.metrics.watch(self.stability, lambda: len(self.hub))
@@ -94,6 +99,7 @@ class Relay:
         self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=4096)
         await self._site.start()
         await self.listener.start()
+        await self.notifier.start()
         self._state = "running"
         log.info("serving", listen=f"{listen.host}:{self.port}")
 
@@ -101,6 +107,7 @@ class Relay:
         if self._state in ("closing", "closed"):
             return
         self._state = "closing"
+        self.notifier.stopping()
         if self._site is not None:
             await self._site.stop()
         await self.listener.aclose(timeout=self.config.http.shutdown_timeout)
@@ -108,8 +115,28 @@ class Relay:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.details.aclose(timeout=self.config.http.shutdown_timeout)
+        await self.notifier.aclose()
         self._state = "closed"
         log.info("stopped")
+
+    def reload(self, config: Config) -> None:
+        """Apply a new config's tokens and webhook targets; other changes need a restart."""
+        from relay import logs
+
+        logs.redactor.update([*self.config.secrets(), *config.secrets()])
+        self.authenticator.replace(config.auth)
+        reload_webhooks = getattr(getattr(self, "webhooks", None), "reload", None)
+        if reload_webhooks is not None:
+            reload_webhooks(config.webhooks)
+        ignored = [
+            section
+            for section in ("database", "http", "stability", "details", "channels", "cors")
+            if getattr(config, section) != getattr(self.config, section)
+        ]
+        self.config = self.config.model_copy(
+            update={"auth": config.auth, "webhooks": config.webhooks}
+        )
+        log.info("reloaded", applied=["auth", "webhooks"], needs_restart=ignored)
 
 
 def warn_if_unprotected(config: Config) -> None:
@@ -133,11 +160,20 @@ def warn_if_fd_limit_low(max_clients: int) -> None:
         )
 
 
-async def serve(config: Config) -> int:
-    """Run until SIGTERM or SIGINT; a second signal forces the exit."""
+async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run until SIGTERM or SIGINT (a second one forces the exit); SIGHUP reloads."""
     relay = Relay(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_reload() -> None:
+        if reload is None:
+            log.warning("reload_ignored", reason="no config file to reload")
+            return
+        try:
+            relay.reload(reload())
+        except ConfigError as error:
+            log.error("reload_rejected", problems=error.problems, note="the old config is kept")
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -148,19 +184,20 @@ async def serve(config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         await relay.start()
         await stop.wait()
     finally:
         await relay.aclose()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with suppress(Exception):
                 loop.remove_signal_handler(signum)
     return 0
 
 
-def run(config: Config) -> int:
-    return asyncio.run(serve(config))
+def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    return asyncio.run(serve(config, reload))
 
 
 __all__: list[Any] = ["Relay", "run", "serve"]

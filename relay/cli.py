@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from relay import __version__
@@ -91,7 +92,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.config}: OK ({len(config.webhooks)} webhook(s))")
         return EXIT_OK
     if args.command == "run":
-        return _run(_load(args))
+        return _run(_load(args), reload=(lambda: _load(args)) if args.config else None)
     if args.command == "db":
         return _db_install(args)
     if args.command == "demo":
@@ -101,7 +102,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, reload: Callable[[], Config] | None) -> int:
     from relay import logs
     from relay.app import run
 
@@ -109,7 +110,7 @@ def _run(config: Config) -> int:
     if not config.database.dsn:
         raise ConfigError(["database.dsn: required (set it in the file, or --dsn, or $RELAY_DSN)"])
     try:
-        return run(config)
+        return run(config, reload)
     except OSError as error:
         listen = config.http.listen
         print(f"error: cannot listen on {listen}: {error.strerror or error}", file=sys.stderr)
