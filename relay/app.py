@@ -9,6 +9,7 @@ Shutdown, bounded: stop accepting → stop the listener → close SSE streams �
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 from collections.abc import Callable
@@ -162,7 +163,7 @@ def warn_if_fd_limit_low(max_clients: int) -> None:
 
 async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM or SIGINT (a second one forces the exit); SIGHUP reloads."""
-    relay = Relay(config)
+    relay = Relay(config, notifier=Notifier.from_environ(os.environ))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
