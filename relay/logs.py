@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from psycopg.conninfo import conninfo_to_dict
 
 from relay.config import LoggingConfig
@@ -46,6 +47,21 @@ class Redactor:
 redactor = Redactor()
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a malformed request with its offending raw line, which can carry an
+    ``Authorization`` header or a cookie. Keep the fact, drop the bytes and the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name == "aiohttp.server" and isinstance(error, HttpProcessingError):
+            record.msg = "malformed_http_request status=%s"
+            record.args = (error.code,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "info"
+        return True
+
+
 def configure(
     settings: LoggingConfig, secrets: Iterable[str] = (), stream: TextIO | None = None
 ) -> None:
@@ -76,6 +92,7 @@ def configure(
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
+    handler.addFilter(MalformedRequestFilter())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
