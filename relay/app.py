@@ -46,6 +46,7 @@ class Relay:
         self.metrics = Metrics()
         self.hub = Hub(self.stability, config.http, self.metrics)
         self.metrics.watch(self.stability, lambda: len(self.hub))
+        self.metrics.sse_clients_limit.set(config.http.max_clients)
         self.authenticator = Authenticator(config.auth)
         self.address_limit = AddressLimit(config.http, self.metrics)
         self.details = Details(config.database.dsn, config.details, self.metrics)

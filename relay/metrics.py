@@ -34,6 +34,11 @@ class Metrics:
         self.sse_clients = Gauge(
             "relay_sse_clients", "Connected Server-Sent Events clients.", registry=r
         )
+        self.sse_clients_limit = Gauge(
+            "relay_sse_clients_limit",
+            "The configured http.max_clients (for alerts on relay_sse_clients near it).",
+            registry=r,
+        )
         self.notifications = Counter(
             "relay_notifications",
             "NOTIFY messages received, by channel.",
@@ -97,6 +102,11 @@ class Metrics:
             "relay_webhook_delivery_duration_seconds",
             "Time from sending a webhook request to its answer.",
             ["webhook"],
+            registry=r,
+        )
+        self.webhook_leader = Gauge(
+            "relay_webhook_leader",
+            "1 on the relay elected to send webhooks (one per database), else 0.",
             registry=r,
         )
         self.webhook_pending = Gauge(

@@ -121,8 +121,8 @@ def _config_from_tree(tree: dict[str, Any]) -> Config:
 
 
 @asynccontextmanager
-async def running_relay(config: Config) -> AsyncIterator[Relay]:
-    relay = Relay(config)
+async def running_relay(config: Config, **options: Any) -> AsyncIterator[Relay]:
+    relay = Relay(config, **options)
     await relay.start()
     try:
         yield relay
