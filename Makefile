@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest soak bench clean
+.PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,23 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+# The browser tests drive Debian's Chromium (never a downloaded browser). Installed when missing
+# and we are root with apt-get; otherwise, or if that fails, the browser tests skip and say why.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser-deps: installing Chromium with apt-get for the browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium fonts-liberation >/dev/null; } \
+	  || echo "browser-deps: could not install chromium: the browser tests will skip"; \
+	else \
+	  echo "browser-deps: no /usr/bin/chromium (and not root with apt-get): the browser tests will skip"; \
+	fi
+
+test: browser-deps lint typecheck pytest
+
+screenshot: install browser-deps
+	$(BIN)/python docs/screenshot.py
 
 soak: install
 	RELAY_SOAK=1 $(BIN)/pytest -q -m soak

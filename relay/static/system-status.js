@@ -1,0 +1,719 @@
+/*
+ * <system-status>: the stability badge and details dialog of stability-relay, for any page.
+ *
+ *   <script src="https://relay.example/static/system-status.js" defer></script>
+ *   <system-status src="https://relay.example"></system-status>
+ *
+ * A classic script (not an ES module, so a cross-origin <script src> needs no CORS) in plain
+ * ES2020: no framework, no build step, no dependency. It works under a strict
+ * Content-Security-Policy: no inline script, no style attributes; the component's styles are a
+ * constructable stylesheet adopted by its shadow root, and sizes are set through the CSSOM.
+ *
+ * Attributes
+ *   src                 the relay's base URL; default: this page's origin (relay behind the same proxy)
+ *   heartbeat-timeout   seconds without a byte on the live stream before reconnecting (default 45,
+ *                       three times the relay's default 15 s heartbeat)
+ *   inline-hint         show the explanatory sentence under the badge instead of as a tooltip
+ *   state               (set by the component) connecting | stable | processing | unknown |
+ *                       unreachable | unauthorized (the relay answered 401 or 403)
+ *
+ * The element fires `system-status-change` (detail: {state, stable, since}) on every change.
+ *
+ * The live stream is read with fetch() rather than EventSource: EventSource hides the relay's
+ * `: ping` comments (so a dead, silent connection cannot be told from a quiet one without
+ * reconnecting every few seconds) and stops for good after a non-200 answer. Reading the stream
+ * ourselves, every byte proves the connection alive, and any failure (refused, 503, 429, a stream
+ * that ends or goes silent) leads to the same capped, jittered backoff: 1 s doubling to 30 s,
+ * never giving up, with the server's `retry:` and `Retry-After` as minimums.
+ */
+(() => {
+  "use strict";
+
+  if (typeof window === "undefined" || !window.customElements) return;
+  if (window.customElements.get("system-status")) return;
+
+  const LIVE_PATH = "/api/system-status/live";
+  const DETAILS_PATH = "/api/system-status/details";
+  const BACKOFF_MIN_MS = 1000;
+  const BACKOFF_MAX_MS = 30000;
+  const DEFAULT_HEARTBEAT_TIMEOUT_S = 45;
+  // After the stream drops, the last known state is kept this long before "Status unavailable":
+  // a relay restart or a proxy reload should not flash the badge grey.
+  const GRACE_MS = 3000;
+  // Details refreshes triggered by live events are coalesced into one per this interval.
+  const REFRESH_DELAY_MS = 400;
+  // Import job states that mean "done" (as in public.is_system_stable()).
+  const INACTIVE_JOB_STATES = ["finished", "rejected", "waiting_for_review", "waiting_for_upload"];
+
+  const LOOKS = {
+    connecting: { tone: "neutral", label: "Connecting\u2026", hint: "Connecting to the status service\u2026" },
+    stable: { tone: "stable", label: "System stable", hint: "All data processing is complete" },
+    processing: { tone: "processing", label: "Processing data", hint: "Data is currently being processed" },
+    unknown: {
+      tone: "neutral",
+      label: "Status unavailable",
+      hint: "The status service cannot reach the database; the status returns when it does",
+    },
+    unreachable: {
+      tone: "neutral",
+      label: "Status unavailable",
+      hint: "The status service cannot be reached; retrying automatically",
+    },
+    unauthorized: {
+      tone: "neutral",
+      label: "Status unavailable",
+      hint: "Sign in to see the system status",
+    },
+  };
+
+  const CSS = `
+:host {
+  display: inline-block;
+  position: relative;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+  line-height: 1.4;
+  color: #1f2937;
+  --ss-focus: #2563eb;
+}
+:host([hidden]) { display: none; }
+.row { display: inline-flex; align-items: center; gap: 0.5em; justify-content: center; }
+.anchor { position: relative; display: inline-flex; }
+.badge {
+  display: inline-flex; align-items: center; gap: 0.45em;
+  padding: 0.2em 0.75em; border: 1px solid; border-radius: 999px;
+  font-size: 0.875em; font-weight: 600; white-space: nowrap; cursor: default;
+  transition: background-color 0.3s, color 0.3s, border-color 0.3s;
+}
+.badge:focus-visible, button:focus-visible { outline: 2px solid var(--ss-focus); outline-offset: 2px; }
+.dot { width: 0.55em; height: 0.55em; border-radius: 50%; flex: none; background: currentColor; }
+.badge[data-tone="stable"] { background: #ecfdf3; color: #166534; border-color: #a7e8bf; }
+.badge[data-tone="stable"] .dot { background: #16a34a; }
+.badge[data-tone="processing"] { background: #fffbeb; color: #854d0e; border-color: #fcd98a; }
+.badge[data-tone="processing"] .dot { background: #d97706; animation: ss-pulse 1.6s ease-in-out infinite; }
+.badge[data-tone="neutral"] { background: #f3f4f6; color: #374151; border-color: #d1d5db; }
+.badge[data-tone="neutral"] .dot { background: #9ca3af; }
+:host([state="connecting"]) .badge .dot { animation: ss-pulse 1.2s ease-in-out infinite; }
+@keyframes ss-pulse { 0%, 100% { opacity: 1; } 50% { opacity: 0.35; } }
+
+.tip {
+  position: absolute; z-index: 10; top: calc(100% + 0.5rem); left: 50%;
+  transform: translateX(-50%);
+  width: max-content; max-width: min(18rem, 80vw);
+  padding: 0.4rem 0.6rem; border-radius: 0.375rem;
+  background: #111827; color: #f9fafb;
+  font-size: 0.8125rem; font-weight: 400; line-height: 1.35; text-align: center; white-space: normal;
+  opacity: 0; visibility: hidden; pointer-events: none;
+  transition: opacity 0.15s, visibility 0.15s;
+}
+.anchor:hover .tip, .badge:focus + .tip { opacity: 1; visibility: visible; }
+:host([inline-hint]) .row { flex-direction: column; gap: 0.6em; }
+:host([inline-hint]) .anchor { flex-direction: column; align-items: center; gap: 0.5em; }
+:host([inline-hint]) .tip {
+  position: static; transform: none; opacity: 1; visibility: visible;
+  background: none; color: #4b5563; padding: 0; font-size: 0.5em; max-width: 28rem;
+}
+
+button {
+  font: inherit; color: inherit; cursor: pointer;
+  border-radius: 0.375rem; border: 1px solid #d1d5db; background: #fff;
+}
+button:hover { background: #f9fafb; border-color: #9ca3af; }
+.details { font-size: 0.8125em; padding: 0.25em 0.7em; color: #1f2937; }
+:host([inline-hint]) .details { font-size: 0.5em; padding: 0.35em 1em; }
+
+dialog {
+  box-sizing: border-box;
+  width: min(36rem, calc(100vw - 1.5rem)); max-height: min(42rem, calc(100dvh - 2rem));
+  padding: 0; border: none; border-radius: 0.75rem;
+  background: #fff; color: #1f2937;
+  box-shadow: 0 20px 50px rgba(15, 23, 42, 0.25), 0 2px 6px rgba(15, 23, 42, 0.12);
+  font-size: 1rem; line-height: 1.45; text-align: left;
+}
+dialog::backdrop { background: rgba(15, 23, 42, 0.45); }
+.panel { display: flex; flex-direction: column; max-height: inherit; }
+.head {
+  display: flex; align-items: center; justify-content: space-between; gap: 1rem;
+  padding: 0.9rem 1rem 0.75rem 1.25rem; border-bottom: 1px solid #e5e7eb;
+}
+h2 { margin: 0; font-size: 1.0625rem; font-weight: 650; }
+.close {
+  width: 2rem; height: 2rem; padding: 0; border-color: transparent; background: transparent;
+  font-size: 1.35rem; line-height: 1; color: #4b5563;
+}
+.close:hover { background: #f3f4f6; border-color: transparent; }
+.content { padding: 1rem 1.25rem 1.25rem; overflow-y: auto; overflow-x: hidden; }
+h3 {
+  margin: 0 0 0.5rem; font-size: 0.75rem; font-weight: 650;
+  letter-spacing: 0.05em; text-transform: uppercase; color: #4b5563;
+}
+section + section { margin-top: 1.25rem; }
+ul { list-style: none; margin: 0; padding: 0; display: grid; grid-template-columns: minmax(0, 1fr); gap: 0.6rem; }
+li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.65rem 0.8rem; }
+.line { display: flex; justify-content: space-between; align-items: baseline; gap: 0.75rem; min-width: 0; }
+.name { font-weight: 600; font-size: 0.9375rem; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }
+.desc { margin: 0.1rem 0 0; font-size: 0.8125rem; color: #6b7280; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.pill {
+  flex: none; font-size: 0.75rem; font-weight: 600; padding: 0.1rem 0.5rem; border-radius: 999px;
+  background: #fffbeb; color: #854d0e; border: 1px solid #fcd98a;
+}
+.pill[data-done] { background: #ecfdf3; color: #166534; border-color: #a7e8bf; }
+.bar { margin-top: 0.6rem; height: 0.5rem; border-radius: 999px; background: #e5e7eb; overflow: hidden; }
+.fill { height: 100%; width: 0; border-radius: inherit; background: #2563eb; transition: width 0.5s ease-out; }
+.rows { margin: 0.3rem 0 0; font-size: 0.8125rem; color: #4b5563; text-align: right; font-variant-numeric: tabular-nums; }
+.empty { margin: 0; color: #6b7280; font-size: 0.9375rem; }
+.empty + .empty { margin-top: 0.35rem; }
+.verdict { margin: 1.1rem 0 0; text-align: center; font-size: 0.875rem; font-weight: 600; }
+.verdict.ok { color: #166534; }
+.verdict.warn { color: #854d0e; }
+.loading { display: flex; align-items: center; justify-content: center; gap: 0.6rem; padding: 1.5rem 0; color: #4b5563; }
+.spinner {
+  width: 1.1rem; height: 1.1rem; border-radius: 50%;
+  border: 2px solid #d1d5db; border-top-color: #2563eb; animation: ss-spin 0.8s linear infinite;
+}
+@keyframes ss-spin { to { transform: rotate(360deg); } }
+.error { margin: 0; padding: 0.75rem 0.9rem; border-radius: 0.5rem; background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; }
+.retry { margin-top: 0.75rem; padding: 0.3rem 0.8rem; font-size: 0.875rem; }
+
+@media (prefers-reduced-motion: reduce) {
+  *, *::before, *::after { animation: none !important; transition: none !important; }
+}
+`;
+
+  const TEMPLATE = `
+<div class="row" part="container">
+  <span class="anchor">
+    <span class="badge" part="badge" data-tone="neutral" role="status" aria-live="polite"
+          aria-atomic="true" tabindex="0" aria-describedby="tip"><span class="dot" aria-hidden="true"></span><span class="label"></span></span>
+    <span class="tip" id="tip" role="tooltip" part="hint"></span>
+  </span>
+  <button type="button" class="details" part="details-button" aria-haspopup="dialog">Details</button>
+</div>
+<dialog part="dialog" aria-labelledby="title">
+  <div class="panel">
+    <div class="head">
+      <h2 id="title">System status details</h2>
+      <button type="button" class="close" aria-label="Close">\u00d7</button>
+    </div>
+    <div class="content" aria-live="polite" aria-busy="false"></div>
+  </div>
+</dialog>`;
+
+  let sharedSheet = null;
+  function styleSheet() {
+    if (sharedSheet === null && "adoptedStyleSheets" in Document.prototype && "replaceSync" in CSSStyleSheet.prototype) {
+      sharedSheet = new CSSStyleSheet();
+      sharedSheet.replaceSync(CSS);
+    }
+    return sharedSheet;
+  }
+
+  function stateOf(data) {
+    if (data.state === "stable" || data.state === "processing" || data.state === "unknown") return data.state;
+    if (data.stable === true) return "stable";
+    if (data.stable === false) return "processing";
+    return "unknown";
+  }
+
+  function prettyState(state) {
+    const text = String(state || "").replace(/_/g, " ");
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  function isNumber(value) {
+    return typeof value === "number" && Number.isFinite(value);
+  }
+
+  function toNumber(value) {
+    if (value === null || value === undefined || value === "") return null;
+    const number = Number(value);
+    return Number.isFinite(number) ? number : null;
+  }
+
+  const integerFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+  const percentFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+
+  function jobProgress(job) {
+    const total = toNumber(job.total_rows);
+    const imported = toNumber(job.imported_rows) || 0;
+    let pct = toNumber(job.progress_pct);
+    // A percentage column that was never filled in (0 while rows were imported): use the rows.
+    if ((pct === null || (pct === 0 && imported > 0)) && total) pct = (100 * imported) / total;
+    if (pct !== null) pct = Math.min(100, Math.max(0, pct));
+    return { total, imported, pct };
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function retryAfterMs(response) {
+    const value = response.headers.get("Retry-After");
+    if (!value) return 0;
+    const seconds = Number(value);
+    if (Number.isFinite(seconds)) return seconds * 1000;
+    const date = Date.parse(value);
+    return Number.isFinite(date) ? Math.max(0, date - Date.now()) : 0;
+  }
+
+  class SystemStatus extends HTMLElement {
+    static get observedAttributes() {
+      return ["src", "heartbeat-timeout"];
+    }
+
+    constructor() {
+      super();
+      const root = this.attachShadow({ mode: "open" });
+      const sheet = styleSheet();
+      if (sheet) {
+        root.adoptedStyleSheets = [sheet];
+      } else {
+        // Older browsers only; a strict style-src blocks this, the badge then shows unstyled.
+        root.appendChild(element("style", "", CSS));
+      }
+      const template = document.createElement("template");
+      template.innerHTML = TEMPLATE;
+      root.appendChild(template.content);
+
+      this._badge = root.querySelector(".badge");
+      this._label = root.querySelector(".label");
+      this._tip = root.querySelector(".tip");
+      this._detailsButton = root.querySelector(".details");
+      this._dialog = root.querySelector("dialog");
+      this._content = root.querySelector(".content");
+
+      this._running = false;
+      this._state = null;
+      this._since = null;
+      this._lost = false;
+      this._generation = 0; // bumps on every (re)start and stop: stale loops see it and quit
+      this._controller = null;
+      this._attempt = 0;
+      this._serverRetryMs = 0;
+      this._reconnectTimer = 0;
+      this._watchdogTimer = 0;
+      this._graceTimer = 0;
+
+      this._detailsController = null;
+      this._detailsGeneration = 0;
+      this._refreshTimer = 0;
+      this._jobs = new Map(); // job id -> its rendered elements, while the dialog shows them
+      this._progress = new Map(); // job id -> latest progress event since the dialog opened
+
+      this._detailsButton.addEventListener("click", () => this.openDetails());
+      root.querySelector(".close").addEventListener("click", () => this._dialog.close());
+      this._dialog.addEventListener("click", (event) => {
+        if (event.target === this._dialog) this._dialog.close(); // a click on the backdrop
+      });
+      this._dialog.addEventListener("close", () => this._onDialogClosed());
+      // No attribute and no event here: a constructor must not touch its host
+      // (document.createElement would throw). The first render is in connectedCallback.
+    }
+
+    /** connecting | stable | processing | unknown | unreachable | unauthorized */
+    get state() {
+      return this._state;
+    }
+
+    /** true, false, or null while unknown. */
+    get stable() {
+      return this._state === "stable" ? true : this._state === "processing" ? false : null;
+    }
+
+    /** When the current state began (ISO 8601), as the relay reported it. */
+    get since() {
+      return this._since;
+    }
+
+    connectedCallback() {
+      this._running = true;
+      if (this._state === null) this._render("connecting");
+      this._start();
+    }
+
+    disconnectedCallback() {
+      this._running = false;
+      this._stop();
+      if (this._dialog.open) this._dialog.close();
+    }
+
+    attributeChangedCallback(name, oldValue, newValue) {
+      // Called for every attribute already present when the element upgrades, before
+      // connectedCallback: only a later change of `src` means a new connection.
+      // (heartbeat-timeout is read each time the watchdog is armed.)
+      if (name === "src" && this._running && oldValue !== newValue) this._start();
+    }
+
+    /** Opens the details dialog and loads the details (never before it is opened). */
+    openDetails() {
+      if (this._dialog.open) return;
+      this._progress.clear();
+      this._dialog.showModal();
+      this._loadDetails(false);
+    }
+
+    // ---- the live stream ----------------------------------------------------------------------
+
+    _url(path) {
+      const base = (this.getAttribute("src") || "").trim().replace(/\/+$/, "");
+      return base + path;
+    }
+
+    _heartbeatTimeoutMs() {
+      const seconds = Number(this.getAttribute("heartbeat-timeout"));
+      return (Number.isFinite(seconds) && seconds > 0 ? seconds : DEFAULT_HEARTBEAT_TIMEOUT_S) * 1000;
+    }
+
+    _start() {
+      this._stop();
+      this._attempt = 0;
+      this._connect();
+    }
+
+    _stop() {
+      this._generation += 1;
+      if (this._controller) this._controller.abort();
+      this._controller = null;
+      clearTimeout(this._reconnectTimer);
+      clearTimeout(this._watchdogTimer);
+      clearTimeout(this._graceTimer);
+      this._graceTimer = 0;
+    }
+
+    _armWatchdog(controller) {
+      clearTimeout(this._watchdogTimer);
+      this._watchdogTimer = setTimeout(() => controller.abort(), this._heartbeatTimeoutMs());
+    }
+
+    async _connect() {
+      const generation = ++this._generation;
+      const controller = new AbortController();
+      this._controller = controller;
+      this._armWatchdog(controller); // also bounds a connect that hangs
+      let minDelayMs = 0;
+      let refused = false;
+      try {
+        const response = await fetch(this._url(LIVE_PATH), {
+          headers: { Accept: "text/event-stream" },
+          cache: "no-store",
+          credentials: "include", // cookies for a relay that checks the app's session (CORS allow-list)
+          signal: controller.signal,
+        });
+        if (!response.ok || !response.body) {
+          minDelayMs = retryAfterMs(response);
+          refused = response.status === 401 || response.status === 403;
+          response.body && response.body.cancel().catch(() => {});
+          throw new Error(`HTTP ${response.status}`);
+        }
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        const parser = this._parser();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done || generation !== this._generation) break;
+          this._armWatchdog(controller); // any byte, `: ping` included, proves the stream alive
+          parser(value);
+        }
+      } catch (_error) {
+        // Refused, aborted by the watchdog, reset, or a non-200 answer: all mean "reconnect".
+      }
+      if (generation !== this._generation) return; // stopped or restarted meanwhile
+      clearTimeout(this._watchdogTimer);
+      controller.abort();
+      this._scheduleReconnect(minDelayMs, refused);
+    }
+
+    _scheduleReconnect(minDelayMs, refused) {
+      if (refused) {
+        clearTimeout(this._graceTimer);
+        this._graceTimer = 0;
+        this._render("unauthorized");
+      } else {
+        this._markLost();
+      }
+      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt);
+      this._attempt = Math.min(this._attempt + 1, 16);
+      const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
+      const delay = Math.min(BACKOFF_MAX_MS, Math.max(jittered, minDelayMs, this._serverRetryMs));
+      this._reconnectTimer = setTimeout(() => this._connect(), delay);
+    }
+
+    _markLost() {
+      if (this._state === "connecting" || this._state === "unreachable" || this._state === "unauthorized") {
+        this._render("unreachable");
+        return;
+      }
+      if (this._graceTimer) return;
+      this._graceTimer = setTimeout(() => {
+        this._graceTimer = 0;
+        this._render("unreachable");
+      }, GRACE_MS);
+    }
+
+    /** An incremental text/event-stream parser (the WHATWG rules this relay needs). */
+    _parser() {
+      let buffer = "";
+      let data = [];
+      let type = "";
+      return (chunk) => {
+        buffer += chunk;
+        let newline;
+        while ((newline = buffer.indexOf("\n")) >= 0) {
+          let line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + 1);
+          if (line.endsWith("\r")) line = line.slice(0, -1);
+          if (line === "") {
+            if (data.length) this._dispatch(type || "message", data.join("\n"));
+            data = [];
+            type = "";
+            continue;
+          }
+          if (line.startsWith(":")) continue; // a comment: the heartbeat
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let value = colon < 0 ? "" : line.slice(colon + 1);
+          if (value.startsWith(" ")) value = value.slice(1);
+          if (field === "data") data.push(value);
+          else if (field === "event") type = value;
+          else if (field === "retry" && /^\d+$/.test(value)) this._serverRetryMs = Number(value);
+        }
+      };
+    }
+
+    _dispatch(type, text) {
+      let data;
+      try {
+        data = JSON.parse(text);
+      } catch (_error) {
+        return; // not ours; the stream stays up
+      }
+      if (data === null || typeof data !== "object") return;
+      if (type === "message") this._onState(data);
+      else if (type === "import_job_progress") this._onProgress(data);
+    }
+
+    _onState(data) {
+      this._attempt = 0;
+      clearTimeout(this._graceTimer);
+      this._graceTimer = 0;
+      this._since = typeof data.since === "string" ? data.since : null;
+      const previous = this._state;
+      this._render(stateOf(data));
+      if (previous !== this._state && this._dialog.open) this._scheduleRefresh();
+    }
+
+    _render(state) {
+      if (state === this._state) return;
+      const look = LOOKS[state];
+      this._state = state;
+      this.setAttribute("state", state);
+      this._badge.dataset.tone = look.tone;
+      this._label.textContent = look.label;
+      this._tip.textContent = look.hint;
+      this.dispatchEvent(
+        new CustomEvent("system-status-change", {
+          detail: { state, stable: this.stable, since: this._since },
+          bubbles: true,
+          composed: true,
+        }),
+      );
+    }
+
+    // ---- the details dialog -------------------------------------------------------------------
+
+    _onDialogClosed() {
+      this._detailsGeneration += 1;
+      if (this._detailsController) this._detailsController.abort();
+      this._detailsController = null;
+      clearTimeout(this._refreshTimer);
+      this._refreshTimer = 0;
+      this._jobs.clear();
+      this._progress.clear();
+      this._content.replaceChildren();
+      if (this.isConnected) this._detailsButton.focus();
+    }
+
+    _scheduleRefresh() {
+      if (this._refreshTimer || !this._dialog.open) return;
+      this._refreshTimer = setTimeout(() => {
+        this._refreshTimer = 0;
+        if (this._dialog.open) this._loadDetails(true);
+      }, REFRESH_DELAY_MS);
+    }
+
+    async _loadDetails(quiet) {
+      const generation = ++this._detailsGeneration;
+      if (this._detailsController) this._detailsController.abort();
+      const controller = new AbortController();
+      this._detailsController = controller;
+      if (!quiet) this._showLoading();
+      let details;
+      try {
+        const response = await fetch(this._url(DETAILS_PATH), {
+          headers: { Accept: "application/json" },
+          cache: "no-store",
+          credentials: "include", // cookies for a relay that checks the app's session (CORS allow-list)
+          signal: controller.signal,
+        });
+        let body = null;
+        try {
+          body = await response.json();
+        } catch (_error) {
+          body = null;
+        }
+        if (!response.ok) {
+          const reason = body && typeof body.error === "string" ? body.error : response.statusText;
+          throw new Error(`${reason || "error"} (HTTP ${response.status})`);
+        }
+        if (!body || !Array.isArray(body.import_jobs) || !Array.isArray(body.analytics_tasks)) {
+          throw new Error("unexpected answer from the status service");
+        }
+        details = body;
+      } catch (error) {
+        if (generation !== this._detailsGeneration) return;
+        this._detailsController = null;
+        const reason = error && error.name === "TypeError" ? "the status service cannot be reached" : error.message;
+        this._showError(reason);
+        return;
+      }
+      if (generation !== this._detailsGeneration || !this._dialog.open) return;
+      this._detailsController = null;
+      this._showDetails(details);
+    }
+
+    _showLoading() {
+      this._jobs.clear();
+      this._content.setAttribute("aria-busy", "true");
+      const box = element("div", "loading");
+      box.append(element("span", "spinner"), element("span", "", "Loading details\u2026"));
+      this._content.replaceChildren(box);
+    }
+
+    _showError(reason) {
+      this._jobs.clear();
+      this._content.setAttribute("aria-busy", "false");
+      const message = element("p", "error", `Failed to load details: ${reason}.`);
+      message.setAttribute("role", "alert");
+      const retry = element("button", "retry", "Try again");
+      retry.type = "button";
+      retry.addEventListener("click", () => this._loadDetails(false));
+      this._content.replaceChildren(message, retry);
+    }
+
+    _showDetails(details) {
+      const jobs = details.import_jobs;
+      const tasks = details.analytics_tasks;
+      const parts = [];
+      this._jobs.clear();
+
+      if (jobs.length) {
+        const section = element("section", "jobs");
+        const list = element("ul");
+        for (const job of jobs) list.append(this._jobItem(job));
+        section.append(element("h3", "", "Import jobs in progress"), list);
+        parts.push(section);
+      } else if (!tasks.length) {
+        parts.push(element("p", "empty", "No active import jobs."));
+      }
+
+      if (tasks.length) {
+        const section = element("section", "tasks");
+        const list = element("ul");
+        for (const task of tasks) list.append(this._taskItem(task));
+        section.append(element("h3", "", "Analytics tasks in progress"), list);
+        parts.push(section);
+      } else if (!jobs.length) {
+        parts.push(element("p", "empty", "No active analytics tasks."));
+      }
+
+      if (details.system_stable) {
+        parts.push(element("p", "verdict ok", "System stable: all data processing is complete."));
+      } else if (!jobs.length && !tasks.length) {
+        parts.push(element("p", "verdict warn", "The system may still be processing background tasks."));
+      }
+
+      this._content.setAttribute("aria-busy", "false");
+      this._content.replaceChildren(...parts);
+
+      // Progress that arrived while the request was in flight may be newer than the answer.
+      for (const event of this._progress.values()) {
+        const known = this._jobs.get(event.id);
+        if (!known) continue;
+        const eventRows = toNumber(event.imported_rows);
+        if (eventRows === null || eventRows >= known.importedRows) this._applyProgress(known, event);
+      }
+    }
+
+    _jobItem(job) {
+      const item = element("li");
+      item.dataset.jobId = String(job.id);
+      const line = element("div", "line");
+      const name = element("span", "name", job.slug || `Import job ${job.id}`);
+      name.title = job.slug || "";
+      const state = element("span", "pill");
+      line.append(name, state);
+      item.append(line);
+      if (job.description) {
+        const description = element("p", "desc", job.description);
+        description.title = job.description;
+        item.append(description);
+      }
+      const bar = element("div", "bar");
+      bar.setAttribute("role", "progressbar");
+      bar.setAttribute("aria-valuemin", "0");
+      bar.setAttribute("aria-valuemax", "100");
+      bar.setAttribute("aria-label", `${job.slug || "Import job"} progress`);
+      const fill = element("div", "fill");
+      bar.append(fill);
+      const rows = element("p", "rows");
+      item.append(bar, rows);
+      const entry = { item, state, bar, fill, rows, importedRows: 0 };
+      this._jobs.set(job.id, entry);
+      this._applyProgress(entry, job);
+      return entry.item;
+    }
+
+    _applyProgress(entry, job) {
+      if (job.state) {
+        entry.state.textContent = prettyState(job.state);
+        entry.state.toggleAttribute("data-done", INACTIVE_JOB_STATES.includes(job.state));
+      }
+      const { total, imported, pct } = jobProgress(job);
+      entry.importedRows = imported;
+      const hasRows = total !== null && total > 0;
+      entry.bar.hidden = !hasRows;
+      entry.rows.hidden = !hasRows;
+      if (!hasRows) return;
+      const shown = pct === null ? 0 : pct;
+      entry.bar.setAttribute("aria-valuenow", String(Math.round(shown * 10) / 10));
+      entry.bar.setAttribute("aria-valuetext", `${integerFormat.format(imported)} of ${integerFormat.format(total)} rows`);
+      entry.fill.style.width = `${shown}%`; // CSSOM, allowed under a strict style-src
+      entry.rows.textContent = `${integerFormat.format(imported)} of ${integerFormat.format(total)} rows (${percentFormat.format(shown)}%)`;
+    }
+
+    _taskItem(task) {
+      const item = element("li");
+      item.dataset.taskId = String(task.id);
+      const line = element("div", "line");
+      const name = element("span", "name", task.command || `Task ${task.id}`);
+      name.title = task.command || "";
+      line.append(name, element("span", "pill", prettyState(task.state)));
+      item.append(line);
+      return item;
+    }
+
+    _onProgress(event) {
+      if (!this._dialog.open || !isNumber(event.id)) return;
+      this._progress.set(event.id, event);
+      const known = this._jobs.get(event.id);
+      if (known) {
+        this._applyProgress(known, event);
+      } else if (!this._detailsController && event.state && !INACTIVE_JOB_STATES.includes(event.state)) {
+        this._scheduleRefresh(); // a job we do not list yet (one in flight is overlaid on arrival)
+      }
+    }
+  }
+
+  window.customElements.define("system-status", SystemStatus);
+})();

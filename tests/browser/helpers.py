@@ -1,0 +1,185 @@
+"""Helpers for the real-browser tests: a relay on a thread of its own, tabs, SQL, screenshots.
+
+The relay under test runs on its own event loop in a thread (:class:`Background`), so the
+tests can drive the browser with Playwright's synchronous API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import psycopg
+
+from relay.app import Relay
+from relay.config import Config
+from tests.support import relay_config, running_relay
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Page
+
+CHROMIUM = Path(os.environ.get("RELAY_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 360, "height": 740}
+
+T = TypeVar("T")
+
+
+class Background(Generic[T]):
+    """Runs an async context manager on its own event loop in a thread, until ``__exit__``."""
+
+    def __init__(self, factory: Callable[[], AbstractAsyncContextManager[T]], name: str) -> None:
+        self._factory = factory
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> T:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError(f"{self._thread.name} did not start within 30 s")
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        if self._thread.is_alive():
+            raise TimeoutError(f"{self._thread.name} did not stop within 30 s")
+        if self._error is not None and exc is None:
+            raise self._error
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with self._factory() as value:
+                self._value = value
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as error:
+            self._error = error
+        finally:
+            self._ready.set()
+
+
+def browser_config(dsn: str, port: int = 0, **sections: Any) -> Config:
+    """A relay for the browser: progress relayed, fast heartbeats, and a short ``retry:``."""
+    http = {"listen": f"127.0.0.1:{port}", "heartbeat": "1s", "retry": "0.5s"}
+    http.update(sections.pop("http", {}))
+    return relay_config(
+        dsn,
+        http=http,
+        channels=["import_job_progress"],
+        details={"statement_timeout": "2s", "cache": "0.2s"},
+        **sections,
+    )
+
+
+def relay_in_background(config: Config) -> Background[Relay]:
+    return Background(lambda: running_relay(config), name="relay-under-test")
+
+
+def url_of(relay: Relay) -> str:
+    return f"http://127.0.0.1:{relay.port}"
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a fresh loop in another thread."""
+    with ThreadPoolExecutor(1, thread_name_prefix="run-async") as pool:
+        return pool.submit(asyncio.run, coroutine).result(60)
+
+
+def run_sql(dsn: str, *statements: str) -> None:
+    """Run statements in one committed transaction."""
+    with psycopg.connect(dsn) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+@dataclass
+class Tab:
+    """A page plus what the browser reported while it was open."""
+
+    page: Page
+    requests: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def requested(self, path: str) -> int:
+        return sum(1 for url in self.requests if url.split("?")[0].endswith(path))
+
+    def history(self) -> list[str]:
+        """The states the component has shown, in order."""
+        return list(self.page.evaluate("window.__statusHistory"))
+
+    def wait_for_state_seen(self, state: str, timeout: float = 10.0) -> None:
+        """Waits until the component has shown ``state`` at least once (even if only briefly)."""
+        self.page.wait_for_function(
+            "(state) => window.__statusHistory.includes(state)", arg=state, timeout=timeout * 1000
+        )
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        target = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(target))
+        return target
+
+
+def open_tab(browser: Browser, viewport: dict[str, int] = DESKTOP) -> Tab:
+    context = browser.new_context(
+        viewport={"width": viewport["width"], "height": viewport["height"]},
+        locale="en-US",
+        reduced_motion="reduce",  # no transitions: what the test reads is what is drawn
+    )
+    # Every state the component passes through, however briefly (init scripts are not subject
+    # to the page's CSP).
+    context.add_init_script(
+        "window.__statusHistory = [];"
+        "document.addEventListener('system-status-change',"
+        " (event) => window.__statusHistory.push(event.detail.state));"
+    )
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    tab = Tab(page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text or "Refused to" in message.text:
+            tab.problems.append(f"CSP: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: tab.problems.append(f"page error: {error}"))
+    page.on("request", lambda request: tab.requests.append(request.url))
+    return tab
