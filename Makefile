@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot
+.PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot ops-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,25 @@ browser-deps:
 	  echo "browser-deps: no /usr/bin/chromium (and not root with apt-get): the browser tests will skip"; \
 	fi
 
-test: browser-deps lint typecheck pytest
+# The operations tests run the real Caddy, promtool/Prometheus and systemd-analyze (Debian's
+# packages). Installed when missing and we are root with apt-get; otherwise those tests skip.
+OPS_TOOLS := caddy:caddy promtool:prometheus prometheus:prometheus systemd-analyze:systemd
+ops-deps:
+	@missing=""; for pair in $(OPS_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing="$$(echo $$missing | tr ' ' '\n' | sort -u | xargs)"; \
+	  echo "ops-deps: installing $$missing with apt-get for the operations tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null; } \
+	  || echo "ops-deps: could not install $$missing: those operations tests will skip"; \
+	else \
+	  echo "ops-deps: missing$$missing (and not root with apt-get): those operations tests will skip"; \
+	fi
+
+test: browser-deps ops-deps lint typecheck pytest
 
 screenshot: install browser-deps
 	$(BIN)/python docs/screenshot.py
