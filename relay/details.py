@@ -84,7 +84,7 @@ class Details:
         if self._cached is not None and time.monotonic() - self._cached_at < self._settings.cache:
             return self._cached
         if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._query())
+            self._inflight = asyncio.create_task(self._query(), name="relay-details-query")
             self._inflight.add_done_callback(self._landed)
         # Shielded: a client that goes away must not cancel the query the others wait for.
         return await asyncio.shield(self._inflight)

@@ -20,7 +20,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -234,14 +234,14 @@ class Listener:
             raise SchemaMissing("public.is_system_stable() returned no answer")
         return Probe(bool(row[0]), frozenset(row[1]), float(row[2]))
 
-    async def _deadline(self, conn: AsyncConnection[Any], operation: Awaitable[T]) -> T:
+    async def _deadline(self, conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T]) -> T:
         """Await a query, or sever the connection when it takes longer than the heartbeat timeout.
 
         Hand-rolled instead of ``asyncio.wait_for``: cancelling a psycopg query first sends
         a cancel request and waits for it (up to 10 s), which is exactly what hangs on a
         half-open connection. Shutting the socket down fails the query at once.
         """
-        task = asyncio.ensure_future(operation)
+        task = asyncio.create_task(operation, name="relay-listener-query")
         try:
             done, _ = await asyncio.wait({task}, timeout=self._settings.heartbeat_timeout)
         finally:
