@@ -102,6 +102,7 @@ def caddyfile_for_test(*, read_timeout: str, health_interval: str, idle: str) ->
     for line, replacement in (
         ("grace_period 10s", "grace_period 500ms"),
         ("idle 2m", f"idle {idle}"),
+        ("read_body 10s", f"read_body {idle}"),
         ("read_timeout 60s", f"read_timeout {read_timeout}"),
         ("health_interval 5s", f"health_interval {health_interval}"),
     ):
