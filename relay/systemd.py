@@ -16,7 +16,6 @@ method is a no-op, so the relay runs the same outside systemd.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Mapping
@@ -113,9 +112,8 @@ class Notifier:
         self._phase = "closed"
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:  # wait() does not raise, so a cancellation of aclose() itself propagates
+            await asyncio.wait(self._tasks)
         self._tasks.clear()
         if self._sock is not None:
             self._sock.close()
