@@ -70,6 +70,7 @@ soak: install
 	RELAY_SOAK=1 $(BIN)/pytest -q -m soak
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
 clean:

@@ -5,6 +5,7 @@ Each is one aiohttp middleware, applied in the order ``build_app`` lists them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
@@ -15,6 +16,7 @@ from aiohttp.typedefs import Middleware
 from relay.auth import Authenticator, unauthorized
 from relay.config import CorsConfig, HttpConfig
 from relay.metrics import Metrics
+from relay.sse import ON_STREAM_END
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -140,14 +142,21 @@ class AddressLimit:
                     headers={"Retry-After": "10"}, text="too many live streams from one address\n"
                 )
             self._open[address] += 1
+            # The hub takes this over when it keeps the stream open past the handler.
+            release: Callable[[], None] = functools.partial(self._release, address)
+            request[ON_STREAM_END] = release
             try:
                 return await handler(request)
             finally:
-                self._open[address] -= 1
-                if self._open[address] <= 0:
-                    del self._open[address]
+                if request.pop(ON_STREAM_END, None) is not None:
+                    release()
 
         return middleware
+
+    def _release(self, address: str) -> None:
+        self._open[address] -= 1
+        if self._open[address] <= 0:
+            del self._open[address]
 
 
 def _parse(text: str | None) -> Address | None:

@@ -5,10 +5,15 @@ are *unnamed* (``id: <seq>`` + ``data: {"stable": ..., "state": ..., "since": ..
 relayed channels are named events without an id, so ``Last-Event-ID`` always names the
 last stability event a client saw.
 
-Hot path, hand-rolled on purpose: frames go straight to each client's transport, with
-the HTTP chunk framing pre-encoded once per event, instead of through
-``StreamResponse.write()`` (an awaited call per client per event). No task and no queue
-per client: the handler coroutine is the only per-client cost.
+Hot path, hand-rolled on purpose (``docs/benchmarks.md`` has the figures):
+
+- Frames go straight to each client's transport, with the HTTP chunk framing pre-encoded
+  once per event, instead of through ``StreamResponse.write()`` (an awaited call per client
+  per event). No task and no queue per client.
+- Once its response headers are sent, a stream is taken over from aiohttp: a :class:`Client`
+  becomes the socket's protocol and aiohttp forgets the connection (see :func:`_detach`).
+  An open stream then costs its transport and one small object, about 2 KB, instead of
+  aiohttp's request, response, writer, parser, protocol, timer and two tasks (about 12 KB).
 
 Bound: a client whose unsent bytes exceed ``http.client_buffer`` is disconnected (policy:
 drop the slow client; its EventSource reconnects with ``Last-Event-ID`` and resyncs).
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 from asyncio import Transport
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -35,6 +41,13 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 PING = b": ping\n\n"
+END_OF_STREAM = b"0\r\n\r\n"  # the last chunk of a chunked HTTP/1.1 body
+
+# What a middleware holds for the life of a stream (a per-address slot, say) it releases
+# through this key. When the hub keeps the stream open past the handler, it takes the
+# callback out of the request and calls it when the stream ends; whatever is still in the
+# request when the handler returns is the middleware's to call.
+ON_STREAM_END = web.RequestKey[Callable[[], None]]("on_stream_end")
 
 
 class Frame:
@@ -59,15 +72,34 @@ def named_frame(event: str, data: str) -> Frame:
     return Frame(f"event: {event}\ndata: {data}\n\n".encode())
 
 
-class Client:
-    """One connected stream: its transport, its framing, and the future its handler awaits."""
+class Client(asyncio.Protocol):
+    """One open stream, after its handshake: the protocol of its socket from then on."""
 
-    __slots__ = ("chunked", "done", "transport")
+    __slots__ = ("chunked", "clients", "on_end", "transport")
 
-    def __init__(self, transport: Transport, chunked: bool, done: asyncio.Future[None]) -> None:
+    def __init__(
+        self,
+        clients: set[Client],
+        transport: Transport,
+        chunked: bool,
+        on_end: Callable[[], None] | None,
+    ) -> None:
+        self.clients = clients
         self.transport = transport
         self.chunked = chunked
-        self.done = done
+        self.on_end = on_end
+
+    def data_received(self, data: bytes) -> None:
+        """Nothing is expected from a client on an event stream: whatever comes is dropped."""
+
+    def eof_received(self) -> bool:
+        return False  # the client has hung up: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.clients.discard(self)
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
 
 class Hub:
@@ -105,10 +137,13 @@ class Hub:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._broadcast(self._retry)
-        for client in self._clients:
-            if not client.done.done():
-                client.done.set_result(None)
-        log.info("sse_closed", clients=len(self._clients))
+        count = len(self._clients)
+        for client in list(self._clients):
+            transport = client.transport
+            if client.chunked and not transport.is_closing():
+                transport.write(END_OF_STREAM)
+            transport.close()  # once the unsent bytes are out; then connection_lost
+        log.info("sse_closed", clients=count)
 
     def publish_state(self, snapshot: Snapshot) -> None:
         self._current = stability_frame(snapshot)
@@ -119,12 +154,14 @@ class Hub:
 
     def _broadcast(self, frame: Frame) -> None:
         limit = self._settings.client_buffer
+        chunked, raw = frame.chunked, frame.raw
         behind: list[Client] = []
+        # The hot loop: no allocation per client; a transport writes at once when it can.
         for client in self._clients:
             transport = client.transport
             if transport.is_closing():
                 continue
-            transport.write(frame.chunked if client.chunked else frame.raw)
+            transport.write(chunked if client.chunked else raw)
             if transport.get_write_buffer_size() > limit:
                 behind.append(client)
         for client in behind:
@@ -158,20 +195,35 @@ class Hub:
         finally:
             self._admitting -= 1
         transport = request.transport
-        if transport is None or transport.is_closing() or self._closed:
+        if request.method == "HEAD" or transport is None or transport.is_closing():
             return response
-        client = Client(
-            transport,
-            response.headers.get("Transfer-Encoding") == "chunked",
-            asyncio.get_running_loop().create_future(),
-        )
-        # No await between sending the current state and joining the set: no event is lost.
-        transport.write(self._retry.for_client(client))
+        if self._closed:
+            return response
+        chunked = response.headers.get("Transfer-Encoding") == "chunked"
+        client = Client(self._clients, transport, chunked, request.pop(ON_STREAM_END, None))
+        # No await from here on: the current state is sent and the client joins the set
+        # before any other event can be published, so none is lost.
+        first = self._retry.for_client(client)
         if request.headers.get("Last-Event-ID") != str(self._stability.current.seq):
-            transport.write(self._current.for_client(client))
+            first += self._current.for_client(client)
+        transport.write(first)
         self._clients.add(client)
-        try:
-            await client.done
-        finally:
-            self._clients.discard(client)
+        _detach(request, transport, client)
         return response
+
+
+def _detach(request: web.Request, transport: Transport, client: Client) -> None:
+    """Take the socket over from aiohttp: from now on ``client`` is its protocol.
+
+    aiohttp's protocol is told the connection is gone, with its ``transport`` cleared first
+    so it neither writes to nor closes the socket: it then forgets the connection and ends
+    the handler as for a client that went away, which frees the request, the response, its
+    writer, the parser, the keep-alive timer and both tasks. Only public attributes and
+    protocol methods are used, but this relies on aiohttp finishing a handler quietly when
+    its connection is lost (``handler_cancellation=True`` in ``relay/app.py``);
+    ``tests/test_sse.py`` covers it.
+    """
+    protocol = request.protocol
+    transport.set_protocol(client)
+    protocol.transport = None
+    protocol.connection_lost(None)

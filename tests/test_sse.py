@@ -140,3 +140,26 @@ async def test_refuses_clients_over_the_limit_with_429(db_dsn: str) -> None:
                 async with session.get(url) as refused:
                     assert refused.status == 429
                     assert refused.headers["Retry-After"]
+
+
+async def test_a_client_that_hangs_up_leaves_the_hub(db_dsn: str) -> None:
+    async with running_relay(relay_config(db_dsn)) as relay:
+        url = base_url(relay) + "/api/system-status/live"
+        async with sse_connect(url) as client:
+            await client.next_event()
+            assert len(relay.hub) == 1
+        await eventually(lambda: len(relay.hub) == 0, timeout=5)
+
+
+async def test_a_per_address_slot_is_freed_when_its_stream_ends(db_dsn: str) -> None:
+    config = relay_config(db_dsn, http={"max_clients_per_address": 1})
+    async with running_relay(config) as relay, aiohttp.ClientSession() as session:
+        url = base_url(relay) + "/api/system-status/live"
+        async with sse_connect(url, session=session) as client:
+            await client.next_event()
+            async with session.get(url) as refused:
+                assert refused.status == 429, "the open stream holds the address's only slot"
+        await eventually(lambda: len(relay.hub) == 0, timeout=5)
+        async with sse_connect(url, session=session) as client:
+            event = await client.next_event()
+            assert event.json["state"] in ("stable", "processing", "unknown")

@@ -1,0 +1,97 @@
+"""``python -m bench [--quick] [--only NAME ...]``: run the benchmarks, print, write docs/.
+
+Full run (about 10 minutes): fan-out at 1,000 and 10,000 clients, relay then baseline, 20 flips
+each; trigger cost, 5 rounds of 8 s; details, 3 bursts of 1,000; three relays with 10,002
+clients; NOTIFY with 1, 50 and 200 listeners. ``--quick`` (about 3 minutes): 1,000 clients,
+10 flips, 3 rounds of 4 s, three relays with 3,000 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench import report
+from bench.common import ROOT, Child, database, raise_nofile
+from bench.details_load import run_details
+from bench.fanout import run_fanout
+from bench.scaleout import run_notify_cost, run_three_relays
+from bench.triggers import run_triggers
+
+PARTS = ("fanout", "triggers", "details", "scaleout", "notify")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1,000 clients, fewer rounds")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where to write")
+    args = parser.parse_args(argv)
+    limit = raise_nofile()
+    quick = args.quick
+    clients = (1_000,) if quick else (1_000, 10_000)
+    if limit < max(clients) + 200:
+        print(f"open-file limit {limit} is too low for {max(clients):,} clients", file=sys.stderr)
+        return 2
+    command = "python -m bench" + (" --quick" if quick else "")
+    if args.only != list(PARTS):
+        command += " --only " + " ".join(args.only)
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    with database() as db, Child("clients", "bench.sse_clients") as swarm:
+        with psycopg.connect(db.dsn) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            results["pg_version"] = row[0] if row else "?"
+        if "fanout" in args.only:
+            print("fan-out")
+            results["fanout"] = []
+            for n in clients:
+                for kind in ("relay", "baseline"):
+                    result = run_fanout(db, swarm, kind, n, 10 if quick else 20)
+                    results["fanout"].append(result)
+                    s = result.summary()
+                    print(
+                        f"  {kind:>8} {n:>6,} clients: connect {s['connect_s']:.2f} s, "
+                        f"RSS {s['rss_per_client_kib']:.1f} KiB/client, worst flip "
+                        f"{100 * s['min_fraction']:.1f}%, p50 {s['p50_ms']} ms, "
+                        f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms"
+                    )
+        if "triggers" in args.only:
+            print("trigger cost")
+            t = run_triggers(db, rounds=3 if quick else 5, seconds=4 if quick else 8)
+            results["triggers"] = t
+            for variant in ("none", "seed", "ours"):
+                tps, ratio = t.median_tps(variant), t.ratio(variant)
+                print(f"  {variant:>4}: {tps:.0f}/s, ratio {ratio:.2f}")
+        if "details" in args.only:
+            print("details under load")
+            d = run_details(db, requests=1_000, bursts=2 if quick else 3)
+            results["details"] = d
+            print(
+                f"  {d.requests:,} requests: {d.relay_queries:.0f} queries "
+                f"({d.statement_calls} statement calls), p50 {d.p50_ms:.0f} ms, "
+                f"p99 {d.p99_ms:.0f} ms"
+            )
+        if "scaleout" in args.only:
+            print("three relays")
+            s = run_three_relays(db, swarm, clients=3_000 if quick else 10_002, flips=10)
+            results["scaleout"] = s
+            print(
+                f"  {s.clients:,} clients on {s.relays} relays: worst flip "
+                f"{100 * s.min_fraction:.1f}%, p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms"
+            )
+        if "notify" in args.only:
+            print("NOTIFY cost per listener")
+            results["notify"] = run_notify_cost(db, seconds=3 if quick else 5)
+    path = report.write(results, command, args.docs)
+    print(f"wrote {path} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

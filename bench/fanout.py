@@ -1,0 +1,118 @@
+"""Fan-out: N SSE clients, K state flips made by real commits, relay vs the naive baseline."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from bench.common import Child, Database, percentile, rss_kib
+
+FLIP_SLUG = "bench-flip"
+SERVERS = {"relay": "bench.serve_relay", "baseline": "bench.baseline_relay"}
+
+
+@dataclass
+class FanoutResult:
+    server: str
+    clients: int
+    connected: int
+    connect_s: float
+    rss_before_kib: int
+    rss_after_kib: int
+    flips: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rss_per_client_kib(self) -> float:
+        return (self.rss_after_kib - self.rss_before_kib) / max(1, self.connected)
+
+    @property
+    def min_fraction(self) -> float:
+        return min((f["fraction"] for f in self.flips), default=0.0)
+
+    def latencies(self) -> list[float]:
+        return [x for f in self.flips for x in f["latencies_ms"]]
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies()
+        return {
+            "server": self.server,
+            "clients": self.clients,
+            "connected": self.connected,
+            "connect_s": self.connect_s,
+            "rss_per_client_kib": round(self.rss_per_client_kib, 2),
+            "flips": len(self.flips),
+            "min_fraction": self.min_fraction,
+            "p50_ms": round(percentile(lat, 50), 1) if lat else None,
+            "p99_ms": round(percentile(lat, 99), 1) if lat else None,
+            "max_ms": round(max(lat), 1) if lat else None,
+            "per_flip_p99_ms": [round(f["p99_ms"] or -1, 1) for f in self.flips],
+        }
+
+
+def prepare(dsn: str) -> None:
+    """Make the system stable (whatever ran before) and create the job the flips toggle."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE public.import_job SET state = 'finished' WHERE state <> 'finished'")
+        conn.execute("DELETE FROM worker.tasks WHERE state IN ('pending', 'processing', 'waiting')")
+        conn.execute(
+            "INSERT INTO public.import_job (slug, state) VALUES (%s, 'finished') "
+            "ON CONFLICT (slug) DO UPDATE SET state = 'finished'",
+            (FLIP_SLUG,),
+        )
+
+
+def start_server(kind: str, dsn: str, name: str | None = None, *extra: str) -> tuple[Child, int]:
+    child = Child(name or kind, SERVERS[kind], "--dsn", dsn, *extra)
+    port = int(child.read(60)["port"])
+    return child, port
+
+
+def run_fanout(
+    db: Database, swarm: Child, kind: str, n: int, flips: int, *, settle: float = 1.0
+) -> FanoutResult:
+    """One server, n clients, `flips` commits that each flip the state."""
+    prepare(db.dsn)
+    time.sleep(0.3)  # the stable state from prepare() has landed everywhere
+    server, port = start_server(kind, db.dsn)
+    try:
+        # Warm-up: the first connections import and allocate what every later one shares.
+        swarm.ask({"cmd": "connect", "port": port, "n": 20})
+        swarm.ask({"cmd": "close"})
+        time.sleep(settle)
+        before = rss_kib(server.pid)
+        connect = swarm.ask({"cmd": "connect", "port": port, "n": n, "timeout": 180}, timeout=200)
+        time.sleep(settle)
+        after = rss_kib(server.pid)
+        result = FanoutResult(kind, n, connect["connected"], connect["seconds"], before, after)
+        if connect["failed"]:
+            print(f"  {kind}: {connect['failed']} connections failed: {connect['failures']}")
+        marks = flip_states(db.dsn, swarm, flips)
+        report = swarm.ask({"cmd": "report", "flips": marks}, timeout=120)
+        result.flips = report["flips"]
+        swarm.ask({"cmd": "close"})
+        return result
+    finally:
+        server.close()
+
+
+def flip_states(dsn: str, swarm: Child, flips: int) -> list[list[float]]:
+    """Commit `flips` state changes; after each, wait until every client has it (or 10 s).
+
+    The clock starts right before the statement is sent: commit-to-client latency includes
+    the commit itself, the NOTIFY, the relay's read of the truth and the fan-out.
+    """
+    marks: list[list[float]] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for k in range(1, flips + 1):
+            job_state = "processing_data" if k % 2 else "finished"
+            t0 = time.monotonic()
+            conn.execute(
+                "UPDATE public.import_job SET state = %s WHERE slug = %s", (job_state, FLIP_SLUG)
+            )
+            swarm.ask({"cmd": "wait", "flip": k, "timeout": 10})
+            marks.append([k, t0])
+            time.sleep(0.2)
+    return marks

@@ -1,0 +1,236 @@
+"""Writes docs/benchmarks.md, docs/benchmarks.json and docs/fanout-latency.png from the results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.fanout import FanoutResult
+
+PNG = "fanout-latency.png"
+
+
+def machine() -> str:
+    import aiohttp
+    import psycopg
+
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import os
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
+        f"psycopg {psycopg.__version__}"
+    )
+
+
+def plot(fanout: list[FanoutResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    styles = {"relay": ("tab:blue", "stability-relay"), "baseline": ("tab:red", "naive baseline")}
+    for server, (color, label) in styles.items():
+        rows = sorted((r for r in fanout if r.server == server), key=lambda r: r.clients)
+        if not rows:
+            continue
+        xs = [r.clients for r in rows]
+        p50 = [r.summary()["p50_ms"] for r in rows]
+        p99 = [r.summary()["p99_ms"] for r in rows]
+        ax.plot(xs, p99, "o-", color=color, label=f"{label}: p99")
+        ax.plot(xs, p50, "s--", color=color, alpha=0.6, label=f"{label}: p50")
+    ax.set_xscale("log")
+    ax.set_xlabel("connected SSE clients")
+    ax.set_ylabel("commit-to-client latency (ms)")
+    ax.set_title("Fan-out: one state flip, from COMMIT to every client")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def write(results: dict[str, Any], command: str, docs: Path) -> Path:
+    docs.mkdir(parents=True, exist_ok=True)
+    fanout: list[FanoutResult] = results.get("fanout", [])
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}: "
+        f"{machine()}. Embedded PostgreSQL {results.get('pg_version', '?')} "
+        "(fsync off), everything on loopback. The machine is shared and noisy: compare the "
+        "columns of one run, not runs with each other. Raw figures: "
+        "[`benchmarks.json`](benchmarks.json). How each figure is made: `bench/`.",
+        "",
+    ]
+    if fanout:
+        plot(fanout, docs / PNG)
+        lines += _fanout_section(fanout)
+    if "triggers" in results:
+        lines += _trigger_section(results["triggers"])
+    if "details" in results:
+        lines += _details_section(results["details"])
+    if "scaleout" in results or "notify" in results:
+        lines += _scale_section(results.get("scaleout"), results.get("notify"))
+    lines += NOTES
+    path = docs / "benchmarks.md"
+    path.write_text("\n".join(lines) + "\n")
+    raw = {
+        key: ([r.summary() for r in value] if key == "fanout" else value)
+        for key, value in results.items()
+    }
+    (docs / "benchmarks.json").write_text(json.dumps(raw, indent=1, default=_plain) + "\n")
+    return path
+
+
+def _plain(obj: Any) -> Any:
+    return obj.__dict__
+
+
+def _fanout_section(fanout: list[FanoutResult]) -> list[str]:
+    lines = [
+        "## 1. Fan-out: N clients, state flips made by real commits",
+        "",
+        f"![commit-to-client latency against client count]({PNG})",
+        "",
+        "The clients live in their own process (bare asyncio protocols); each server in its "
+        "own. Latency runs from just before the committing statement is sent to the moment a "
+        "client's process reads the event (CLOCK_MONOTONIC, shared by the processes); it "
+        "includes the commit, the NOTIFY, the server's read of `is_system_stable()` and the "
+        "fan-out. RSS per client: the server's VmRSS after connecting everyone, minus before, "
+        "over N (after a 20-client warm-up).",
+        "",
+        "| server | clients | connect all (s) | RSS / client (KiB) | flips | worst flip reached "
+        "| p50 (ms) | p99 (ms) | max (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(fanout, key=lambda r: (r.clients, r.server != "relay")):
+        s = r.summary()
+        lines.append(
+            f"| {'**relay**' if r.server == 'relay' else 'baseline (naive)'} | {r.clients:,} "
+            f"| {s['connect_s']:.2f} | {s['rss_per_client_kib']:.1f} | {s['flips']} "
+            f"| {100 * s['min_fraction']:.1f}% | {s['p50_ms']} | {s['p99_ms']} | {s['max_ms']} |"
+        )
+    lines.append("")
+    by = {(r.server, r.clients): r.summary() for r in fanout}
+    top = max(r.clients for r in fanout)
+    relay, base = by.get(("relay", top)), by.get(("baseline", top))
+    if relay and base:
+        lines += [
+            f"Targets at {top:,} clients:",
+            "",
+            f"- every flip reaches every client: {_mark(relay['min_fraction'] >= 1.0)} "
+            f"({100 * relay['min_fraction']:.1f}% for the worst flip);",
+            f"- p99 at most half the baseline's: {_mark(relay['p99_ms'] <= base['p99_ms'] / 2)} "
+            f"({relay['p99_ms']} ms vs {base['p99_ms']} ms, "
+            f"{relay['p99_ms'] / base['p99_ms']:.2f} times);",
+            f"- RSS at most 12 KB per client: "
+            f"{_mark(relay['rss_per_client_kib'] * 1024 <= 12_000)} "
+            f"({relay['rss_per_client_kib']:.1f} KiB; the baseline "
+            f"{base['rss_per_client_kib']:.1f} KiB);",
+            f"- connecting everyone no slower than the baseline: "
+            f"{_mark(relay['connect_s'] <= base['connect_s'] * 1.05)} "
+            f"({relay['connect_s']:.2f} s vs {base['connect_s']:.2f} s; within 5% counts as "
+            "a tie on this noisy machine).",
+            "",
+        ]
+    return lines
+
+
+def _trigger_section(t: Any) -> list[str]:
+    lines = [
+        "## 2. Trigger cost: worker churn under pgbench",
+        "",
+        f"{t.clients} pgbench clients, {t.rounds} rounds of {t.seconds:g} s per variant, "
+        "variants rotated within each round, the tables reset before each run. One "
+        "*task life* is three transactions (insert `pending`, update `processing`, update "
+        "`completed`); half the commands are analytics. One script run in ten is an import "
+        "job's life instead (start, progress, finish). A LISTENing connection drains the "
+        "notifications throughout (the relay's role). `worker.tasks` has an index on `state` "
+        "(without it the seed's triggers scan the table per statement and fare worse).",
+        "",
+        "| triggers | median task lives/s | ratio to none | rounds (task lives/s) "
+        "| notifications / s |",
+        "|---|---:|---:|---|---:|",
+    ]
+    names = {"none": "none", "seed": "the seed's", "ours": "**this project's**"}
+    for variant in ("none", "seed", "ours"):
+        rounds = ", ".join(f"{x:.0f}" for x in t.tps[variant])
+        rate = t.notifications[variant] / (t.rounds * t.seconds)
+        lines.append(
+            f"| {names[variant]} | {t.median_tps(variant):.0f} | {t.ratio(variant):.2f} "
+            f"| {rounds} | {rate:.0f} |"
+        )
+    lines += [
+        "",
+        f"Target: ours keeps at least 90% of the no-trigger throughput: "
+        f"{_mark(t.ratio('ours') >= 0.9)} ({100 * t.ratio('ours'):.0f}%).",
+        "",
+    ]
+    return lines
+
+
+def _details_section(d: Any) -> list[str]:
+    calls = "n/a" if d.statement_calls is None else str(d.statement_calls)
+    return [
+        "## 3. Details under load",
+        "",
+        f"{d.bursts} bursts of {d.requests // d.bursts:,} concurrent "
+        "`GET /api/system-status/details` (one process, one connection per request), "
+        "1.2 s apart so each falls in a new 1 s cache window.",
+        "",
+        "| requests | answered 200 | details queries (relay counter) "
+        "| statement calls (pg_stat_statements) | p50 (ms) | p99 (ms) | max (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {d.requests:,} | {d.ok:,} | {d.relay_queries:.0f} | {calls} | {d.p50_ms:.0f} "
+        f"| {d.p99_ms:.0f} | {d.max_ms:.0f} |",
+        "",
+        f"Target: at most one round of queries per cache window: "
+        f"{_mark(d.relay_queries <= d.bursts)}. Latency here is mostly the client process "
+        "opening 1,000 connections at once.",
+        "",
+    ]
+
+
+def _scale_section(s: Any, notify: Any) -> list[str]:
+    lines = ["## 4. Beyond one machine", ""]
+    if s is not None:
+        lines += [
+            f"{s.relays} relay processes on one PostgreSQL, {s.clients:,} clients split "
+            f"evenly, {s.listen_connections} LISTEN connections in all:",
+            "",
+            "| relays | clients | connect all (s) | worst flip reached | p50 (ms) | p99 (ms) "
+            "| max (ms) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {s.relays} | {s.clients:,} | {s.connect_s:.2f} | "
+            f"{100 * s.min_fraction:.1f}% | {s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.max_ms:.1f} |",
+            "",
+        ]
+    if notify:
+        lines += [
+            "What one NOTIFY costs as LISTENing sessions grow (4 pgbench clients, each "
+            "transaction one `pg_notify`; the sessions drain every notification):",
+            "",
+            "| LISTENing sessions | notifying commits/s | mean latency (ms) |",
+            "|---:|---:|---:|",
+        ]
+        for n in notify:
+            lines.append(f"| {n.listeners} | {n.tps:.0f} | {n.latency_ms:.2f} |")
+        lines.append("")
+    return lines
+
+
+NOTES = (Path(__file__).parent / "notes.md").read_text().splitlines()

@@ -1,0 +1,208 @@
+"""A swarm of SSE clients in one process: ``python -m bench.sse_clients``.
+
+The measuring side must cost little, so each client is a bare :class:`asyncio.Protocol` that
+splits the stream on blank lines and notes, per event id, the time it arrived
+(``time.monotonic()``: CLOCK_MONOTONIC, the same clock in every process on the machine, so the
+parent's commit timestamps compare directly). Driven by JSON lines on stdin:
+
+- ``{"cmd": "connect", "port": P, "n": N}``: connect N clients, at most ``concurrency`` at a
+  time in the handshake; answers when every one has its first event.
+- ``{"cmd": "wait", "flip": K, "timeout": T}``: answers when every connected client has seen
+  K changes of state since its first event (or on time-out). Counting changes per client,
+  not event ids, lets one swarm span several relays, whose sequence numbers differ.
+- ``{"cmd": "report", "flips": [[K, T0], ...]}``: per flip, the share of clients that got
+  it and the latency percentiles from T0.
+- ``{"cmd": "close"}``: disconnect everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+from bench.common import emit, percentile, raise_nofile, stdin_lines
+
+EVENT = re.compile(rb'id: \d+\ndata: \{[^\n]*"state":"(\w+)"')
+
+
+class Swarm:
+    def __init__(self) -> None:
+        self.clients: list[SseClient] = []
+        self.arrivals: dict[int, list[float]] = {}  # k-th change of state → arrival times
+        self.live = 0  # clients that have had their first event and are still connected
+
+    def on_change(self, k: int, now: float) -> None:
+        times = self.arrivals.get(k)
+        if times is None:
+            times = self.arrivals[k] = []
+        times.append(now)
+
+    async def connect(self, port: int, n: int, concurrency: int, timeout: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(concurrency)
+        request = (
+            f"GET /api/system-status/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+        failures: list[str] = []
+
+        async def one() -> None:
+            async with gate:
+                client = SseClient(self, request, loop.create_future())
+                try:
+                    await loop.create_connection(lambda: client, "127.0.0.1", port)
+                    await client.ready
+                except (OSError, ConnectionError, RuntimeError) as error:
+                    failures.append(type(error).__name__ + ": " + str(error)[:80])
+                    return
+                self.clients.append(client)
+
+        started = time.monotonic()
+        tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        seconds = time.monotonic() - started
+        return {
+            "connected": len(self.clients),
+            "seconds": round(seconds, 3),
+            "failed": len(failures) + len(pending),
+            "failures": sorted(set(failures))[:5],
+        }
+
+    async def wait(self, flip: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            count = len(self.arrivals.get(flip, ()))
+            if count >= self.live or time.monotonic() >= deadline:
+                return {"count": count, "live": self.live}
+            await asyncio.sleep(0.005)
+
+    def report(self, flips: list[list[float]]) -> dict[str, Any]:
+        n = len(self.clients)
+        rows = []
+        for flip, t0 in flips:
+            times = self.arrivals.get(int(flip), [])
+            lat = [(t - t0) * 1000 for t in times]
+            rows.append(
+                {
+                    "flip": int(flip),
+                    "fraction": len(times) / n if n else 0.0,
+                    "p50_ms": percentile(lat, 50) if lat else None,
+                    "p99_ms": percentile(lat, 99) if lat else None,
+                    "max_ms": max(lat) if lat else None,
+                    "latencies_ms": lat,
+                }
+            )
+        return {"flips": rows, "clients": n}
+
+    def close(self) -> dict[str, Any]:
+        count = 0
+        for client in self.clients:
+            client.open = False  # no longer counted in `live`
+            if client.transport is not None and not client.transport.is_closing():
+                client.transport.close()
+                count += 1
+        self.clients.clear()
+        self.arrivals.clear()
+        self.live = 0
+        return {"closed": count}
+
+
+class SseClient(asyncio.Protocol):
+    """One stream. Parses only what the benchmark needs: each event's id and state."""
+
+    __slots__ = (
+        "buffer",
+        "changes",
+        "headers_ok",
+        "open",
+        "ready",
+        "request",
+        "state",
+        "swarm",
+        "transport",
+    )
+
+    def __init__(self, swarm: Swarm, request: bytes, ready: asyncio.Future[None]) -> None:
+        self.swarm = swarm
+        self.request = request
+        self.ready = ready
+        self.buffer = b""
+        self.open = False
+        self.headers_ok = False
+        self.state = b""
+        self.changes = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buffer = self.buffer + data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self.buffer = buffer
+            return
+        self.buffer = buffer[end + 2 :]
+        if not self.headers_ok:
+            if not buffer.startswith(b"HTTP/1.1 200"):
+                if not self.ready.done():
+                    self.ready.set_exception(RuntimeError(buffer[:40].decode(errors="replace")))
+                return
+            self.headers_ok = True
+        for match in EVENT.finditer(buffer, 0, end + 2):
+            state = match.group(1)
+            if self.open and state != self.state:
+                self.changes += 1
+                self.swarm.on_change(self.changes, now)
+            self.state = state
+            if not self.open:
+                self.open = True
+                self.swarm.live += 1
+                if not self.ready.done():
+                    self.ready.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.open:
+            self.open = False
+            self.swarm.live -= 1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before the first event"))
+
+
+async def main() -> None:
+    swarm = Swarm()
+    reader = await stdin_lines()
+    while line := await reader.readline():
+        request = json.loads(line)
+        cmd = request["cmd"]
+        if cmd == "connect":
+            emit(
+                await swarm.connect(
+                    request["port"],
+                    request["n"],
+                    request.get("concurrency", 500),
+                    request.get("timeout", 120.0),
+                )
+            )
+        elif cmd == "wait":
+            emit(await swarm.wait(request["flip"], request["timeout"]))
+        elif cmd == "report":
+            emit(swarm.report(request["flips"]))
+        elif cmd == "close":
+            emit(swarm.close())
+        else:
+            emit({"error": f"unknown command {cmd}"})
+    swarm.close()
+
+
+if __name__ == "__main__":
+    raise_nofile()
+    asyncio.run(main())
