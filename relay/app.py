@@ -1,9 +1,10 @@
 """Wiring: builds every component from the config and runs them in a fixed order.
 
-    NOTIFY → Listener → Stability → observers: Hub (SSE), Metrics, (webhooks)
+    NOTIFY → Listener → Stability → observers: Hub (SSE), Metrics, webhooks
 
-Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener.
-Shutdown, bounded: stop accepting → stop the listener → close SSE streams → HTTP cleanup.
+Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener → webhooks.
+Shutdown, bounded: stop accepting → stop the listener → close SSE streams → drain webhooks
+(requests on the wire get ``http.shutdown_timeout``) → HTTP cleanup.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from relay.metrics import Metrics
 from relay.sse import Hub
 from relay.stability import Stability, State
 from relay.systemd import Notifier
+from relay.webhooks import WebhookSender
 
 log = get_logger("relay.app")
 
@@ -51,6 +53,14 @@ class Relay:
         self.address_limit = AddressLimit(config.http, self.metrics)
         self.details = Details(config.database.dsn, config.details, self.metrics)
         self._relay_channel = ChannelRelay(self.hub.publish_event, self.metrics)
+        # Always built (cheap when empty), so a SIGHUP reload can add the first target.
+        self.webhooks = WebhookSender(
+            config.webhooks,
+            self.stability,
+            self.metrics,
+            state_directory=config.state_directory,
+            public_url=config.http.public_url,
+        )
         self.listener = Listener(
             config.database,
             self,
@@ -101,6 +111,7 @@ class Relay:
         self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=4096)
         await self._site.start()
         await self.listener.start()
+        await self.webhooks.start()
         await self.notifier.start()
         self._state = "running"
         log.info("serving", listen=f"{listen.host}:{self.port}")
@@ -114,6 +125,7 @@ class Relay:
             await self._site.stop()
         await self.listener.aclose(timeout=self.config.http.shutdown_timeout)
         await self.hub.aclose()
+        await self.webhooks.aclose(timeout=self.config.http.shutdown_timeout)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.details.aclose(timeout=self.config.http.shutdown_timeout)

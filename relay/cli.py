@@ -1,4 +1,4 @@
-"""Command line: ``stability-relay run | check | db install | demo``.
+"""Command line: ``stability-relay run | check | db install | webhook test | demo``.
 
 Exit codes: 0 success, 1 runtime failure (e.g. cannot bind, database refused the
 install), 2 invalid configuration or usage. Never a traceback for a user's mistake.
@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--demo-schema", action="store_true", help="also create the demo stand-in tables"
     )
+
+    webhook = commands.add_parser("webhook", help="webhook tools")
+    hook_commands = webhook.add_subparsers(dest="webhook_command", required=True, metavar="ACTION")
+    test = hook_commands.add_parser(
+        "test", help="send a clearly marked test event to one target; print the answer"
+    )
+    test.add_argument("name", metavar="NAME", help="the webhook's name in the config")
+    test.add_argument("--config", metavar="FILE", required=True)
 
     demo = commands.add_parser("demo", help="embedded PostgreSQL + simulated workload + relay")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
@@ -95,6 +103,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(_load(args), reload=(lambda: _load(args)) if args.config else None)
     if args.command == "db":
         return _db_install(args)
+    if args.command == "webhook":
+        return _webhook_test(load_config(args.config), args.name)
     if args.command == "demo":
         from relay.demo import run_demo
 
@@ -115,6 +125,30 @@ def _run(config: Config, reload: Callable[[], Config] | None) -> int:
         listen = config.http.listen
         print(f"error: cannot listen on {listen}: {error.strerror or error}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _webhook_test(config: Config, name: str) -> int:
+    from relay import logs
+    from relay.webhooks import send_test
+    from relay.webhooks.delivery import BODY_PREVIEW, origin
+
+    hooks = {hook.name: hook for hook in config.webhooks}
+    if name not in hooks:
+        known = ", ".join(hooks) or "none"
+        raise ConfigError([f'webhooks: no webhook named "{name}" (configured: {known})'])
+    hook = hooks[name]
+    logs.redactor.update(config.secrets())
+    print(f"sending a test event to {name} ({origin(hook.url)}, format {hook.format})")
+    result = asyncio.run(send_test(hook, config.http.public_url))
+    if result.status is None:
+        print(f"no answer: {logs.redactor.mask(result.reason)}")
+        return EXIT_FAILURE
+    redirect = " (redirects are not followed: configure the final URL)"
+    print(f"HTTP {result.status}" + (redirect if 300 <= result.status < 400 else ""))
+    if result.body:
+        truncated = " [truncated]" if len(result.body.encode()) >= BODY_PREVIEW else ""
+        print(logs.redactor.mask(result.body.rstrip()) + truncated)
+    return EXIT_OK if 200 <= result.status < 300 else EXIT_FAILURE
 
 
 def _db_install(args: argparse.Namespace) -> int:

@@ -309,6 +309,13 @@ class WebhookConfig(_Section):
             raise ValueError("list at least one state: stable, processing or unknown")
         return value
 
+    @field_validator("retry_schedule")
+    @classmethod
+    def _retry_steps(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or min(value) < 0.1:
+            raise ValueError('list one or more delays of at least 0.1s, like ["5s", "30s", "2m"]')
+        return value
+
     @field_validator("timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
@@ -357,6 +364,7 @@ class Config(_Section):
             found.append(hook.secret)
             found.extend(hook.headers.values())
             found.append(_url_password(hook.url))
+            found.extend(_url_tokens(hook))
         return [s for s in found if s and len(s) >= 3]
 
 
@@ -370,6 +378,14 @@ def _dsn_password(dsn: str) -> str | None:
     except Exception:  # an unparsable DSN fails later, with a clean message
         return _url_password(dsn)
     return str(value) if value else None
+
+
+def _url_tokens(hook: WebhookConfig) -> list[str]:
+    """A webhook URL whose path or query carries a token (Slack's does) is itself a secret."""
+    path = re.sub(r"^[a-z][a-z0-9+.-]*://[^/?#]*", "", hook.url)
+    if hook.format == "slack" or "?" in path or len(path) >= 16:
+        return [hook.url, path]
+    return []
 
 
 def _url_password(url: str) -> str | None:
@@ -458,6 +474,9 @@ def load_config(
         database["dsn"] = environ["RELAY_DSN"]
     elif database is None and environ.get("RELAY_DSN"):
         tree["database"] = {"dsn": environ["RELAY_DSN"]}
+    if not tree.get("state_directory") and environ.get("STATE_DIRECTORY"):
+        # systemd's StateDirectory=; it may list several, colon-separated: use the first.
+        tree["state_directory"] = environ["STATE_DIRECTORY"].split(":")[0]
     try:
         config = Config.model_validate(tree)
     except ValidationError as error:

@@ -89,6 +89,11 @@ class Stability:
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
 
+    def unsubscribe(self, observer: Observer) -> None:
+        """Stop telling ``observer`` (a component that closed); unknown observers are ignored."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+
     def update(self, state: State) -> bool:
         """Move to ``state``; return whether that was a transition."""
         old = self._current
