@@ -22,6 +22,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PREFLIGHT_MAX_AGE = "600"
+CORS_ORIGIN = web.RequestKey[str]("relay.cors_origin")
 ALLOWED_HEADERS = "Authorization, Last-Event-ID, Cache-Control"
 
 
@@ -60,19 +61,20 @@ def cors(settings: CorsConfig, api_paths: Collection[str]) -> Middleware:
                     "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
                 },
             )
-        if not listed or request.path not in api_paths:
-            return await handler(request)
-        assert origin is not None
-        try:
-            response = await handler(request)
-        except web.HTTPException as error:
-            error.headers.update(_cors_headers(origin))
-            raise
-        if not response.prepared:
-            response.headers.update(_cors_headers(origin))
-        return response
+        if origin is not None and listed and request.path in api_paths:
+            # Headers are added when the response is prepared (see `add_cors_headers`):
+            # the live stream prepares its own response before the handler returns.
+            request[CORS_ORIGIN] = origin
+        return await handler(request)
 
     return middleware
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: CORS headers for a request the middleware accepted."""
+    origin = request.get(CORS_ORIGIN)
+    if origin is not None:
+        response.headers.update(_cors_headers(origin))
 
 
 def _cors_headers(origin: str) -> dict[str, str]:

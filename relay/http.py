@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from relay.access import authenticate, cors, security_headers
+from relay.access import add_cors_headers, authenticate, cors, security_headers
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -56,6 +56,7 @@ def build_app(relay: Relay) -> web.Application:
     app.router.add_get("/", _page)
     app.router.add_static("/static/", STATIC, append_version=False)
     app.on_response_prepare.append(_static_headers)
+    app.on_response_prepare.append(add_cors_headers)
     return app
 
 

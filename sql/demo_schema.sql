@@ -88,7 +88,7 @@ BEGIN
         'state', NEW.state,
         'total_rows', NEW.total_rows,
         'imported_rows', NEW.imported_rows,
-        'progress_pct', coalesce(NEW.import_completed_pct,
+        'progress_pct', coalesce(nullif(NEW.import_completed_pct, 0),
             CASE WHEN NEW.total_rows > 0
                  THEN round(100.0 * coalesce(NEW.imported_rows, 0) / NEW.total_rows, 2) END)
     )::text);

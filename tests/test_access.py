@@ -151,6 +151,11 @@ async def test_cors_only_for_listed_origins_with_credentials(db_dsn: str) -> Non
         listed = await status(http, url, headers={**auth, "Origin": "https://app.example"})
         assert listed.headers["Access-Control-Allow-Origin"] == "https://app.example"
         assert listed.headers["Access-Control-Allow-Credentials"] == "true"
+        live = base_url(relay) + "/api/system-status/live"
+        async with http.get(live, headers={**auth, "Origin": "https://app.example"}) as stream:
+            assert stream.status == 200
+            assert stream.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert stream.headers["Access-Control-Allow-Credentials"] == "true"
         other = await status(http, url, headers={**auth, "Origin": "https://evil.example"})
         assert "Access-Control-Allow-Origin" not in other.headers
         preflight = await status(

@@ -183,11 +183,6 @@ def test_element_made_by_script_connects_and_closes_its_stream_when_removed(
     assert stand.connections == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay: the live stream is prepared inside its handler, so the CORS middleware "
-    "never adds Access-Control-Allow-Origin to it; remove this mark when that is fixed",
-)
 def test_embeds_in_another_origin_with_the_apps_session_cookie(db_dsn: str, tab: Tab) -> None:
     """The README's recipe: the app's page loads the script from the relay, the relay lists the
     app's origin in ``cors.allow_origins`` and reads the app's JWT session cookie."""
