@@ -2,9 +2,11 @@
 
     NOTIFY → Listener → Stability → observers: Hub (SSE), Metrics, webhooks
 
-Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener → webhooks.
-Shutdown, bounded: stop accepting → stop the listener → close SSE streams → drain webhooks
-(requests on the wire get ``http.shutdown_timeout``) → HTTP cleanup.
+Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener → leader election
+(webhooks start once this relay is elected) → systemd ``READY=1``.
+Shutdown, bounded: ``STOPPING=1`` → stop accepting → stop the listener → close SSE streams →
+leave the election → drain webhooks (requests on the wire get ``http.shutdown_timeout``) →
+HTTP cleanup.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from relay.config import Config
 from relay.details import Details
 from relay.errors import ConfigError
 from relay.http import build_app
+from relay.leader import Leadership
 from relay.listener import Listener
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -54,13 +57,9 @@ class Relay:
         self.details = Details(config.database.dsn, config.details, self.metrics)
         self._relay_channel = ChannelRelay(self.hub.publish_event, self.metrics)
         # Always built (cheap when empty), so a SIGHUP reload can add the first target.
-        self.webhooks = WebhookSender(
-            config.webhooks,
-            self.stability,
-            self.metrics,
-            state_directory=config.state_directory,
-            public_url=config.http.public_url,
-        )
+        self.webhooks = self._webhook_sender()
+        # Several relays on one database: only the elected one sends webhooks.
+        self.leadership = Leadership(config.database, self._on_leadership)
         self.listener = Listener(
             config.database,
             self,
@@ -72,6 +71,24 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._state = "new"
+
+    def _webhook_sender(self) -> WebhookSender:
+        return WebhookSender(
+            self.config.webhooks,
+            self.stability,
+            self.metrics,
+            state_directory=self.config.state_directory,
+            public_url=self.config.http.public_url,
+        )
+
+    async def _on_leadership(self, leading: bool) -> None:
+        """Elected: send webhooks. Another relay leads now: stop, and be ready for next time."""
+        self.metrics.webhook_leader.set(1 if leading else 0)
+        if leading:
+            await self.webhooks.start()
+        else:
+            await self.webhooks.aclose(timeout=self.config.http.shutdown_timeout)
+            self.webhooks = self._webhook_sender()
 
     # ListenerEvents: what the database tells us.
     def on_truth(self, stable: bool) -> None:
@@ -111,7 +128,7 @@ class Relay:
         self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=4096)
         await self._site.start()
         await self.listener.start()
-        await self.webhooks.start()
+        await self.leadership.start()  # starts the webhook sender once elected
         await self.notifier.start()
         self._state = "running"
         log.info("serving", listen=f"{listen.host}:{self.port}")
@@ -125,6 +142,7 @@ class Relay:
             await self._site.stop()
         await self.listener.aclose(timeout=self.config.http.shutdown_timeout)
         await self.hub.aclose()
+        await self.leadership.aclose(timeout=self.config.http.shutdown_timeout)
         await self.webhooks.aclose(timeout=self.config.http.shutdown_timeout)
         if self._runner is not None:
             await self._runner.cleanup()
