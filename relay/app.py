@@ -1,6 +1,8 @@
 """Wiring: builds every component from the config and runs them in a fixed order.
 
     NOTIFY → Listener → Stability → observers: Hub (SSE), Metrics, webhooks
+                     └→ ChannelRelay → Hub (named events)
+    HTTP → access (CORS, auth, limits) → routes (stream, snapshot, Details, metrics, page)
 
 Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener → leader election
 (webhooks start once this relay is elected) → systemd ``READY=1``.
