@@ -56,7 +56,7 @@ class Relay:
         self.metrics.sse_clients_limit.set(config.http.max_clients)
         self.authenticator = Authenticator(config.auth)
         self.address_limit = AddressLimit(config.http, self.metrics)
-        self.details = Details(config.database.dsn, config.details, self.metrics)
+        self.details = Details(config.database, config.details, self.metrics)
         self._relay_channel = ChannelRelay(self.hub.publish_event, self.metrics)
         # Always built (cheap when empty), so a SIGHUP reload can add the first target.
         self.webhooks = self._webhook_sender()

@@ -57,7 +57,7 @@ def _validate(payload: str) -> tuple[str | None, str]:
         return "too_large", ""
     try:
         parsed = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         return "not_json", ""
     if not isinstance(parsed, dict):
         return "not_an_object", ""

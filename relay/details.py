@@ -15,7 +15,8 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from relay.config import DetailsConfig
+from relay import pg
+from relay.config import DatabaseConfig, DetailsConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -40,8 +41,8 @@ SELECT json_build_object(
 class Details:
     """Serves ``GET /api/system-status/details``. ``start()`` then ``aclose()``."""
 
-    def __init__(self, dsn: str, settings: DetailsConfig, metrics: Metrics) -> None:
-        self._dsn = dsn
+    def __init__(self, database: DatabaseConfig, settings: DetailsConfig, metrics: Metrics) -> None:
+        self._database = database
         self._settings = settings
         self._metrics = metrics
         self._pool: AsyncConnectionPool[Any] | None = None
@@ -57,16 +58,16 @@ class Details:
             return
         timeout_ms = round(self._settings.statement_timeout * 1000)
         self._pool = AsyncConnectionPool(
-            self._dsn,
+            self._database.dsn,
             min_size=0,
             max_size=self._settings.pool_size,
             timeout=self._settings.statement_timeout,
-            kwargs={
-                "autocommit": True,
-                "application_name": "stability-relay-details",
-                "options": f"-c statement_timeout={timeout_ms}",
-                "connect_timeout": max(2, round(self._settings.statement_timeout)),
-            },
+            kwargs=pg.connect_options(
+                self._database,
+                "stability-relay-details",
+                server_options=f"-c statement_timeout={timeout_ms}",
+            ),
+            check=AsyncConnectionPool.check_connection,
             open=False,
             name="relay-details",
         )
@@ -99,9 +100,14 @@ class Details:
             raise DatabaseUnavailable("details service is not running")
         self._metrics.details_queries.inc()
         try:
-            async with self._pool.connection() as conn:
-                cursor = await conn.execute(QUERY)
-                row = await cursor.fetchone()
+            # The statement timeout bounds the server; this bounds the whole round trip
+            # (a half-open pooled connection would otherwise wait for TCP to give up).
+            async with asyncio.timeout(self._settings.statement_timeout * 2 + 1):
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(QUERY)
+                    row = await cursor.fetchone()
+        except TimeoutError:
+            raise DatabaseUnavailable("details query timed out") from None
         except PoolTimeout:
             raise DatabaseUnavailable("no database connection for details") from None
         except psycopg.errors.UndefinedFunction:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import psycopg
 from psycopg import AsyncConnection, sql
 
+from relay import pg
 from relay.backoff import Backoff
 from relay.config import DatabaseConfig
 from relay.errors import DatabaseUnavailable, SchemaMissing
@@ -100,7 +99,7 @@ class Listener:
             return
         self._closed = True
         if self._conn is not None:
-            _sever(self._conn)
+            pg.sever(self._conn)
         if self._task is not None:
             self._task.cancel()
             done, _ = await asyncio.wait({self._task}, timeout=timeout)
@@ -126,7 +125,12 @@ class Listener:
             try:
                 await self._session(conn)
             except (psycopg.Error, DatabaseUnavailable, SchemaMissing, OSError) as error:
-                reason = _describe(error)
+                reason = pg.describe_error(error)
+            except Exception as error:
+                # A bug or an undecodable payload must not end the loop with the last state
+                # frozen: report it, go unknown, reconnect, and re-read the truth.
+                log.exception("listener_session_failed")
+                reason = f"unexpected {type(error).__name__}"
             else:
                 reason = "closed"
             finally:
@@ -150,25 +154,11 @@ class Listener:
         await asyncio.sleep(delay)
 
     async def _connect(self) -> AsyncConnection[Any]:
-        s = self._settings
-        target = describe_dsn(s.dsn)
-        options: dict[str, Any] = {
-            "autocommit": True,
-            "application_name": s.application_name,
-            "connect_timeout": max(2, round(s.connect_timeout)),
-            "keepalives": 1,
-            "keepalives_idle": max(1, round(s.keepalives_idle)),
-            "keepalives_interval": max(1, round(s.keepalives_interval)),
-            "keepalives_count": s.keepalives_count,
-            "tcp_user_timeout": round(s.tcp_user_timeout * 1000),
-            "prepare_threshold": None,
-        }
+        target = describe_dsn(self._settings.dsn)
         try:
-            conn = await asyncio.wait_for(
-                AsyncConnection.connect(s.dsn, **options), timeout=s.connect_timeout + 1
-            )
-        except (psycopg.Error, OSError, TimeoutError) as error:
-            raise DatabaseUnavailable(f"cannot connect to {target}: {_describe(error)}") from None
+            conn = await pg.connect(self._settings, self._settings.application_name)
+        except DatabaseUnavailable as error:
+            raise DatabaseUnavailable(f"cannot connect to {target}: {error}") from None
         log.info("database_connected", target=target, backend_pid=conn.info.backend_pid)
         return conn
 
@@ -201,7 +191,11 @@ class Listener:
         self._metrics.notifications.labels(channel).inc()
         if channel == self._stability_channel:
             return True
-        self._events.on_notification(channel, payload)
+        try:
+            self._events.on_notification(channel, payload)
+        except Exception:  # one bad notification is dropped, never the connection
+            self._metrics.notifications_dropped.labels(channel, "error").inc()
+            log.exception("notification_failed", channel=channel)
         return False
 
     async def _listen(self, conn: AsyncConnection[Any], channels: Sequence[str]) -> None:
@@ -235,41 +229,6 @@ class Listener:
         return Probe(bool(row[0]), frozenset(row[1]), float(row[2]))
 
     async def _deadline(self, conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T]) -> T:
-        """Await a query, or sever the connection when it takes longer than the heartbeat timeout.
-
-        Hand-rolled instead of ``asyncio.wait_for``: cancelling a psycopg query first sends
-        a cancel request and waits for it (up to 10 s), which is exactly what hangs on a
-        half-open connection. Shutting the socket down fails the query at once.
-        """
-        task = asyncio.create_task(operation, name="relay-listener-query")
-        try:
-            done, _ = await asyncio.wait({task}, timeout=self._settings.heartbeat_timeout)
-        finally:
-            if not task.done():
-                _sever(conn)
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        if not done:
-            raise DatabaseUnavailable(
-                f"no answer within {self._settings.heartbeat_timeout:g}s (heartbeat timeout)"
-            )
-        return task.result()
-
-
-def _sever(conn: AsyncConnection[Any]) -> None:
-    """Shut the connection's socket down so any pending operation fails immediately."""
-    with contextlib.suppress(Exception):
-        fd = conn.pgconn.socket
-        dup = socket.socket(fileno=os.dup(fd))
-        try:
-            dup.shutdown(socket.SHUT_RDWR)
-        finally:
-            dup.close()
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return "connection attempt timed out"
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text
+        return await pg.with_deadline(
+            conn, operation, self._settings.heartbeat_timeout, name="relay-listener-query"
+        )

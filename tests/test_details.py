@@ -129,12 +129,16 @@ async def test_bad_payloads_are_counted_and_dropped_never_a_crash(db_dsn: str) -
                 "SELECT pg_notify('import_job_progress', 'not json')",
                 "SELECT pg_notify('import_job_progress', '[1, 2]')",
                 "SELECT pg_notify('import_job_progress', repeat('x', 7990))",
+                "SELECT pg_notify('import_job_progress', repeat('[', 5000))",
                 "SELECT pg_notify('import_job_progress', E'{\"ok\":\\n true}')",
             )
             event = await client.next_event()
             assert event.event == "import_job_progress"
             assert event.json == {"ok": True}, "pretty JSON is re-encoded onto one data line"
         dropped = relay.metrics.notifications_dropped
-        assert dropped.labels("import_job_progress", "not_json")._value.get() == 2
+        assert dropped.labels("import_job_progress", "not_json")._value.get() == 3
         assert dropped.labels("import_job_progress", "not_an_object")._value.get() == 1
         assert relay.listener.connected.is_set()
+        # The listener lives on: a flip still reaches the state.
+        await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('z', 'approved')")
+        await eventually(lambda: relay.stability.current.stable is False)

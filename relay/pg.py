@@ -1,0 +1,103 @@
+"""PostgreSQL plumbing shared by every connection the relay opens (listener, leader, details).
+
+Every connection detects a dead peer on both ends: client-side TCP keepalives and
+``tcp_user_timeout``, and the same settings asked of the server (``options``), so a backend
+whose client vanished is reaped in seconds, not hours (it may hold an advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+
+from relay.config import DatabaseConfig
+from relay.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+
+
+def connect_options(
+    settings: DatabaseConfig, application_name: str, *, server_options: str = ""
+) -> dict[str, Any]:
+    """Keyword arguments for ``AsyncConnection.connect`` (or a pool's ``kwargs``)."""
+    idle = max(1, round(settings.keepalives_idle))
+    interval = max(1, round(settings.keepalives_interval))
+    user_timeout_ms = round(settings.tcp_user_timeout * 1000)
+    server_side = (
+        f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
+        f"-c tcp_keepalives_count={settings.keepalives_count} "
+        f"-c tcp_user_timeout={user_timeout_ms}"
+    )
+    return {
+        "autocommit": True,
+        "application_name": application_name,
+        "connect_timeout": max(2, round(settings.connect_timeout)),
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": settings.keepalives_count,
+        "tcp_user_timeout": user_timeout_ms,
+        "options": f"{server_side} {server_options}".strip(),
+    }
+
+
+async def connect(settings: DatabaseConfig, application_name: str) -> AsyncConnection[Any]:
+    """Connect within ``connect_timeout``; any failure is a :class:`DatabaseUnavailable`."""
+    try:
+        return await asyncio.wait_for(
+            AsyncConnection.connect(settings.dsn, **connect_options(settings, application_name)),
+            timeout=settings.connect_timeout + 1,
+        )
+    except psycopg.ProgrammingError:
+        # libpq quotes the offending part of an unparsable DSN, which may be the password.
+        raise DatabaseUnavailable("the DSN cannot be parsed: check its syntax") from None
+    except (psycopg.Error, OSError, TimeoutError) as error:
+        raise DatabaseUnavailable(describe_error(error)) from None
+
+
+async def with_deadline(
+    conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T], timeout: float, name: str
+) -> T:
+    """Await a query, or sever the connection when it takes longer than ``timeout``.
+
+    Hand-rolled instead of ``asyncio.wait_for``: cancelling a psycopg query first sends a
+    cancel request and waits for it (up to 10 s), which is exactly what hangs on a half-open
+    connection. Shutting the socket down fails the query at once. A cancellation of the
+    caller is never swallowed: it propagates once the query has let go of the connection.
+    """
+    task = asyncio.create_task(operation, name=name)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    finally:
+        if not task.done():
+            sever(conn)
+            task.cancel()
+            await asyncio.wait({task})
+    if not done:
+        raise DatabaseUnavailable(f"no answer within {timeout:g}s")
+    return task.result()
+
+
+def sever(conn: AsyncConnection[Any]) -> None:
+    """Shut the connection's socket down so any pending operation fails immediately."""
+    with contextlib.suppress(Exception):
+        duplicate = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            duplicate.shutdown(socket.SHUT_RDWR)
+        finally:
+            duplicate.close()
+
+
+def describe_error(error: BaseException) -> str:
+    """The first line of an error, for a log field (libpq's messages never hold the password)."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
