@@ -14,10 +14,9 @@ HTTP cleanup.
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -41,6 +40,9 @@ from relay.webhooks import WebhookSender
 
 log = get_logger("relay.app")
 
+# What SIGHUP applies; every other change needs a restart (and is logged as such).
+RELOADABLE = ("auth", "webhooks")
+
 
 class Relay:
     """The whole daemon. ``start()`` then ``aclose()``; both idempotent, not reopenable."""
@@ -52,7 +54,9 @@ class Relay:
         self.notifier.watch(self.stability)
         self.metrics = Metrics()
         self.hub = Hub(self.stability, config.http, self.metrics)
-        self.metrics.watch(self.stability, lambda: len(self.hub))
+        self.metrics.watch(
+            self.stability, lambda: len(self.hub), lambda: self.listener.connected.is_set()
+        )
         self.metrics.sse_clients_limit.set(config.http.max_clients)
         self.authenticator = Authenticator(config.auth)
         self.address_limit = AddressLimit(config.http, self.metrics)
@@ -159,18 +163,17 @@ class Relay:
 
         logs.redactor.update([*self.config.secrets(), *config.secrets()])
         self.authenticator.replace(config.auth)
-        reload_webhooks = getattr(getattr(self, "webhooks", None), "reload", None)
-        if reload_webhooks is not None:
-            reload_webhooks(config.webhooks)
+        self.webhooks.reload(config.webhooks)
         ignored = [
             section
-            for section in ("database", "http", "stability", "details", "channels", "cors")
-            if getattr(config, section) != getattr(self.config, section)
+            for section in Config.model_fields
+            if section not in RELOADABLE
+            and getattr(config, section) != getattr(self.config, section)
         ]
         self.config = self.config.model_copy(
             update={"auth": config.auth, "webhooks": config.webhooks}
         )
-        log.info("reloaded", applied=["auth", "webhooks"], needs_restart=ignored)
+        log.info("reloaded", applied=list(RELOADABLE), needs_restart=ignored)
 
 
 def warn_if_unprotected(config: Config) -> None:
@@ -194,9 +197,17 @@ def warn_if_fd_limit_low(max_clients: int) -> None:
         )
 
 
-async def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
-    """Run until SIGTERM or SIGINT (a second one forces the exit); SIGHUP reloads."""
-    relay = Relay(config, notifier=Notifier.from_environ(os.environ))
+async def serve(
+    config: Config,
+    reload: Callable[[], Config] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT (a second one forces the exit); SIGHUP reloads.
+
+    ``environ`` carries systemd's ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` (the CLI passes
+    the process environment; nothing here reads it on its own).
+    """
+    relay = Relay(config, notifier=Notifier.from_environ(environ or {}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -230,8 +241,12 @@ async def serve(config: Config, reload: Callable[[], Config] | None = None) -> i
     return 0
 
 
-def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
-    return asyncio.run(serve(config, reload))
+def run(
+    config: Config,
+    reload: Callable[[], Config] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    return asyncio.run(serve(config, reload, environ))
 
 
 __all__: list[Any] = ["Relay", "run", "serve"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -69,7 +70,7 @@ def _load(args: argparse.Namespace) -> Config:
         overrides["database.dsn"] = args.dsn
     if getattr(args, "listen", None):
         overrides["http.listen"] = args.listen
-    return load_config(getattr(args, "config", None), overrides=overrides)
+    return load_config(getattr(args, "config", None), overrides=overrides, require_dsn=True)
 
 
 def _print_problems(error: ConfigError) -> None:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
-        config = load_config(args.config)
+        config = load_config(args.config, require_dsn=True)
         print(f"{args.config}: OK ({len(config.webhooks)} webhook(s))")
         return EXIT_OK
     if args.command == "run":
@@ -117,10 +118,8 @@ def _run(config: Config, reload: Callable[[], Config] | None) -> int:
     from relay.app import run
 
     logs.configure(config.logging, config.secrets())
-    if not config.database.dsn:
-        raise ConfigError(["database.dsn: required (set it in the file, or --dsn, or $RELAY_DSN)"])
     try:
-        return run(config, reload)
+        return run(config, reload, os.environ)
     except OSError as error:
         listen = config.http.listen
         print(f"error: cannot listen on {listen}: {error.strerror or error}", file=sys.stderr)
@@ -155,8 +154,6 @@ def _db_install(args: argparse.Namespace) -> int:
     from relay.dbinstall import install
 
     config = _load(args)
-    if not config.database.dsn:
-        raise ConfigError(["database.dsn: required (--dsn, the config file, or $RELAY_DSN)"])
     from relay import logs
 
     logs.redactor.update(config.secrets())

@@ -38,7 +38,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # `${VAR}` as a whole item of a YAML flow collection (`[${TOKEN}]`, `{X-Token: ${T}}`) is not
 # valid YAML ("{" is a flow indicator); quoting it before parsing keeps the natural spelling.
 _FLOW_ENV_REF = re.compile(
-    r"(?<=[\[,{:])(\s*)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\})(\s*)(?=[\]},])"
+    r"(?:(?<=[\[{])|(?<=, )|(?<=: ))"
+    r"(\s*)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\})(\s*)(?=[\]},])"
 )
 
 
@@ -67,7 +68,14 @@ def parse_size(value: Any) -> int:
     raise ValueError(f'expected a size like "64KiB", got {value!r}')
 
 
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0s")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 StateName = Literal["stable", "processing", "unknown"]
 
@@ -123,42 +131,28 @@ class DatabaseConfig(_Section):
     dsn: str = ""
     channel: str = Field(default="system_stability", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     application_name: str = "stability-relay"
-    connect_timeout: Duration = 5.0
-    heartbeat_interval: Duration = 5.0
-    heartbeat_timeout: Duration = 5.0
-    reconnect_initial: Duration = 0.5
-    reconnect_max: Duration = 30.0
+    connect_timeout: PositiveDuration = 5.0
+    heartbeat_interval: PositiveDuration = 5.0
+    heartbeat_timeout: PositiveDuration = 5.0
+    reconnect_initial: PositiveDuration = 0.5
+    reconnect_max: PositiveDuration = 30.0
     reconnect_reset_after: Duration = 60.0
     keepalives_idle: Duration = 10.0
     keepalives_interval: Duration = 5.0
     keepalives_count: int = Field(default=3, ge=1)
     tcp_user_timeout: Duration = 15.0
 
-    @field_validator("heartbeat_interval", "heartbeat_timeout", "connect_timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0s")
-        return value
-
 
 class StabilityConfig(_Section):
     # Notifications are hints; this re-read of the truth catches anything missed.
-    reconcile_interval: Duration = 5.0
+    reconcile_interval: PositiveDuration = 5.0
     # Reads answering hints are at least this far apart; hints in between coalesce.
     min_read_interval: Duration = 0.05
-
-    @field_validator("reconcile_interval")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0s")
-        return value
 
 
 class HttpConfig(_Section):
     listen: Listen = ListenAddress(host="127.0.0.1", port=8080)
-    heartbeat: Duration = 15.0
+    heartbeat: PositiveDuration = 15.0
     retry: Duration = 3.0
     max_clients: int = Field(default=20_000, ge=1)
     client_buffer: Size = 64 * 1024
@@ -169,26 +163,12 @@ class HttpConfig(_Section):
     trusted_proxies: tuple[Network, ...] = ()
     max_header_size: Size = 8190
 
-    @field_validator("heartbeat")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0s")
-        return value
-
 
 class DetailsConfig(_Section):
     # Requests within this window share one answer (and one round of queries).
     cache: Duration = 1.0
-    statement_timeout: Duration = 5.0
+    statement_timeout: PositiveDuration = 5.0
     pool_size: int = Field(default=2, ge=1, le=20)
-
-    @field_validator("statement_timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0s")
-        return value
 
 
 class LoggingConfig(_Section):
@@ -276,7 +256,7 @@ class WebhookConfig(_Section):
     secret: str | None = None
     on: tuple[StateName, ...] = ("stable", "processing")
     min_duration: Duration = 0.0
-    timeout: Duration = 10.0
+    timeout: PositiveDuration = 10.0
     headers: dict[str, str] = Field(default_factory=dict)
     retry_schedule: tuple[Duration, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
 
@@ -314,13 +294,6 @@ class WebhookConfig(_Section):
     def _retry_steps(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if not value or min(value) < 0.1:
             raise ValueError('list one or more delays of at least 0.1s, like ["5s", "30s", "2m"]')
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0s")
         return value
 
     @property
@@ -430,6 +403,10 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+# Values under these keys may be secrets: error messages never repeat them.
+_SECRET_PATH = re.compile(r"^(database\.dsn|auth\.|webhooks\[\d+\]\.(url|secret|headers))")
+
+
 def format_validation_error(error: ValidationError) -> list[str]:
     """One ``key.path: message`` line per problem."""
     lines = []
@@ -438,14 +415,19 @@ def format_validation_error(error: ValidationError) -> list[str]:
         for part in item["loc"]:
             path = _join(path, part)
         kind = item["type"]
+        secret = _SECRET_PATH.match(path) is not None
         if kind == "extra_forbidden":
             message = "unknown key"
         elif kind == "missing":
             message = "required key is missing"
         elif kind == "value_error":
             message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
+            if secret:
+                message = message.split(", got ")[0]
         else:
-            message = f"{item['msg'][0].lower()}{item['msg'][1:]}, got {item['input']!r}"
+            message = f"{item['msg'][0].lower()}{item['msg'][1:]}"
+            if not secret:  # never echo what may be a password, token or secret URL
+                message += f", got {item['input']!r}"
         lines.append(f"{path or '<root>'}: {message}")
     return lines
 
@@ -455,6 +437,7 @@ def load_config(
     *,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    require_dsn: bool = False,
 ) -> Config:
     """Read, interpolate and validate; raise :class:`ConfigError` listing every problem.
 
@@ -466,9 +449,9 @@ def load_config(
         tree = _read_yaml(Path(path))
     if not isinstance(tree, dict):
         raise ConfigError([f"<root>: expected a mapping of sections, got {type(tree).__name__}"])
-    tree, problems = interpolate_env(tree, environ)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(tree, dotted, value)
+        _set_dotted(tree, dotted, value)  # before interpolation: a flag replaces ${VAR} too
+    tree, problems = interpolate_env(tree, environ)
     database = tree.get("database")
     if isinstance(database, dict) and not database.get("dsn") and environ.get("RELAY_DSN"):
         database["dsn"] = environ["RELAY_DSN"]
@@ -483,6 +466,8 @@ def load_config(
         raise ConfigError([*problems, *format_validation_error(error)]) from None
     if problems:
         raise ConfigError(problems)
+    if require_dsn and not config.database.dsn:
+        raise ConfigError(["database.dsn: required (in the file, with --dsn, or as $RELAY_DSN)"])
     return config
 
 

@@ -43,6 +43,22 @@ class Redactor:
     def mask(self, text: str) -> str:
         return str(self(None, "", text))
 
+    def scrub(self, _logger: Any, _name: str, event: Any) -> Any:
+        """A processor before rendering: masks secrets inside the event's values, where
+        a renderer might escape them (JSON turns ``"`` into ``\\"``) past the line check."""
+        if not self.secrets or not isinstance(event, dict):
+            return event
+        return {key: self._scrub_value(value) for key, value in event.items()}
+
+    def _scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, list | tuple):
+            return [self._scrub_value(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self._scrub_value(item) for key, item in value.items()}
+        return value
+
 
 redactor = Redactor()
 
@@ -84,6 +100,7 @@ def configure(
         processors=[
             *shared,
             structlog.processors.format_exc_info,
+            redactor.scrub,
             renderer,
             redactor,
         ],
@@ -98,6 +115,8 @@ def configure(
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redactor.scrub,
                 renderer,
                 redactor,
             ],

@@ -116,12 +116,12 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, stability: Stability, clients: Callable[[], int]) -> None:
+    def watch(
+        self, stability: Stability, clients: Callable[[], int], connected: Callable[[], bool]
+    ) -> None:
         """Compute the live gauges at scrape time from their sources."""
         self.system_stable.set_function(lambda: _stable_value(stability.current))
-        self.database_connected.set_function(
-            lambda: 0.0 if stability.current.stable is None else 1.0
-        )
+        self.database_connected.set_function(lambda: 1.0 if connected() else 0.0)
         self.state_since.set_function(lambda: stability.current.since)
         self.sse_clients.set_function(lambda: float(clients()))
         stability.subscribe(self._count_transition)

@@ -7,9 +7,11 @@ metrics, webhooks, logs) about each transition, in order, synchronously.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -42,25 +44,17 @@ class Snapshot:
     state: State
     seq: int
     since: float
-    previous: State | None = None
-    previous_since: float | None = None
 
     @property
     def stable(self) -> bool | None:
         return self.state.stable
-
-    @property
-    def previous_duration(self) -> float | None:
-        if self.previous_since is None:
-            return None
-        return self.since - self.previous_since
 
     def as_json(self) -> dict[str, Any]:
         """The SSE payload: the seed's ``stable`` plus ``state``, ``since`` and ``seq``."""
         return {
             "stable": self.stable,
             "state": self.state.value,
-            "since": _iso(self.since),
+            "since": iso_timestamp(self.since),
             "seq": self.seq,
         }
 
@@ -71,15 +65,17 @@ Observer = Callable[[Snapshot], None]
 class Stability:
     """Holds the current :class:`Snapshot` and announces every change to its observers.
 
-    Sequence numbers start from the wall clock in milliseconds, so they keep growing
-    across restarts of the relay and a client's ``Last-Event-ID`` from an earlier
-    process never matches a newer event by accident.
+    Sequence numbers start from the wall clock (milliseconds times 1,000, plus a random
+    part below 1,000), so they keep growing across restarts, and a client's
+    ``Last-Event-ID`` from an earlier process, or from another relay behind the same
+    proxy, does not match a different event by accident.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         now = clock()
-        self._current = Snapshot(State.UNKNOWN, seq=int(now * 1000), since=now)
+        start = int(now * 1000) * 1000 + random.randrange(1000)
+        self._current = Snapshot(State.UNKNOWN, seq=start, since=now)
         self._observers: list[Observer] = []
 
     @property
@@ -99,13 +95,7 @@ class Stability:
         old = self._current
         if state is old.state:
             return False
-        self._current = Snapshot(
-            state=state,
-            seq=old.seq + 1,
-            since=self._clock(),
-            previous=old.state,
-            previous_since=old.since,
-        )
+        self._current = Snapshot(state=state, seq=old.seq + 1, since=self._clock())
         log.info(
             "transition",
             state=state.value,
@@ -121,7 +111,7 @@ class Stability:
         return True
 
 
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
-        f".{int(timestamp * 1000) % 1000:03d}Z"
-    )
+def iso_timestamp(timestamp: float) -> str:
+    """``2026-11-30T00:25:01.123Z``: the ``since`` field everywhere."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

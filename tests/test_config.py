@@ -69,7 +69,7 @@ BAD_CONFIGS = [
     ("database:\n  dsn: ${NOT_SET_ANYWHERE}\n", "database.dsn: environment variable"),
     (
         "webhooks:\n  - name: a\n    url: ftp://x\n",
-        'webhooks[0].url: expected an http:// or https:// URL, got "ftp://x"',
+        "webhooks[0].url: expected an http:// or https:// URL",
     ),
     (
         "webhooks:\n  - name: a\n    url: https://x\n    secret: plain\n",
@@ -114,6 +114,35 @@ def test_environment_interpolation_with_default(tmp_path: Path) -> None:
 def test_relay_dsn_environment_variable_is_the_fallback() -> None:
     config = load_config(None, environ={"RELAY_DSN": "postgresql://a@b/c"})
     assert config.database.dsn == "postgresql://a@b/c"
+
+
+def test_errors_never_repeat_a_secret_value(tmp_path: Path) -> None:
+    text = (
+        "database:\n  dsn: [postgresql://u:Hunter2-pw@db/x]\n"
+        "auth:\n  bearer_tokens: ${TOKEN}\n"
+        "webhooks:\n  - name: a\n    url: hxxps://hooks.example/T000/B000/XyzSecretPath\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ={"TOKEN": "tok-0123456789abcdef"})
+    problems = "\n".join(caught.value.problems)
+    assert "database.dsn" in problems and "auth.bearer_tokens" in problems
+    assert "webhooks[0].url" in problems
+    for secret in ("Hunter2-pw", "tok-0123456789abcdef", "XyzSecretPath"):
+        assert secret not in problems
+
+
+def test_a_flag_overrides_a_file_value_even_an_unset_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "database:\n  dsn: ${RELAY_DSN}\n")
+    config = load_config(path, overrides={"database.dsn": "postgresql://x@y/z"}, environ={})
+    assert config.database.dsn == "postgresql://x@y/z"
+
+
+def test_require_dsn_names_the_three_ways_to_give_one() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={}, require_dsn=True)
+    assert caught.value.problems == [
+        "database.dsn: required (in the file, with --dsn, or as $RELAY_DSN)"
+    ]
 
 
 def test_yaml_on_and_yes_are_strings_not_booleans(tmp_path: Path) -> None:

@@ -140,5 +140,7 @@ async def test_bad_payloads_are_counted_and_dropped_never_a_crash(db_dsn: str) -
         assert dropped.labels("import_job_progress", "not_an_object")._value.get() == 1
         assert relay.listener.connected.is_set()
         # The listener lives on: a flip still reaches the state.
-        await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('z', 'approved')")
+        await execute(
+            db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('z', 'approved')"
+        )
         await eventually(lambda: relay.stability.current.stable is False)
