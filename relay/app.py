@@ -140,19 +140,28 @@ class Relay:
         log.info("serving", listen=f"{listen.host}:{self.port}")
 
     async def aclose(self) -> None:
+        """Stop in a fixed order, all of it within ``http.shutdown_timeout``."""
         if self._state in ("closing", "closed"):
             return
         self._state = "closing"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.http.shutdown_timeout
+
+        def remaining() -> float:
+            return max(0.1, deadline - loop.time())
+
         self.notifier.stopping()
         if self._site is not None:
             await self._site.stop()
-        await self.listener.aclose(timeout=self.config.http.shutdown_timeout)
+        await self.listener.aclose(timeout=remaining())
         await self.hub.aclose()
-        await self.leadership.aclose(timeout=self.config.http.shutdown_timeout)
-        await self.webhooks.aclose(timeout=self.config.http.shutdown_timeout)
+        # Drain webhooks while still the leader, so no other relay takes over a delivery
+        # that is still on the wire here.
+        await self.webhooks.aclose(timeout=remaining())
+        await self.leadership.aclose(timeout=remaining())
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.details.aclose(timeout=self.config.http.shutdown_timeout)
+        await self.details.aclose(timeout=remaining())
         await self.notifier.aclose()
         self._state = "closed"
         log.info("stopped")
