@@ -100,7 +100,8 @@ def _cookie(request: web.Request, settings: JwtConfig | None) -> str | None:
 
 def _matches_any(token: str, allowed: tuple[str, ...]) -> bool:
     # Compare against every token, without stopping early, each in constant time.
-    presented = token.encode()
+    # surrogateescape: a header with undecodable bytes is just a wrong token, not a crash.
+    presented = token.encode("utf-8", "surrogateescape")
     matched = False
     for candidate in allowed:
         matched |= hmac.compare_digest(presented, candidate.encode())
@@ -122,11 +123,11 @@ def _check_jwt(token: str, settings: JwtConfig) -> Denial | None:
         )
     except jwt.ExpiredSignatureError:
         return Denial(401, "token expired")
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError):  # ValueError: undecodable bytes in the token
         return Denial(401, "invalid token")
     if settings.roles:
         role = claims.get(settings.role_claim)
-        roles = set(role) if isinstance(role, list) else {role}
+        roles = {r for r in role if isinstance(r, str)} if isinstance(role, list) else {role}
         if not roles & set(settings.roles):
             return Denial(403, "role not allowed")
     return None

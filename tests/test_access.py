@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import socket
 import time
 from typing import Any
 
@@ -57,6 +59,29 @@ async def test_protected_routes_need_a_token_and_health_stays_open(db_dsn: str) 
             assert allowed.status in (200, 503), path
         for path in ("/healthz", "/", "/static/system-status.js"):
             assert (await status(http, url + path)).status != 401, path
+
+
+async def test_undecodable_tokens_are_refused_not_a_crash(db_dsn: str) -> None:
+    config = auth_config(db_dsn, jwt={"secret": JWT_SECRET, "cookie": "statbus", "roles": ["a"]})
+    async with running_relay(config) as relay:
+        url = base_url(relay) + "/api/system-status"
+        for header in (b"Authorization: Bearer \xff\xfe", b"Cookie: statbus=\xff\xfe"):
+            answer = await asyncio.to_thread(_raw_get, relay.port, header)
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:60]
+        async with aiohttp.ClientSession() as http:
+            token = hs256(role=[["nested"], "x"])
+            refused = await status(http, url, headers={"Authorization": f"Bearer {token}"})
+            assert refused.status == 403
+
+
+def _raw_get(port: int, header: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /api/system-status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + header
+            + b"\r\n\r\n"
+        )
+        return sock.recv(4096)
 
 
 async def test_tokens_in_query_strings_are_refused(db_dsn: str) -> None:
