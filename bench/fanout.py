@@ -23,10 +23,11 @@ class FanoutResult:
     rss_before_kib: int
     rss_after_kib: int
     flips: list[dict[str, Any]] = field(default_factory=list)
+    rss_clients: int = 0  # connected when the RSS was read
 
     @property
     def rss_per_client_kib(self) -> float:
-        return (self.rss_after_kib - self.rss_before_kib) / max(1, self.connected)
+        return (self.rss_after_kib - self.rss_before_kib) / max(1, self.rss_clients)
 
     @property
     def min_fraction(self) -> float:
@@ -86,9 +87,16 @@ def run_fanout(
         connect = swarm.ask({"cmd": "connect", "port": port, "n": n, "timeout": 180}, timeout=200)
         time.sleep(settle)
         after = rss_kib(server.pid)
-        result = FanoutResult(kind, n, connect["connected"], connect["seconds"], before, after)
-        if connect["failed"]:
-            print(f"  {kind}: {connect['failed']} connections failed: {connect['failures']}")
+        # Connecting is timed twice (best of two): one run is at the mercy of the neighbours.
+        swarm.ask({"cmd": "close"})
+        time.sleep(settle)
+        again = swarm.ask({"cmd": "connect", "port": port, "n": n, "timeout": 180}, timeout=200)
+        seconds = min(connect["seconds"], again["seconds"])
+        result = FanoutResult(kind, n, again["connected"], seconds, before, after)
+        result.rss_clients = connect["connected"]
+        for answer in (connect, again):
+            if answer["failed"]:
+                print(f"  {kind}: {answer['failed']} connections failed: {answer['failures']}")
         marks = flip_states(db.dsn, swarm, flips)
         report = swarm.ask({"cmd": "report", "flips": marks}, timeout=120)
         result.flips = report["flips"]

@@ -85,7 +85,7 @@ def write(results: dict[str, Any], command: str, docs: Path) -> Path:
         lines += _details_section(results["details"])
     if "scaleout" in results or "notify" in results:
         lines += _scale_section(results.get("scaleout"), results.get("notify"))
-    lines += NOTES
+    lines += (Path(__file__).parent / "notes.md").read_text().splitlines()
     path = docs / "benchmarks.md"
     path.write_text("\n".join(lines) + "\n")
     raw = {
@@ -113,7 +113,8 @@ def _fanout_section(fanout: list[FanoutResult]) -> list[str]:
         "fan-out. RSS per client: the server's VmRSS after connecting everyone, minus before, "
         "over N (after a 20-client warm-up).",
         "",
-        "| server | clients | connect all (s) | RSS / client (KiB) | flips | worst flip reached "
+        "| server | clients | connect all (s, best of 2) | RSS / client (KiB) | flips "
+        "| worst flip reached "
         "| p50 (ms) | p99 (ms) | max (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -231,6 +232,3 @@ def _scale_section(s: Any, notify: Any) -> list[str]:
             lines.append(f"| {n.listeners} | {n.tps:.0f} | {n.latency_ms:.2f} |")
         lines.append("")
     return lines
-
-
-NOTES = (Path(__file__).parent / "notes.md").read_text().splitlines()

@@ -1,6 +1,7 @@
 """A swarm of SSE clients in one process: ``python -m bench.sse_clients``.
 
-The measuring side must cost little, so each client is a bare :class:`asyncio.Protocol` that
+The measuring side must cost little, so each client is a bare :class:`asyncio.Protocol` (on
+uvloop when it is installed: ``make bench`` installs it) that
 splits the stream on blank lines and notes, per event id, the time it arrived
 (``time.monotonic()``: CLOCK_MONOTONIC, the same clock in every process on the machine, so the
 parent's commit timestamps compare directly). Driven by JSON lines on stdin:
@@ -139,8 +140,7 @@ class SseClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
@@ -205,4 +205,9 @@ async def main() -> None:
 
 if __name__ == "__main__":
     raise_nofile()
-    asyncio.run(main())
+    try:  # the measuring side should cost little: libuv's loop where it is installed
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

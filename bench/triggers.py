@@ -71,7 +71,7 @@ def select_variant(dsn: str, variant: str) -> None:
             "'public.import_job'::regclass, 'worker.tasks'::regclass)"
         ).fetchall()
         for table, name in rows:
-            ours = name.startswith("system_stability_hint")
+            ours = name.startswith("system_stability_")
             seed = name.startswith("bench_seed_")
             on = (variant == "ours" and ours) or (variant == "seed" and seed)
             schema, _, rel = table.rpartition(".")

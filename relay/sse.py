@@ -10,8 +10,9 @@ Hot path, hand-rolled on purpose (``docs/benchmarks.md`` has the figures):
 - Frames go straight to each client's transport, with the HTTP chunk framing pre-encoded
   once per event, instead of through ``StreamResponse.write()`` (an awaited call per client
   per event). No task and no queue per client.
-- Once its response headers are sent, a stream is taken over from aiohttp: a :class:`Client`
-  becomes the socket's protocol and aiohttp forgets the connection (see :func:`_detach`).
+- Once its headers and first event are out (in one write), a stream is taken over from
+  aiohttp: a :class:`Client` becomes the socket's protocol and aiohttp forgets the
+  connection (see :func:`_detach`).
   An open stream then costs its transport and one small object, about 2 KB, instead of
   aiohttp's request, response, writer, parser, protocol, timer and two tasks (about 12 KB).
 
@@ -190,26 +191,38 @@ class Hub:
             )
         self._admitting += 1
         try:
-            response = web.StreamResponse(headers=HEADERS)
+            response = _EventStream(headers=HEADERS)
             await response.prepare(request)
+            if request.method == "HEAD":
+                return response
+            # The headers leave with the first bytes: one write for both.
+            sent = self._current
+            resend = request.headers.get("Last-Event-ID") != str(self._stability.current.seq)
+            try:
+                await response.write(self._retry.raw + sent.raw if resend else self._retry.raw)
+            except ConnectionError:
+                return response  # the client left during the handshake
         finally:
             self._admitting -= 1
         transport = request.transport
-        if request.method == "HEAD" or transport is None or transport.is_closing():
-            return response
-        if self._closed:
+        if transport is None or transport.is_closing() or self._closed:
             return response
         chunked = response.headers.get("Transfer-Encoding") == "chunked"
         client = Client(self._clients, transport, chunked, request.pop(ON_STREAM_END, None))
-        # No await from here on: the current state is sent and the client joins the set
-        # before any other event can be published, so none is lost.
-        first = self._retry.for_client(client)
-        if request.headers.get("Last-Event-ID") != str(self._stability.current.seq):
-            first += self._current.for_client(client)
-        transport.write(first)
+        if self._current is not sent:
+            # A transition landed while the first write waited (it never does unless the
+            # socket was already full): send it, so the client ends up current.
+            transport.write(self._current.for_client(client))
+        # No await from the check above to joining the set: no later event is missed.
         self._clients.add(client)
         _detach(request, transport, client)
         return response
+
+
+class _EventStream(web.StreamResponse):
+    """A stream whose headers go out with its first bytes rather than on their own."""
+
+    _send_headers_immediately = False
 
 
 def _detach(request: web.Request, transport: Transport, client: Client) -> None:
