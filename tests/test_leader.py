@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import psycopg
 import pytest
+import structlog
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from relay import leader
 from relay.config import DatabaseConfig
 from relay.embedded import EmbeddedPostgres
 from relay.leader import LOCK_KEY, Leadership
+from tests.faults.proxy import SilentProxy
 from tests.support import eventually, relay_config
 
 INTERVAL = 0.2
@@ -107,19 +113,191 @@ async def test_leader_keeps_leading_through_a_database_outage(
         assert only.changes == [True]
 
 
-async def test_a_failing_callback_is_logged_and_leadership_goes_on(db_dsn: str) -> None:
+async def test_a_failing_callback_is_logged_and_repeated_until_it_succeeds(db_dsn: str) -> None:
+    """A webhook sender that failed to start must not leave a leader that sends nothing."""
     calls: list[bool] = []
 
-    async def broken(leading: bool) -> None:
+    async def flaky(leading: bool) -> None:
         calls.append(leading)
-        raise RuntimeError("the webhook sender could not start")
+        if len(calls) == 1:
+            raise RuntimeError("the webhook sender could not start")
 
-    leadership = Leadership(relay_config(db_dsn).database, broken, interval=INTERVAL)
-    await leadership.start()
-    try:
-        await eventually(lambda: leadership.is_leader)
-        assert calls == [True]
-    finally:
-        await leadership.aclose()
+    leadership = Leadership(relay_config(db_dsn).database, flaky, interval=INTERVAL)
+    with structlog.testing.capture_logs() as logs:
+        await leadership.start()
+        try:
+            await eventually(lambda: calls == [True, True], timeout=5)
+            await asyncio.sleep(INTERVAL * 3)
+            assert calls == [True, True], "once it succeeded, it is not called again"
+            assert leadership.is_leader
+        finally:
+            await leadership.aclose()
+    assert [line["event"] for line in logs].count("leader_change_failed") == 1
     with pytest.raises(RuntimeError):
         await leadership.start()
+
+
+async def test_an_unexpected_error_in_a_session_is_logged_and_the_election_goes_on(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_connect = leader.connect
+    failed: list[bool] = []
+
+    async def buggy_once(settings: DatabaseConfig) -> psycopg.AsyncConnection[Any]:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a bug, not a database error")
+        return await real_connect(settings)
+
+    monkeypatch.setattr(leader, "connect", buggy_once)
+    with structlog.testing.capture_logs() as logs:
+        async with candidates(db_dsn, 1) as (only,):
+            await eventually(lambda: only.leading, timeout=5)
+    assert "leader_session_failed" in [line["event"] for line in logs]
+
+
+async def test_the_lock_connection_asks_the_server_for_keepalives(db_dsn: str) -> None:
+    """The server side must notice a vanished leader in seconds (it holds the lock), not
+    after the OS default of two hours: the settings come from the config."""
+    database = {
+        "keepalives_idle": "7s",
+        "keepalives_interval": "3s",
+        "keepalives_count": 4,
+        "tcp_user_timeout": "12s",
+    }
+    settings = relay_config(db_dsn, database=database).database
+    async with await leader.connect(settings) as conn:
+        cursor = await conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('tcp_keepalives_idle',"
+            " 'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout')"
+        )
+        server_side = dict(await cursor.fetchall())
+    assert server_side == {
+        "tcp_keepalives_idle": "7",
+        "tcp_keepalives_interval": "3",
+        "tcp_keepalives_count": "4",
+        "tcp_user_timeout": "12000",
+    }
+
+
+class HalfOpenProxy:
+    """Forwards to PostgreSQL. ``cut()`` resets every client connection but leaves its
+    server side open and silent: to the server the client just went quiet, and its backend
+    lives on, holding its locks (a half-open connection, as after a network cut)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._clients: list[asyncio.StreamWriter] = []
+        self._upstreams: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> HalfOpenProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for upstream in self._upstreams:
+            upstream.close()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for client in self._clients:
+            client.transport.abort()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._clients.append(writer)
+        self._upstreams.append(up_writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink), name="proxy-pipe")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.close()  # a clean end is passed on; a cut (cancellation) is not
+
+
+def via(proxy_port: int, dsn: str) -> str:
+    return make_conninfo(dsn, host="127.0.0.1", port=proxy_port)
+
+
+def server_port(dsn: str) -> int:
+    return int(conninfo_to_dict(dsn)["port"])
+
+
+async def lock_holder(dsn: str) -> int | None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
+
+async def backend_exists(dsn: str, pid: int) -> bool:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+        return await cursor.fetchone() is not None
+
+
+async def test_a_leader_cut_off_half_open_ends_its_old_backend_and_keeps_leading(
+    db_dsn: str,
+) -> None:
+    """Its old backend still holds the lock (the server has not noticed the cut): the
+    leader ends it on reconnecting, instead of stepping down until the server gives up."""
+    async with HalfOpenProxy(server_port(db_dsn)) as proxy:
+        async with candidates(via(proxy.port, db_dsn), 1) as (only,):
+            await eventually(lambda: only.leading)
+            old = await lock_holder(db_dsn)
+            assert old is not None
+            proxy.cut()
+
+            async def relocked() -> bool:
+                return (await lock_holder(db_dsn)) not in (None, old)
+
+            await eventually(relocked, timeout=10)
+            assert not await backend_exists(db_dsn, old)
+            assert only.changes == [True], "it never stepped down"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="relay/pg.py with_deadline cancels the query after severing the socket; psycopg "
+    "answers that cancellation with a cancel request on a new connection (up to 5 s through a "
+    "silent link). Remove this marker once with_deadline awaits the severed query instead.",
+)
+async def test_closing_mid_query_leaves_no_query_running(db_dsn: str) -> None:
+    async def ignore(_leading: bool) -> None:
+        pass
+
+    async with SilentProxy(server_port(db_dsn)) as proxy:
+        settings = relay_config(via(proxy.port, db_dsn), database={"heartbeat_timeout": "30s"})
+        leadership = Leadership(settings.database, ignore, interval=INTERVAL)
+        await leadership.start()
+        try:
+            await eventually(lambda: leadership.is_leader)
+            proxy.pause()
+            await asyncio.sleep(INTERVAL * 3)  # a heartbeat is on the wire, unanswered
+        finally:
+            await leadership.aclose()
+        proxy.resume()
+        current = asyncio.current_task()
+        running = [
+            task
+            for task in asyncio.all_tasks()
+            if task is not current and not task.done() and task.get_name() != "proxy-pipe"
+        ]
+        assert running == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -12,6 +15,7 @@ import structlog
 from relay.stability import State
 from relay.webhooks.payloads import Transition
 from relay.webhooks.statefile import Mark, Pending, StateFile, TargetRecord, parse
+from tests.support import eventually
 
 RECORD = TargetRecord(
     settled=Mark(State.PROCESSING, 11, 1800000000.5),
@@ -62,6 +66,13 @@ async def test_the_final_write_happens_at_close(tmp_path: Path) -> None:
         '{"version": 99, "targets": {}}',
         '{"version": 1, "targets": {"ci": {"settled": {"state": "sideways"}}}}',
         "\udcff",
+        # Not a ValueError/KeyError/TypeError: AttributeError, OverflowError, and a NaN
+        # that float() would accept.
+        '{"version": 1, "targets": {"a": []}}',
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": Infinity,'
+        ' "since": 0}}}}',
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": 1,'
+        ' "since": NaN}}}}',
     ],
 )
 async def test_a_corrupt_file_is_reported_moved_aside_and_ignored(
@@ -98,3 +109,70 @@ async def test_without_a_directory_nothing_is_written(tmp_path: Path) -> None:
     await store.flush()
     await store.aclose()
     assert names(tmp_path) == []
+
+
+class RecordingStateFile(StateFile):
+    """Counts the writes its threads start and finish."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.started: list[int] = []  # list.append is atomic across threads
+        self.finished: list[int] = []
+
+    def _write(self, *args: Any) -> None:
+        self.started.append(1)
+        try:
+            super()._write(*args)
+        finally:
+            self.finished.append(1)
+
+
+async def test_a_write_in_flight_at_close_never_lands_over_the_final_state(
+    tmp_path: Path,
+) -> None:
+    """The writer's thread is still serializing an old snapshot when close() begins: the
+    file must end with the state as of close, whatever order the threads finish in."""
+    gate = threading.Event()
+
+    class Held(TargetRecord):
+        def to_record(self) -> dict[str, Any]:
+            gate.wait(10)  # a slow disk or a big state: this write takes its time
+            return TargetRecord.to_record(self)
+
+    old = Held(delivered=Mark(State.STABLE, 1, 1800000000.0))
+    new = TargetRecord(delivered=Mark(State.PROCESSING, 2, 1800000001.0))
+    records: dict[str, TargetRecord] = {"ci": old}
+    store = RecordingStateFile(tmp_path, lambda: dict(records))
+    await store.start()
+    try:
+        store.changed()
+        await eventually(lambda: len(store.started) == 1)  # the old snapshot is being written
+        records["ci"] = new
+        store.changed()
+        asyncio.get_running_loop().call_later(0.3, gate.set)
+        await store.aclose()
+        await eventually(lambda: len(store.finished) == len(store.started))
+    finally:
+        gate.set()
+    assert parse((tmp_path / "webhooks.json").read_text()) == {"ci": new}
+
+
+async def test_a_crashing_write_is_logged_and_the_writer_goes_on(tmp_path: Path) -> None:
+    broken = [True]
+
+    def collect() -> dict[str, TargetRecord]:
+        if broken[0]:
+            raise RuntimeError("a bug in collecting the state")
+        return {"ci": RECORD}
+
+    store = StateFile(tmp_path, collect)
+    await store.start()
+    with structlog.testing.capture_logs() as logs:
+        store.changed()
+        await store.flush()  # returns: the write ended (it crashed)
+    assert [line["event"] for line in logs] == ["webhook_state_write_crashed"]
+    broken[0] = False
+    store.changed()
+    await store.flush()
+    assert parse((tmp_path / "webhooks.json").read_text()) == {"ci": RECORD}
+    await store.aclose()

@@ -8,6 +8,7 @@ sent in between would have arrived first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -312,6 +313,76 @@ async def test_corrupt_state_file_is_reported_and_replaced(db_dsn: str, tmp_path
     assert (tmp_path / "webhooks.json.corrupt").read_text() == "{ this is not json"
     saved = json.loads(state_file.read_text())
     assert saved["targets"]["ci"]["delivered"]["state"] == "stable"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"version": 1, "targets": {"a": []}}',
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": Infinity,'
+        ' "since": 0}}}}',
+    ],
+)
+async def test_a_malformed_state_file_never_silences_webhooks(
+    db_dsn: str, tmp_path: Path, content: str
+) -> None:
+    (tmp_path / "webhooks.json").write_text(content)
+    async with Receiver() as ci:
+        with structlog.testing.capture_logs() as logs:
+            async with running_relay(config(db_dsn, tmp_path, hook("ci", ci.url))):
+                await ci.wait_for(1)
+    assert "webhook_state_corrupt" in [line["event"] for line in logs]
+    assert (tmp_path / "webhooks.json.corrupt").read_text() == content
+    assert ci.states == ["stable"]
+
+
+async def test_a_record_that_cannot_be_sent_is_dropped_and_the_target_starts(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """Parsable, but its owed delivery cannot be encoded (a date past year 9999)."""
+    transition = {
+        "state": "processing",
+        "previous_state": "stable",
+        "since": 1e300,
+        "previous_duration": None,
+        "seq": 5,
+    }
+    owed = {"settled": None, "delivered": None, "filtered_seq": None}
+    owed["pending"] = {"id": "msg_unsendable", "transition": transition}
+    tree = {"version": 1, "targets": {"ci": owed}}
+    (tmp_path / "webhooks.json").write_text(json.dumps(tree))
+    async with Receiver() as ci, Receiver() as other:
+        hooks = (hook("ci", ci.url), hook("other", other.url))
+        with structlog.testing.capture_logs() as logs:
+            async with running_relay(config(db_dsn, tmp_path, *hooks)):
+                await ci.wait_for(1)
+                await other.wait_for(1)
+    unusable = [line for line in logs if line["event"] == "webhook_state_record_unusable"]
+    assert [line["webhook"] for line in unusable] == ["ci"]
+    assert ci.states == ["stable"]
+    assert ci.requests[0].id != "msg_unsendable"
+
+
+async def test_a_cancelled_close_is_completed_by_the_next_call(db_dsn: str, tmp_path: Path) -> None:
+    async with Receiver(Answer(200), Answer(hang=True)) as ci:
+        hooks = (hook("ci", ci.url, timeout="30s"),)
+        async with running_relay(config(db_dsn, tmp_path, *hooks)) as relay:
+            await ci.wait_for(1)
+            await execute(db_dsn, START)
+            await ci.wait_for(2)  # on the wire, unanswered
+            sender = relay.webhooks
+            first = asyncio.create_task(sender.aclose(timeout=1.0))
+            await asyncio.sleep(0.2)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            with structlog.testing.capture_logs() as logs:
+                await sender.aclose(timeout=1.0)  # waits for the close the first call began
+            target = sender.targets["ci"]
+            assert target.task is not None and target.task.done()
+            assert "webhooks_stopped" in [line["event"] for line in logs]
+            saved = json.loads((tmp_path / "webhooks.json").read_text())
+            assert saved["targets"]["ci"]["pending"]["id"] == ci.requests[1].id
 
 
 async def test_without_a_state_directory_it_warns_once_and_works(db_dsn: str) -> None:

@@ -37,7 +37,13 @@ from relay.webhooks import delivery
 from relay.webhooks.delivery import Outcome, Result, origin
 from relay.webhooks.payloads import Transition, encode
 from relay.webhooks.signing import new_message_id
-from relay.webhooks.statefile import Mark, Pending, StateFile, TargetRecord
+from relay.webhooks.statefile import (
+    Mark,
+    Pending,
+    StateFile,
+    TargetRecord,
+    report_unexpected_exit,
+)
 
 log = get_logger("relay.webhooks")
 
@@ -106,19 +112,22 @@ class Target:
         """Take over a record: from the state file, or from this target's previous config."""
         if record is None:
             return
+        # Encode first: a record that cannot be encoded raises before anything is taken over.
+        pending = record.pending
+        queued = self._delivery(pending.transition, pending.id) if pending else None
         self.settled = record.settled
         self.delivered = record.delivered
         self._filtered_seq = record.filtered_seq
         self._settled_confirmed = confirmed or record.settled is None
-        if record.pending is not None:
-            transition = record.pending.transition
-            self._queued = self._delivery(transition, record.pending.id)
+        if pending is not None:
+            transition = pending.transition
+            self._queued = queued
             log.info(
                 "webhook_pending_restored",
                 webhook=self.name,
                 state=transition.state.value,
                 seq=transition.seq,
-                webhook_id=record.pending.id,
+                webhook_id=pending.id,
             )
 
     def record(self) -> TargetRecord:
@@ -135,6 +144,7 @@ class Target:
         self._session = session
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"relay-webhook-{self.name}")
+        self.task.add_done_callback(report_unexpected_exit)
 
     def begin_close(self) -> None:
         """Stop taking work: cancel the hysteresis timer, end retry waits at once."""
@@ -354,6 +364,7 @@ class WebhookSender:
         self._known = False
         self._warned_in_memory = False
         self._state = "new"
+        self._close_task: asyncio.Task[None] | None = None
 
     def _target(self, hook: WebhookConfig) -> Target:
         return Target(hook, self._metrics, self._store, self._public_url, self._rng)
@@ -363,14 +374,30 @@ class WebhookSender:
         return self._store.path
 
     async def start(self) -> None:
+        """Read the state file and start every target. Never left half-started: if reading
+        fails or is cancelled, the sender is "new" again and ``start()`` can be retried."""
         if self._state in ("closing", "closed"):
             raise RuntimeError("a closed webhook sender cannot be started again")
         if self._state != "new":
             return
         self._state = "starting"
-        records = await self._store.load()
+        try:
+            records = await self._store.load()
+        except BaseException:
+            if self._state == "starting":
+                self._state = "new"
+            raise
+        if self._state != "starting":
+            return  # closed while the file was being read
         for name, target in self.targets.items():
-            target.restore(records.get(name))
+            try:
+                target.restore(records.get(name))
+            except Exception:  # one unusable record must not keep every target from starting
+                log.exception(
+                    "webhook_state_record_unusable",
+                    webhook=name,
+                    consequence="this target starts without delivery state",
+                )
         await self._store.start()
         # No await from here on: no transition can slip between subscribing and reading.
         self._state = "running"
@@ -450,11 +477,20 @@ class WebhookSender:
             target.task.add_done_callback(self._retired.discard)
 
     async def aclose(self, timeout: float = 5.0) -> None:
-        """Let requests on the wire finish (bounded by ``timeout``), then persist what is owed."""
-        if self._state in ("closing", "closed"):
-            return
-        started = self._state == "running"
-        self._state = "closing"
+        """Let requests on the wire finish (bounded by ``timeout``), then persist what is owed.
+
+        The close runs as its own task: a caller that is cancelled leaves it running, and
+        every later call waits for that same close.
+        """
+        if self._close_task is None:
+            started = self._state == "running"
+            self._state = "closing"
+            self._close_task = asyncio.create_task(
+                self._close(started, timeout), name="relay-webhook-close"
+            )
+        await asyncio.shield(self._close_task)
+
+    async def _close(self, started: bool, timeout: float) -> None:
         if started:
             self._stability.unsubscribe(self._observe)
         for target in self.targets.values():
@@ -471,7 +507,7 @@ class WebhookSender:
         if self._session is not None:
             await self._session.close()
         if started:
-            await self._store.aclose()
+            await self._store.aclose(timeout)
         self._state = "closed"
         owed = {t.name: t.pending for t in self.targets.values() if t.pending}
         if self.targets:

@@ -6,14 +6,16 @@ the last state the target filtered out, and the delivery still owed (with its
 
 Writes happen off the event loop (a thread), coalesced by one named task: a burst of
 changes costs one write. ``flush()`` waits until everything changed so far is on disk.
-Write = temp file, fsync, rename, fsync of the directory. A corrupt file is moved aside
-(``webhooks.json.corrupt``), reported, and replaced; it never stops the relay.
+Write = temp file, fsync, rename, fsync of the directory. Every write carries the version
+of the state it holds; an older snapshot never replaces a newer one on disk (a thread
+outliving a timed-out close cannot land last). A file that cannot be parsed, whatever the
+reason, is moved aside (``webhooks.json.corrupt``), reported, and replaced; it never stops
+the relay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import threading
@@ -31,6 +33,8 @@ log = get_logger("relay.webhooks")
 
 FILE_NAME = "webhooks.json"
 VERSION = 1
+# After a write that crashed (not an I/O error: a bug), the writer pauses this long.
+CRASH_BACKOFF = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +100,19 @@ class TargetRecord:
 
 
 def parse(text: str) -> dict[str, TargetRecord]:
-    """The file's content; raises ``ValueError`` (or ``KeyError``/``TypeError``) if malformed."""
-    tree = json.loads(text)
+    """The file's content. Malformed content raises; which exception depends on where it
+    breaks (``ValueError``, ``KeyError``, ``AttributeError``, ...), so callers catch them all."""
+    tree = json.loads(text, parse_constant=_reject_constant)
     if not isinstance(tree, dict) or tree.get("version") != VERSION:
         raise ValueError(f"expected an object with version {VERSION}")
     targets = tree["targets"]
     if not isinstance(targets, dict):
         raise ValueError('"targets" is not an object')
     return {str(name): TargetRecord.from_record(record) for name, record in targets.items()}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid number here")
 
 
 Collect = Callable[[], dict[str, TargetRecord]]
@@ -116,11 +125,13 @@ class StateFile:
         self.path = directory / FILE_NAME if directory is not None else None
         self._collect = collect
         self._lock = threading.Lock()  # one writer thread at a time
-        self._version = 0
-        self._written = 0
+        self._version = 0  # bumped by every change
+        self._written = 0  # the newest version whose write has ended (written or failed)
+        self._on_disk = 0  # the newest version on disk; guarded by _lock
         self._dirty: asyncio.Event | None = None
         self._progress: asyncio.Condition | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # Reading, once at start.
     async def load(self) -> dict[str, TargetRecord]:
@@ -146,15 +157,18 @@ class StateFile:
             return {}
         try:
             return parse(data.decode("utf-8"))
-        except (ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError is a ValueError
+        except Exception as error:  # any malformed content, whatever breaks on it
             aside = path.with_name(path.name + ".corrupt")
-            with contextlib.suppress(OSError):
+            moved_to: str | None = str(aside)
+            try:
                 os.replace(path, aside)
+            except OSError:
+                moved_to = None
             log.error(
                 "webhook_state_corrupt",
                 path=str(path),
                 reason=f"{type(error).__name__}: {error}",
-                moved_to=str(aside),
+                moved_to=moved_to,
                 consequence="starting without delivery state; the file will be replaced",
             )
             return {}
@@ -166,6 +180,7 @@ class StateFile:
             self._progress = asyncio.Condition()
             if self.path is not None:
                 self._task = asyncio.create_task(self._writer(), name="relay-webhook-state")
+                self._task.add_done_callback(report_unexpected_exit)
 
     def changed(self) -> None:
         """Something in the collected state changed; write it soon (coalesced)."""
@@ -181,14 +196,33 @@ class StateFile:
         async with self._progress:
             await self._progress.wait_for(lambda: self._written >= target)
 
-    async def aclose(self) -> None:
-        """Stop the writer and write the final state (if anything changed since the last write)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.path is not None and self._version != self._written:
-            await asyncio.to_thread(self._write, self.path, self._collect())
-            self._written = self._version
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Stop the writer once it has written the final state (if anything changed).
+
+        The writer is not cancelled mid-write: it finishes the write in flight, then writes
+        what changed since. Bounded by ``timeout`` (a stuck disk); past it the writer is
+        abandoned, and the version stamp keeps its late write from replacing a newer one.
+        """
+        self._stopping = True
+        task = self._task
+        if task is None:  # never started: write here if anything changed
+            if self.path is not None and self._version != self._written:
+                version = self._version
+                await asyncio.to_thread(self._write, self.path, self._collect(), version)
+                self._written = version
+            return
+        if self._dirty is not None:
+            self._dirty.set()  # wake the writer: it writes what is left, then returns
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.error(
+                "webhook_state_stop_timeout",
+                path=str(self.path),
+                timeout_s=timeout,
+                consequence="the latest delivery state may not be on disk",
+            )
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
     async def _writer(self) -> None:
         assert self._dirty is not None and self._progress is not None and self.path is not None
@@ -196,15 +230,27 @@ class StateFile:
             await self._dirty.wait()
             self._dirty.clear()
             version = self._version
-            try:
-                await asyncio.to_thread(self._write, self.path, self._collect())
-            except Exception:  # logged; the next change tries again
-                log.exception("webhook_state_write_crashed", path=str(self.path))
-            async with self._progress:
-                self._written = version
-                self._progress.notify_all()
+            crashed = False
+            if version != self._written:
+                try:
+                    await asyncio.to_thread(self._write, self.path, self._collect(), version)
+                except Exception:  # a bug, not an I/O error: logged; the next change tries again
+                    crashed = True
+                    log.exception(
+                        "webhook_state_write_crashed",
+                        path=str(self.path),
+                        consequence="a restart now may resend or lose the latest delivery",
+                    )
+                async with self._progress:
+                    self._written = max(self._written, version)
+                    self._progress.notify_all()
+            if self._stopping and not self._dirty.is_set():
+                return
+            if crashed and not self._stopping:
+                await asyncio.sleep(CRASH_BACKOFF)  # a bug on every change: not a busy loop
 
-    def _write(self, path: Path, records: dict[str, TargetRecord]) -> None:
+    def _write(self, path: Path, records: dict[str, TargetRecord], version: int) -> None:
+        """In a thread. ``records`` is the state as of ``version``; skipped if newer is on disk."""
         tree = {
             "version": VERSION,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -213,6 +259,8 @@ class StateFile:
         data = json.dumps(tree, indent=1).encode()
         temp = path.with_name(f".{path.name}.tmp")
         with self._lock:
+            if version <= self._on_disk:
+                return  # a newer snapshot is already on disk: never replace it with older
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as file:
@@ -220,6 +268,7 @@ class StateFile:
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(temp, path)
+                self._on_disk = version
                 _fsync_directory(path.parent)
             except OSError as error:
                 log.error(
@@ -228,6 +277,15 @@ class StateFile:
                     reason=error.strerror or str(error),
                     consequence="a restart now may resend or lose the latest delivery",
                 )
+
+
+def report_unexpected_exit(task: asyncio.Task[Any]) -> None:
+    """Done-callback for long-lived tasks: an exception that ended one is never silent."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        log.error("task_died", task=task.get_name(), exc_info=error)
 
 
 def _fsync_directory(directory: Path) -> None:
