@@ -89,10 +89,11 @@ class Relay:
 
     async def _on_leadership(self, leading: bool) -> None:
         """Elected: send webhooks. Another relay leads now: stop, and be ready for next time."""
-        self.metrics.webhook_leader.set(1 if leading else 0)
         if leading:
             await self.webhooks.start()
+            self.metrics.webhook_leader.set(1)  # only once the sender really runs
         else:
+            self.metrics.webhook_leader.set(0)
             await self.webhooks.aclose(timeout=self.config.http.shutdown_timeout)
             self.webhooks = self._webhook_sender()
 

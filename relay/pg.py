@@ -77,9 +77,16 @@ async def with_deadline(
         done, _ = await asyncio.wait({task}, timeout=timeout)
     finally:
         if not task.done():
+            # Sever first and let the query fail on its own: cancelling it makes psycopg send
+            # a cancel request on a new connection and wait for it (up to 5 s), which hangs
+            # on a half-open link. Cancel only if it has not let go within a second.
             sever(conn)
-            task.cancel()
-            await asyncio.wait({task})
+            finished, _ = await asyncio.wait({task}, timeout=1.0)
+            if not finished:
+                task.cancel()
+                await asyncio.wait({task})
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a failure after an outer cancellation is expected
     if not done:
         raise DatabaseUnavailable(f"no answer within {timeout:g}s")
     return task.result()

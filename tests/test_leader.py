@@ -273,12 +273,6 @@ async def test_a_leader_cut_off_half_open_ends_its_old_backend_and_keeps_leading
             assert only.changes == [True], "it never stepped down"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay/pg.py with_deadline cancels the query after severing the socket; psycopg "
-    "answers that cancellation with a cancel request on a new connection (up to 5 s through a "
-    "silent link). Remove this marker once with_deadline awaits the severed query instead.",
-)
 async def test_closing_mid_query_leaves_no_query_running(db_dsn: str) -> None:
     async def ignore(_leading: bool) -> None:
         pass
