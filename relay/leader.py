@@ -38,6 +38,7 @@ from relay.backoff import Backoff
 from relay.config import DatabaseConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import describe_dsn, get_logger
+from relay.tasks import report_unexpected_exit
 
 log = get_logger("relay.leader")
 
@@ -103,7 +104,7 @@ class Leadership:
             raise RuntimeError("a closed leadership cannot be started again")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="relay-leader")
-            self._task.add_done_callback(_report_unexpected_exit)
+            self._task.add_done_callback(report_unexpected_exit)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop campaigning and release the lock (by closing its connection)."""
@@ -211,11 +212,6 @@ async def _fetch_one(
 
 def _true(row: tuple[Any, ...] | None) -> bool:
     return bool(row and row[0])
-
-
-def _report_unexpected_exit(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task_died", task=task.get_name(), exc_info=task.exception())
 
 
 __all__ = ["LOCK_KEY", "Leadership", "connect"]

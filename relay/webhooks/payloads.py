@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from relay.stability import State
+from relay.stability import State, iso_timestamp
 
 CHANGED = "system.stability.changed"
 TEST = "system.stability.test"
@@ -68,7 +68,7 @@ def encode_test(fmt: Format, name: str, public_url: str | None, now: float) -> b
 
 
 def envelope(kind: str, timestamp: float, data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": kind, "timestamp": iso(timestamp), "data": data}
+    return {"type": kind, "timestamp": iso_timestamp(timestamp), "data": data}
 
 
 def _data(transition: Transition) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def _data(transition: Transition) -> dict[str, Any]:
         "stable": transition.state.stable,
         "state": transition.state.value,
         "previous_state": transition.previous_state.value if transition.previous_state else None,
-        "since": iso(transition.since),
+        "since": iso_timestamp(transition.since),
         "previous_duration_seconds": round(duration, 3) if duration is not None else None,
         "seq": transition.seq,
     }
@@ -145,12 +145,6 @@ def human_duration(seconds: float) -> str:
     first = next(i for i, (value, _unit) in enumerate(parts) if value)
     shown = [f"{value} {unit}" for value, unit in parts[first : first + 2] if value]
     return " ".join(shown)
-
-
-def iso(timestamp: float) -> str:
-    """``2026-11-30T00:25:01.123Z``, the format of the SSE ``since`` field."""
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _clock(timestamp: float) -> str:

@@ -33,6 +33,7 @@ from relay.config import WebhookConfig
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.stability import Snapshot, Stability, State
+from relay.tasks import report_unexpected_exit
 from relay.webhooks import delivery
 from relay.webhooks.delivery import Outcome, Result, origin
 from relay.webhooks.payloads import Transition, encode
@@ -42,7 +43,6 @@ from relay.webhooks.statefile import (
     Pending,
     StateFile,
     TargetRecord,
-    report_unexpected_exit,
 )
 
 log = get_logger("relay.webhooks")

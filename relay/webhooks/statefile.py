@@ -27,6 +27,7 @@ from typing import Any
 
 from relay.logs import get_logger
 from relay.stability import State
+from relay.tasks import report_unexpected_exit
 from relay.webhooks.payloads import Transition
 
 log = get_logger("relay.webhooks")
@@ -277,15 +278,6 @@ class StateFile:
                     reason=error.strerror or str(error),
                     consequence="a restart now may resend or lose the latest delivery",
                 )
-
-
-def report_unexpected_exit(task: asyncio.Task[Any]) -> None:
-    """Done-callback for long-lived tasks: an exception that ended one is never silent."""
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is not None:
-        log.error("task_died", task=task.get_name(), exc_info=error)
 
 
 def _fsync_directory(directory: Path) -> None:
