@@ -2,50 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
 
 from relay.embedded import EmbeddedPostgres
-from relay.stability import State
 from tests.faults.test_faults import (
     FINISH_ALL,
     START,
-    _chaos_transaction,
     all_see,
+    run_chaos,
     start_watchers,
     stop_watchers,
 )
-from tests.support import eventually, execute, relay_config, running_relay, truth
+from tests.support import eventually, execute, relay_config, running_relay
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]
 
 
 async def test_soak_exact_after_chaos_1000_runs(secret_dsn: str) -> None:
-    rng = random.Random(20261130)
-    config = relay_config(
-        secret_dsn, database={"heartbeat_interval": "60s"}, stability={"reconcile_interval": "60s"}
-    )
-    async with running_relay(config) as relay:
-        await eventually(lambda: relay.stability.current.stable is not None)
-        for run in range(1000):
-            work = [_chaos_transaction(secret_dsn, rng) for _ in range(rng.randint(2, 12))]
-            if rng.random() < 0.2:
-                work.append(
-                    execute(
-                        secret_dsn,
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = 'stability-relay'",
-                    )
-                )
-            if run % 10 == 9:
-                work.append(
-                    execute(secret_dsn, FINISH_ALL, "UPDATE worker.tasks SET state = 'completed'")
-                )
-            await asyncio.gather(*work)
-            expected = State.from_truth(await truth(secret_dsn))
-            await eventually(lambda e=expected: relay.stability.current.state is e, timeout=10)
+    exact = await run_chaos(secret_dsn, random.Random(20261130), runs=1000, writers=12, kills=0.2)
+    assert exact == 1000
 
 
 async def test_soak_30_outages_under_2000_clients(
