@@ -14,9 +14,11 @@
 -- hints are harmless (one extra cheap query); a missed hint is not, so every change that can
 -- alter is_system_stable() sends one:
 --   import_job:        a row becomes active or inactive (insert, update, delete), TRUNCATE;
---   worker.tasks:      an analytics task becomes active or inactive, or an active task changes
---                      command (it may change queue), TRUNCATE;
+--   worker.tasks:      a task starts or stops counting (an active task of an analytics
+--                      command), an active analytics task changes command, TRUNCATE;
 --   command_registry:  any change (a command moving queue changes which tasks count).
+-- A registry change recompiles the task triggers under a lock, so no task write straddles
+-- it (see worker.system_stability_compile_commands() below).
 -- The UPDATE triggers are not `UPDATE OF state`: a column-specific trigger does not fire when a
 -- BEFORE trigger changes the column, and the WHEN clause costs next to nothing.
 --
@@ -25,7 +27,12 @@
 -- * A row notifies only when its activeness changes. The WHEN clauses are evaluated by the
 --   executor (the IMMUTABLE SQL helpers below are inlined), so an UPDATE that does not change
 --   activeness, like pending -> processing, queues no trigger event and calls no function.
--- * Tasks outside the analytics queue never notify.
+-- * Tasks outside the analytics queue never notify, and never call a function either: the
+--   task triggers' WHEN clauses are literals (the analytics commands, the active states),
+--   recompiled from the registry by the registry's own trigger. Before, every activeness
+--   change of any task called a plpgsql function that looked the command up in the registry,
+--   and helper calls in WHEN clauses are prepared afresh per statement: together a good part
+--   of the cost under worker churn (bench/, docs/benchmarks.md).
 -- * The payload is constant per table, and PostgreSQL delivers identical notifications of one
 --   transaction once: a bulk statement touching many rows sends one notification.
 -- * A transaction that sent no notification skips the global NOTIFY lock at commit; the
@@ -144,23 +151,90 @@ BEGIN
 END;
 $$;
 
--- The WHEN clauses have established that the task's activeness changed, or that an active
--- task's command changed; it counts only if the old or the new command is an analytics one.
--- OLD is NULL on INSERT and NEW is NULL on DELETE, which match no command.
--- SECURITY DEFINER because it reads command_registry: as the writing user, a worker allowed to
--- write tasks but not to read the registry would see every write fail because of this trigger.
+-- Which tasks count: an active task whose command is in the analytics queue. The task
+-- triggers' WHEN clauses spell this out as literals (the analytics commands, the active
+-- states), compiled by this function at install and whenever the registry changes: a WHEN
+-- clause is prepared afresh for every statement, and calling (even inlining) SQL helpers
+-- there cost the worker a fifth of its throughput; literals cost next to nothing. The active
+-- states must agree with worker.task_state_is_active() (tests/test_sql.py checks it).
+-- Replacing the triggers takes a SHARE ROW EXCLUSIVE lock on worker.tasks until the registry
+-- change commits, so no task write straddles it: each is judged by the registry before the
+-- change (and committed before it, so the registry's own hint covers it) or after it. Two
+-- registry changes compile one after the other for the same reason. Caveats: a registry
+-- change waits for task writes in flight and holds new ones until it commits (keep such
+-- transactions short); one that deletes a command while tasks of that command are being
+-- written can deadlock with them (PostgreSQL aborts one); and a REPEATABLE READ transaction
+-- compiles the registry as its snapshot shows it (change the registry in READ COMMITTED).
+CREATE OR REPLACE FUNCTION worker.system_stability_compile_commands()
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    commands text;
+    counts_old text;
+    counts_new text;
+BEGIN
+    SELECT pg_catalog.quote_literal(coalesce(array_agg(cr.command ORDER BY cr.command), '{}'))
+    INTO commands
+    FROM worker.command_registry AS cr
+    WHERE cr.queue = 'analytics';
+    -- One row's "counts", for OLD or NEW: the same text for both but for the row's name.
+    counts_old := format(
+        'coalesce(OLD.command = ANY (%s::text[]) '
+        'AND OLD.state::text IN (''pending'', ''processing'', ''waiting''), false)',
+        commands
+    );
+    counts_new := format(
+        'coalesce(NEW.command = ANY (%s::text[]) '
+        'AND NEW.state::text IN (''pending'', ''processing'', ''waiting''), false)',
+        commands
+    );
+    EXECUTE format(
+        'CREATE OR REPLACE TRIGGER system_stability_hint_insert AFTER INSERT ON worker.tasks '
+        'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION worker.system_stability_task_hint()',
+        counts_new
+    );
+    EXECUTE format(
+        'CREATE OR REPLACE TRIGGER system_stability_hint_update AFTER UPDATE ON worker.tasks '
+        'FOR EACH ROW WHEN (%1$s <> %2$s '
+        'OR (OLD.command IS DISTINCT FROM NEW.command AND %2$s)) '
+        'EXECUTE FUNCTION worker.system_stability_task_hint()',
+        counts_old, counts_new
+    );
+    EXECUTE format(
+        'CREATE OR REPLACE TRIGGER system_stability_hint_delete AFTER DELETE ON worker.tasks '
+        'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION worker.system_stability_task_hint()',
+        counts_old
+    );
+END;
+$$;
+
+REVOKE EXECUTE ON FUNCTION worker.system_stability_compile_commands() FROM PUBLIC;
+
+-- The WHEN clauses have established that a task started or stopped counting, or that an
+-- active analytics task changed command: hint. SECURITY DEFINER and pinned like every relay
+-- function, though it reads nothing.
 CREATE OR REPLACE FUNCTION worker.system_stability_task_hint()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF EXISTS (
-        SELECT FROM worker.command_registry AS cr
-        WHERE cr.queue = 'analytics' AND cr.command IN (OLD.command, NEW.command)
-    ) THEN
-        PERFORM pg_catalog.pg_notify('system_stability', '{"table":"tasks"}');
-    END IF;
+    PERFORM pg_catalog.pg_notify('system_stability', '{"table":"tasks"}');
+    RETURN NULL;
+END;
+$$;
+
+-- A registry change may change which tasks count: recompile the helper, then hint.
+CREATE OR REPLACE FUNCTION worker.system_stability_registry_hint()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM worker.system_stability_compile_commands();
+    PERFORM pg_catalog.pg_notify('system_stability', '{"table":"command_registry"}');
     RETURN NULL;
 END;
 $$;
@@ -194,29 +268,8 @@ AFTER TRUNCATE ON public.import_job
 FOR EACH STATEMENT
 EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
 
-CREATE OR REPLACE TRIGGER system_stability_hint_insert
-AFTER INSERT ON worker.tasks
-FOR EACH ROW
-WHEN (worker.task_state_is_active(NEW.state::text))
-EXECUTE FUNCTION worker.system_stability_task_hint();
-
-CREATE OR REPLACE TRIGGER system_stability_hint_update
-AFTER UPDATE ON worker.tasks
-FOR EACH ROW
-WHEN (
-    worker.task_state_is_active(OLD.state::text) <> worker.task_state_is_active(NEW.state::text)
-    OR (
-        OLD.command IS DISTINCT FROM NEW.command
-        AND worker.task_state_is_active(NEW.state::text)
-    )
-)
-EXECUTE FUNCTION worker.system_stability_task_hint();
-
-CREATE OR REPLACE TRIGGER system_stability_hint_delete
-AFTER DELETE ON worker.tasks
-FOR EACH ROW
-WHEN (worker.task_state_is_active(OLD.state::text))
-EXECUTE FUNCTION worker.system_stability_task_hint();
+-- worker.tasks: insert, update and delete triggers, compiled from the registry (above).
+SELECT worker.system_stability_compile_commands();
 
 CREATE OR REPLACE TRIGGER system_stability_hint_truncate
 AFTER TRUNCATE ON worker.tasks
@@ -226,7 +279,7 @@ EXECUTE FUNCTION public.system_stability_hint('{"table":"tasks"}');
 CREATE OR REPLACE TRIGGER system_stability_hint
 AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON worker.command_registry
 FOR EACH STATEMENT
-EXECUTE FUNCTION public.system_stability_hint('{"table":"command_registry"}');
+EXECUTE FUNCTION worker.system_stability_registry_hint();
 
 COMMENT ON FUNCTION public.is_system_stable() IS
     'stability-relay: true when no import job and no analytics task is active.';

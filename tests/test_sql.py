@@ -249,6 +249,33 @@ async def test_tasks_outside_the_analytics_queue_never_hint(
     assert await hints_after("DELETE FROM worker.tasks") == []
 
 
+async def test_a_command_moved_into_the_analytics_queue_hints_from_then_on(
+    conn: Conn, hints_after: HintsAfter
+) -> None:
+    add = "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')"
+    assert await hints_after(add) == []
+    move = "UPDATE worker.command_registry SET queue = 'analytics' WHERE command = 'task_cleanup'"
+    assert await hints_after(move) == [COMMAND_REGISTRY_HINT]
+    assert await hints_after(add) == [TASKS_HINT]
+    assert await hints_after("UPDATE worker.tasks SET state = 'completed'") == [TASKS_HINT]
+    back = "UPDATE worker.command_registry SET queue = 'maintenance' WHERE command = 'task_cleanup'"
+    assert await hints_after(back) == [COMMAND_REGISTRY_HINT]
+    assert await hints_after(add) == []
+
+
+async def test_the_task_triggers_agree_with_the_activeness_helper_on_every_state(
+    conn: Conn, hints_after: HintsAfter
+) -> None:
+    """The task triggers spell the active states out; they must be the helper's."""
+    cursor = await conn.execute(
+        "SELECT label::text, worker.task_state_is_active(label::text) "
+        "FROM unnest(enum_range(NULL::worker.task_state)) AS label"
+    )
+    for state, active in await cursor.fetchall():
+        insert = "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', %s)"
+        assert await hints_after(insert, (state,)) == ([TASKS_HINT] if active else []), state
+
+
 async def test_deleting_a_task_hints_only_if_it_was_active(
     conn: Conn, hints_after: HintsAfter
 ) -> None:
