@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import aiohttp
 import psycopg
 
 from relay.embedded import EmbeddedPostgres
+from relay.listener import Listener
 from relay.stability import State
 from tests.support import (
     base_url,
@@ -85,3 +89,44 @@ async def test_missing_schema_keeps_the_state_unknown_and_retries(pg_admin_dsn: 
         await eventually(lambda: relay.metrics.reconnects._value.get() >= 1, timeout=5)
         assert relay.stability.current.state is State.UNKNOWN
         assert not relay.listener.connected.is_set()
+
+
+class ForgetfulListener(Listener):
+    """Fault injection: the first LISTEN of each session skips the extra channel."""
+
+    skipped = 0
+
+    async def _listen(self, conn: Any, channels: Sequence[str]) -> None:
+        if "import_job_progress" in channels and len(channels) > 1:
+            ForgetfulListener.skipped += 1
+            channels = [c for c in channels if c != "import_job_progress"]
+        await super()._listen(conn, channels)
+
+
+async def test_heartbeat_relistens_a_missing_channel(db_dsn: str) -> None:
+    config = relay_config(db_dsn, channels=["import_job_progress"])
+    async with running_relay(config) as relay:
+        await relay.listener.aclose()
+        relay.listener = ForgetfulListener(
+            config.database,
+            relay,
+            relay.metrics,
+            extra_channels=config.channels,
+            reconcile_interval=config.stability.reconcile_interval,
+        )
+        await relay.listener.start()
+        await eventually(lambda: relay.listener.connected.is_set())
+        assert ForgetfulListener.skipped == 1
+        async with sse_connect(base_url(relay) + "/api/system-status/live") as client:
+            await client.next_event()
+
+            # The heartbeat (1 s here) notices the missing channel and LISTENs again.
+            async def progress_arrives() -> bool:
+                await execute(db_dsn, "SELECT pg_notify('import_job_progress', '{\"n\":1}')")
+                try:
+                    event = await client.next_event(timeout=0.5)
+                except TimeoutError:
+                    return False
+                return event.event == "import_job_progress"
+
+            await eventually(progress_arrives, timeout=10, interval=0.1)
