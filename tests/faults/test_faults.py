@@ -83,25 +83,30 @@ async def test_outages_with_500_clients_each_see_null_then_truth(
     restartable_pg: EmbeddedPostgres, secret_dsn: str
 ) -> None:
     """Fault 1: PostgreSQL stopped (immediate) and restarted 10 times under 500 clients."""
-    async with running_relay(relay_config(secret_dsn)) as relay:
+    reconnects = await run_outages(restartable_pg, secret_dsn, clients=500, cycles=10)
+    assert reconnects >= 10
+
+
+async def run_outages(server: EmbeddedPostgres, dsn: str, clients: int, cycles: int) -> float:
+    """Stop the server (immediate) and start it again ``cycles`` times under ``clients`` SSE
+    clients; each must see ``null`` during every outage and the truth, alternated by a commit,
+    after it. Returns the relay's reconnect count."""
+    async with running_relay(relay_config(dsn)) as relay:
         await eventually(lambda: relay.stability.current.stable is True)
-        session, watchers = await start_watchers(relay, 500)
+        session, watchers = await start_watchers(relay, clients)
         try:
-            for cycle in range(10):
-                restartable_pg.stop(mode="immediate")
-                await eventually(all_see(watchers, None), timeout=20)
-                restartable_pg.start()
-                expected = cycle % 2 == 1  # alternate the truth across outages
-                if not expected:
-                    await execute(secret_dsn, START.format(slug=f"outage-{cycle}"))
-                else:
-                    await execute(secret_dsn, FINISH_ALL)
-                await eventually(all_see(watchers, expected), timeout=20)
-                assert await truth(secret_dsn) is expected
-                assert all(None in w.seen for w in watchers)
+            for cycle in range(cycles):
+                server.stop(mode="immediate")
+                await eventually(all_see(watchers, None), timeout=60)
+                server.start()
+                expected = cycle % 2 == 1
+                await execute(dsn, FINISH_ALL if expected else START.format(slug=f"o{cycle}"))
+                await eventually(all_see(watchers, expected), timeout=60)
+                assert await truth(dsn) is expected
+            assert all(w.seen.count(None) >= cycles for w in watchers)
         finally:
             await stop_watchers(session, watchers)
-        assert relay.metrics.reconnects._value.get() >= 10
+        return float(relay.metrics.reconnects._value.get())
 
 
 async def test_listener_back_within_two_seconds_after_termination(secret_dsn: str) -> None:
