@@ -67,7 +67,7 @@ screenshot: install browser-deps
 	$(BIN)/python docs/screenshot.py
 
 soak: install
-	RELAY_SOAK=1 $(BIN)/pytest -q -m soak
+	$(BIN)/pytest -q -m soak
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

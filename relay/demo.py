@@ -16,6 +16,7 @@ from relay.app import Relay
 from relay.config import Config, LoggingConfig, load_config
 from relay.dbinstall import install
 from relay.embedded import EmbeddedPostgres
+from relay.tasks import report_unexpected_exit
 from relay.workload import simulate
 
 log = logs.get_logger("relay.demo")
@@ -53,6 +54,7 @@ async def _demo(dsn: str, listen: str, period: float) -> int:
         loop.add_signal_handler(signum, stop.set)
     await relay.start()
     workload = asyncio.create_task(simulate(dsn, period), name="demo-workload")
+    workload.add_done_callback(report_unexpected_exit)
     base = f"http://{listen.rsplit(':', 1)[0]}:{relay.port}"
     print(
         "\nstability-relay demo is running. Open:\n"
