@@ -33,6 +33,7 @@ from relay.config import HttpConfig
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.stability import Snapshot, Stability
+from relay.tasks import report_unexpected_exit
 
 log = get_logger("relay.sse")
 
@@ -128,6 +129,7 @@ class Hub:
             raise RuntimeError("a closed hub cannot be started again")
         if self._task is None:
             self._task = asyncio.create_task(self._heartbeats(), name="relay-sse-heartbeat")
+            self._task.add_done_callback(report_unexpected_exit)
 
     async def aclose(self) -> None:
         """Tell every client to come back (a final ``retry:``) and end every stream."""
@@ -175,7 +177,10 @@ class Hub:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self._settings.heartbeat)
-            self._broadcast(self._ping)
+            try:
+                self._broadcast(self._ping)
+            except Exception:  # without pings proxies cut idle streams: never stop sending
+                log.exception("sse_heartbeat_failed")
             if len(self._clients) != self._logged_count:
                 self._logged_count = len(self._clients)
                 log.info("sse_clients", count=self._logged_count)
