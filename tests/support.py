@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import psycopg
+from aiohttp import web
 
 from relay.app import Relay
 from relay.config import Config, load_config
@@ -128,6 +129,18 @@ async def running_relay(config: Config, **options: Any) -> AsyncIterator[Relay]:
         yield relay
     finally:
         await relay.aclose()
+
+
+@asynccontextmanager
+async def serve_on_loopback(app: web.Application, **runner_options: Any) -> AsyncIterator[int]:
+    """Serve an aiohttp app on a free loopback port (a stand-in web app, receiver, ...)."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
 
 
 def base_url(relay: Relay) -> str:

@@ -13,7 +13,15 @@ import pytest
 from aiohttp import web
 
 from tests.ops_support import PROCESSING, STABLE, running_caddy
-from tests.support import SseClient, base_url, execute, relay_config, running_relay, sse_connect
+from tests.support import (
+    SseClient,
+    base_url,
+    execute,
+    relay_config,
+    running_relay,
+    serve_on_loopback,
+    sse_connect,
+)
 
 LIVE = "/api/system-status/live"
 
@@ -27,14 +35,8 @@ async def web_app() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(app) as port:
+        yield port
 
 
 async def test_routes_the_relay_and_the_web_app(db_dsn: str, tmp_path: Path, web_app: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -180,56 +179,6 @@ async def test_the_lock_connection_asks_the_server_for_keepalives(db_dsn: str) -
     }
 
 
-class HalfOpenProxy:
-    """Forwards to PostgreSQL. ``cut()`` resets every client connection but leaves its
-    server side open and silent: to the server the client just went quiet, and its backend
-    lives on, holding its locks (a half-open connection, as after a network cut)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._clients: list[asyncio.StreamWriter] = []
-        self._upstreams: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> HalfOpenProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for upstream in self._upstreams:
-            upstream.close()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for client in self._clients:
-            client.transport.abort()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._clients.append(writer)
-        self._upstreams.append(up_writer)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink), name="proxy-pipe")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.close()  # a clean end is passed on; a cut (cancellation) is not
-
-
 def via(proxy_port: int, dsn: str) -> str:
     return make_conninfo(dsn, host="127.0.0.1", port=proxy_port)
 
@@ -258,7 +207,7 @@ async def test_a_leader_cut_off_half_open_ends_its_old_backend_and_keeps_leading
 ) -> None:
     """Its old backend still holds the lock (the server has not noticed the cut): the
     leader ends it on reconnecting, instead of stepping down until the server gives up."""
-    async with HalfOpenProxy(server_port(db_dsn)) as proxy:
+    async with SilentProxy(server_port(db_dsn)) as proxy:
         async with candidates(via(proxy.port, db_dsn), 1) as (only,):
             await eventually(lambda: only.leading)
             old = await lock_holder(db_dsn)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from relay.app import Relay
 from tests.ops_support import PROCESSING, STABLE, running_caddy
 from tests.support import SseClient, eventually, execute, relay_config
+from tests.webhook_receiver import Receiver
 
 LIVE = "/api/system-status/live"
 BROWSERS = 6
@@ -51,38 +49,17 @@ class Browser:
             await self.task
 
 
-@asynccontextmanager
-async def webhook_receiver() -> AsyncIterator[tuple[str, list[str]]]:
-    """A receiver on loopback; yields its URL and the states it was sent, in order."""
-    states: list[str] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        states.append(json.loads(await request.read())["data"]["state"])
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", states
-    finally:
-        await runner.cleanup()
-
-
 async def test_three_relays_behind_caddy_share_clients_and_send_each_webhook_once(
     db_dsn: str, tmp_path: Path
 ) -> None:
     async with AsyncExitStack() as stack:
-        hook_url, posted = await stack.enter_async_context(webhook_receiver())
+        receiver = await stack.enter_async_context(Receiver())
         relays: list[Relay] = []
         for index in range(3):
             config = relay_config(
                 db_dsn,
                 http={"heartbeat": "500ms"},
-                webhooks=[{"name": "ci", "url": hook_url}],
+                webhooks=[{"name": "ci", "url": receiver.url}],
                 state_directory=str(tmp_path / f"relay-{index}"),
             )
             relay = Relay(config)
@@ -106,14 +83,14 @@ async def test_three_relays_behind_caddy_share_clients_and_send_each_webhook_onc
         await eventually(lambda: sum(r.leadership.is_leader for r in relays) == 1)
         leader = next(r for r in relays if r.leadership.is_leader)
         await asyncio.sleep(1.0)  # let the leader's start-up delivery (if any) land
-        baseline = len(posted)
+        baseline = len(receiver.states)
 
         # A flip reaches the clients of all three; the webhook goes out once.
         await execute(db_dsn, PROCESSING)
         await eventually(lambda: all(b.state == "processing" for b in browsers))
-        await eventually(lambda: len(posted) > baseline)
+        await eventually(lambda: len(receiver.states) > baseline)
         await asyncio.sleep(1.0)  # room for duplicates to show up, if there were any
-        assert posted[baseline:] == ["processing"], posted
+        assert receiver.states[baseline:] == ["processing"], receiver.states
 
         # Stopping a relay moves its clients to the other two; they resync.
         stopped = next(r for r in relays if r is not leader)
@@ -124,7 +101,7 @@ async def test_three_relays_behind_caddy_share_clients_and_send_each_webhook_onc
         await execute(db_dsn, STABLE)
         await eventually(lambda: all(b.state == "stable" for b in browsers))
         await asyncio.sleep(1.0)
-        assert posted[baseline:] == ["processing", "stable"], posted
+        assert receiver.states[baseline:] == ["processing", "stable"], receiver.states
 
         # Stopping the leader hands webhooks to the last relay: the next flip is sent once
         # (the new leader may first repeat the current state: it cannot know what the old
@@ -134,10 +111,10 @@ async def test_three_relays_behind_caddy_share_clients_and_send_each_webhook_onc
         await eventually(lambda: last.leadership.is_leader, timeout=10)
         await eventually(lambda: len(last.hub) == BROWSERS, timeout=10)
         await asyncio.sleep(1.0)
-        after_takeover = len(posted)
-        assert posted[baseline + 2 :] in ([], ["stable"]), posted
+        after_takeover = len(receiver.states)
+        assert receiver.states[baseline + 2 :] in ([], ["stable"]), receiver.states
         await execute(db_dsn, PROCESSING)
         await eventually(lambda: all(b.state == "processing" for b in browsers))
-        await eventually(lambda: len(posted) > after_takeover)
+        await eventually(lambda: len(receiver.states) > after_takeover)
         await asyncio.sleep(1.0)
-        assert posted[after_takeover:] == ["processing"], posted
+        assert receiver.states[after_takeover:] == ["processing"], receiver.states

@@ -30,6 +30,7 @@ from tests.browser.helpers import (
     run_sql,
     url_of,
 )
+from tests.support import serve_on_loopback
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,15 +108,9 @@ async def serving(stand: Stand) -> AsyncIterator[Stand]:
     app.router.add_get("/", stand.page)
     app.router.add_get("/static/system-status.js", stand.script)
     app.router.add_get("/api/system-status/live", stand.live)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    stand.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve_on_loopback(app, handler_cancellation=True, shutdown_timeout=0.5) as port:
+        stand.url = f"http://127.0.0.1:{port}"
         yield stand
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -7,8 +7,14 @@ import contextlib
 
 
 class SilentProxy:
-    """Forwards 127.0.0.1:<port> to a target. ``pause()`` makes every connection, old and new,
-    silently stop forwarding (no FIN, no RST): what a dead peer or a dropped route looks like."""
+    """Forwards 127.0.0.1:<port> to a target, with two faults:
+
+    - ``pause()`` makes every connection, old and new, silently stop forwarding (no FIN, no
+      RST): what a dead peer or a dropped route looks like to both ends;
+    - ``cut()`` resets every client connection but leaves its server side open and silent:
+      to the server the client just went quiet, and its backend lives on, holding its locks
+      (a half-open connection, as after a network cut).
+    """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -17,6 +23,8 @@ class SilentProxy:
         self._flowing.set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._abandoned: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> SilentProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -29,6 +37,8 @@ class SilentProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for upstream in self._abandoned:
+            upstream.close()
         await self._server.wait_closed()
 
     def pause(self) -> None:
@@ -37,6 +47,12 @@ class SilentProxy:
     def resume(self) -> None:
         self._flowing.set()
 
+    def cut(self) -> None:
+        for client, upstream in self._connections:
+            self._abandoned.add(upstream)  # never closed by its pipe: the server hears nothing
+            client.transport.abort()
+        self._connections.clear()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._flowing.wait()
         try:
@@ -44,6 +60,7 @@ class SilentProxy:
         except OSError:
             writer.close()
             return
+        self._connections.append((writer, up_writer))
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(source, sink), name="proxy-pipe")
             self._tasks.add(task)
@@ -61,5 +78,6 @@ class SilentProxy:
         except ConnectionError:
             pass
         finally:
-            with contextlib.suppress(Exception):
-                sink.close()
+            if sink not in self._abandoned:
+                with contextlib.suppress(Exception):
+                    sink.close()
