@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay import logs
 from relay.access import AddressLimit
 from relay.auth import Authenticator
 from relay.channels import ChannelRelay
@@ -169,8 +170,6 @@ class Relay:
 
     def reload(self, config: Config) -> None:
         """Apply a new config's tokens and webhook targets; other changes need a restart."""
-        from relay import logs
-
         logs.redactor.update([*self.config.secrets(), *config.secrets()])
         self.authenticator.replace(config.auth)
         self.webhooks.reload(config.webhooks)

@@ -3,6 +3,10 @@
 A payload must be a JSON object (PostgreSQL already caps it under 8000 bytes); anything
 else is counted in ``relay_notifications_dropped_total``, logged at most once per channel
 per minute, and dropped. Never a crash: the payload comes from whoever can NOTIFY.
+
+Bound: each relayed notification is one broadcast, encoded once; nothing is queued here. A
+flood of them is bounded per client by ``http.client_buffer`` (a client that falls behind is
+dropped and resyncs) and at the source by PostgreSQL's notification queue.
 """
 
 from __future__ import annotations

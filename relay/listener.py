@@ -11,6 +11,10 @@ burst of a thousand commits costs a handful of queries: one in flight, at most o
 Liveness: TCP keepalives and ``tcp_user_timeout`` on the socket, plus a same-session
 heartbeat (the probe below, with a deadline) every ``heartbeat_interval``. Any failure
 closes the connection, reports ``unknown`` and reconnects with jittered backoff.
+
+Bound: notifications that arrive during a read wait in psycopg's backlog, which has no limit
+of its own; it holds at most what arrives within one read (``heartbeat_timeout`` at worst),
+and PostgreSQL's queue (``pg_notification_queue_usage()``, exported) is the real bound.
 """
 
 from __future__ import annotations

@@ -41,8 +41,10 @@ def hs256(**claims: Any) -> str:
 async def status(
     http: aiohttp.ClientSession, url: str, method: str = "GET", **kwargs: Any
 ) -> aiohttp.ClientResponse:
+    """The answer's status and headers; a live stream that opened is left unread."""
     async with http.request(method, url, **kwargs) as response:
-        await response.read() if not url.endswith("/live") or response.status != 200 else None
+        if not (url.endswith("/live") and response.status == 200):
+            await response.read()
         return response
 
 
