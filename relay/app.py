@@ -68,12 +68,7 @@ class Relay:
         # Several relays on one database: only the elected one sends webhooks.
         self.leadership = Leadership(config.database, self._on_leadership)
         self.listener = Listener(
-            config.database,
-            self,
-            self.metrics,
-            extra_channels=config.channels,
-            reconcile_interval=config.stability.reconcile_interval,
-            min_read_interval=config.stability.min_read_interval,
+            config.database, config.stability, self, self.metrics, extra_channels=config.channels
         )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None

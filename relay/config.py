@@ -146,8 +146,14 @@ class DatabaseConfig(_Section):
 class StabilityConfig(_Section):
     # Notifications are hints; this re-read of the truth catches anything missed.
     reconcile_interval: PositiveDuration = 5.0
-    # Reads answering hints are at least this far apart; hints in between coalesce.
-    min_read_interval: Duration = 0.05
+    # Reads answering hints are at least this far apart; hints in between coalesce. Also the
+    # poll interval during a hold.
+    min_read_interval: PositiveDuration = 0.05
+    # When hints come faster than reads, ask writers to stop sending them and poll instead
+    # (sql/stability.sql). Holds taken by other relays are followed either way.
+    hold_when_busy: bool = True
+    # A hold ends once the state has not changed for this long.
+    hold_release_after: PositiveDuration = 2.0
 
 
 class HttpConfig(_Section):

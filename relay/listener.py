@@ -8,6 +8,9 @@ buffered by psycopg and coalesce into the next read; reads are at least
 ``min_read_interval`` apart (the first hint after a quiet spell is answered at once), so a
 burst of a thousand commits costs a handful of queries: one in flight, at most one queued.
 
+Under load the listener holds (``relay/hold.py``): writers stop hinting and it polls every
+``min_read_interval`` instead, which is how often it would read anyway.
+
 Liveness: TCP keepalives and ``tcp_user_timeout`` on the socket, plus a same-session
 heartbeat (the probe below, with a deadline) every ``heartbeat_interval``. Any failure
 closes the connection, reports ``unknown`` and reconnects with jittered backoff.
@@ -31,20 +34,25 @@ from psycopg import AsyncConnection, sql
 
 from relay import pg
 from relay.backoff import Backoff
-from relay.config import DatabaseConfig
+from relay.config import DatabaseConfig, StabilityConfig
 from relay.errors import DatabaseUnavailable, SchemaMissing
+from relay.hold import HOLD_ANNOUNCED, Hold, Step
 from relay.logs import describe_dsn, get_logger
 from relay.metrics import Metrics
 
 log = get_logger("relay.listener")
 T = TypeVar("T")
 
-# One round trip is the heartbeat, the reconcile and the queue-usage sample.
+# One round trip is the heartbeat, the reconcile, the hold flag, the transactions running in
+# the read's own snapshot (for a drain, relay/hold.py) and the queue-usage sample.
 PROBE = (
     "SELECT public.is_system_stable(), "
+    "coalesce(pg_sequence_last_value('public.system_stability_hold'::regclass) = 1, false), "
+    "array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x), "
     "array(SELECT pg_listening_channels()), "
     "pg_notification_queue_usage()"
 )
+SET_HOLD = "SELECT public.system_stability_set_hold(%s)"
 
 
 class ListenerEvents(Protocol):
@@ -60,6 +68,8 @@ class ListenerEvents(Protocol):
 @dataclass(frozen=True, slots=True)
 class Probe:
     stable: bool
+    held: bool
+    running: frozenset[str]
     channels: frozenset[str]
     queue_usage: float
 
@@ -70,20 +80,21 @@ class Listener:
     def __init__(
         self,
         settings: DatabaseConfig,
+        stability: StabilityConfig,
         events: ListenerEvents,
         metrics: Metrics,
         *,
         extra_channels: Sequence[str] = (),
-        reconcile_interval: float = 5.0,
-        min_read_interval: float = 0.05,
     ) -> None:
         self._settings = settings
         self._events = events
         self._metrics = metrics
         self._stability_channel = settings.channel
         self._channels = tuple(dict.fromkeys([settings.channel, *extra_channels]))
-        self._tick = min(settings.heartbeat_interval, reconcile_interval)
-        self._min_read_interval = min(min_read_interval, self._tick)
+        self._tick = min(settings.heartbeat_interval, stability.reconcile_interval)
+        self._min_read_interval = min(stability.min_read_interval, self._tick)
+        self._take_holds = stability.hold_when_busy
+        self._release_after = stability.hold_release_after
         self._backoff = Backoff(
             settings.reconnect_initial, settings.reconnect_max, settings.reconnect_reset_after
         )
@@ -170,25 +181,36 @@ class Listener:
         # LISTEN first, then read the state: a commit between the two is caught by
         # the read, a commit after it by a notification. Never the reverse.
         await self._listen(conn, self._channels)
-        await self._refresh(conn)
+        hold = Hold(self._release_after, time.monotonic())
+        await self._refresh(conn, hold)
         self.connected.set()
         self._backoff.healthy()
         last_read = time.monotonic()
-        hinted = False
+        hinted = answered_hint = False
         while not self._closed:
             now = time.monotonic()
             # A hint is answered at once, unless the last read was moments ago: then the
             # read waits out `min_read_interval` while further hints coalesce into it.
-            read_due = last_read + (self._min_read_interval if hinted else self._tick)
+            # During a hold there are no hints to wait for: poll at that pace.
+            fast = hinted or hold.active
+            read_due = last_read + (self._min_read_interval if fast else self._tick)
             if now >= read_due:
-                await self._refresh(conn)
-                last_read, hinted = time.monotonic(), False
+                await self._refresh(conn, hold)
+                last_read, answered_hint, hinted = time.monotonic(), hinted, False
                 continue
             async with contextlib.aclosing(
                 conn.notifies(timeout=read_due - now, stop_after=1)
             ) as batch:
                 async for note in batch:
-                    hinted |= self._dispatch(note.channel, note.payload)
+                    if self._dispatch(note.channel, note.payload):
+                        hinted = True
+                        if note.payload == HOLD_ANNOUNCED:
+                            hold.announced()
+            # Hints faster than reads: another read is due within min_read_interval of one
+            # that answered a hint. Ask writers to stop sending them, and poll instead.
+            if hinted and answered_hint and not hold.active and self._take_holds:
+                await self._set_hold(conn, True)
+                hold.taken(time.monotonic())
 
     def _dispatch(self, channel: str, payload: str) -> bool:
         """Route one notification; return whether it hints at a stability change."""
@@ -208,7 +230,7 @@ class Listener:
                 conn, conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             )
 
-    async def _refresh(self, conn: AsyncConnection[Any]) -> None:
+    async def _refresh(self, conn: AsyncConnection[Any], hold: Hold) -> None:
         """Read the truth (also the heartbeat); re-LISTEN if a channel went missing."""
         probe = await self._probe(conn)
         missing = [c for c in self._channels if c not in probe.channels]
@@ -218,19 +240,38 @@ class Listener:
             probe = await self._probe(conn)
         self._metrics.notify_queue_usage.set(probe.queue_usage)
         self._events.on_truth(probe.stable)
+        step = hold.after_read(
+            stable=probe.stable, held=probe.held, running=probe.running, now=time.monotonic()
+        )
+        self._metrics.polling.set(hold.active)
+        if step is Step.RELEASE:
+            await self._set_hold(conn, False)
+
+    async def _set_hold(self, conn: AsyncConnection[Any], held: bool) -> None:
+        try:
+            await self._deadline(conn, conn.execute(SET_HOLD, (held,)))
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as error:
+            # Holds save writers work; without them the relay is exact all the same.
+            self._take_holds = False
+            log.warning("hold_unavailable", reason=pg.describe_error(error))
+            return
+        self._metrics.hold_changes.labels("taken" if held else "released").inc()
+        log.debug("hold_taken" if held else "hold_released")
 
     async def _probe(self, conn: AsyncConnection[Any]) -> Probe:
         self._metrics.truth_queries.inc()
         try:
             cursor = await self._deadline(conn, conn.execute(PROBE))
-        except psycopg.errors.UndefinedFunction:
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable):
             raise SchemaMissing(
-                "public.is_system_stable() is missing: run `stability-relay db install`"
+                "public.is_system_stable() or public.system_stability_hold is missing: "
+                "run `stability-relay db install`"
             ) from None
         row = await cursor.fetchone()
         if row is None or row[0] is None:
             raise SchemaMissing("public.is_system_stable() returned no answer")
-        return Probe(bool(row[0]), frozenset(row[1]), float(row[2]))
+        stable, held, running, channels, usage = row
+        return Probe(bool(stable), held, frozenset(running), frozenset(channels), float(usage))
 
     async def _deadline(self, conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T]) -> T:
         return await pg.with_deadline(

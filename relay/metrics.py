@@ -61,6 +61,17 @@ class Metrics:
             "Reads of is_system_stable() (after hints, on connect, and on reconcile).",
             registry=r,
         )
+        self.polling = Gauge(
+            "relay_polling",
+            "1 while the listener polls because of a hold (writers send no hints), else 0.",
+            registry=r,
+        )
+        self.hold_changes = Counter(
+            "relay_hold_changes",
+            "Holds this relay took or released (writers skip hints while one is held).",
+            ["action"],
+            registry=r,
+        )
         self.transitions = Counter(
             "relay_state_transitions",
             "Stability transitions, by the state entered.",

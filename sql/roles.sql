@@ -1,9 +1,10 @@
 -- stability-relay: the least-privilege role the relay connects as. Idempotent.
 -- Apply after stability.sql.
 --
--- `stability_relay` is a NOLOGIN group role. It may connect, call the three SECURITY DEFINER
--- functions and LISTEN (LISTEN needs no privilege), and nothing else: it has no privileges on
--- any table. An operator creates the login role the relay uses, once per cluster:
+-- `stability_relay` is a NOLOGIN group role. It may connect, call the four SECURITY DEFINER
+-- functions (the three readers and system_stability_set_hold) and LISTEN (LISTEN needs no
+-- privilege), and nothing else: it has no privileges on any table. The hold flag's sequence
+-- is readable by PUBLIC (stability.sql). An operator creates the login role the relay uses, once per cluster:
 --
 --     CREATE ROLE relay LOGIN PASSWORD '...' IN ROLE stability_relay;
 --
@@ -14,7 +15,7 @@
 -- pg_notification_queue_usage() and pg_listening_channels(), which the relay reads for its
 -- metrics, are executable by PUBLIC in PostgreSQL, so they need no grant here.
 --
--- The three functions are revoked from PUBLIC: they run as their owner. If other roles of the
+-- The four functions are revoked from PUBLIC: they run as their owner. If other roles of the
 -- data system call them (e.g. its web API), grant them EXECUTE, or make them members of
 -- stability_relay.
 
@@ -33,7 +34,8 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     public.is_system_stable(),
     public.get_analytics_tasks_in_progress(),
-    public.get_import_jobs_in_progress()
+    public.get_import_jobs_in_progress(),
+    public.system_stability_set_hold(boolean)
 FROM PUBLIC;
 
 DO $$
@@ -47,5 +49,6 @@ GRANT USAGE ON SCHEMA public, worker TO stability_relay;
 GRANT EXECUTE ON FUNCTION
     public.is_system_stable(),
     public.get_analytics_tasks_in_progress(),
-    public.get_import_jobs_in_progress()
+    public.get_import_jobs_in_progress(),
+    public.system_stability_set_hold(boolean)
 TO stability_relay;

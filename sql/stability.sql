@@ -6,42 +6,49 @@
 -- The original design called is_system_stable() inside a statement trigger and sent
 -- {"stable": ...}. That value is computed inside the writing transaction, before it commits
 -- and without seeing other transactions' uncommitted work, so two concurrent writers can each
--- announce a state that is false once both have committed. Here a trigger only says "a row
--- that counts towards stability has changed" (a hint with a constant payload). NOTIFY is
--- delivered after commit, so by the time the relay receives a hint the change is visible, and
--- the relay answers every hint by calling is_system_stable() in a fresh snapshot. The relay is
--- therefore exact: after the last change commits, its answer is the committed truth. Spurious
--- hints are harmless (one extra cheap query); a missed hint is not, so every change that can
--- alter is_system_stable() sends one:
---   import_job:        a row becomes active or inactive (insert, update, delete), TRUNCATE;
---   worker.tasks:      a task starts or stops counting (an active task of an analytics
---                      command), an active analytics task changes command, TRUNCATE;
---   command_registry:  any change (a command moving queue changes which tasks count).
--- A registry change recompiles the task triggers under a lock, so no task write straddles
--- it (see worker.system_stability_compile_commands() below).
--- The UPDATE triggers are not `UPDATE OF state`: a column-specific trigger does not fire when a
--- BEFORE trigger changes the column, and the WHEN clause costs next to nothing.
+-- announce a state that is false once both have committed. Here a trigger only says "this
+-- table was written" (a hint with a constant payload). NOTIFY is delivered after commit, so
+-- by the time the relay receives a hint the change is visible, and the relay answers every
+-- hint by calling is_system_stable() in a fresh snapshot. After the last change commits, the
+-- relay's answer is the committed truth. Spurious hints are harmless (one extra cheap query).
 --
--- Why this is cheap
--- -----------------
--- * A row notifies only when its activeness changes. The WHEN clauses are evaluated by the
---   executor (the IMMUTABLE SQL helpers below are inlined), so an UPDATE that does not change
---   activeness, like pending -> processing, queues no trigger event and calls no function.
--- * Tasks outside the analytics queue never notify, and never call a function either: the
---   task triggers' WHEN clauses are literals (the analytics commands, the active states),
---   recompiled from the registry by the registry's own trigger. Before, every activeness
---   change of any task called a plpgsql function that looked the command up in the registry,
---   and helper calls in WHEN clauses are prepared afresh per statement: together a good part
---   of the cost under worker churn (bench/, docs/benchmarks.md).
--- * The payload is constant per table, and PostgreSQL delivers identical notifications of one
---   transaction once: a bulk statement touching many rows sends one notification.
--- * A transaction that sent no notification skips the global NOTIFY lock at commit; the
---   original design took it on every write and cut worker throughput to a third.
--- * No trigger calls is_system_stable(): the write path never scans the tables.
+-- Why the triggers are cheap: the hold
+-- ------------------------------------
+-- A notifying transaction takes a database-wide lock at commit and wakes every listener. And
+-- row triggers are dear even when they send nothing: their WHEN clauses are prepared afresh
+-- for every statement. Measured under worker churn (bench/, docs/benchmarks.md): per-row
+-- triggers filtered by WHEN clauses kept 0.6 of the no-trigger throughput whether they
+-- notified or not; an empty statement-level trigger keeps 0.97. So the triggers here are
+-- statement-level and plain (no SECURITY DEFINER, no SET: those cost every call), and they
+-- notify only while no relay *holds*:
 --
--- Caveat for the data system's migrations: the WHEN clauses depend on the state and command
--- columns, so `ALTER TABLE ... ALTER COLUMN state TYPE ...` needs these triggers dropped first
--- (adding an enum value with ALTER TYPE ... ADD VALUE does not).
+--   * When hints come faster than the relay reads (its reads are at least
+--     stability.min_read_interval apart anyway), the relay sets the hold flag (a sequence,
+--     so the flag is not transactional and every writer sees it at once), announces it with
+--     a {"hold":true} notification, and polls is_system_stable() every min_read_interval
+--     instead. Writers that see the flag skip their NOTIFY: under load, a write costs one
+--     flag read and no notification at all.
+--   * Every relay that learns of the hold (the announcement, or a read that returns the
+--     flag) polls until it reads the flag clear again.
+--   * A relay ends a hold by clearing the flag. Writers from then on notify again. A writer
+--     that read the flag before the clear may commit later, unannounced: so every relay
+--     that sees the flag clear after a hold *drains*: it takes a snapshot after seeing the
+--     clear, waits until every transaction in progress in that snapshot has ended (such a
+--     writer had its transaction id before it read the flag, so it is in the list), and then
+--     reads once more. That read sees every commit whose hint was skipped.
+--   A relay that connects treats itself as coming out of a hold and drains once, so a hold
+--   ended just before it connected cannot hide a commit from it. A hold left set by relays
+--   that are gone is found by the next relay's first read and ended by it. Tests:
+--   tests/test_hold.py (the drain with a writer committing after the clear, several relays,
+--   random concurrent transactions with holds taken and ended throughout).
+--
+-- Other properties:
+-- * PostgreSQL delivers identical notifications of one transaction once: a transaction or a
+--   bulk statement sends at most one hint per table.
+-- * A transaction that sent no notification skips the global NOTIFY lock at commit.
+-- * No trigger reads the tables or calls is_system_stable(): the write path never scans.
+-- * A trigger that cannot read the flag (it returns NULL without privileges) notifies: the
+--   flag can only ever cost a hint, never lose one.
 
 DO $$
 DECLARE
@@ -137,149 +144,79 @@ AS $$
     ORDER BY j.priority NULLS LAST, j.id;
 $$;
 
--- Trigger functions: search_path pinned. The payload comes from the trigger's argument, so it
--- is a constant. PostgreSQL refuses to call a trigger function other than as a trigger.
+-- The hold flag: 1 while a relay polls (see the top of this file), 0 otherwise. A sequence,
+-- because setval() is visible to every session at once and never rolled back.
+CREATE SEQUENCE IF NOT EXISTS public.system_stability_hold
+    AS smallint MINVALUE 0 MAXVALUE 1 START 0 NO CYCLE;
+-- Writers' triggers read it as the writer: anyone may read a 0 or a 1.
+GRANT SELECT ON SEQUENCE public.system_stability_hold TO PUBLIC;
 
-CREATE OR REPLACE FUNCTION public.system_stability_hint()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM pg_catalog.pg_notify('system_stability', TG_ARGV[0]);
-    RETURN NULL;
-END;
-$$;
-
--- Which tasks count: an active task whose command is in the analytics queue. The task
--- triggers' WHEN clauses spell this out as literals (the analytics commands, the active
--- states), compiled by this function at install and whenever the registry changes: a WHEN
--- clause is prepared afresh for every statement, and calling (even inlining) SQL helpers
--- there cost the worker a fifth of its throughput; literals cost next to nothing. The active
--- states must agree with worker.task_state_is_active() (tests/test_sql.py checks it).
--- Replacing the triggers takes a SHARE ROW EXCLUSIVE lock on worker.tasks until the registry
--- change commits, so no task write straddles it: each is judged by the registry before the
--- change (and committed before it, so the registry's own hint covers it) or after it. Two
--- registry changes compile one after the other for the same reason. Caveats: a registry
--- change waits for task writes in flight and holds new ones until it commits (keep such
--- transactions short); one that deletes a command while tasks of that command are being
--- written can deadlock with them (PostgreSQL aborts one); and a REPEATABLE READ transaction
--- compiles the registry as its snapshot shows it (change the registry in READ COMMITTED).
-CREATE OR REPLACE FUNCTION worker.system_stability_compile_commands()
+-- Set or clear the hold and announce it; for the relay (roles.sql grants it). setval() takes
+-- effect at once, the announcement at commit: a relay that hears it can already see the flag.
+CREATE OR REPLACE FUNCTION public.system_stability_set_hold(held boolean)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    commands text;
-    counts_old text;
-    counts_new text;
 BEGIN
-    SELECT pg_catalog.quote_literal(coalesce(array_agg(cr.command ORDER BY cr.command), '{}'))
-    INTO commands
-    FROM worker.command_registry AS cr
-    WHERE cr.queue = 'analytics';
-    -- One row's "counts", for OLD or NEW: the same text for both but for the row's name.
-    counts_old := format(
-        'coalesce(OLD.command = ANY (%s::text[]) '
-        'AND OLD.state::text IN (''pending'', ''processing'', ''waiting''), false)',
-        commands
-    );
-    counts_new := format(
-        'coalesce(NEW.command = ANY (%s::text[]) '
-        'AND NEW.state::text IN (''pending'', ''processing'', ''waiting''), false)',
-        commands
-    );
-    EXECUTE format(
-        'CREATE OR REPLACE TRIGGER system_stability_hint_insert AFTER INSERT ON worker.tasks '
-        'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION worker.system_stability_task_hint()',
-        counts_new
-    );
-    EXECUTE format(
-        'CREATE OR REPLACE TRIGGER system_stability_hint_update AFTER UPDATE ON worker.tasks '
-        'FOR EACH ROW WHEN (%1$s <> %2$s '
-        'OR (OLD.command IS DISTINCT FROM NEW.command AND %2$s)) '
-        'EXECUTE FUNCTION worker.system_stability_task_hint()',
-        counts_old, counts_new
-    );
-    EXECUTE format(
-        'CREATE OR REPLACE TRIGGER system_stability_hint_delete AFTER DELETE ON worker.tasks '
-        'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION worker.system_stability_task_hint()',
-        counts_old
+    PERFORM pg_catalog.setval('public.system_stability_hold', held::int);
+    PERFORM pg_catalog.pg_notify(
+        'system_stability', CASE WHEN held THEN '{"hold":true}' ELSE '{"hold":false}' END
     );
 END;
 $$;
 
-REVOKE EXECUTE ON FUNCTION worker.system_stability_compile_commands() FROM PUBLIC;
-
--- The WHEN clauses have established that a task started or stopped counting, or that an
--- active analytics task changed command: hint. SECURITY DEFINER and pinned like every relay
--- function, though it reads nothing.
-CREATE OR REPLACE FUNCTION worker.system_stability_task_hint()
+-- The writers' trigger function. Deliberately not SECURITY DEFINER and without a SET clause:
+-- both cost every call (13% of a worker's throughput, bench/), and the function reads nothing
+-- but the flag, with the writer's own rights. Every name is schema-qualified instead.
+CREATE OR REPLACE FUNCTION public.system_stability_hint()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM pg_catalog.pg_notify('system_stability', '{"table":"tasks"}');
+    -- pg_sequence_last_value() is what the pg_sequences view calls; unlike a SELECT from the
+    -- sequence it runs as a simple expression, which is what keeps this trigger cheap.
+    IF pg_catalog.pg_sequence_last_value('public.system_stability_hold'::pg_catalog.regclass)
+        IS DISTINCT FROM 1 THEN
+        PERFORM pg_catalog.pg_notify('system_stability', TG_ARGV[0]);
+    END IF;
     RETURN NULL;
 END;
 $$;
 
--- A registry change may change which tasks count: recompile the helper, then hint.
-CREATE OR REPLACE FUNCTION worker.system_stability_registry_hint()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM worker.system_stability_compile_commands();
-    PERFORM pg_catalog.pg_notify('system_stability', '{"table":"command_registry"}');
-    RETURN NULL;
-END;
-$$;
+-- Earlier versions hinted per row, with WHEN clauses compiled from the registry.
+DROP TRIGGER IF EXISTS system_stability_hint_insert ON public.import_job;
+DROP TRIGGER IF EXISTS system_stability_hint_update ON public.import_job;
+DROP TRIGGER IF EXISTS system_stability_hint_delete ON public.import_job;
+DROP TRIGGER IF EXISTS system_stability_hint_truncate ON public.import_job;
+DROP TRIGGER IF EXISTS system_stability_hint_insert ON worker.tasks;
+DROP TRIGGER IF EXISTS system_stability_hint_update ON worker.tasks;
+DROP TRIGGER IF EXISTS system_stability_hint_delete ON worker.tasks;
+DROP TRIGGER IF EXISTS system_stability_hint_truncate ON worker.tasks;
 
--- CREATE OR REPLACE TRIGGER (not DROP + CREATE): it takes a SHARE ROW EXCLUSIVE lock rather than
--- ACCESS EXCLUSIVE, so re-installing on a busy system does not block readers of the tables.
+-- Any write to a table that is_system_stable() reads hints: statement-level, so a statement
+-- costs one call however many rows it touches (or none). CREATE OR REPLACE TRIGGER (not DROP +
+-- CREATE): it takes a SHARE ROW EXCLUSIVE lock rather than ACCESS EXCLUSIVE, so re-installing
+-- on a busy system does not block readers of the tables.
 
-CREATE OR REPLACE TRIGGER system_stability_hint_insert
-AFTER INSERT ON public.import_job
-FOR EACH ROW
-WHEN (public.import_job_state_is_active(NEW.state::text))
-EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
-
-CREATE OR REPLACE TRIGGER system_stability_hint_update
-AFTER UPDATE ON public.import_job
-FOR EACH ROW
-WHEN (
-    public.import_job_state_is_active(OLD.state::text)
-    <> public.import_job_state_is_active(NEW.state::text)
-)
-EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
-
-CREATE OR REPLACE TRIGGER system_stability_hint_delete
-AFTER DELETE ON public.import_job
-FOR EACH ROW
-WHEN (public.import_job_state_is_active(OLD.state::text))
-EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
-
-CREATE OR REPLACE TRIGGER system_stability_hint_truncate
-AFTER TRUNCATE ON public.import_job
+CREATE OR REPLACE TRIGGER system_stability_hint
+AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.import_job
 FOR EACH STATEMENT
 EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
 
--- worker.tasks: insert, update and delete triggers, compiled from the registry (above).
-SELECT worker.system_stability_compile_commands();
-
-CREATE OR REPLACE TRIGGER system_stability_hint_truncate
-AFTER TRUNCATE ON worker.tasks
+CREATE OR REPLACE TRIGGER system_stability_hint
+AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON worker.tasks
 FOR EACH STATEMENT
 EXECUTE FUNCTION public.system_stability_hint('{"table":"tasks"}');
 
 CREATE OR REPLACE TRIGGER system_stability_hint
 AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON worker.command_registry
 FOR EACH STATEMENT
-EXECUTE FUNCTION worker.system_stability_registry_hint();
+EXECUTE FUNCTION public.system_stability_hint('{"table":"command_registry"}');
+
+DROP FUNCTION IF EXISTS worker.system_stability_registry_hint();
+DROP FUNCTION IF EXISTS worker.system_stability_task_hint();
+DROP FUNCTION IF EXISTS worker.system_stability_compile_commands();
 
 COMMENT ON FUNCTION public.is_system_stable() IS
     'stability-relay: true when no import job and no analytics task is active.';

@@ -177,3 +177,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+# Writes for randomized concurrency tests; each `{slug}` gets a fresh value.
+RANDOM_WRITES = [
+    "INSERT INTO public.import_job (slug, state) VALUES ('{slug}', 'processing_data')",
+    "UPDATE public.import_job SET state = 'finished' WHERE id = "
+    "(SELECT id FROM public.import_job WHERE state <> 'finished' ORDER BY random() LIMIT 1)",
+    "INSERT INTO worker.tasks (command, state) VALUES ('derive_statistical_unit', 'pending')",
+    "UPDATE worker.tasks SET state = 'completed' WHERE id = "
+    "(SELECT id FROM worker.tasks WHERE state <> 'completed' ORDER BY random() LIMIT 1)",
+    "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')",
+]

@@ -25,6 +25,8 @@ def test_defaults_without_a_file() -> None:
     assert config.http.max_clients == 20_000
     assert config.database.channel == "system_stability"
     assert config.stability.reconcile_interval == 5.0
+    assert config.stability.hold_when_busy is True
+    assert config.stability.hold_release_after == 2.0
 
 
 def test_example_config_is_valid_and_documents_every_default() -> None:
@@ -34,7 +36,8 @@ def test_example_config_is_valid_and_documents_every_default() -> None:
     )
     assert config.database.dsn == "postgresql://relay@db/statbus"
     text = (REPO / "config.example.yaml").read_text()
-    for key in ("heartbeat_interval", "reconcile_interval", "client_buffer", "max_clients"):
+    keys = ("heartbeat_interval", "reconcile_interval", "hold_when_busy", "hold_release_after")
+    for key in (*keys, "client_buffer", "max_clients"):
         assert key in text
 
 
@@ -61,6 +64,9 @@ BAD_CONFIGS = [
     ("http:\n  max_clients: -1\n", "http.max_clients: input should be greater than or equal to 1"),
     ("http:\n  max_clients: lots\n", "http.max_clients: input should be a valid integer"),
     ("database:\n  heartbeat_timeout: 0s\n", "database.heartbeat_timeout: must be greater than 0s"),
+    # Zero would make a relay following a hold poll without pause.
+    ("stability:\n  min_read_interval: 0s\n", "stability.min_read_interval: must be greater than"),
+    ("stability:\n  hold_when_busy: maybe\n", "stability.hold_when_busy: input should be a valid"),
     ("database:\n  channel: 'Bad Channel'\n", "database.channel: string should match pattern"),
     ("logging:\n  level: loud\n", "logging.level: input should be 'debug', 'info', 'warning'"),
     ("http:\n  client_buffer: big\n", 'http.client_buffer: expected a size like "64KiB"'),

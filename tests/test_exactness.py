@@ -13,7 +13,14 @@ import psycopg
 
 from relay.app import Relay
 from relay.stability import State
-from tests.support import eventually, execute, relay_config, running_relay, truth
+from tests.support import (
+    RANDOM_WRITES,
+    eventually,
+    execute,
+    relay_config,
+    running_relay,
+    truth,
+)
 
 HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 NO_RECONCILE = {"reconcile_interval": "60s"}
@@ -80,22 +87,11 @@ async def test_concurrent_finishes_of_the_last_two_jobs_end_stable(db_dsn: str) 
         assert relay.stability.current.state is State.STABLE
 
 
-OPERATIONS = [
-    "INSERT INTO public.import_job (slug, state) VALUES ('{slug}', 'processing_data')",
-    "UPDATE public.import_job SET state = 'finished' WHERE id = "
-    "(SELECT id FROM public.import_job WHERE state <> 'finished' ORDER BY random() LIMIT 1)",
-    "INSERT INTO worker.tasks (command, state) VALUES ('derive_statistical_unit', 'pending')",
-    "UPDATE worker.tasks SET state = 'completed' WHERE id = "
-    "(SELECT id FROM worker.tasks WHERE state <> 'completed' ORDER BY random() LIMIT 1)",
-    "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')",
-]
-
-
 async def _random_transaction(dsn: str, rng: random.Random, gate: asyncio.Event) -> None:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         try:
             for _ in range(rng.randint(1, 3)):
-                statement = rng.choice(OPERATIONS).format(slug=f"s{rng.getrandbits(40)}")
+                statement = rng.choice(RANDOM_WRITES).format(slug=f"s{rng.getrandbits(40)}")
                 await conn.execute(statement)
         except psycopg.errors.DeadlockDetected:
             await conn.rollback()  # PostgreSQL chose this one; the others go on
@@ -133,38 +129,56 @@ async def test_random_concurrent_transactions_settle_to_the_truth(db_dsn: str) -
                 assert relay.stability.current.state is State.STABLE
 
 
-async def test_thousand_commit_burst_ends_right_with_few_queries(db_dsn: str) -> None:
-    async with running_relay(hints_only_config(db_dsn)) as relay:
-        await eventually(lambda: relay.stability.current.state is State.STABLE)
-        before = relay.metrics.truth_queries._value.get()
-        notifications_before = relay.metrics.notifications.labels("system_stability")._value.get()
-        # 1,000 commits, each changing an import job's activeness, pipelined.
-        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
-            async with conn.pipeline() as pipeline:
-                # A sync point after each statement: each is its own committed transaction.
-                for i in range(500):
-                    await conn.execute(
-                        "INSERT INTO public.import_job (slug, state) VALUES (%s, 'approved')",
-                        (f"burst-{i}",),
-                    )
-                    await pipeline.sync()
-                    await conn.execute(
-                        "UPDATE public.import_job SET state = 'finished' WHERE slug = %s",
-                        (f"burst-{i}",),
-                    )
-                    await pipeline.sync()
-            await conn.execute(
-                "INSERT INTO public.import_job (slug, state) VALUES ('last', 'processing_data')"
-            )
-        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
-        await eventually(
-            lambda: (
-                relay.metrics.notifications.labels("system_stability")._value.get()
-                - notifications_before
-                >= 1001
-            )
+async def _thousand_commit_burst(dsn: str) -> None:
+    """1,001 commits, each changing an import job's activeness, pipelined; ends processing."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        async with conn.pipeline() as pipeline:
+            # A sync point after each statement: each is its own committed transaction.
+            for i in range(500):
+                await conn.execute(
+                    "INSERT INTO public.import_job (slug, state) VALUES (%s, 'approved')",
+                    (f"burst-{i}",),
+                )
+                await pipeline.sync()
+                await conn.execute(
+                    "UPDATE public.import_job SET state = 'finished' WHERE slug = %s",
+                    (f"burst-{i}",),
+                )
+                await pipeline.sync()
+        await conn.execute(
+            "INSERT INTO public.import_job (slug, state) VALUES ('last', 'processing_data')"
         )
+
+
+def _hints(relay: Relay) -> float:
+    return relay.metrics.notifications.labels("system_stability")._value.get()
+
+
+async def test_thousand_commit_burst_without_holds_coalesces_hints(db_dsn: str) -> None:
+    config = relay_config(
+        db_dsn, database=HINTS_ONLY, stability={**NO_RECONCILE, "hold_when_busy": False}
+    )
+    async with running_relay(config) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        before, hints_before = relay.metrics.truth_queries._value.get(), _hints(relay)
+        await _thousand_commit_burst(db_dsn)
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        await eventually(lambda: _hints(relay) - hints_before >= 1001)
         await asyncio.sleep(0.3)
         queries = relay.metrics.truth_queries._value.get() - before
         assert relay.stability.current.state is State.PROCESSING
         assert 1 <= queries <= 100, f"{queries} queries for 1,001 hints"
+
+
+async def test_thousand_commit_burst_takes_a_hold_and_ends_right(db_dsn: str) -> None:
+    """Hints faster than reads: the relay holds, writers stop hinting, the end is right."""
+    async with running_relay(hints_only_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        hints_before = _hints(relay)
+        await _thousand_commit_burst(db_dsn)
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        assert relay.metrics.hold_changes.labels("taken")._value.get() >= 1
+        # The bulk of the burst was committed during the hold, without a hint.
+        assert _hints(relay) - hints_before < 500
+        await asyncio.sleep(0.3)
+        assert relay.stability.current.state is State.PROCESSING

@@ -1,4 +1,5 @@
-"""The relay's SQL against a real PostgreSQL: activeness, hints, installation, privileges."""
+"""The relay's SQL against a real PostgreSQL: activeness, hints, the hold, installation,
+privileges."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ SENTINEL = "sentinel"
 TASKS_HINT = '{"table":"tasks"}'
 IMPORT_JOB_HINT = '{"table":"import_job"}'
 COMMAND_REGISTRY_HINT = '{"table":"command_registry"}'
+HOLD_TRUE = '{"hold":true}'
+HOLD_FALSE = '{"hold":false}'
 
 IMPORT_STATES = [
     "waiting_for_upload",
@@ -50,11 +53,12 @@ COMMAND_OF_QUEUE = {
     "import": "import_job_process",
     "maintenance": "task_cleanup",
 }
-SECURITY_DEFINER_FUNCTIONS = [
+READER_FUNCTIONS = [
     "is_system_stable",
     "get_analytics_tasks_in_progress",
     "get_import_jobs_in_progress",
 ]
+SECURITY_DEFINER_FUNCTIONS = [*READER_FUNCTIONS, "system_stability_set_hold"]
 PINNED_SEARCH_PATH = ["search_path=pg_catalog, pg_temp"]
 
 
@@ -66,13 +70,16 @@ async def conn(db_dsn: str) -> AsyncIterator[Conn]:
 
 @pytest.fixture
 async def hints_after(db_dsn: str, conn: Conn) -> AsyncIterator[HintsAfter]:
-    """Run a statement (one transaction) on ``conn``; return the hints its commit sent."""
+    """Run a statement (one transaction) on ``conn``, or ``on`` another connection; return
+    the hints its commit sent."""
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as listener:
         await listener.execute(f"LISTEN {CHANNEL}")
 
-        async def run(query: LiteralString, params: Sequence[object] | None = None) -> list[str]:
+        async def run(
+            query: LiteralString, params: Sequence[object] | None = None, *, on: Conn | None = None
+        ) -> list[str]:
             await _received_before_sentinel(conn, listener)  # discard the test's set-up hints
-            await conn.execute(query, params)
+            await (on or conn).execute(query, params)
             return await _received_before_sentinel(conn, listener)
 
         yield run
@@ -212,89 +219,204 @@ async def test_import_jobs_in_progress_report_progress_by_priority(conn: Conn) -
 
 
 # -- hints ------------------------------------------------------------------------------------
+#
+# A statement trigger on each table hints after every write statement, whatever it changed:
+# the relay answers a hint by reading is_system_stable(), so a spurious hint costs one cheap
+# query and a missed one a wrong answer.
+
+# Every kind of write statement, with the hints it sends; run after _seed().
+WRITES = [
+    pytest.param(statement, expected, id=name)
+    for name, statement, expected in [
+        (
+            "insert-analytics-task",
+            "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')",
+            [TASKS_HINT],
+        ),
+        (
+            "insert-maintenance-task",
+            "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')",
+            [TASKS_HINT],
+        ),
+        (
+            "insert-completed-task",
+            "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'completed')",
+            [TASKS_HINT],
+        ),
+        (
+            "update-task-state",
+            "UPDATE worker.tasks SET state = 'processing' WHERE command = 'derive_reports'",
+            [TASKS_HINT],
+        ),
+        (
+            "update-maintenance-task-state",
+            "UPDATE worker.tasks SET state = 'completed' WHERE command = 'task_cleanup'",
+            [TASKS_HINT],
+        ),
+        (
+            "update-task-other-columns",
+            "UPDATE worker.tasks SET duration_ms = 12, error = 'x'",
+            [TASKS_HINT],
+        ),
+        (
+            "update-task-command",
+            "UPDATE worker.tasks SET command = 'import_job_process' WHERE command = 'task_cleanup'",
+            [TASKS_HINT],
+        ),
+        (
+            "upsert-task",
+            "INSERT INTO worker.tasks (id, command, state)"
+            " SELECT id, 'derive_reports', 'completed' FROM worker.tasks"
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+            [TASKS_HINT],
+        ),
+        ("delete-task", "DELETE FROM worker.tasks WHERE command = 'task_cleanup'", [TASKS_HINT]),
+        ("truncate-tasks", "TRUNCATE worker.tasks", [TASKS_HINT]),
+        (
+            "insert-active-import-job",
+            "INSERT INTO public.import_job (slug, state) VALUES ('new', 'preparing_data')",
+            [IMPORT_JOB_HINT],
+        ),
+        (
+            "insert-inactive-import-job",
+            "INSERT INTO public.import_job (slug, state) VALUES ('new', 'waiting_for_upload')",
+            [IMPORT_JOB_HINT],
+        ),
+        (
+            "update-import-job-state",
+            "UPDATE public.import_job SET state = 'finished' WHERE slug = 'active'",
+            [IMPORT_JOB_HINT],
+        ),
+        (
+            "update-import-job-progress",
+            "UPDATE public.import_job SET imported_rows = 10 WHERE slug = 'active'",
+            [IMPORT_JOB_HINT],
+        ),
+        (
+            "update-inactive-import-job",
+            "UPDATE public.import_job SET description = 'x' WHERE slug = 'done'",
+            [IMPORT_JOB_HINT],
+        ),
+        (
+            "delete-inactive-import-job",
+            "DELETE FROM public.import_job WHERE slug = 'done'",
+            [IMPORT_JOB_HINT],
+        ),
+        ("truncate-import-jobs", "TRUNCATE public.import_job", [IMPORT_JOB_HINT]),
+        (
+            "insert-command",
+            "INSERT INTO worker.command_registry (command, queue) VALUES ('new', 'maintenance')",
+            [COMMAND_REGISTRY_HINT],
+        ),
+        (
+            "update-command-queue",
+            "UPDATE worker.command_registry SET queue = 'maintenance'"
+            " WHERE command = 'derive_reports'",
+            [COMMAND_REGISTRY_HINT],
+        ),
+        (
+            "update-command-description",
+            "UPDATE worker.command_registry SET description = 'x'",
+            [COMMAND_REGISTRY_HINT],
+        ),
+        (
+            "delete-unused-command",
+            "DELETE FROM worker.command_registry WHERE command = 'derive_statistical_history'",
+            [COMMAND_REGISTRY_HINT],
+        ),
+        (
+            # The tasks reference the registry: TRUNCATE needs CASCADE, which truncates both.
+            "truncate-command-registry",
+            "TRUNCATE worker.command_registry CASCADE",
+            [COMMAND_REGISTRY_HINT, TASKS_HINT],
+        ),
+    ]
+]
+
+# Statements that change no row; each table's write statements still hint.
+NO_ROW_WRITES = [
+    pytest.param(statement, expected, id=name)
+    for name, statement, expected in [
+        ("update-no-task", "UPDATE worker.tasks SET state = 'failed' WHERE false", TASKS_HINT),
+        ("delete-no-task", "DELETE FROM worker.tasks WHERE id < 0", TASKS_HINT),
+        (
+            "insert-no-task",
+            "INSERT INTO worker.tasks (command, state)"
+            " SELECT command, 'pending' FROM worker.command_registry WHERE false",
+            TASKS_HINT,
+        ),
+        (
+            "update-no-import-job",
+            "UPDATE public.import_job SET state = 'failed' WHERE slug = 'none'",
+            IMPORT_JOB_HINT,
+        ),
+        (
+            "delete-no-import-job",
+            "DELETE FROM public.import_job WHERE slug = 'none'",
+            IMPORT_JOB_HINT,
+        ),
+        (
+            "insert-existing-command",
+            "INSERT INTO worker.command_registry (command, queue)"
+            " VALUES ('derive_reports', 'analytics') ON CONFLICT (command) DO NOTHING",
+            COMMAND_REGISTRY_HINT,
+        ),
+        (
+            "delete-no-command",
+            "DELETE FROM worker.command_registry WHERE command = 'none'",
+            COMMAND_REGISTRY_HINT,
+        ),
+    ]
+]
+
+# One write per table, for the tests of the hold.
+ONE_WRITE_PER_TABLE = [
+    ("INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')", TASKS_HINT),
+    ("UPDATE public.import_job SET imported_rows = imported_rows + 1", IMPORT_JOB_HINT),
+    ("UPDATE worker.command_registry SET description = 'x'", COMMAND_REGISTRY_HINT),
+]
 
 
-async def test_an_analytics_task_hints_when_it_becomes_active_and_when_it_ends(
-    conn: Conn, hints_after: HintsAfter
-) -> None:
-    assert await hints_after(
-        "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
-    ) == [TASKS_HINT]
-    assert await hints_after("UPDATE worker.tasks SET state = 'processing'") == []
-    assert await hints_after("UPDATE worker.tasks SET state = 'waiting'") == []
-    assert await hints_after("UPDATE worker.tasks SET state = 'completed'") == [TASKS_HINT]
-    assert await hints_after("UPDATE worker.tasks SET state = 'pending'") == [TASKS_HINT]
-
-
-async def test_updating_other_columns_of_an_active_task_sends_no_hint(
-    conn: Conn, hints_after: HintsAfter
-) -> None:
-    await insert_task(conn, "derive_reports", "processing")
-    assert await hints_after("UPDATE worker.tasks SET duration_ms = 12, error = 'x'") == []
-
-
-async def test_tasks_outside_the_analytics_queue_never_hint(
-    conn: Conn, hints_after: HintsAfter
-) -> None:
-    for command in ("import_job_process", "task_cleanup"):
-        assert (
-            await hints_after(
-                "INSERT INTO worker.tasks (command, state) VALUES (%s, 'pending')", (command,)
-            )
-            == []
-        )
-    assert await hints_after("UPDATE worker.tasks SET state = 'processing'") == []
-    assert await hints_after("UPDATE worker.tasks SET state = 'completed'") == []
-    assert await hints_after("UPDATE worker.tasks SET state = 'pending'") == []
-    assert await hints_after("DELETE FROM worker.tasks") == []
-
-
-async def test_a_command_moved_into_the_analytics_queue_hints_from_then_on(
-    conn: Conn, hints_after: HintsAfter
-) -> None:
-    add = "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')"
-    assert await hints_after(add) == []
-    move = "UPDATE worker.command_registry SET queue = 'analytics' WHERE command = 'task_cleanup'"
-    assert await hints_after(move) == [COMMAND_REGISTRY_HINT]
-    assert await hints_after(add) == [TASKS_HINT]
-    assert await hints_after("UPDATE worker.tasks SET state = 'completed'") == [TASKS_HINT]
-    back = "UPDATE worker.command_registry SET queue = 'maintenance' WHERE command = 'task_cleanup'"
-    assert await hints_after(back) == [COMMAND_REGISTRY_HINT]
-    assert await hints_after(add) == []
-
-
-async def test_the_task_triggers_agree_with_the_activeness_helper_on_every_state(
-    conn: Conn, hints_after: HintsAfter
-) -> None:
-    """The task triggers spell the active states out; they must be the helper's."""
-    cursor = await conn.execute(
-        "SELECT label::text, worker.task_state_is_active(label::text) "
-        "FROM unnest(enum_range(NULL::worker.task_state)) AS label"
+async def _seed(conn: Conn) -> None:
+    """An active and an inactive import job; an analytics and a maintenance task, pending."""
+    await conn.execute(
+        "INSERT INTO public.import_job (slug, state)"
+        " VALUES ('active', 'processing_data'), ('done', 'finished');"
+        "INSERT INTO worker.tasks (command, state)"
+        " VALUES ('derive_reports', 'pending'), ('task_cleanup', 'pending')"
     )
-    for state, active in await cursor.fetchall():
-        insert = "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', %s)"
-        assert await hints_after(insert, (state,)) == ([TASKS_HINT] if active else []), state
 
 
-async def test_deleting_a_task_hints_only_if_it_was_active(
-    conn: Conn, hints_after: HintsAfter
+async def _set_hold(conn: Conn, held: bool) -> None:
+    await conn.execute("SELECT public.system_stability_set_hold(%s)", (held,))
+
+
+async def _hold_flag(conn: Conn) -> int | None:
+    cursor = await conn.execute(
+        "SELECT pg_sequence_last_value('public.system_stability_hold'::regclass)"
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    flag: int | None = row[0]
+    return flag
+
+
+@pytest.mark.parametrize(("statement", "expected"), WRITES)
+async def test_every_write_statement_sends_its_tables_hint(
+    conn: Conn, hints_after: HintsAfter, statement: LiteralString, expected: list[str]
 ) -> None:
-    active = await insert_task(conn, "derive_reports", "pending")
-    done = await insert_task(conn, "derive_reports", "completed")
-    assert await hints_after("DELETE FROM worker.tasks WHERE id = %s", (done,)) == []
-    assert await hints_after("DELETE FROM worker.tasks WHERE id = %s", (active,)) == [TASKS_HINT]
+    """Whatever it changes: tasks of any queue, any state, any column."""
+    await _seed(conn)
+    assert sorted(await hints_after(statement)) == sorted(expected)
 
 
-async def test_changing_the_command_of_an_active_task_hints_when_analytics_is_involved(
-    conn: Conn, hints_after: HintsAfter
+@pytest.mark.parametrize(("statement", "expected"), NO_ROW_WRITES)
+async def test_a_statement_that_changes_no_row_hints_too(
+    conn: Conn, hints_after: HintsAfter, statement: LiteralString, expected: str
 ) -> None:
-    active = await insert_task(conn, "derive_reports", "pending")
-    done = await insert_task(conn, "derive_reports", "completed")
-    move = "UPDATE worker.tasks SET command = %s WHERE id = %s"
-    assert await hints_after(move, ("task_cleanup", done)) == []
-    assert await hints_after(move, ("task_cleanup", active)) == [TASKS_HINT]
-    assert await hints_after(move, ("import_job_process", active)) == []
-    assert await hints_after(move, ("derive_statistical_history", active)) == [TASKS_HINT]
+    """A spurious hint is harmless: the relay reads is_system_stable() once more."""
+    await _seed(conn)
+    assert await hints_after(statement) == [expected]
 
 
 async def test_a_bulk_statement_sends_one_hint(conn: Conn, hints_after: HintsAfter) -> None:
@@ -302,8 +424,8 @@ async def test_a_bulk_statement_sends_one_hint(conn: Conn, hints_after: HintsAft
         "INSERT INTO worker.tasks (command, state)"
         " SELECT 'derive_reports', 'pending' FROM generate_series(1, 100)"
     ) == [TASKS_HINT]
-    assert await hints_after("UPDATE worker.tasks SET state = 'processing'") == []
-    assert await hints_after("UPDATE worker.tasks SET state = 'completed'") == [TASKS_HINT]
+    assert await hints_after("UPDATE worker.tasks SET state = 'processing'") == [TASKS_HINT]
+    assert await hints_after("DELETE FROM worker.tasks") == [TASKS_HINT]
 
 
 async def test_a_transaction_sends_at_most_one_hint_per_table(
@@ -311,11 +433,14 @@ async def test_a_transaction_sends_at_most_one_hint_per_table(
 ) -> None:
     assert await hints_after(
         "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending');"
-        "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending');"
+        "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending');"
         "UPDATE worker.tasks SET state = 'completed';"
         "INSERT INTO public.import_job (slug, state) VALUES ('a', 'preparing_data');"
         "INSERT INTO public.import_job (slug, state) VALUES ('b', 'preparing_data');"
-    ) == [TASKS_HINT, IMPORT_JOB_HINT]
+        "UPDATE worker.command_registry SET description = 'x';"
+        "DELETE FROM worker.tasks;"
+        "UPDATE worker.command_registry SET description = 'y';"
+    ) == [TASKS_HINT, IMPORT_JOB_HINT, COMMAND_REGISTRY_HINT]
 
 
 async def test_a_rolled_back_change_sends_no_hint(conn: Conn, hints_after: HintsAfter) -> None:
@@ -323,83 +448,113 @@ async def test_a_rolled_back_change_sends_no_hint(conn: Conn, hints_after: Hints
         await hints_after(
             "BEGIN;"
             "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending');"
+            "INSERT INTO public.import_job (slug, state) VALUES ('a', 'preparing_data');"
             "ROLLBACK;"
         )
         == []
     )
 
 
-async def test_an_import_job_hints_exactly_when_its_activeness_changes(
+# -- the hold ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement", [pytest.param(write.values[0], id=write.id) for write in WRITES]
+)
+async def test_no_write_statement_hints_while_the_hold_is_set(
+    conn: Conn, hints_after: HintsAfter, statement: LiteralString
+) -> None:
+    await _seed(conn)
+    await _set_hold(conn, True)
+    assert await hints_after(statement) == []
+
+
+async def test_set_hold_announces_itself_and_clearing_it_restores_the_hints(
     conn: Conn, hints_after: HintsAfter
 ) -> None:
-    set_state = "UPDATE public.import_job SET state = %s WHERE slug = 'job'"
-    assert (
-        await hints_after(
-            "INSERT INTO public.import_job (slug, state) VALUES ('job', 'waiting_for_upload')"
-        )
-        == []
-    )
-    assert await hints_after(set_state, ("upload_completed",)) == [IMPORT_JOB_HINT]
-    assert await hints_after(set_state, ("preparing_data",)) == []
-    assert await hints_after("UPDATE public.import_job SET imported_rows = 10") == []
-    assert await hints_after(set_state, ("failed",)) == [IMPORT_JOB_HINT]
-    assert await hints_after(set_state, ("rejected",)) == []
-    assert await hints_after("DELETE FROM public.import_job WHERE slug = 'job'") == []
-    assert await hints_after(
-        "INSERT INTO public.import_job (slug, state) VALUES ('other', 'analysing_data')"
-    ) == [IMPORT_JOB_HINT]
-    assert await hints_after("DELETE FROM public.import_job WHERE slug = 'other'") == [
-        IMPORT_JOB_HINT
-    ]
+    await _seed(conn)
+    assert await hints_after("SELECT public.system_stability_set_hold(true)") == [HOLD_TRUE]
+    assert await _hold_flag(conn) == 1
+    for statement, _ in ONE_WRITE_PER_TABLE:
+        assert await hints_after(statement) == [], statement
+    assert await hints_after("SELECT public.system_stability_set_hold(false)") == [HOLD_FALSE]
+    assert await _hold_flag(conn) == 0
+    for statement, hint in ONE_WRITE_PER_TABLE:
+        assert await hints_after(statement) == [hint], statement
 
 
-async def test_a_state_changed_by_a_before_trigger_still_hints(
-    conn: Conn, hints_after: HintsAfter
+async def test_the_hold_is_not_transactional(
+    db_dsn: str, conn: Conn, hints_after: HintsAfter
 ) -> None:
-    await conn.execute(
-        """
-        CREATE FUNCTION public.finish_when_imported() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.imported_rows >= NEW.total_rows THEN NEW.state := 'finished'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER finish_when_imported BEFORE UPDATE ON public.import_job
-        FOR EACH ROW EXECUTE FUNCTION public.finish_when_imported();
-        INSERT INTO public.import_job (slug, state, total_rows)
-        VALUES ('job', 'processing_data', 5);
-        """
-    )
-    assert await hints_after("UPDATE public.import_job SET imported_rows = 5") == [IMPORT_JOB_HINT]
+    """Writers see the flag before its transaction commits, and after it rolls back (but
+    then unannounced: relays read the flag on every read, so they find such a hold)."""
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as relay:
+        await relay.execute("BEGIN")
+        await _set_hold(relay, True)
+        assert await hints_after(ONE_WRITE_PER_TABLE[0][0]) == []
+        assert await hints_after("ROLLBACK", on=relay) == []
+    assert await _hold_flag(conn) == 1
+    assert await hints_after(ONE_WRITE_PER_TABLE[0][0]) == []
 
 
-async def test_any_change_to_the_command_registry_hints(
-    conn: Conn, hints_after: HintsAfter
+async def test_a_writer_reads_the_flag_when_its_statement_runs_not_when_it_commits(
+    db_dsn: str, conn: Conn, hints_after: HintsAfter
 ) -> None:
-    assert await hints_after(
-        "UPDATE worker.command_registry SET queue = 'maintenance' WHERE command = 'derive_reports'"
-    ) == [COMMAND_REGISTRY_HINT]
-    assert await hints_after(
-        "INSERT INTO worker.command_registry (command, queue) VALUES ('new', 'analytics')"
-    ) == [COMMAND_REGISTRY_HINT]
+    """A write made while held and committed after the clear is never hinted: why every
+    relay drains after a hold (sql/stability.sql)."""
+    insert = "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as writer:
+        await writer.execute("BEGIN")
+        await writer.execute(insert)
+        await _set_hold(conn, True)
+        assert await hints_after("COMMIT", on=writer) == [TASKS_HINT]
+
+        await writer.execute("BEGIN")
+        await writer.execute(insert)
+        await _set_hold(conn, False)
+        assert await hints_after("COMMIT", on=writer) == []
 
 
-async def test_truncating_a_table_hints(conn: Conn, hints_after: HintsAfter) -> None:
-    assert await hints_after("TRUNCATE worker.tasks") == [TASKS_HINT]
-    assert await hints_after("TRUNCATE public.import_job") == [IMPORT_JOB_HINT]
+async def test_a_flag_that_was_never_set_does_not_hold(conn: Conn, hints_after: HintsAfter) -> None:
+    """pg_sequence_last_value() returns NULL for a sequence never set (a fresh install):
+    the flag can only cost hints, never lose them."""
+    await _seed(conn)
+    await _set_hold(conn, True)
+    await conn.execute("SELECT setval('public.system_stability_hold', 0, false)")
+    assert await _hold_flag(conn) is None
+    for statement, hint in ONE_WRITE_PER_TABLE:
+        assert await hints_after(statement) == [hint], statement
 
 
 # -- installation -----------------------------------------------------------------------------
 
+# pg_trigger.tgtype bits (PostgreSQL's trigger.h); the ROW (1) and BEFORE (2) bits are clear.
+TRIGGER_TYPE_INSERT = 4
+TRIGGER_TYPE_DELETE = 8
+TRIGGER_TYPE_UPDATE = 16
+TRIGGER_TYPE_TRUNCATE = 32
+HINT_TRIGGER_TYPE = (
+    TRIGGER_TYPE_INSERT | TRIGGER_TYPE_DELETE | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_TRUNCATE
+)
+
 
 async def _installed_objects(conn: Conn) -> list[tuple[Any, ...]]:
+    """Triggers, functions and sequences of the two schemas, with definitions and grants."""
     cursor = await conn.execute(
         """
-        SELECT 'trigger', tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal
+        SELECT 'trigger', tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
+        FROM pg_trigger WHERE NOT tgisinternal
         UNION ALL
-        SELECT 'function', pronamespace::regnamespace::text, proname FROM pg_proc
+        SELECT 'function', pronamespace::regnamespace::text, proname,
+            pg_get_functiondef(oid) || coalesce(proacl::text, '')
+        FROM pg_proc
         WHERE pronamespace IN ('public'::regnamespace, 'worker'::regnamespace)
         UNION ALL
-        SELECT 'command', queue, command FROM worker.command_registry
+        SELECT 'sequence', relnamespace::regnamespace::text, relname, coalesce(relacl::text, '')
+        FROM pg_class
+        WHERE relkind = 'S' AND relnamespace IN ('public'::regnamespace, 'worker'::regnamespace)
+        UNION ALL
+        SELECT 'command', queue, command, NULL FROM worker.command_registry
         ORDER BY 1, 2, 3
         """
     )
@@ -418,6 +573,134 @@ async def test_installing_again_changes_nothing(
     assert await hints_after(
         "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
     ) == [TASKS_HINT]
+
+
+async def test_installing_again_keeps_a_hold(db_dsn: str, conn: Conn) -> None:
+    await _set_hold(conn, True)
+    await install(db_dsn, demo_schema=True)
+    assert await _hold_flag(conn) == 1
+
+
+async def test_install_creates_one_statement_trigger_per_table(conn: Conn) -> None:
+    cursor = await conn.execute(
+        r"""
+        SELECT tgrelid::regclass::text, tgname, tgtype, tgenabled,
+            tgfoid = 'public.system_stability_hint()'::regprocedure,
+            tgnargs, convert_from(rtrim(tgargs, '\x00'::bytea), 'UTF8')
+        FROM pg_trigger
+        WHERE NOT tgisinternal AND tgname LIKE 'system\_stability%'
+        ORDER BY 1
+        """
+    )
+    assert await cursor.fetchall() == [
+        (
+            "import_job",
+            "system_stability_hint",
+            HINT_TRIGGER_TYPE,
+            "O",
+            True,
+            1,
+            IMPORT_JOB_HINT,
+        ),
+        (
+            "worker.command_registry",
+            "system_stability_hint",
+            HINT_TRIGGER_TYPE,
+            "O",
+            True,
+            1,
+            COMMAND_REGISTRY_HINT,
+        ),
+        ("worker.tasks", "system_stability_hint", HINT_TRIGGER_TYPE, "O", True, 1, TASKS_HINT),
+    ]
+
+
+async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
+    """worker.system_stability_task_hint, _registry_hint and _compile_commands are gone."""
+    cursor = await conn.execute(
+        r"""
+        SELECT oid::regprocedure::text FROM pg_proc
+        WHERE proname LIKE 'system\_stability%' ORDER BY 1
+        """
+    )
+    assert await cursor.fetchall() == [
+        ("system_stability_hint()",),
+        ("system_stability_set_hold(boolean)",),
+    ]
+
+
+async def test_installing_over_the_old_design_removes_it(
+    db_dsn: str, conn: Conn, hints_after: HintsAfter
+) -> None:
+    """The per-row triggers and their functions go; the result is a fresh install's."""
+    fresh = await _installed_objects(conn)
+    # The previous release's objects, as its stability.sql left them (bodies simplified).
+    await conn.execute(
+        """
+        DROP TRIGGER system_stability_hint ON public.import_job;
+        DROP TRIGGER system_stability_hint ON worker.tasks;
+        DROP FUNCTION public.system_stability_set_hold(boolean);
+        DROP SEQUENCE public.system_stability_hold;
+        CREATE OR REPLACE FUNCTION public.system_stability_hint() RETURNS trigger
+        LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+        BEGIN
+            PERFORM pg_notify('system_stability', TG_ARGV[0]);
+            RETURN NULL;
+        END $$;
+        CREATE FUNCTION worker.system_stability_task_hint() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        BEGIN
+            PERFORM pg_notify('system_stability', '{"table":"tasks"}');
+            RETURN NULL;
+        END $$;
+        CREATE FUNCTION worker.system_stability_compile_commands() RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        BEGIN
+        END $$;
+        CREATE FUNCTION worker.system_stability_registry_hint() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        BEGIN
+            PERFORM worker.system_stability_compile_commands();
+            PERFORM pg_notify('system_stability', '{"table":"command_registry"}');
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER system_stability_hint_insert AFTER INSERT ON worker.tasks
+        FOR EACH ROW WHEN (NEW.state = 'pending')
+        EXECUTE FUNCTION worker.system_stability_task_hint();
+        CREATE TRIGGER system_stability_hint_update AFTER UPDATE ON worker.tasks
+        FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+        EXECUTE FUNCTION worker.system_stability_task_hint();
+        CREATE TRIGGER system_stability_hint_delete AFTER DELETE ON worker.tasks
+        FOR EACH ROW EXECUTE FUNCTION worker.system_stability_task_hint();
+        CREATE TRIGGER system_stability_hint_truncate AFTER TRUNCATE ON worker.tasks
+        FOR EACH STATEMENT EXECUTE FUNCTION public.system_stability_hint('{"table":"tasks"}');
+        CREATE TRIGGER system_stability_hint_insert AFTER INSERT ON public.import_job
+        FOR EACH ROW WHEN (public.import_job_state_is_active(NEW.state::text))
+        EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
+        CREATE TRIGGER system_stability_hint_update AFTER UPDATE ON public.import_job
+        FOR EACH ROW EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
+        CREATE TRIGGER system_stability_hint_delete AFTER DELETE ON public.import_job
+        FOR EACH ROW EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
+        CREATE TRIGGER system_stability_hint_truncate AFTER TRUNCATE ON public.import_job
+        FOR EACH STATEMENT
+        EXECUTE FUNCTION public.system_stability_hint('{"table":"import_job"}');
+        CREATE OR REPLACE TRIGGER system_stability_hint
+        AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON worker.command_registry
+        FOR EACH STATEMENT EXECUTE FUNCTION worker.system_stability_registry_hint();
+        """
+    )
+    assert await _installed_objects(conn) != fresh
+
+    await install(db_dsn, demo_schema=True)
+
+    assert await _installed_objects(conn) == fresh
+    await _set_hold(conn, True)
+    assert (
+        await hints_after(
+            "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
+        )
+        == []
+    )
 
 
 async def test_concurrent_installs_into_one_database_succeed(db_dsn: str) -> None:
@@ -466,19 +749,17 @@ async def test_relay_functions_pin_their_search_path(conn: Conn) -> None:
     cursor = await conn.execute(
         """
         SELECT proname, prosecdef, proconfig FROM pg_proc
-        WHERE proname = ANY(%s) ORDER BY proname
+        WHERE pronamespace = 'public'::regnamespace AND proname = ANY(%s) ORDER BY proname
         """,
-        ([*SECURITY_DEFINER_FUNCTIONS, "system_stability_hint", "system_stability_task_hint"],),
+        ([*SECURITY_DEFINER_FUNCTIONS, "system_stability_hint"],),
     )
     rows = {name: (secdef, config) for name, secdef, config in await cursor.fetchall()}
-    assert set(rows) == {
-        *SECURITY_DEFINER_FUNCTIONS,
-        "system_stability_hint",
-        "system_stability_task_hint",
-    }
-    for name, (secdef, config) in rows.items():
-        assert config == PINNED_SEARCH_PATH, name
-        assert secdef is (name != "system_stability_hint"), name
+    assert set(rows) == {*SECURITY_DEFINER_FUNCTIONS, "system_stability_hint"}
+    for name in SECURITY_DEFINER_FUNCTIONS:
+        assert rows[name] == (True, PINNED_SEARCH_PATH), name
+    # Deliberately neither: both cost every writer's every statement (the benchmark cited in
+    # sql/stability.sql). It runs with the writer's rights and qualifies every name instead.
+    assert rows["system_stability_hint"] == (False, None)
 
 
 async def test_activeness_helpers_are_inlinable(conn: Conn) -> None:
@@ -511,17 +792,68 @@ async def login_role(conn: Conn) -> AsyncIterator[Callable[[bool], Awaitable[str
         await conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(role, role))
 
 
-async def test_a_writer_that_cannot_read_the_command_registry_can_still_write_tasks(
-    db_dsn: str, conn: Conn, login_role: Callable[[bool], Awaitable[str]]
-) -> None:
+async def _table_writer(conn: Conn, login_role: Callable[[bool], Awaitable[str]]) -> str:
+    """A login role that may write tasks and import jobs, and nothing more."""
     user = await login_role(False)
     role = sql.Identifier(user)
     await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA worker TO {}").format(role))
-    await conn.execute(sql.SQL("GRANT INSERT, UPDATE, SELECT ON worker.tasks TO {}").format(role))
-    writer_dsn = psycopg.conninfo.make_conninfo(db_dsn, user=user)
+    await conn.execute(
+        sql.SQL(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON worker.tasks, public.import_job TO {}"
+        ).format(role)
+    )
+    return user
+
+
+async def test_a_writer_with_only_table_privileges_can_write_held_or_not(
+    db_dsn: str,
+    conn: Conn,
+    hints_after: HintsAfter,
+    login_role: Callable[[bool], Awaitable[str]],
+) -> None:
+    """It needs no grant on the flag or the registry; it reads the flag as PUBLIC may."""
+    writer_dsn = psycopg.conninfo.make_conninfo(db_dsn, user=await _table_writer(conn, login_role))
+    writes = [
+        (
+            "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')",
+            TASKS_HINT,
+        ),
+        ("UPDATE worker.tasks SET state = 'completed'", TASKS_HINT),
+        ("DELETE FROM worker.tasks", TASKS_HINT),
+        (
+            "INSERT INTO public.import_job (slug, state) VALUES ('a', 'preparing_data')",
+            IMPORT_JOB_HINT,
+        ),
+        ("UPDATE public.import_job SET state = 'finished'", IMPORT_JOB_HINT),
+        ("DELETE FROM public.import_job", IMPORT_JOB_HINT),
+    ]
     async with await psycopg.AsyncConnection.connect(writer_dsn, autocommit=True) as writer:
-        await insert_task(writer, "derive_reports", "pending")
-        await writer.execute("UPDATE worker.tasks SET state = 'completed'")
+        for statement, hint in writes:
+            assert await hints_after(statement, on=writer) == [hint], statement
+        await _set_hold(conn, True)
+        for statement, _ in writes:
+            assert await hints_after(statement, on=writer) == [], statement
+
+
+async def test_a_writer_that_cannot_read_the_flag_still_hints(
+    db_dsn: str,
+    conn: Conn,
+    hints_after: HintsAfter,
+    login_role: Callable[[bool], Awaitable[str]],
+) -> None:
+    """Without the PUBLIC grant the flag reads as NULL: a hint too many, never one lost."""
+    await conn.execute("REVOKE SELECT ON SEQUENCE public.system_stability_hold FROM PUBLIC")
+    await _set_hold(conn, True)
+    writer_dsn = psycopg.conninfo.make_conninfo(db_dsn, user=await _table_writer(conn, login_role))
+    async with await psycopg.AsyncConnection.connect(writer_dsn, autocommit=True) as writer:
+        assert await _hold_flag(writer) is None
+        assert await hints_after(
+            "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')",
+            on=writer,
+        ) == [TASKS_HINT]
+        assert await hints_after("UPDATE public.import_job SET state = 'finished'", on=writer) == [
+            IMPORT_JOB_HINT
+        ]
 
 
 async def test_relay_role_can_call_the_functions_and_listen_but_not_read_tables(
@@ -535,6 +867,10 @@ async def test_relay_role_can_call_the_functions_and_listen_but_not_read_tables(
         assert await json_rows(relay, "get_import_jobs_in_progress") == []
         await relay.execute(f"LISTEN {CHANNEL}")
         await relay.execute("SELECT pg_notification_queue_usage(), pg_listening_channels()")
+        await _set_hold(relay, True)
+        assert await _hold_flag(relay) == 1
+        await _set_hold(relay, False)
+        assert await _hold_flag(relay) == 0
         for table in ("public.import_job", "worker.tasks", "worker.command_registry"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await relay.execute(
@@ -542,14 +878,20 @@ async def test_relay_role_can_call_the_functions_and_listen_but_not_read_tables(
                 )
 
 
-async def test_other_roles_cannot_call_the_functions(
+async def test_other_roles_cannot_call_the_functions_or_set_the_flag(
     db_dsn: str, login_role: Callable[[bool], Awaitable[str]]
 ) -> None:
     user = await login_role(False)
     other_dsn = psycopg.conninfo.make_conninfo(db_dsn, user=user)
     async with await psycopg.AsyncConnection.connect(other_dsn, autocommit=True) as other:
-        for function in SECURITY_DEFINER_FUNCTIONS:
+        for function in READER_FUNCTIONS:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await other.execute(
                     sql.SQL("SELECT * FROM {}()").format(sql.Identifier("public", function))
                 )
+        for statement in (
+            "SELECT public.system_stability_set_hold(true)",
+            "SELECT setval('public.system_stability_hold', 1)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await other.execute(statement)

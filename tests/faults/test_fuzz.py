@@ -19,7 +19,12 @@ from tests.support import eventually, relay_config, running_relay
 SECTION_KEYS = {
     "database": ["dsn", "channel", "heartbeat_interval", "heartbeat_timeout", "keepalives_count"],
     "http": ["listen", "heartbeat", "max_clients", "client_buffer", "trusted_proxies"],
-    "stability": ["reconcile_interval", "min_read_interval"],
+    "stability": [
+        "reconcile_interval",
+        "min_read_interval",
+        "hold_when_busy",
+        "hold_release_after",
+    ],
     "auth": ["bearer_tokens", "jwt", "metrics_token"],
     "cors": ["allow_origins"],
     "webhooks": [],

@@ -1,0 +1,84 @@
+"""The relay's side of the hold: when to poll instead of waiting for hints, and when to stop.
+
+Under load, hints cost writers more than they tell the relay: its reads are at least
+``min_read_interval`` apart anyway. So a busy relay sets the database's hold flag, writers
+stop notifying, and every relay polls ``is_system_stable()`` every ``min_read_interval``
+until the flag is clear again. The protocol and why it loses no commit are written at the
+top of ``sql/stability.sql``; this module is its bookkeeping, free of I/O:
+
+* **polling**: the flag was seen set (or announced) and not seen clear since;
+* **draining**: the flag was seen clear after polling; commits whose hint was skipped may
+  still be in flight. The next read's snapshot lists the transactions in progress; the
+  drain ends at the first read whose snapshot has none of them in progress any more.
+
+Every listener session starts as if coming out of a hold (``polling``), so a hold ended just
+before it connected is drained too.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+
+HOLD_ANNOUNCED = '{"hold":true}'  # system_stability_set_hold(true) sends it
+
+
+class Step(enum.Enum):
+    """What the listener does after a read."""
+
+    NONE = enum.auto()
+    RELEASE = enum.auto()  # clear the flag: the state held still for the quiet period
+
+
+class Hold:
+    def __init__(self, release_after: float, now: float) -> None:
+        self._release_after = release_after
+        self.polling = True
+        # None: not draining. Empty: the next read's snapshot names what to wait for.
+        self._waiting_for: frozenset[str] | None = None
+        self._snapshot_due = False
+        self._quiet_since = now
+        self._last_stable: bool | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the relay must poll rather than wait for hints."""
+        return self.polling or self._snapshot_due or self._waiting_for is not None
+
+    def announced(self) -> None:
+        """A ``{"hold": true}`` notification: another relay (or this one) set the flag."""
+        self.polling = True
+
+    def taken(self, now: float) -> None:
+        self.polling = True
+        self._quiet_since = now
+
+    def after_read(self, *, stable: bool, held: bool, running: Collection[str], now: float) -> Step:
+        """Account for one read: the state, the flag and the transactions still running
+        in the read's own snapshot."""
+        self._drain(running)
+        changed = stable != self._last_stable
+        self._last_stable = stable
+        if not held:
+            if self.polling:
+                self.polling = False
+                self._snapshot_due = True
+            return Step.NONE
+        self.polling = True
+        if changed:
+            self._quiet_since = now
+        if now - self._quiet_since >= self._release_after:
+            self._quiet_since = now  # a relay that re-holds at once gets a full period
+            return Step.RELEASE
+        return Step.NONE
+
+    def _drain(self, running: Collection[str]) -> None:
+        if self._snapshot_due:
+            # This read began after the clear was seen: whatever skipped its hint either
+            # committed before this snapshot (and the read saw it) or is running in it.
+            self._snapshot_due = False
+            self._waiting_for = frozenset(running)
+        elif self._waiting_for is not None:
+            self._waiting_for = self._waiting_for.intersection(running)
+        if self._waiting_for is not None and not self._waiting_for:
+            self._waiting_for = None
