@@ -159,21 +159,25 @@ def _trigger_section(t: Any) -> list[str]:
         "variants rotated within each round, the tables reset before each run. One "
         "*task life* is three transactions (insert `pending`, update `processing`, update "
         "`completed`); half the commands are analytics. One script run in ten is an import "
-        "job's life instead (start, progress, finish). A LISTENing connection drains the "
-        "notifications throughout (the relay's role). `worker.tasks` has an index on `state` "
+        "job's life instead (start, progress, finish). The real relay (default settings, "
+        "its own process) listens throughout, the same for every variant; its `/metrics` "
+        "give the notifications it received, its reads of `is_system_stable()` and the holds "
+        "it took (under ours a held flag stops the hints and the relay polls every 50 ms "
+        "instead; the seed's triggers ignore the flag). `worker.tasks` has an index on `state` "
         "(without it the seed's triggers scan the table per statement and fare worse).",
         "",
         "| triggers | median task lives/s | ratio to none | rounds (task lives/s) "
-        "| notifications / s |",
-        "|---|---:|---:|---|---:|",
+        "| notifications / s | relay reads / s | holds taken |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
     names = {"none": "none", "seed": "the seed's", "ours": "**this project's**"}
     for variant in ("none", "seed", "ours"):
         rounds = ", ".join(f"{x:.0f}" for x in t.tps[variant])
-        rate = t.notifications[variant] / (t.rounds * t.seconds)
+        rate = t.per_second(t.notifications, variant)
+        reads = t.per_second(t.reads, variant)
         lines.append(
             f"| {names[variant]} | {t.median_tps(variant):.0f} | {t.ratio(variant):.2f} "
-            f"| {rounds} | {rate:.0f} |"
+            f"| {rounds} | {rate:.0f} | {reads:.1f} | {t.holds[variant]} |"
         )
     lines += [
         "",

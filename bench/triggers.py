@@ -2,24 +2,29 @@
 
 Churn: each pgbench client runs a worker's task life (insert ``pending`` → ``processing`` →
 ``completed``, each its own transaction; half analytics commands, half not) and, one time in
-ten, an import job's (start → progress → finish). Every variant runs with one LISTENing
-connection draining notifications (the relay, in production). Rounds alternate the variants
-so drift on a shared machine hits all of them alike; the figure is the median per variant.
+ten, an import job's (start → progress → finish). Every variant runs with the same consumer
+attached: one real relay (``bench.serve_relay``, default settings, its own process) LISTENing
+on the bench database, as in production. It matters for ours: under churn the relay takes the
+hold, writers stop notifying and the relay polls ``is_system_stable()`` instead, and that
+polling is part of the cost measured. Rounds alternate the variants so drift on a shared
+machine hits all of them alike; the figure is the median per variant. Per variant, the
+relay's ``/metrics`` give the notifications it received, its reads and the holds it took.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from bench.common import Database, median
+from bench.common import Child, Database, median
 from relay.embedded import pgbench_path
 
 SQL = Path(__file__).parent / "sql"
@@ -27,6 +32,12 @@ VARIANTS = ("none", "seed", "ours")
 TABLES = ("public.import_job", "worker.tasks")
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
 IMPORT_JOBS = 8  # one per pgbench client at most (pgbench -c ≤ 8)
+# What is read from the relay's /metrics around each run: (sample name, labels).
+COUNTERS = {
+    "notifications": ("relay_notifications_total", {"channel": "system_stability"}),
+    "reads": ("relay_stability_queries_total", {}),
+    "holds": ("relay_hold_changes_total", {"action": "taken"}),
+}
 
 
 @dataclass
@@ -35,7 +46,12 @@ class TriggerResult:
     seconds: float
     rounds: int
     tps: dict[str, list[float]] = field(default_factory=dict)
-    notifications: dict[str, int] = field(default_factory=dict)
+    notifications: dict[str, int] = field(default_factory=dict)  # received by the relay
+    reads: dict[str, int] = field(default_factory=dict)  # the relay's is_system_stable() reads
+    holds: dict[str, int] = field(default_factory=dict)  # holds the relay took
+
+    def per_second(self, counts: dict[str, int], variant: str) -> float:
+        return counts[variant] / (self.rounds * self.seconds)
 
     def median_tps(self, variant: str) -> float:
         return median(self.tps[variant])
@@ -85,34 +101,70 @@ def select_variant(dsn: str, variant: str) -> None:
 
 
 def reset(dsn: str) -> None:
-    """The same starting point for every round: an empty queue, every import job finished."""
+    """The same starting point for every run: an empty queue, every import job finished, the
+    hold flag clear.
+
+    The writes run as a replica session, so no trigger fires and the relay gets no burst of
+    hints (which could make it take a hold) from the reset itself. The flag is cleared last:
+    a hold left by the previous run (the relay keeps it until the state has held still for
+    ``stability.hold_release_after``) would otherwise silence ours at the start of the run.
+    """
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
         conn.execute("TRUNCATE worker.tasks")
         conn.execute("UPDATE public.import_job SET state = 'finished', imported_rows = 0")
+        conn.execute("RESET session_replication_role")
         conn.execute("VACUUM ANALYZE worker.tasks, public.import_job")
+        conn.execute("SELECT public.system_stability_set_hold(false)")
 
 
-class Drain:
-    """A LISTENing connection that reads and counts every notification (the relay's role)."""
+def hold_flag(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_sequence_last_value('public.system_stability_hold'::regclass) = 1"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+class RelayProbe:
+    """The real relay in a child process (as the fan-out benchmark runs it), and its counters."""
 
     def __init__(self, dsn: str) -> None:
-        self.count = 0
-        self._stop = threading.Event()
-        self._conn = psycopg.connect(dsn, autocommit=True)
-        self._conn.execute("LISTEN system_stability")
-        self._thread = threading.Thread(target=self._run, name="bench-drain", daemon=True)
-        self._thread.start()
+        self._dsn = dsn
+        self.child = Child("trigger-relay", "bench.serve_relay", "--dsn", dsn)
+        port = int(self.child.read(60)["port"])
+        self._url = f"http://127.0.0.1:{port}/metrics"
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for _ in self._conn.notifies(timeout=0.2):
-                self.count += 1
+    def metrics(self) -> dict[str, float]:
+        """The counters of COUNTERS, and ``polling`` (1 while in a hold or draining one)."""
+        with self._opener.open(self._url, timeout=10) as response:
+            text = response.read().decode()
+        values = dict.fromkeys([*COUNTERS, "polling"], 0.0)
+        wanted = [*COUNTERS.items(), ("polling", ("relay_polling", {}))]
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                for key, (name, labels) in wanted:
+                    if sample.name == name and labels.items() <= sample.labels.items():
+                        values[key] += sample.value
+        return values
 
-    def close(self) -> int:
-        self._stop.set()
-        self._thread.join(5)
-        self._conn.close()
-        return self.count
+    def settle(self, timeout: float = 15.0) -> None:
+        """Wait until the relay is out of any hold (flag clear, drain done) and has read the
+        last notifications: not polling, the flag clear, no new notification for 0.3 s."""
+        deadline = time.monotonic() + timeout
+        previous = None
+        while time.monotonic() < deadline:
+            now = self.metrics()
+            quiet = now["polling"] == 0 and not hold_flag(self._dsn)
+            if quiet and previous is not None and now["notifications"] == previous:
+                return
+            previous = now["notifications"] if quiet else None
+            time.sleep(0.3)
+        raise TimeoutError(f"the relay did not settle within {timeout:g} s")
+
+    def close(self) -> None:
+        self.child.close()
 
 
 def pgbench(dsn: str, clients: int, seconds: float, *scripts: str) -> float:
@@ -134,21 +186,48 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
     set_up(db.dsn)
     result = TriggerResult(clients, seconds, rounds, {v: [] for v in VARIANTS})
     result.notifications = dict.fromkeys(VARIANTS, 0)
+    result.reads = dict.fromkeys(VARIANTS, 0)
+    result.holds = dict.fromkeys(VARIANTS, 0)
     scripts = (f"{SQL / 'worker_task.pgbench'}@9", f"{SQL / 'import_job.pgbench'}@1")
+    # One relay for the whole benchmark, every variant: reset() and settle() put it in the
+    # same state (no hold, nothing pending) before each run. Under the seed's triggers it
+    # receives their {"stable": ...} notifications on the same channel and treats each as a
+    # hint; it may take the hold then too (hints come faster than it reads), but the seed's
+    # triggers never read the flag and go on notifying: the hold changes nothing for them
+    # beyond the relay polling, which it does under ours as well.
+    relay = RelayProbe(db.dsn)
     try:
         for r in range(rounds):
             order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]  # rotate, so no variant always goes first
             for variant in order:
                 select_variant(db.dsn, variant)
                 reset(db.dsn)
-                drain = Drain(db.dsn)
-                try:
-                    tps = pgbench(db.dsn, clients, seconds, *scripts)
-                finally:
-                    time.sleep(0.3)
-                    result.notifications[variant] += drain.close()
+                relay.settle()
+                before = relay.metrics()
+                tps = pgbench(db.dsn, clients, seconds, *scripts)
+                time.sleep(0.3)  # the last commits' notifications reach the relay
+                after = relay.metrics()
+                delta = {key: round(after[key] - before[key]) for key in COUNTERS}
                 result.tps[variant].append(tps)
-                print(f"  round {r + 1}/{rounds} {variant:>4}: {tps:8.0f} task lives/s")
+                result.notifications[variant] += delta["notifications"]
+                result.reads[variant] += delta["reads"]
+                result.holds[variant] += delta["holds"]
+                print(
+                    f"  round {r + 1}/{rounds} {variant:>4}: {tps:8.0f} task lives/s, "
+                    f"{delta['notifications']:6d} notifications, {delta['reads']:4d} relay "
+                    f"reads, {delta['holds']} holds taken"
+                )
+        for variant in VARIANTS:
+            print(
+                f"  {variant:>4} over {rounds} runs: median {result.median_tps(variant):.0f} "
+                f"task lives/s, ratio {result.ratio(variant):.2f}, "
+                f"{result.per_second(result.notifications, variant):.0f} notifications/s, "
+                f"{result.per_second(result.reads, variant):.1f} relay reads/s, "
+                f"{result.holds[variant]} holds taken"
+            )
     finally:
+        relay.close()
         select_variant(db.dsn, "ours")
+        # A hold the relay kept when it stopped would silence the next benchmark's triggers.
+        reset(db.dsn)
     return result
