@@ -157,7 +157,9 @@ def _db_install(args: argparse.Namespace) -> int:
     from relay import logs
 
     logs.redactor.update(config.secrets())
-    applied = asyncio.run(install(config.database.dsn, demo_schema=args.demo_schema))
+    applied = asyncio.run(
+        install(config.database.dsn, demo_schema=args.demo_schema, channel=config.database.channel)
+    )
     for name in applied:
         print(f"applied {name}")
     return EXIT_OK

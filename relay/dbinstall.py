@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
 from pathlib import Path
 
 import psycopg
@@ -23,6 +24,12 @@ _INSTALL_LOCK_KEY = 0x7374616272656C79
 _LOCK_TIMEOUT = "30s"
 _SET_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'".encode()
 
+# The channel stability.sql notifies on, written there as a literal; install() puts the
+# configured one in its place. The pattern is the config's: no quote can get in.
+DEFAULT_CHANNEL = "system_stability"
+_CHANNEL_LITERAL = f"'{DEFAULT_CHANNEL}'".encode()
+_CHANNEL_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
 _MISSING_OBJECT = (
     pg_errors.UndefinedTable,
     pg_errors.UndefinedObject,
@@ -39,19 +46,36 @@ def sql_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sql"
 
 
-async def install(conninfo: str, *, demo_schema: bool = False, roles: bool = True) -> list[str]:
+async def install(
+    conninfo: str,
+    *,
+    demo_schema: bool = False,
+    roles: bool = True,
+    channel: str = DEFAULT_CHANNEL,
+) -> list[str]:
     """Apply the SQL files in order, each in its own transaction; return the names applied.
+
+    The triggers notify on ``channel`` (``database.channel`` in the relay's config): one
+    channel per database, the last install wins.
 
     Raises ``DatabaseUnavailable`` when the database cannot be reached, ``SchemaMissing`` when
     the data system's tables are absent, ``RelayError`` for any other failure. No message
     contains the connection string.
     """
+    if not _CHANNEL_PATTERN.fullmatch(channel):
+        raise RelayError(f"invalid channel name {channel!r}: lower-case letters, digits, _")
     names = [DEMO_SCHEMA] if demo_schema else []
     names.append(STABILITY)
     if roles:
         names.append(ROLES)
     directory = sql_dir()
     scripts = [(name, (directory / name).read_bytes()) for name in names]
+    scripts = [
+        (name, script.replace(_CHANNEL_LITERAL, f"'{channel}'".encode()))
+        if name == STABILITY
+        else (name, script)
+        for name, script in scripts
+    ]
     async with await _connect(conninfo) as conn:
         for name, script in scripts:
             await _apply(conn, name, script)

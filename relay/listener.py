@@ -94,6 +94,7 @@ class Listener:
         self._tick = min(settings.heartbeat_interval, stability.reconcile_interval)
         self._min_read_interval = min(stability.min_read_interval, self._tick)
         self._take_holds = stability.hold_when_busy
+        self._may_set_hold = True  # until the database refuses (no EXECUTE on set_hold)
         self._release_after = stability.hold_release_after
         self._backoff = Backoff(
             settings.reconnect_initial, settings.reconnect_max, settings.reconnect_reset_after
@@ -208,8 +209,8 @@ class Listener:
                             hold.announced()
             # Hints faster than reads: another read is due within min_read_interval of one
             # that answered a hint. Ask writers to stop sending them, and poll instead.
-            if hinted and answered_hint and not hold.active and self._take_holds:
-                await self._set_hold(conn, True)
+            busy = hinted and answered_hint and not hold.active
+            if busy and self._take_holds and await self._set_hold(conn, True):
                 hold.taken(time.monotonic())
 
     def _dispatch(self, channel: str, payload: str) -> bool:
@@ -247,16 +248,21 @@ class Listener:
         if step is Step.RELEASE:
             await self._set_hold(conn, False)
 
-    async def _set_hold(self, conn: AsyncConnection[Any], held: bool) -> None:
+    async def _set_hold(self, conn: AsyncConnection[Any], held: bool) -> bool:
+        """Set or clear the hold flag; False if this relay may not (said once, in the log)."""
+        if not self._may_set_hold:
+            return False
         try:
             await self._deadline(conn, conn.execute(SET_HOLD, (held,)))
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as error:
-            # Holds save writers work; without them the relay is exact all the same.
-            self._take_holds = False
+            # Holds save writers work; without them the relay is exact all the same, and it
+            # still follows the holds of relays that may set them.
+            self._may_set_hold = False
             log.warning("hold_unavailable", reason=pg.describe_error(error))
-            return
+            return False
         self._metrics.hold_changes.labels("taken" if held else "released").inc()
         log.debug("hold_taken" if held else "hold_released")
+        return True
 
     async def _probe(self, conn: AsyncConnection[Any]) -> Probe:
         self._metrics.truth_queries.inc()

@@ -1,5 +1,6 @@
 -- stability-relay: the database side. Idempotent: apply it again after every upgrade.
 -- Needs the data system's tables: public.import_job, worker.tasks, worker.command_registry.
+-- The NOTIFY channel below, system_stability, is database.channel: `db install` writes it in.
 --
 -- Why the triggers send hints, not answers
 -- ----------------------------------------

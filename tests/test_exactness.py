@@ -10,8 +10,11 @@ import asyncio
 import random
 
 import psycopg
+import pytest
 
 from relay.app import Relay
+from relay.dbinstall import install
+from relay.errors import RelayError
 from relay.stability import State
 from tests.support import (
     RANDOM_WRITES,
@@ -182,3 +185,24 @@ async def test_thousand_commit_burst_takes_a_hold_and_ends_right(db_dsn: str) ->
         assert _hints(relay) - hints_before < 500
         await asyncio.sleep(0.3)
         assert relay.stability.current.state is State.PROCESSING
+
+
+async def test_a_database_installed_with_another_channel_hints_on_it(db_dsn: str) -> None:
+    await install(db_dsn, demo_schema=True, channel="stability_custom")
+    config = relay_config(
+        db_dsn,
+        database={**HINTS_ONLY, "channel": "stability_custom"},
+        stability={**NO_RECONCILE, "hold_when_busy": False},
+    )
+    async with running_relay(config) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        job = "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')"
+        await execute(db_dsn, job)
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        assert relay.metrics.notifications.labels("stability_custom")._value.get() >= 1
+        assert relay.metrics.notifications.labels("system_stability")._value.get() == 0
+
+
+async def test_an_invalid_channel_is_refused_before_connecting() -> None:
+    with pytest.raises(RelayError, match="invalid channel name"):
+        await install("host=nowhere.invalid", channel="x'; DROP TABLE y; --")
