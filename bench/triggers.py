@@ -115,7 +115,7 @@ def reset(dsn: str) -> None:
         conn.execute("UPDATE public.import_job SET state = 'finished', imported_rows = 0")
         conn.execute("RESET session_replication_role")
         conn.execute("VACUUM ANALYZE worker.tasks, public.import_job")
-        conn.execute("SELECT public.system_stability_set_hold(false)")
+        conn.execute("SELECT public.system_stability_release_hold()")
 
 
 def hold_flag(dsn: str) -> bool:

@@ -8,8 +8,9 @@ top of ``sql/stability.sql``; this module is its bookkeeping, free of I/O:
 
 * **polling**: the flag was seen set (or announced) and not seen clear since;
 * **draining**: the flag was seen clear after polling; commits whose hint was skipped may
-  still be in flight. The next read's snapshot lists the transactions in progress; the
-  drain ends at the first read whose snapshot has none of them in progress any more.
+  still be in flight. The listener commits a transaction id of its own (``drain_starting``),
+  so that the next read's snapshot lists every such writer still running; the drain ends at
+  the first read whose snapshot has none of them running any more.
 
 Every listener session starts as if coming out of a hold (``polling``), so a hold ended just
 before it connected is drained too.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection
 
-HOLD_ANNOUNCED = '{"hold":true}'  # system_stability_set_hold(true) sends it
+HOLD_ANNOUNCED = '{"hold":true}'  # system_stability_request_hold() sends it
 
 
 class Step(enum.Enum):
@@ -45,17 +46,23 @@ class Hold:
         """Whether the relay must poll rather than wait for hints."""
         return self.polling or self._snapshot_due or self._waiting_for is not None
 
-    def announced(self) -> None:
-        """A ``{"hold": true}`` notification: another relay (or this one) set the flag."""
-        self.polling = True
+    @property
+    def drain_starting(self) -> bool:
+        """The flag was seen clear after a hold: commit a transaction id before the next read."""
+        return self._snapshot_due
+
+    def announced(self, now: float) -> None:
+        """A ``{"hold":true}`` notification: a relay (maybe this one) requested a hold."""
+        self.taken(now)
 
     def taken(self, now: float) -> None:
+        # A hold is new to this relay: it gets a full quiet period before anyone ends it.
         self.polling = True
         self._quiet_since = now
 
     def after_read(self, *, stable: bool, held: bool, running: Collection[str], now: float) -> Step:
-        """Account for one read: the state, the flag and the transactions still running
-        in the read's own snapshot."""
+        """Account for one read: the state, the flag (requested or held) and the transactions
+        running in the read's own snapshot."""
         self._drain(running)
         changed = stable != self._last_stable
         self._last_stable = stable
@@ -64,9 +71,9 @@ class Hold:
                 self.polling = False
                 self._snapshot_due = True
             return Step.NONE
-        self.polling = True
-        if changed:
+        if changed or not self.polling:
             self._quiet_since = now
+        self.polling = True
         if now - self._quiet_since >= self._release_after:
             self._quiet_since = now  # a relay that re-holds at once gets a full period
             return Step.RELEASE

@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, LiteralString, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -47,12 +47,18 @@ T = TypeVar("T")
 # the read's own snapshot (for a drain, relay/hold.py) and the queue-usage sample.
 PROBE = (
     "SELECT public.is_system_stable(), "
-    "coalesce(pg_sequence_last_value('public.system_stability_hold'::regclass) = 1, false), "
+    "pg_sequence_last_value('public.system_stability_hold'::regclass), "
     "array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x), "
     "array(SELECT pg_listening_channels()), "
     "pg_notification_queue_usage()"
 )
-SET_HOLD = "SELECT public.system_stability_set_hold(%s)"
+REQUEST_HOLD = "SELECT public.system_stability_request_hold()"
+CONFIRM_HOLD = "SELECT public.system_stability_confirm_hold()"
+RELEASE_HOLD = "SELECT public.system_stability_release_hold()"
+# Committed on its own (autocommit): every later snapshot's horizon is past this id, so it
+# lists every transaction that began before it and still runs (pg_snapshot_xip() leaves out
+# running ids at or above the horizon).
+COMMIT_AN_XID = "SELECT pg_current_xact_id()"
 
 
 class ListenerEvents(Protocol):
@@ -94,7 +100,9 @@ class Listener:
         self._tick = min(settings.heartbeat_interval, stability.reconcile_interval)
         self._min_read_interval = min(stability.min_read_interval, self._tick)
         self._take_holds = stability.hold_when_busy
-        self._may_set_hold = True  # until the database refuses (no EXECUTE on set_hold)
+        self._may_set_hold = True  # until the database refuses (no EXECUTE on the functions)
+        self._flag_unreadable_logged = False
+        self._flag_seen_set = False  # by the latest read
         self._release_after = stability.hold_release_after
         self._backoff = Backoff(
             settings.reconnect_initial, settings.reconnect_max, settings.reconnect_reset_after
@@ -114,6 +122,7 @@ class Listener:
         if self._closed:
             return
         self._closed = True
+        started = time.monotonic()
         if self._conn is not None:
             pg.sever(self._conn)
         if self._task is not None:
@@ -124,6 +133,22 @@ class Listener:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        if self._flag_seen_set and self._may_set_hold:
+            await self._release_on_stop(max(0.0, timeout - (time.monotonic() - started)))
+
+    async def _release_on_stop(self, timeout: float) -> None:
+        """End the hold this relay was in: else writers skip hints until another relay (or
+        the next start) ends it. Safe whoever took it: any relay may end a hold. On a fresh
+        connection, since the listening one is gone by now."""
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await pg.connect(self._settings, self._settings.application_name)
+                async with conn:
+                    await conn.execute(RELEASE_HOLD)
+        except (TimeoutError, DatabaseUnavailable, psycopg.Error) as error:
+            log.warning("hold_not_released", reason=pg.describe_error(error))
+            return
+        log.info("hold_released_on_stop")
 
     # The reconnect loop: exactly one per listener, owned by self._task.
     async def _run(self) -> None:
@@ -203,14 +228,17 @@ class Listener:
                 conn.notifies(timeout=read_due - now, stop_after=1)
             ) as batch:
                 async for note in batch:
-                    if self._dispatch(note.channel, note.payload):
+                    if not self._dispatch(note.channel, note.payload):
+                        continue
+                    if note.payload == HOLD_ANNOUNCED:
+                        hold.announced(time.monotonic())
+                    else:
                         hinted = True
-                        if note.payload == HOLD_ANNOUNCED:
-                            hold.announced()
-            # Hints faster than reads: another read is due within min_read_interval of one
-            # that answered a hint. Ask writers to stop sending them, and poll instead.
-            busy = hinted and answered_hint and not hold.active
-            if busy and self._take_holds and await self._set_hold(conn, True):
+            # Hints faster than reads: a hint within min_read_interval of a read that answered
+            # one. Ask writers to stop sending them, and poll instead.
+            soon = time.monotonic() - last_read < self._min_read_interval
+            busy = hinted and answered_hint and soon and not hold.active
+            if busy and self._take_holds and await self._take_hold(conn):
                 hold.taken(time.monotonic())
 
     def _dispatch(self, channel: str, payload: str) -> bool:
@@ -233,6 +261,8 @@ class Listener:
 
     async def _refresh(self, conn: AsyncConnection[Any], hold: Hold) -> None:
         """Read the truth (also the heartbeat); re-LISTEN if a channel went missing."""
+        if hold.drain_starting:
+            await self._deadline(conn, conn.execute(COMMIT_AN_XID))
         probe = await self._probe(conn)
         missing = [c for c in self._channels if c not in probe.channels]
         if missing:
@@ -241,28 +271,43 @@ class Listener:
             probe = await self._probe(conn)
         self._metrics.notify_queue_usage.set(probe.queue_usage)
         self._events.on_truth(probe.stable)
+        self._flag_seen_set = probe.held
         step = hold.after_read(
             stable=probe.stable, held=probe.held, running=probe.running, now=time.monotonic()
         )
         self._metrics.polling.set(hold.active)
-        if step is Step.RELEASE:
-            await self._set_hold(conn, False)
+        if step is Step.RELEASE and await self._hold_call(conn, RELEASE_HOLD):
+            self._metrics.hold_changes.labels("released").inc()
+            log.debug("hold_released")
 
-    async def _set_hold(self, conn: AsyncConnection[Any], held: bool) -> bool:
-        """Set or clear the hold flag; False if this relay may not (said once, in the log)."""
+    async def _take_hold(self, conn: AsyncConnection[Any]) -> bool:
+        """Request, then confirm: writers skip hints only once the request is announced."""
+        if not await self._hold_call(conn, REQUEST_HOLD):
+            return False
+        if await self._hold_call(conn, CONFIRM_HOLD):
+            self._metrics.hold_changes.labels("taken").inc()
+            log.debug("hold_taken")
+        return True  # confirmed or not, the announcement makes this relay poll
+
+    async def _hold_call(self, conn: AsyncConnection[Any], statement: LiteralString) -> bool:
+        """Run one of the hold functions; its boolean answer, or False if it failed."""
         if not self._may_set_hold:
             return False
         try:
-            await self._deadline(conn, conn.execute(SET_HOLD, (held,)))
+            cursor = await self._deadline(conn, conn.execute(statement))
+            row = await cursor.fetchone()
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as error:
             # Holds save writers work; without them the relay is exact all the same, and it
-            # still follows the holds of relays that may set them.
+            # still follows the holds of relays that may take them.
             self._may_set_hold = False
             log.warning("hold_unavailable", reason=pg.describe_error(error))
             return False
-        self._metrics.hold_changes.labels("taken" if held else "released").inc()
-        log.debug("hold_taken" if held else "hold_released")
-        return True
+        except psycopg.Error as error:
+            if conn.broken:
+                raise
+            log.warning("hold_call_failed", reason=pg.describe_error(error))
+            return False
+        return row is None or row[0] is not False
 
     async def _probe(self, conn: AsyncConnection[Any]) -> Probe:
         self._metrics.truth_queries.inc()
@@ -273,10 +318,24 @@ class Listener:
                 "public.is_system_stable() or public.system_stability_hold is missing: "
                 "run `stability-relay db install`"
             ) from None
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise SchemaMissing(
+                f"{pg.describe_error(error)}: run `stability-relay db install` "
+                "(sql/roles.sql grants what the relay needs)"
+            ) from None
         row = await cursor.fetchone()
         if row is None or row[0] is None:
             raise SchemaMissing("public.is_system_stable() returned no answer")
-        stable, held, running, channels, usage = row
+        stable, flag, running, channels, usage = row
+        if flag is None and not self._flag_unreadable_logged:
+            # Only without SELECT on the sequence (PostgreSQL 18; earlier ones raise).
+            self._flag_unreadable_logged = True
+            log.warning(
+                "hold_flag_unreadable",
+                hint="GRANT SELECT ON SEQUENCE public.system_stability_hold TO PUBLIC; "
+                "until then the relay polls",
+            )
+        held = flag != 0  # requested (2), held (1), or unreadable: poll
         return Probe(bool(stable), held, frozenset(running), frozenset(channels), float(usage))
 
     async def _deadline(self, conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T]) -> T:

@@ -1,10 +1,11 @@
 -- stability-relay: the least-privilege role the relay connects as. Idempotent.
 -- Apply after stability.sql.
 --
--- `stability_relay` is a NOLOGIN group role. It may connect, call the four SECURITY DEFINER
--- functions (the three readers and system_stability_set_hold) and LISTEN (LISTEN needs no
--- privilege), and nothing else: it has no privileges on any table. The hold flag's sequence
--- is readable by PUBLIC (stability.sql). An operator creates the login role the relay uses, once per cluster:
+-- `stability_relay` is a NOLOGIN group role. It may connect, call the six SECURITY DEFINER
+-- functions (the three readers and the hold's request, confirm and release) and LISTEN
+-- (LISTEN needs no privilege), and nothing else: it has no privileges on any table. The hold
+-- flag's sequence is readable by PUBLIC (stability.sql). An operator creates the login role
+-- the relay uses, once per cluster:
 --
 --     CREATE ROLE relay LOGIN PASSWORD '...' IN ROLE stability_relay;
 --
@@ -15,7 +16,7 @@
 -- pg_notification_queue_usage() and pg_listening_channels(), which the relay reads for its
 -- metrics, are executable by PUBLIC in PostgreSQL, so they need no grant here.
 --
--- The four functions are revoked from PUBLIC: they run as their owner. If other roles of the
+-- The six functions are revoked from PUBLIC: they run as their owner. If other roles of the
 -- data system call them (e.g. its web API), grant them EXECUTE, or make them members of
 -- stability_relay.
 
@@ -35,7 +36,9 @@ REVOKE EXECUTE ON FUNCTION
     public.is_system_stable(),
     public.get_analytics_tasks_in_progress(),
     public.get_import_jobs_in_progress(),
-    public.system_stability_set_hold(boolean)
+    public.system_stability_request_hold(),
+    public.system_stability_confirm_hold(),
+    public.system_stability_release_hold()
 FROM PUBLIC;
 
 DO $$
@@ -50,5 +53,7 @@ GRANT EXECUTE ON FUNCTION
     public.is_system_stable(),
     public.get_analytics_tasks_in_progress(),
     public.get_import_jobs_in_progress(),
-    public.system_stability_set_hold(boolean)
+    public.system_stability_request_hold(),
+    public.system_stability_confirm_hold(),
+    public.system_stability_release_hold()
 TO stability_relay;

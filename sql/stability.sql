@@ -24,32 +24,45 @@
 -- notify only while no relay *holds*:
 --
 --   * When hints come faster than the relay reads (its reads are at least
---     stability.min_read_interval apart anyway), the relay sets the hold flag (a sequence,
---     so the flag is not transactional and every writer sees it at once), announces it with
---     a {"hold":true} notification, and polls is_system_stable() every min_read_interval
---     instead. Writers that see the flag skip their NOTIFY: under load, a write costs one
---     flag read and no notification at all.
---   * Every relay that learns of the hold (the announcement, or a read that returns the
---     flag) polls until it reads the flag clear again.
---   * A relay ends a hold by clearing the flag. Writers from then on notify again. A writer
---     that read the flag before the clear may commit later, unannounced: so every relay
---     that sees the flag clear after a hold *drains*: it takes a snapshot after seeing the
---     clear, waits until every transaction in progress in that snapshot has ended (such a
---     writer had its transaction id before it read the flag, so it is in the list), and then
---     reads once more. That read sees every commit whose hint was skipped.
+--     stability.min_read_interval apart anyway), the relay takes the hold in two steps, and
+--     polls is_system_stable() every min_read_interval from then on. Step 1 (request) sets
+--     the flag to 2 and announces {"hold":true}, committed; writers still notify on 2. Step 2
+--     (confirm) sets it to 1, but only if it is still 2. From then on writers skip their
+--     NOTIFY: under load, a write costs one flag read and no notification at all. The flag is
+--     a sequence: setval() is seen by every session at once and never rolled back.
+--   * Every relay that learns of the hold (the announcement, or a read that returns 1 or 2)
+--     polls until it reads the flag 0 again. Two steps, so that writers never skip before
+--     the announcement is committed: it reaches every relay, and a hold whose announcement
+--     failed to commit stays at 2, which costs polling, never a hint.
+--   * A relay ends a hold by setting the flag to 0 (release). Writers from then on notify
+--     again. A writer that read 1 before the release may commit later, unannounced: so every
+--     relay that reads 0 after polling *drains*. It commits a transaction id of its own
+--     (larger than that of any writer that read 1: a writer has its id before its trigger
+--     reads the flag, and the relay's comes after the release, which came after that read),
+--     so from then on every snapshot lists such a writer while it runs. The next read's
+--     snapshot names the transactions running; the drain ends at the first read whose
+--     snapshot has none of them running any more, and that read sees their commits.
+--   * Request, confirm and release take one advisory lock, so a confirm cannot turn a
+--     released request into a hold nobody announced.
 --   A relay that connects treats itself as coming out of a hold and drains once, so a hold
 --   ended just before it connected cannot hide a commit from it. A hold left set by relays
 --   that are gone is found by the next relay's first read and ended by it. Tests:
---   tests/test_hold.py (the drain with a writer committing after the clear, several relays,
---   random concurrent transactions with holds taken and ended throughout).
+--   tests/test_hold.py (the drain with a writer committing after the release, several
+--   relays, random concurrent transactions with holds taken and ended throughout).
 --
 -- Other properties:
 -- * PostgreSQL delivers identical notifications of one transaction once: a transaction or a
 --   bulk statement sends at most one hint per table.
 -- * A transaction that sent no notification skips the global NOTIFY lock at commit.
 -- * No trigger reads the tables or calls is_system_stable(): the write path never scans.
--- * A trigger that cannot read the flag (it returns NULL without privileges) notifies: the
---   flag can only ever cost a hint, never lose one.
+-- * The flag is readable by PUBLIC (granted below). Without that grant a writer's trigger
+--   fails on PostgreSQL 13-17 and reads NULL, and notifies, on 18; a relay that reads NULL
+--   polls as if held. Either way the flag can cost hints, never lose one.
+-- * Caveats: statement triggers are not cloned to partitions (a write addressed to a
+--   partition of a partitioned import_job or tasks would not hint: add the trigger there);
+--   a prepared (two-phase) transaction cannot have sent NOTIFY, so two-phase writers fail
+--   unless a hold is on (as with any NOTIFY trigger); session_replication_role = replica
+--   skips all triggers.
 
 DO $$
 DECLARE
@@ -145,27 +158,68 @@ AS $$
     ORDER BY j.priority NULLS LAST, j.id;
 $$;
 
--- The hold flag: 1 while a relay polls (see the top of this file), 0 otherwise. A sequence,
--- because setval() is visible to every session at once and never rolled back.
+-- The hold flag (see the top of this file): 0 no hold, 2 requested, 1 held.
 CREATE SEQUENCE IF NOT EXISTS public.system_stability_hold
-    AS smallint MINVALUE 0 MAXVALUE 1 START 0 NO CYCLE;
--- Writers' triggers read it as the writer: anyone may read a 0 or a 1.
+    AS smallint MINVALUE 0 MAXVALUE 2 START 0 NO CYCLE;
+-- Development builds had MAXVALUE 1 (one step, no request). Altered only then: ALTER SEQUENCE
+-- waits for the writers that read the flag.
+DO $$
+BEGIN
+    IF (SELECT seqmax FROM pg_catalog.pg_sequence
+        WHERE seqrelid = 'public.system_stability_hold'::pg_catalog.regclass) < 2 THEN
+        ALTER SEQUENCE public.system_stability_hold MAXVALUE 2;
+    END IF;
+END;
+$$;
+-- Writers' triggers read it as the writer: anyone may read it.
 GRANT SELECT ON SEQUENCE public.system_stability_hold TO PUBLIC;
+-- A fresh sequence reads NULL, which a relay takes for "cannot read": make it 0.
+SELECT pg_catalog.setval('public.system_stability_hold', 0)
+WHERE pg_catalog.pg_sequence_last_value('public.system_stability_hold') IS NULL;
 
--- Set or clear the hold and announce it; for the relay (roles.sql grants it). setval() takes
--- effect at once, the announcement at commit: a relay that hears it can already see the flag.
-CREATE OR REPLACE FUNCTION public.system_stability_set_hold(held boolean)
+-- For the relay (roles.sql grants them). All three take the same advisory lock (b"stabhold").
+
+CREATE OR REPLACE FUNCTION public.system_stability_request_hold()
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM pg_catalog.setval('public.system_stability_hold', held::int);
-    PERFORM pg_catalog.pg_notify(
-        'system_stability', CASE WHEN held THEN '{"hold":true}' ELSE '{"hold":false}' END
-    );
+    PERFORM pg_advisory_xact_lock(8319381486946970724);
+    IF coalesce(pg_sequence_last_value('public.system_stability_hold'), 0) = 0 THEN
+        PERFORM setval('public.system_stability_hold', 2);
+    END IF;
+    PERFORM pg_notify('system_stability', '{"hold":true}');
 END;
 $$;
+
+CREATE OR REPLACE FUNCTION public.system_stability_confirm_hold()
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(8319381486946970724);
+    IF pg_sequence_last_value('public.system_stability_hold') = 2 THEN
+        PERFORM setval('public.system_stability_hold', 1);
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.system_stability_release_hold()
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(8319381486946970724);
+    PERFORM setval('public.system_stability_hold', 0);
+END;
+$$;
+
+DROP FUNCTION IF EXISTS public.system_stability_set_hold(boolean);
 
 -- The writers' trigger function. Deliberately not SECURITY DEFINER and without a SET clause:
 -- both cost every call (13% of a worker's throughput, bench/), and the function reads nothing

@@ -55,7 +55,12 @@ async def flag_is(dsn: str, value: int) -> bool:
 
 
 async def set_hold(dsn: str, held: bool) -> None:
-    await execute(dsn, f"SELECT public.system_stability_set_hold({str(held).lower()})")
+    """Take a hold as a relay does (request, then confirm), or release it."""
+    if held:
+        await execute(dsn, "SELECT public.system_stability_request_hold()")
+        await execute(dsn, "SELECT public.system_stability_confirm_hold()")
+    else:
+        await execute(dsn, "SELECT public.system_stability_release_hold()")
 
 
 def polling(relay: Relay) -> bool:
@@ -147,6 +152,63 @@ async def test_a_writer_that_saw_the_hold_and_commits_after_its_release_is_not_m
         assert hints.table_hints() == []
 
 
+async def test_a_writer_newer_than_every_finished_transaction_is_waited_for(
+    db_dsn: str,
+) -> None:
+    """The release commits slowly (a synchronous standby, say) after a writer skipped its hint.
+
+    A snapshot lists running transactions only below its horizon (the newest finished id):
+    here both the writer and the release are above it, so the drain commits an id of its own
+    first. Without that it would find nothing to wait for and miss the writer's commit.
+    """
+    await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')")
+    config = hold_config(db_dsn, hold_when_busy=False, hold_release_after="60s")
+    async with running_relay(config) as relay:
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        await set_hold(db_dsn, True)
+        await eventually(lambda: polling(relay))
+        async with (
+            await psycopg.AsyncConnection.connect(db_dsn) as writer,
+            await psycopg.AsyncConnection.connect(db_dsn) as releaser,
+        ):
+            await writer.execute("UPDATE public.import_job SET state = 'finished'")
+            await releaser.execute("SELECT public.system_stability_release_hold()")
+            await asyncio.sleep(0.3)  # the relay reads the flag clear and drains
+            await writer.commit()
+            await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
+            assert polling(relay), "the drain ended with the release still running"
+            await releaser.commit()
+        await eventually(lambda: not polling(relay))
+
+
+async def test_hints_further_apart_than_reads_take_no_hold(db_dsn: str) -> None:
+    async with running_relay(hold_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        for i in range(4):  # one hint each, 0.3 s apart: each answered at once
+            await execute(
+                db_dsn, f"INSERT INTO public.import_job (slug, state) VALUES ('j{i}', 'failed')"
+            )
+            await asyncio.sleep(0.3)
+        assert relay.metrics.notifications.labels("system_stability")._value.get() >= 4
+        assert relay.metrics.hold_changes.labels("taken")._value.get() == 0
+        assert not polling(relay)
+
+
+async def test_a_relay_idle_for_long_gives_a_new_hold_its_full_quiet_period(
+    db_dsn: str,
+) -> None:
+    """Not ending another relay's fresh hold at once (holds would flap, hints come back)."""
+    config = hold_config(db_dsn, hold_when_busy=False, hold_release_after="1.5s")
+    async with running_relay(config) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        await asyncio.sleep(2)  # idle for longer than the quiet period
+        await set_hold(db_dsn, True)
+        await eventually(lambda: polling(relay))
+        await asyncio.sleep(0.5)
+        assert await flag(db_dsn) == 1
+        await eventually(lambda: flag_is(db_dsn, 0), timeout=5)
+
+
 async def test_a_relay_that_connects_during_a_leftover_hold_polls_and_ends_it(
     db_dsn: str,
 ) -> None:
@@ -206,9 +268,13 @@ async def _random_transaction(dsn: str, rng: random.Random) -> None:
 
 
 async def _toggle_holds(dsn: str, rng: random.Random, stop: asyncio.Event) -> None:
-    """A third party that takes and ends holds at random moments."""
+    """A third party that takes, half-takes (request only) and ends holds at random."""
     while not stop.is_set():
-        await set_hold(dsn, rng.random() < 0.5)
+        choice = rng.random()
+        if choice < 0.2:
+            await execute(dsn, "SELECT public.system_stability_request_hold()")
+        else:
+            await set_hold(dsn, choice < 0.6)
         await asyncio.sleep(rng.random() * 0.15)
 
 
@@ -244,24 +310,27 @@ async def test_random_transactions_with_holds_coming_and_going_settle_to_the_tru
 
 
 @pytest.fixture
-async def relay_login_without_holds(db_dsn: str) -> AsyncIterator[str]:
-    """A relay login whose group role lost EXECUTE on system_stability_set_hold()."""
+async def relay_login(db_dsn: str) -> AsyncIterator[str]:
+    """A relay login in stability_relay, as the README tells operators to create one."""
     name = f"relay_test_{uuid.uuid4().hex[:12]}"
     role = sql.Identifier(name)
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as admin:
         await admin.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE stability_relay").format(role))
-        await admin.execute(
-            "REVOKE EXECUTE ON FUNCTION public.system_stability_set_hold(boolean) "
-            "FROM stability_relay"
-        )
         try:
             yield psycopg.conninfo.make_conninfo(db_dsn, user=name)
         finally:
-            await admin.execute(
-                "GRANT EXECUTE ON FUNCTION public.system_stability_set_hold(boolean) "
-                "TO stability_relay"
-            )
             await admin.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
+@pytest.fixture
+async def relay_login_without_holds(db_dsn: str, relay_login: str) -> AsyncIterator[str]:
+    """A relay login whose group role lost EXECUTE on system_stability_request_hold()."""
+    function = "FUNCTION public.system_stability_request_hold()"
+    await execute(db_dsn, f"REVOKE EXECUTE ON {function} FROM stability_relay")
+    try:
+        yield relay_login
+    finally:
+        await execute(db_dsn, f"GRANT EXECUTE ON {function} TO stability_relay")
 
 
 async def test_a_relay_that_may_not_hold_stays_exact_and_connected(
@@ -281,3 +350,27 @@ async def test_a_relay_that_may_not_hold_stays_exact_and_connected(
         assert relay.metrics.hold_changes.labels("taken")._value.get() == 0
         assert relay.metrics.reconnects._value.get() == 0
         assert await flag(db_dsn) != 1
+
+
+async def test_a_relay_that_cannot_read_the_flag_polls_as_if_held(
+    db_dsn: str, relay_login: str
+) -> None:
+    """PostgreSQL 18 reads NULL without SELECT on the sequence; writers may still skip."""
+    await execute(db_dsn, "REVOKE SELECT ON SEQUENCE public.system_stability_hold FROM PUBLIC")
+    await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')")
+    async with running_relay(hold_config(relay_login, hold_release_after="60s")) as relay:
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        assert polling(relay)
+        await set_hold(db_dsn, True)  # the superuser's writes below skip their hint
+        await execute(db_dsn, "UPDATE public.import_job SET state = 'finished'")
+        await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
+
+
+async def test_a_relay_that_stops_during_a_hold_ends_it(db_dsn: str) -> None:
+    """Else writers would skip their hints until some relay starts again."""
+    async with running_relay(hold_config(db_dsn, hold_release_after="60s")) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        await set_hold(db_dsn, True)
+        await eventually(lambda: polling(relay))
+        assert await flag(db_dsn) == 1
+    assert await flag(db_dsn) == 0

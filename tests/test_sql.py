@@ -18,6 +18,7 @@ from relay.errors import DatabaseUnavailable, RelayError, SchemaMissing
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 HintsAfter = Callable[..., Awaitable[list[str]]]
+RowsAndHintsAfter = Callable[..., Awaitable[tuple[list[tuple[Any, ...]], list[str]]]]
 
 CHANNEL = "system_stability"
 SENTINEL = "sentinel"
@@ -25,7 +26,10 @@ TASKS_HINT = '{"table":"tasks"}'
 IMPORT_JOB_HINT = '{"table":"import_job"}'
 COMMAND_REGISTRY_HINT = '{"table":"command_registry"}'
 HOLD_TRUE = '{"hold":true}'
-HOLD_FALSE = '{"hold":false}'
+# The hold flag's values (sql/stability.sql); a flag never set reads NULL.
+NO_HOLD, HELD, REQUESTED = 0, 1, 2
+# The advisory lock that request, confirm and release take (b"stabhold").
+HOLD_LOCK = 8319381486946970724
 
 IMPORT_STATES = [
     "waiting_for_upload",
@@ -58,7 +62,12 @@ READER_FUNCTIONS = [
     "get_analytics_tasks_in_progress",
     "get_import_jobs_in_progress",
 ]
-SECURITY_DEFINER_FUNCTIONS = [*READER_FUNCTIONS, "system_stability_set_hold"]
+HOLD_FUNCTIONS = [
+    "system_stability_request_hold",
+    "system_stability_confirm_hold",
+    "system_stability_release_hold",
+]
+SECURITY_DEFINER_FUNCTIONS = [*READER_FUNCTIONS, *HOLD_FUNCTIONS]
 PINNED_SEARCH_PATH = ["search_path=pg_catalog, pg_temp"]
 
 
@@ -69,20 +78,33 @@ async def conn(db_dsn: str) -> AsyncIterator[Conn]:
 
 
 @pytest.fixture
-async def hints_after(db_dsn: str, conn: Conn) -> AsyncIterator[HintsAfter]:
+async def rows_and_hints_after(db_dsn: str, conn: Conn) -> AsyncIterator[RowsAndHintsAfter]:
     """Run a statement (one transaction) on ``conn``, or ``on`` another connection; return
-    the hints its commit sent."""
+    the rows it returned and the hints its commit sent."""
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as listener:
         await listener.execute(f"LISTEN {CHANNEL}")
 
         async def run(
             query: LiteralString, params: Sequence[object] | None = None, *, on: Conn | None = None
-        ) -> list[str]:
+        ) -> tuple[list[tuple[Any, ...]], list[str]]:
             await _received_before_sentinel(conn, listener)  # discard the test's set-up hints
-            await (on or conn).execute(query, params)
-            return await _received_before_sentinel(conn, listener)
+            cursor = await (on or conn).execute(query, params)
+            rows = await cursor.fetchall() if cursor.description is not None else []
+            return rows, await _received_before_sentinel(conn, listener)
 
         yield run
+
+
+@pytest.fixture
+def hints_after(rows_and_hints_after: RowsAndHintsAfter) -> HintsAfter:
+    """Run a statement (one transaction) on ``conn``, or ``on`` another connection; return
+    the hints its commit sent."""
+
+    async def run(*args: Any, **kwargs: Any) -> list[str]:
+        _, hints = await rows_and_hints_after(*args, **kwargs)
+        return hints
+
+    return run
 
 
 async def _received_before_sentinel(conn: Conn, listener: Conn) -> list[str]:
@@ -387,8 +409,35 @@ async def _seed(conn: Conn) -> None:
     )
 
 
-async def _set_hold(conn: Conn, held: bool) -> None:
-    await conn.execute("SELECT public.system_stability_set_hold(%s)", (held,))
+async def _request_hold(conn: Conn) -> None:
+    await conn.execute("SELECT public.system_stability_request_hold()")
+
+
+async def _confirm_hold(conn: Conn) -> bool:
+    cursor = await conn.execute("SELECT public.system_stability_confirm_hold()")
+    row = await cursor.fetchone()
+    assert row is not None
+    confirmed: bool = row[0]
+    return confirmed
+
+
+async def _take_hold(conn: Conn) -> None:
+    """As a relay takes it: the request, committed (on an autocommit ``conn``), then the
+    confirmation in a transaction of its own."""
+    await _request_hold(conn)
+    assert await _confirm_hold(conn) is True
+
+
+async def _release_hold(conn: Conn) -> None:
+    await conn.execute("SELECT public.system_stability_release_hold()")
+
+
+async def _set_flag(conn: Conn, value: int | None) -> None:
+    """Set the flag directly, as its owner; None makes it read NULL (never set)."""
+    if value is None:
+        await conn.execute("SELECT setval('public.system_stability_hold', 0, false)")
+    else:
+        await conn.execute("SELECT setval('public.system_stability_hold', %s)", (value,))
 
 
 async def _hold_flag(conn: Conn) -> int | None:
@@ -456,74 +505,196 @@ async def test_a_rolled_back_change_sends_no_hint(conn: Conn, hints_after: Hints
 
 
 # -- the hold ---------------------------------------------------------------------------------
+#
+# The flag reads 0 (no hold), 2 (requested) or 1 (held). Writers skip their hint only on 1.
+# A relay takes the hold in two steps, request (2, announced) and confirm (1), and ends it
+# with release (0, unannounced).
 
 
 @pytest.mark.parametrize(
     "statement", [pytest.param(write.values[0], id=write.id) for write in WRITES]
 )
-async def test_no_write_statement_hints_while_the_hold_is_set(
+async def test_no_write_statement_hints_while_the_hold_is_held(
     conn: Conn, hints_after: HintsAfter, statement: LiteralString
 ) -> None:
     await _seed(conn)
-    await _set_hold(conn, True)
+    await _take_hold(conn)
     assert await hints_after(statement) == []
 
 
-async def test_set_hold_announces_itself_and_clearing_it_restores_the_hints(
-    conn: Conn, hints_after: HintsAfter
+async def test_a_hold_is_requested_announced_confirmed_and_released(
+    conn: Conn, hints_after: HintsAfter, rows_and_hints_after: RowsAndHintsAfter
 ) -> None:
     await _seed(conn)
-    assert await hints_after("SELECT public.system_stability_set_hold(true)") == [HOLD_TRUE]
-    assert await _hold_flag(conn) == 1
+    assert await _hold_flag(conn) == NO_HOLD
+
+    assert await hints_after("SELECT public.system_stability_request_hold()") == [HOLD_TRUE]
+    assert await _hold_flag(conn) == REQUESTED
+    for statement, hint in ONE_WRITE_PER_TABLE:  # only 1 silences the writers
+        assert await hints_after(statement) == [hint], statement
+
+    assert await rows_and_hints_after("SELECT public.system_stability_confirm_hold()") == (
+        [(True,)],
+        [],
+    )
+    assert await _hold_flag(conn) == HELD
     for statement, _ in ONE_WRITE_PER_TABLE:
         assert await hints_after(statement) == [], statement
-    assert await hints_after("SELECT public.system_stability_set_hold(false)") == [HOLD_FALSE]
-    assert await _hold_flag(conn) == 0
+
+    assert await hints_after("SELECT public.system_stability_release_hold()") == []
+    assert await _hold_flag(conn) == NO_HOLD
     for statement, hint in ONE_WRITE_PER_TABLE:
         assert await hints_after(statement) == [hint], statement
 
 
-async def test_the_hold_is_not_transactional(
+async def test_a_confirm_after_a_release_confirms_nothing(
+    conn: Conn, hints_after: HintsAfter, rows_and_hints_after: RowsAndHintsAfter
+) -> None:
+    """Request, release, confirm: the released request does not become a hold."""
+    await _request_hold(conn)
+    await _release_hold(conn)
+    assert await rows_and_hints_after("SELECT public.system_stability_confirm_hold()") == (
+        [(False,)],
+        [],
+    )
+    assert await _hold_flag(conn) == NO_HOLD
+    for statement, hint in ONE_WRITE_PER_TABLE:
+        assert await hints_after(statement) == [hint], statement
+
+
+async def test_a_request_while_held_keeps_the_hold_and_announces_it(
+    conn: Conn, hints_after: HintsAfter
+) -> None:
+    await _take_hold(conn)
+    assert await hints_after("SELECT public.system_stability_request_hold()") == [HOLD_TRUE]
+    assert await _hold_flag(conn) == HELD
+    for statement, _ in ONE_WRITE_PER_TABLE:
+        assert await hints_after(statement) == [], statement
+    # A second confirm finds no request: the hold stays as it is.
+    assert await _confirm_hold(conn) is False
+    assert await _hold_flag(conn) == HELD
+
+
+async def test_a_confirm_without_a_request_confirms_nothing(conn: Conn) -> None:
+    assert await _confirm_hold(conn) is False
+    assert await _hold_flag(conn) == NO_HOLD
+
+
+async def _wait_until_waiting_for_an_advisory_lock(conn: Conn, pid: int) -> None:
+    for _ in range(500):
+        cursor = await conn.execute(
+            "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
+        )
+        if await cursor.fetchone() == ("Lock", "advisory"):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"backend {pid} did not wait for an advisory lock")
+
+
+@pytest.mark.parametrize(
+    ("function", "flag_before", "flag_after", "result"),
+    [
+        ("system_stability_request_hold", NO_HOLD, REQUESTED, None),
+        ("system_stability_confirm_hold", REQUESTED, HELD, True),
+        ("system_stability_release_hold", HELD, NO_HOLD, None),
+    ],
+)
+async def test_the_hold_functions_wait_for_the_hold_lock_before_touching_the_flag(
+    db_dsn: str,
+    conn: Conn,
+    function: str,
+    flag_before: int,
+    flag_after: int,
+    result: bool | None,
+) -> None:
+    """Request, confirm and release serialise on one advisory lock, taken first."""
+    await _set_flag(conn, flag_before)
+    call = sql.SQL("SELECT {}()").format(sql.Identifier("public", function))
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as caller:
+        # Inner, so that a failing test releases the lock before the caller's connection closes.
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as blocker:
+            await blocker.execute("BEGIN")
+            await blocker.execute("SELECT pg_advisory_xact_lock(%s)", (HOLD_LOCK,))
+            calling = asyncio.create_task(caller.execute(call))
+            await _wait_until_waiting_for_an_advisory_lock(conn, caller.info.backend_pid)
+            assert not calling.done()
+            assert await _hold_flag(conn) == flag_before
+            await blocker.execute("COMMIT")
+            cursor = await asyncio.wait_for(calling, timeout=10.0)
+        if result is not None:
+            assert await cursor.fetchone() == (result,)
+    assert await _hold_flag(conn) == flag_after
+
+
+async def test_a_confirm_waiting_for_a_release_confirms_nothing(db_dsn: str, conn: Conn) -> None:
+    """The interleaving the lock is for: a confirm that reads the flag while a release is
+    in progress waits for it, then finds no request to confirm."""
+    await _request_hold(conn)
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as confirmer:
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as releaser:
+            await releaser.execute("BEGIN")
+            await _release_hold(releaser)
+            confirming = asyncio.create_task(_confirm_hold(confirmer))
+            await _wait_until_waiting_for_an_advisory_lock(conn, confirmer.info.backend_pid)
+            await releaser.execute("COMMIT")
+            assert await asyncio.wait_for(confirming, timeout=10.0) is False
+    assert await _hold_flag(conn) == NO_HOLD
+
+
+async def test_the_flag_is_not_transactional(
     db_dsn: str, conn: Conn, hints_after: HintsAfter
 ) -> None:
-    """Writers see the flag before its transaction commits, and after it rolls back (but
-    then unannounced: relays read the flag on every read, so they find such a hold)."""
+    """setval() takes effect at once and survives a rollback; the announcement goes out
+    only with a commit. A request rolled back leaves 2, unannounced: writers go on hinting,
+    and relays that read 2 poll (sql/stability.sql)."""
+    write, hint = ONE_WRITE_PER_TABLE[0]
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as relay:
         await relay.execute("BEGIN")
-        await _set_hold(relay, True)
-        assert await hints_after(ONE_WRITE_PER_TABLE[0][0]) == []
+        await _request_hold(relay)
+        assert await _hold_flag(conn) == REQUESTED
         assert await hints_after("ROLLBACK", on=relay) == []
-    assert await _hold_flag(conn) == 1
-    assert await hints_after(ONE_WRITE_PER_TABLE[0][0]) == []
+        assert await _hold_flag(conn) == REQUESTED
+        assert await hints_after(write) == [hint]
+
+        await relay.execute("BEGIN")
+        assert await _confirm_hold(relay) is True
+        assert await hints_after(write) == []
+        assert await hints_after("ROLLBACK", on=relay) == []
+    assert await _hold_flag(conn) == HELD
+    assert await hints_after(write) == []
 
 
 async def test_a_writer_reads_the_flag_when_its_statement_runs_not_when_it_commits(
     db_dsn: str, conn: Conn, hints_after: HintsAfter
 ) -> None:
-    """A write made while held and committed after the clear is never hinted: why every
+    """A write made while held and committed after the release is never hinted: why every
     relay drains after a hold (sql/stability.sql)."""
     insert = "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as writer:
         await writer.execute("BEGIN")
         await writer.execute(insert)
-        await _set_hold(conn, True)
+        await _take_hold(conn)
         assert await hints_after("COMMIT", on=writer) == [TASKS_HINT]
 
         await writer.execute("BEGIN")
         await writer.execute(insert)
-        await _set_hold(conn, False)
+        await _release_hold(conn)
         assert await hints_after("COMMIT", on=writer) == []
 
 
 async def test_a_flag_that_was_never_set_does_not_hold(conn: Conn, hints_after: HintsAfter) -> None:
-    """pg_sequence_last_value() returns NULL for a sequence never set (a fresh install):
-    the flag can only cost hints, never lose them."""
+    """pg_sequence_last_value() returns NULL for a sequence never set: writers still hint
+    (the relay polls on NULL), a request treats it as 0, a confirm finds no request."""
     await _seed(conn)
-    await _set_hold(conn, True)
-    await conn.execute("SELECT setval('public.system_stability_hold', 0, false)")
+    await _take_hold(conn)
+    await _set_flag(conn, None)
     assert await _hold_flag(conn) is None
     for statement, hint in ONE_WRITE_PER_TABLE:
         assert await hints_after(statement) == [hint], statement
+    assert await _confirm_hold(conn) is False
+    assert await _hold_flag(conn) is None
+    assert await hints_after("SELECT public.system_stability_request_hold()") == [HOLD_TRUE]
+    assert await _hold_flag(conn) == REQUESTED
 
 
 # -- installation -----------------------------------------------------------------------------
@@ -539,7 +710,8 @@ HINT_TRIGGER_TYPE = (
 
 
 async def _installed_objects(conn: Conn) -> list[tuple[Any, ...]]:
-    """Triggers, functions and sequences of the two schemas, with definitions and grants."""
+    """Triggers, functions and sequences of the two schemas, with definitions and grants
+    (and the data system's command registry)."""
     cursor = await conn.execute(
         """
         SELECT 'trigger', tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
@@ -550,8 +722,10 @@ async def _installed_objects(conn: Conn) -> list[tuple[Any, ...]]:
         FROM pg_proc
         WHERE pronamespace IN ('public'::regnamespace, 'worker'::regnamespace)
         UNION ALL
-        SELECT 'sequence', relnamespace::regnamespace::text, relname, coalesce(relacl::text, '')
-        FROM pg_class
+        SELECT 'sequence', relnamespace::regnamespace::text, relname,
+            format('%s %s..%s start %s cycle %s %s', seqtypid::regtype, seqmin, seqmax,
+                seqstart, seqcycle, coalesce(relacl::text, ''))
+        FROM pg_class JOIN pg_sequence ON seqrelid = pg_class.oid
         WHERE relkind = 'S' AND relnamespace IN ('public'::regnamespace, 'worker'::regnamespace)
         UNION ALL
         SELECT 'command', queue, command, NULL FROM worker.command_registry
@@ -575,10 +749,25 @@ async def test_installing_again_changes_nothing(
     ) == [TASKS_HINT]
 
 
-async def test_installing_again_keeps_a_hold(db_dsn: str, conn: Conn) -> None:
-    await _set_hold(conn, True)
+@pytest.mark.parametrize("flag", [HELD, REQUESTED])
+async def test_installing_again_keeps_a_hold(db_dsn: str, conn: Conn, flag: int) -> None:
+    await _request_hold(conn)
+    if flag == HELD:
+        assert await _confirm_hold(conn) is True
     await install(db_dsn, demo_schema=True)
-    assert await _hold_flag(conn) == 1
+    assert await _hold_flag(conn) == flag
+
+
+async def test_an_install_leaves_the_flag_reading_0(db_dsn: str, conn: Conn) -> None:
+    """Not NULL, which a relay takes for "cannot read" and polls on: after a fresh install
+    (the fixture's), after one that creates the sequence, and after one that finds it unset."""
+    assert await _hold_flag(conn) == NO_HOLD
+    await conn.execute("DROP SEQUENCE public.system_stability_hold")
+    await install(db_dsn)  # demo_schema.sql writes, and the triggers need the sequence
+    assert await _hold_flag(conn) == NO_HOLD
+    await _set_flag(conn, None)
+    await install(db_dsn, demo_schema=True)
+    assert await _hold_flag(conn) == NO_HOLD
 
 
 async def test_install_creates_one_statement_trigger_per_table(conn: Conn) -> None:
@@ -616,31 +805,42 @@ async def test_install_creates_one_statement_trigger_per_table(conn: Conn) -> No
 
 
 async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
-    """worker.system_stability_task_hint, _registry_hint and _compile_commands are gone."""
+    """worker.system_stability_task_hint, _registry_hint, _compile_commands and
+    public.system_stability_set_hold(boolean) are gone."""
     cursor = await conn.execute(
         r"""
         SELECT oid::regprocedure::text FROM pg_proc
-        WHERE proname LIKE 'system\_stability%' ORDER BY 1
+        WHERE proname LIKE 'system\_stability%'
         """
     )
-    assert await cursor.fetchall() == [
-        ("system_stability_hint()",),
-        ("system_stability_set_hold(boolean)",),
+    assert sorted(row[0] for row in await cursor.fetchall()) == [
+        "system_stability_confirm_hold()",
+        "system_stability_hint()",
+        "system_stability_release_hold()",
+        "system_stability_request_hold()",
     ]
 
 
 async def test_installing_over_the_old_design_removes_it(
     db_dsn: str, conn: Conn, hints_after: HintsAfter
 ) -> None:
-    """The per-row triggers and their functions go; the result is a fresh install's."""
+    """The per-row triggers and their functions go, and so does the one-step hold's
+    set_hold(boolean); the result is a fresh install's."""
     fresh = await _installed_objects(conn)
-    # The previous release's objects, as its stability.sql left them (bodies simplified).
+    # The old releases' objects, as their stability.sql left them (bodies simplified).
     await conn.execute(
         """
         DROP TRIGGER system_stability_hint ON public.import_job;
         DROP TRIGGER system_stability_hint ON worker.tasks;
-        DROP FUNCTION public.system_stability_set_hold(boolean);
+        DROP FUNCTION public.system_stability_request_hold();
+        DROP FUNCTION public.system_stability_confirm_hold();
+        DROP FUNCTION public.system_stability_release_hold();
         DROP SEQUENCE public.system_stability_hold;
+        CREATE FUNCTION public.system_stability_set_hold(held boolean) RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        BEGIN
+            PERFORM pg_notify('system_stability', '{"hold":true}');
+        END $$;
         CREATE OR REPLACE FUNCTION public.system_stability_hint() RETURNS trigger
         LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
         BEGIN
@@ -694,13 +894,46 @@ async def test_installing_over_the_old_design_removes_it(
     await install(db_dsn, demo_schema=True)
 
     assert await _installed_objects(conn) == fresh
-    await _set_hold(conn, True)
+    await _take_hold(conn)
     assert (
         await hints_after(
             "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
         )
         == []
     )
+
+
+async def test_installing_over_the_one_step_hold_upgrades_it(
+    db_dsn: str, conn: Conn, hints_after: HintsAfter
+) -> None:
+    """A development build's flag (MAXVALUE 1) and set_hold(boolean) become a fresh
+    install's: a request can then set the flag to 2."""
+    fresh = await _installed_objects(conn)
+    # As that build's stability.sql and roles.sql left them (body simplified).
+    await conn.execute(
+        """
+        DROP FUNCTION public.system_stability_request_hold();
+        DROP FUNCTION public.system_stability_confirm_hold();
+        DROP FUNCTION public.system_stability_release_hold();
+        DROP SEQUENCE public.system_stability_hold;
+        CREATE SEQUENCE public.system_stability_hold
+            AS smallint MINVALUE 0 MAXVALUE 1 START 0 NO CYCLE;
+        GRANT SELECT ON SEQUENCE public.system_stability_hold TO PUBLIC;
+        CREATE FUNCTION public.system_stability_set_hold(held boolean) RETURNS void
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+        BEGIN
+            PERFORM pg_catalog.setval('public.system_stability_hold', held::int);
+        END $$;
+        REVOKE EXECUTE ON FUNCTION public.system_stability_set_hold(boolean) FROM PUBLIC;
+        GRANT EXECUTE ON FUNCTION public.system_stability_set_hold(boolean) TO stability_relay;
+        """
+    )
+
+    await install(db_dsn, demo_schema=True)
+
+    assert await _installed_objects(conn) == fresh
+    assert await hints_after("SELECT public.system_stability_request_hold()") == [HOLD_TRUE]
+    assert await _hold_flag(conn) == REQUESTED
 
 
 async def test_concurrent_installs_into_one_database_succeed(db_dsn: str) -> None:
@@ -830,7 +1063,10 @@ async def test_a_writer_with_only_table_privileges_can_write_held_or_not(
     async with await psycopg.AsyncConnection.connect(writer_dsn, autocommit=True) as writer:
         for statement, hint in writes:
             assert await hints_after(statement, on=writer) == [hint], statement
-        await _set_hold(conn, True)
+        await _request_hold(conn)
+        for statement, hint in writes:
+            assert await hints_after(statement, on=writer) == [hint], statement
+        assert await _confirm_hold(conn) is True
         for statement, _ in writes:
             assert await hints_after(statement, on=writer) == [], statement
 
@@ -843,7 +1079,7 @@ async def test_a_writer_that_cannot_read_the_flag_still_hints(
 ) -> None:
     """Without the PUBLIC grant the flag reads as NULL: a hint too many, never one lost."""
     await conn.execute("REVOKE SELECT ON SEQUENCE public.system_stability_hold FROM PUBLIC")
-    await _set_hold(conn, True)
+    await _take_hold(conn)
     writer_dsn = psycopg.conninfo.make_conninfo(db_dsn, user=await _table_writer(conn, login_role))
     async with await psycopg.AsyncConnection.connect(writer_dsn, autocommit=True) as writer:
         assert await _hold_flag(writer) is None
@@ -867,10 +1103,12 @@ async def test_relay_role_can_call_the_functions_and_listen_but_not_read_tables(
         assert await json_rows(relay, "get_import_jobs_in_progress") == []
         await relay.execute(f"LISTEN {CHANNEL}")
         await relay.execute("SELECT pg_notification_queue_usage(), pg_listening_channels()")
-        await _set_hold(relay, True)
-        assert await _hold_flag(relay) == 1
-        await _set_hold(relay, False)
-        assert await _hold_flag(relay) == 0
+        await _request_hold(relay)
+        assert await _hold_flag(relay) == REQUESTED
+        assert await _confirm_hold(relay) is True
+        assert await _hold_flag(relay) == HELD
+        await _release_hold(relay)
+        assert await _hold_flag(relay) == NO_HOLD
         for table in ("public.import_job", "worker.tasks", "worker.command_registry"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await relay.execute(
@@ -879,19 +1117,18 @@ async def test_relay_role_can_call_the_functions_and_listen_but_not_read_tables(
 
 
 async def test_other_roles_cannot_call_the_functions_or_set_the_flag(
-    db_dsn: str, login_role: Callable[[bool], Awaitable[str]]
+    db_dsn: str, conn: Conn, login_role: Callable[[bool], Awaitable[str]]
 ) -> None:
     user = await login_role(False)
     other_dsn = psycopg.conninfo.make_conninfo(db_dsn, user=user)
     async with await psycopg.AsyncConnection.connect(other_dsn, autocommit=True) as other:
-        for function in READER_FUNCTIONS:
+        for function in SECURITY_DEFINER_FUNCTIONS:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await other.execute(
                     sql.SQL("SELECT * FROM {}()").format(sql.Identifier("public", function))
                 )
-        for statement in (
-            "SELECT public.system_stability_set_hold(true)",
-            "SELECT setval('public.system_stability_hold', 1)",
-        ):
+        for value in (HELD, REQUESTED):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                await other.execute(statement)
+                await other.execute("SELECT setval('public.system_stability_hold', %s)", (value,))
+        assert await _hold_flag(other) == NO_HOLD
+    assert await _hold_flag(conn) == NO_HOLD
