@@ -38,6 +38,7 @@ class Hold:
         # None: not draining. Empty: the next read's snapshot names what to wait for.
         self._waiting_for: frozenset[str] | None = None
         self._snapshot_due = False
+        self._drain_below: int | None = None
         self._quiet_since = now
         self._last_stable: bool | None = None
 
@@ -50,6 +51,16 @@ class Hold:
     def drain_starting(self) -> bool:
         """The flag was seen clear after a hold: commit a transaction id before the next read."""
         return self._snapshot_due
+
+    def drain_below(self, xid: int) -> None:
+        """The id the listener committed: only older transactions can have skipped a hint
+        unseen (a newer one that reads 1 does so under a hold announced after it)."""
+        self._drain_below = xid
+
+    @property
+    def waiting(self) -> int:
+        """How many transactions the drain waits for (a long one keeps the relay polling)."""
+        return len(self._waiting_for or ())
 
     def announced(self, now: float) -> None:
         """A ``{"hold":true}`` notification: a relay (maybe this one) requested a hold."""
@@ -84,7 +95,8 @@ class Hold:
             # This read began after the clear was seen: whatever skipped its hint either
             # committed before this snapshot (and the read saw it) or is running in it.
             self._snapshot_due = False
-            self._waiting_for = frozenset(running)
+            below = self._drain_below
+            self._waiting_for = frozenset(x for x in running if below is None or int(x) < below)
         elif self._waiting_for is not None:
             self._waiting_for = self._waiting_for.intersection(running)
         if self._waiting_for is not None and not self._waiting_for:

@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, LiteralString, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -37,6 +37,7 @@ from relay.backoff import Backoff
 from relay.config import DatabaseConfig, StabilityConfig
 from relay.errors import DatabaseUnavailable, SchemaMissing
 from relay.hold import HOLD_ANNOUNCED, Hold, Step
+from relay.holdflag import HoldFlag
 from relay.logs import describe_dsn, get_logger
 from relay.metrics import Metrics
 
@@ -52,13 +53,10 @@ PROBE = (
     "array(SELECT pg_listening_channels()), "
     "pg_notification_queue_usage()"
 )
-REQUEST_HOLD = "SELECT public.system_stability_request_hold()"
-CONFIRM_HOLD = "SELECT public.system_stability_confirm_hold()"
-RELEASE_HOLD = "SELECT public.system_stability_release_hold()"
 # Committed on its own (autocommit): every later snapshot's horizon is past this id, so it
 # lists every transaction that began before it and still runs (pg_snapshot_xip() leaves out
 # running ids at or above the horizon).
-COMMIT_AN_XID = "SELECT pg_current_xact_id()"
+COMMIT_AN_XID = "SELECT pg_current_xact_id()::text"
 
 
 class ListenerEvents(Protocol):
@@ -74,7 +72,8 @@ class ListenerEvents(Protocol):
 @dataclass(frozen=True, slots=True)
 class Probe:
     stable: bool
-    held: bool
+    held: bool  # the flag is requested (2), held (1), or cannot be read: poll
+    flag_readable: bool
     running: frozenset[str]
     channels: frozenset[str]
     queue_usage: float
@@ -100,10 +99,9 @@ class Listener:
         self._tick = min(settings.heartbeat_interval, stability.reconcile_interval)
         self._min_read_interval = min(stability.min_read_interval, self._tick)
         self._take_holds = stability.hold_when_busy
-        self._may_set_hold = True  # until the database refuses (no EXECUTE on the functions)
-        self._flag_unreadable_logged = False
-        self._flag_seen_set = False  # by the latest read
         self._release_after = stability.hold_release_after
+        self._flag = HoldFlag(settings, metrics, retry_after=stability.hold_release_after)
+        self._flag_unreadable_logged = False
         self._backoff = Backoff(
             settings.reconnect_initial, settings.reconnect_max, settings.reconnect_reset_after
         )
@@ -133,22 +131,7 @@ class Listener:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-        if self._flag_seen_set and self._may_set_hold:
-            await self._release_on_stop(max(0.0, timeout - (time.monotonic() - started)))
-
-    async def _release_on_stop(self, timeout: float) -> None:
-        """End the hold this relay was in: else writers skip hints until another relay (or
-        the next start) ends it. Safe whoever took it: any relay may end a hold. On a fresh
-        connection, since the listening one is gone by now."""
-        try:
-            async with asyncio.timeout(timeout):
-                conn = await pg.connect(self._settings, self._settings.application_name)
-                async with conn:
-                    await conn.execute(RELEASE_HOLD)
-        except (TimeoutError, DatabaseUnavailable, psycopg.Error) as error:
-            log.warning("hold_not_released", reason=pg.describe_error(error))
-            return
-        log.info("hold_released_on_stop")
+        await self._flag.release_on_stop(timeout - (time.monotonic() - started))
 
     # The reconnect loop: exactly one per listener, owned by self._task.
     async def _run(self) -> None:
@@ -177,6 +160,7 @@ class Listener:
             finally:
                 self._conn = None
                 self.connected.clear()
+                self._metrics.polling.set(0)
                 with contextlib.suppress(Exception):
                     await conn.close()
             if self._closed:
@@ -207,6 +191,7 @@ class Listener:
         # LISTEN first, then read the state: a commit between the two is caught by
         # the read, a commit after it by a notification. Never the reverse.
         await self._listen(conn, self._channels)
+        self._flag.new_session()
         hold = Hold(self._release_after, time.monotonic())
         await self._refresh(conn, hold)
         self.connected.set()
@@ -232,14 +217,18 @@ class Listener:
                         continue
                     if note.payload == HOLD_ANNOUNCED:
                         hold.announced(time.monotonic())
+                        self._flag.maybe_set = True
                     else:
                         hinted = True
             # Hints faster than reads: a hint within min_read_interval of a read that answered
-            # one. Ask writers to stop sending them, and poll instead.
-            soon = time.monotonic() - last_read < self._min_read_interval
-            busy = hinted and answered_hint and soon and not hold.active
-            if busy and self._take_holds and await self._take_hold(conn):
+            # one. Ask writers to stop sending them, and poll instead. (A drain may be under
+            # way: a new hold is drained afresh, with a superset of what it waits for.)
+            now = time.monotonic()
+            busy = hinted and answered_hint and now - last_read < self._min_read_interval
+            may_take = self._take_holds and not hold.polling and self._flag.can_take(now)
+            if busy and may_take and await self._flag.take(conn, now):
                 hold.taken(time.monotonic())
+            self._metrics.polling.set(hold.active)
 
     def _dispatch(self, channel: str, payload: str) -> bool:
         """Route one notification; return whether it hints at a stability change."""
@@ -262,52 +251,29 @@ class Listener:
     async def _refresh(self, conn: AsyncConnection[Any], hold: Hold) -> None:
         """Read the truth (also the heartbeat); re-LISTEN if a channel went missing."""
         if hold.drain_starting:
-            await self._deadline(conn, conn.execute(COMMIT_AN_XID))
+            cursor = await self._deadline(conn, conn.execute(COMMIT_AN_XID))
+            row = await cursor.fetchone()
+            if row is not None:  # always; without it the drain waits for every older one
+                hold.drain_below(int(row[0]))
         probe = await self._probe(conn)
         missing = [c for c in self._channels if c not in probe.channels]
         if missing:
             log.warning("channels_missing_relistening", channels=missing)
             await self._listen(conn, missing)
+            # A hold announced meanwhile was missed: poll, and drain, as a new session does.
+            hold.announced(time.monotonic())
             probe = await self._probe(conn)
         self._metrics.notify_queue_usage.set(probe.queue_usage)
         self._events.on_truth(probe.stable)
-        self._flag_seen_set = probe.held
+        self._flag.maybe_set = probe.held
         step = hold.after_read(
             stable=probe.stable, held=probe.held, running=probe.running, now=time.monotonic()
         )
         self._metrics.polling.set(hold.active)
-        if step is Step.RELEASE and await self._hold_call(conn, RELEASE_HOLD):
-            self._metrics.hold_changes.labels("released").inc()
-            log.debug("hold_released")
-
-    async def _take_hold(self, conn: AsyncConnection[Any]) -> bool:
-        """Request, then confirm: writers skip hints only once the request is announced."""
-        if not await self._hold_call(conn, REQUEST_HOLD):
-            return False
-        if await self._hold_call(conn, CONFIRM_HOLD):
-            self._metrics.hold_changes.labels("taken").inc()
-            log.debug("hold_taken")
-        return True  # confirmed or not, the announcement makes this relay poll
-
-    async def _hold_call(self, conn: AsyncConnection[Any], statement: LiteralString) -> bool:
-        """Run one of the hold functions; its boolean answer, or False if it failed."""
-        if not self._may_set_hold:
-            return False
-        try:
-            cursor = await self._deadline(conn, conn.execute(statement))
-            row = await cursor.fetchone()
-        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as error:
-            # Holds save writers work; without them the relay is exact all the same, and it
-            # still follows the holds of relays that may take them.
-            self._may_set_hold = False
-            log.warning("hold_unavailable", reason=pg.describe_error(error))
-            return False
-        except psycopg.Error as error:
-            if conn.broken:
-                raise
-            log.warning("hold_call_failed", reason=pg.describe_error(error))
-            return False
-        return row is None or row[0] is not False
+        self._metrics.drain_waiting.set(hold.waiting)
+        # A relay that cannot read the flag does not know whose hold it would end.
+        if step is Step.RELEASE and probe.flag_readable:
+            await self._flag.release(conn)
 
     async def _probe(self, conn: AsyncConnection[Any]) -> Probe:
         self._metrics.truth_queries.inc()
@@ -335,8 +301,14 @@ class Listener:
                 hint="GRANT SELECT ON SEQUENCE public.system_stability_hold TO PUBLIC; "
                 "until then the relay polls",
             )
-        held = flag != 0  # requested (2), held (1), or unreadable: poll
-        return Probe(bool(stable), held, frozenset(running), frozenset(channels), float(usage))
+        return Probe(
+            stable=bool(stable),
+            held=flag != 0,
+            flag_readable=flag is not None,
+            running=frozenset(running),
+            channels=frozenset(channels),
+            queue_usage=float(usage),
+        )
 
     async def _deadline(self, conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T]) -> T:
         return await pg.with_deadline(

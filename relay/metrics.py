@@ -66,6 +66,11 @@ class Metrics:
             "1 while the listener polls because of a hold (writers send no hints), else 0.",
             registry=r,
         )
+        self.drain_waiting = Gauge(
+            "relay_drain_waiting",
+            "Transactions the end of a hold waits for; a long one keeps the relay polling.",
+            registry=r,
+        )
         self.hold_changes = Counter(
             "relay_hold_changes",
             "Holds this relay took or released (writers skip hints while one is held).",

@@ -30,10 +30,12 @@ def connect_options(
     idle = max(1, round(settings.keepalives_idle))
     interval = max(1, round(settings.keepalives_interval))
     user_timeout_ms = round(settings.tcp_user_timeout * 1000)
+    # synchronous_commit=local: the relay writes nothing but the hold flag (not durable
+    # state), and a slow synchronous standby must not stall its hold calls.
     server_side = (
         f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
         f"-c tcp_keepalives_count={settings.keepalives_count} "
-        f"-c tcp_user_timeout={user_timeout_ms}"
+        f"-c tcp_user_timeout={user_timeout_ms} -c synchronous_commit=local"
     )
     return {
         "autocommit": True,

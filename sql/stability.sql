@@ -56,7 +56,7 @@
 -- * A transaction that sent no notification skips the global NOTIFY lock at commit.
 -- * No trigger reads the tables or calls is_system_stable(): the write path never scans.
 -- * The flag is readable by PUBLIC (granted below). Without that grant a writer's trigger
---   fails on PostgreSQL 13-17 and reads NULL, and notifies, on 18; a relay that reads NULL
+--   fails on PostgreSQL before 18 and reads NULL, and notifies, on 18; a relay that reads NULL
 --   polls as if held. Either way the flag can cost hints, never lose one.
 -- * Caveats: statement triggers are not cloned to partitions (a write addressed to a
 --   partition of a partitioned import_job or tasks would not hint: add the trigger there);
@@ -177,12 +177,15 @@ GRANT SELECT ON SEQUENCE public.system_stability_hold TO PUBLIC;
 SELECT pg_catalog.setval('public.system_stability_hold', 0)
 WHERE pg_catalog.pg_sequence_last_value('public.system_stability_hold') IS NULL;
 
--- For the relay (roles.sql grants them). All three take the same advisory lock (b"stabhold").
+-- For the relay (roles.sql grants them). All three take the same advisory lock (b"stabhold"),
+-- waiting at most a second: a relay stuck behind another's slow commit gets an error, not a
+-- stalled listening connection.
 
 CREATE OR REPLACE FUNCTION public.system_stability_request_hold()
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s'
 AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(8319381486946970724);
@@ -197,6 +200,7 @@ CREATE OR REPLACE FUNCTION public.system_stability_confirm_hold()
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s'
 AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(8319381486946970724);
@@ -212,6 +216,7 @@ CREATE OR REPLACE FUNCTION public.system_stability_release_hold()
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s'
 AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(8319381486946970724);
