@@ -127,6 +127,8 @@ def test_dashboard_is_grafana_json_covering_what_operators_watch() -> None:
         "relay_reconnects_total",
         "relay_webhook_deliveries_total",  # webhook outcomes
         "relay_notify_queue_usage_ratio",
+        "relay_polling",  # holds
+        "relay_drain_waiting",
     ):
         assert metric in queried, f"the dashboard does not show {metric}"
 
