@@ -24,7 +24,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from bench.common import Child, Database, median
+from bench.common import Child, Database, cpu_seconds, median, server_cpu_seconds
 from relay.embedded import pgbench_path
 
 SQL = Path(__file__).parent / "sql"
@@ -49,6 +49,17 @@ class TriggerResult:
     notifications: dict[str, int] = field(default_factory=dict)  # received by the relay
     reads: dict[str, int] = field(default_factory=dict)  # the relay's is_system_stable() reads
     holds: dict[str, int] = field(default_factory=dict)  # holds the relay took
+    # PostgreSQL's and the relay's CPU per task life, per run: less noisy than throughput on
+    # a shared machine (the neighbours slow a run down without adding to its CPU time).
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def median_cpu_ms(self, variant: str) -> float:
+        return median(self.cpu_ms[variant])
+
+    def cpu_ratio(self, variant: str) -> float:
+        """No-trigger CPU per task life over the variant's: the throughput a CPU-bound
+        machine would keep."""
+        return self.median_cpu_ms("none") / self.median_cpu_ms(variant)
 
     def per_second(self, counts: dict[str, int], variant: str) -> float:
         return counts[variant] / (self.rounds * self.seconds)
@@ -167,6 +178,15 @@ class RelayProbe:
         self.child.close()
 
 
+def postmaster_pid(dsn: str) -> int:
+    """The server's postmaster: the parent of any backend (the server runs on this machine)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    stat = Path(f"/proc/{row[0]}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[1])
+
+
 def pgbench(dsn: str, clients: int, seconds: float, *scripts: str) -> float:
     """Run pgbench with the given ``-f`` script arguments; return its tps."""
     args = [str(pgbench_path()), "-n", "-c", str(clients), "-j", str(min(clients, 2))]
@@ -188,6 +208,8 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
     result.notifications = dict.fromkeys(VARIANTS, 0)
     result.reads = dict.fromkeys(VARIANTS, 0)
     result.holds = dict.fromkeys(VARIANTS, 0)
+    result.cpu_ms = {v: [] for v in VARIANTS}
+    postmaster = postmaster_pid(db.dsn)
     scripts = (f"{SQL / 'worker_task.pgbench'}@9", f"{SQL / 'import_job.pgbench'}@1")
     # One relay for the whole benchmark, every variant: reset() and settle() put it in the
     # same state (no hold, nothing pending) before each run. Under the seed's triggers it
@@ -204,18 +226,22 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
                 reset(db.dsn)
                 relay.settle()
                 before = relay.metrics()
+                cpu_before = server_cpu_seconds(postmaster) + cpu_seconds(relay.child.pid)
                 tps = pgbench(db.dsn, clients, seconds, *scripts)
+                cpu = server_cpu_seconds(postmaster) + cpu_seconds(relay.child.pid) - cpu_before
                 time.sleep(0.3)  # the last commits' notifications reach the relay
                 after = relay.metrics()
                 delta = {key: round(after[key] - before[key]) for key in COUNTERS}
                 result.tps[variant].append(tps)
+                result.cpu_ms[variant].append(1000 * cpu / (tps * seconds))
                 result.notifications[variant] += delta["notifications"]
                 result.reads[variant] += delta["reads"]
                 result.holds[variant] += delta["holds"]
                 print(
                     f"  round {r + 1}/{rounds} {variant:>4}: {tps:8.0f} task lives/s, "
                     f"{delta['notifications']:6d} notifications, {delta['reads']:4d} relay "
-                    f"reads, {delta['holds']} holds taken"
+                    f"reads, {delta['holds']} holds taken, "
+                    f"{result.cpu_ms[variant][-1]:.3f} CPU ms per task life"
                 )
         for variant in VARIANTS:
             print(
@@ -223,7 +249,9 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
                 f"task lives/s, ratio {result.ratio(variant):.2f}, "
                 f"{result.per_second(result.notifications, variant):.0f} notifications/s, "
                 f"{result.per_second(result.reads, variant):.1f} relay reads/s, "
-                f"{result.holds[variant]} holds taken"
+                f"{result.holds[variant]} holds taken, "
+                f"{result.median_cpu_ms(variant):.3f} CPU ms per task life "
+                f"(CPU ratio {result.cpu_ratio(variant):.2f})"
             )
     finally:
         relay.close()
