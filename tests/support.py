@@ -16,6 +16,7 @@ from aiohttp import web
 
 from relay.app import Relay
 from relay.config import Config, load_config
+from relay.stability import State
 
 
 @dataclass
@@ -177,6 +178,23 @@ async def eventually(
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+# Heartbeat and reconcile pushed far out: what a test sees within seconds is the hint (and
+# hold) path alone; a missed commit would stay missed for a minute.
+HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
+
+
+def hints_only_config(dsn: str, **stability: Any) -> Config:
+    return relay_config(
+        dsn, database=HINTS_ONLY, stability={"reconcile_interval": "60s", **stability}
+    )
+
+
+async def settled(relay: Relay, dsn: str, timeout: float = 5.0) -> None:
+    """Wait until the relay's state is the database's truth."""
+    expected = State.from_truth(await truth(dsn))
+    await eventually(lambda: relay.stability.current.state is expected, timeout=timeout)
 
 
 # Writes for randomized concurrency tests; each `{slug}` gets a fresh value.

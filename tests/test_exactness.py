@@ -17,25 +17,16 @@ from relay.dbinstall import install
 from relay.errors import RelayError
 from relay.stability import State
 from tests.support import (
+    HINTS_ONLY,
     RANDOM_WRITES,
     eventually,
     execute,
+    hints_only_config,
     relay_config,
     running_relay,
+    settled,
     truth,
 )
-
-HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
-NO_RECONCILE = {"reconcile_interval": "60s"}
-
-
-def hints_only_config(dsn: str):  # type: ignore[no-untyped-def]
-    return relay_config(dsn, database=HINTS_ONLY, stability=NO_RECONCILE)
-
-
-async def settled_equals_truth(relay: Relay, dsn: str, timeout: float = 5.0) -> None:
-    expected = State.from_truth(await truth(dsn))
-    await eventually(lambda: relay.stability.current.state is expected, timeout=timeout)
 
 
 async def test_concurrent_finish_and_start_ends_processing(db_dsn: str) -> None:
@@ -86,7 +77,7 @@ async def test_concurrent_finishes_of_the_last_two_jobs_end_stable(db_dsn: str) 
         finally:
             await t1.close()
             await t2.close()
-        await settled_equals_truth(relay, db_dsn)
+        await settled(relay, db_dsn)
         assert relay.stability.current.state is State.STABLE
 
 
@@ -120,7 +111,7 @@ async def test_random_concurrent_transactions_settle_to_the_truth(db_dsn: str) -
             await asyncio.sleep(0.05)
             gate.set()
             await asyncio.gather(*workers)
-            await settled_equals_truth(relay, db_dsn)
+            await settled(relay, db_dsn)
             # Finish everything now and then, so both states are visited often.
             if rng.random() < 0.4:
                 await execute(
@@ -128,7 +119,7 @@ async def test_random_concurrent_transactions_settle_to_the_truth(db_dsn: str) -
                     "UPDATE public.import_job SET state = 'finished'",
                     "UPDATE worker.tasks SET state = 'completed'",
                 )
-                await settled_equals_truth(relay, db_dsn)
+                await settled(relay, db_dsn)
                 assert relay.stability.current.state is State.STABLE
 
 
@@ -158,9 +149,7 @@ def _hints(relay: Relay) -> float:
 
 
 async def test_thousand_commit_burst_without_holds_coalesces_hints(db_dsn: str) -> None:
-    config = relay_config(
-        db_dsn, database=HINTS_ONLY, stability={**NO_RECONCILE, "hold_when_busy": False}
-    )
+    config = hints_only_config(db_dsn, hold_when_busy=False)
     async with running_relay(config) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         before, hints_before = relay.metrics.truth_queries._value.get(), _hints(relay)
@@ -192,7 +181,7 @@ async def test_a_database_installed_with_another_channel_hints_on_it(db_dsn: str
     config = relay_config(
         db_dsn,
         database={**HINTS_ONLY, "channel": "stability_custom"},
-        stability={**NO_RECONCILE, "hold_when_busy": False},
+        stability={"reconcile_interval": "60s", "hold_when_busy": False},
     )
     async with running_relay(config) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)

@@ -11,32 +11,23 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from relay.app import Relay
-from relay.config import Config
 from relay.stability import State
 from tests.support import (
     RANDOM_WRITES,
     eventually,
     execute,
-    relay_config,
+    hints_only_config,
     running_relay,
-    truth,
+    settled,
 )
 
-HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 TABLE_HINTS = {'{"table":"import_job"}', '{"table":"tasks"}', '{"table":"command_registry"}'}
-
-
-def hold_config(dsn: str, **stability: Any) -> Config:
-    return relay_config(
-        dsn, database=HINTS_ONLY, stability={"reconcile_interval": "60s", **stability}
-    )
 
 
 async def flag(dsn: str) -> int | None:
@@ -65,11 +56,6 @@ async def set_hold(dsn: str, held: bool) -> None:
 
 def polling(relay: Relay) -> bool:
     return bool(relay.metrics.polling._value.get())
-
-
-async def settled(relay: Relay, dsn: str, timeout: float = 5.0) -> None:
-    expected = State.from_truth(await truth(dsn))
-    await eventually(lambda: relay.stability.current.state is expected, timeout=timeout)
 
 
 class Hints:
@@ -105,7 +91,7 @@ async def test_writes_during_a_hold_send_no_hints_and_the_relay_follows_them(
     db_dsn: str,
 ) -> None:
     async with (
-        running_relay(hold_config(db_dsn, hold_release_after="60s")) as relay,
+        running_relay(hints_only_config(db_dsn, hold_release_after="60s")) as relay,
         collecting_hints(db_dsn) as hints,
     ):
         await eventually(lambda: relay.stability.current.state is State.STABLE)
@@ -132,7 +118,7 @@ async def test_a_writer_that_saw_the_hold_and_commits_after_its_release_is_not_m
     """
     await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')")
     async with (
-        running_relay(hold_config(db_dsn, hold_release_after="0.3s")) as relay,
+        running_relay(hints_only_config(db_dsn, hold_release_after="0.3s")) as relay,
         collecting_hints(db_dsn) as hints,
     ):
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
@@ -162,7 +148,7 @@ async def test_a_writer_newer_than_every_finished_transaction_is_waited_for(
     first. Without that it would find nothing to wait for and miss the writer's commit.
     """
     await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')")
-    config = hold_config(db_dsn, hold_when_busy=False, hold_release_after="60s")
+    config = hints_only_config(db_dsn, hold_when_busy=False, hold_release_after="60s")
     async with running_relay(config) as relay:
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
         await set_hold(db_dsn, True)
@@ -182,7 +168,7 @@ async def test_a_writer_newer_than_every_finished_transaction_is_waited_for(
 
 
 async def test_hints_further_apart_than_reads_take_no_hold(db_dsn: str) -> None:
-    async with running_relay(hold_config(db_dsn)) as relay:
+    async with running_relay(hints_only_config(db_dsn)) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         for i in range(4):  # one hint each, 0.3 s apart: each answered at once
             await execute(
@@ -198,7 +184,7 @@ async def test_a_relay_idle_for_long_gives_a_new_hold_its_full_quiet_period(
     db_dsn: str,
 ) -> None:
     """Not ending another relay's fresh hold at once (holds would flap, hints come back)."""
-    config = hold_config(db_dsn, hold_when_busy=False, hold_release_after="1.5s")
+    config = hints_only_config(db_dsn, hold_when_busy=False, hold_release_after="1.5s")
     async with running_relay(config) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         await asyncio.sleep(2)  # idle for longer than the quiet period
@@ -214,7 +200,7 @@ async def test_a_relay_that_connects_during_a_leftover_hold_polls_and_ends_it(
 ) -> None:
     await set_hold(db_dsn, True)  # as a relay that is gone left it
     await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')")
-    async with running_relay(hold_config(db_dsn, hold_release_after="0.3s")) as relay:
+    async with running_relay(hints_only_config(db_dsn, hold_release_after="0.3s")) as relay:
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
         await execute(db_dsn, "UPDATE public.import_job SET state = 'finished'")
         await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
@@ -229,14 +215,14 @@ async def test_a_relay_that_connects_just_after_a_hold_ended_drains_it(db_dsn: s
     async with await psycopg.AsyncConnection.connect(db_dsn) as writer:
         await writer.execute("UPDATE public.import_job SET state = 'finished'")
         await set_hold(db_dsn, False)
-        async with running_relay(hold_config(db_dsn)) as relay:
+        async with running_relay(hints_only_config(db_dsn)) as relay:
             await eventually(lambda: relay.stability.current.state is State.PROCESSING)
             await writer.commit()
             await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
 
 
 async def test_a_relay_follows_a_hold_it_did_not_take(db_dsn: str) -> None:
-    follower_config = hold_config(db_dsn, hold_when_busy=False, hold_release_after="60s")
+    follower_config = hints_only_config(db_dsn, hold_when_busy=False, hold_release_after="60s")
     async with running_relay(follower_config) as follower:
         await eventually(lambda: follower.stability.current.state is State.STABLE)
         await set_hold(db_dsn, True)
@@ -286,8 +272,8 @@ async def test_random_transactions_with_holds_coming_and_going_settle_to_the_tru
     db_dsn: str,
 ) -> None:
     rng = random.Random(20261130)
-    taker_config = hold_config(db_dsn, hold_release_after="0.1s")
-    follower_config = hold_config(db_dsn, hold_when_busy=False, hold_release_after="0.2s")
+    taker_config = hints_only_config(db_dsn, hold_release_after="0.1s")
+    follower_config = hints_only_config(db_dsn, hold_when_busy=False, hold_release_after="0.2s")
     async with running_relay(taker_config) as taker, running_relay(follower_config) as follower:
         relays = (taker, follower)
         for relay in relays:
@@ -341,7 +327,7 @@ async def relay_login_without_holds(db_dsn: str, relay_login: str) -> AsyncItera
 async def test_a_relay_that_may_not_hold_stays_exact_and_connected(
     db_dsn: str, relay_login_without_holds: str
 ) -> None:
-    async with running_relay(hold_config(relay_login_without_holds)) as relay:
+    async with running_relay(hints_only_config(relay_login_without_holds)) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
             for i in range(200):  # hints faster than reads: the relay tries to hold
@@ -363,7 +349,7 @@ async def test_a_relay_that_cannot_read_the_flag_polls_as_if_held(
     """PostgreSQL 18 reads NULL without SELECT on the sequence; writers may still skip."""
     await execute(db_dsn, "REVOKE SELECT ON SEQUENCE public.system_stability_hold FROM PUBLIC")
     await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')")
-    async with running_relay(hold_config(relay_login, hold_release_after="60s")) as relay:
+    async with running_relay(hints_only_config(relay_login, hold_release_after="60s")) as relay:
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
         assert polling(relay)
         await set_hold(db_dsn, True)  # the superuser's writes below skip their hint
@@ -373,7 +359,7 @@ async def test_a_relay_that_cannot_read_the_flag_polls_as_if_held(
 
 async def test_a_relay_that_stops_during_a_hold_ends_it(db_dsn: str) -> None:
     """Else writers would skip their hints until some relay starts again."""
-    async with running_relay(hold_config(db_dsn, hold_release_after="60s")) as relay:
+    async with running_relay(hints_only_config(db_dsn, hold_release_after="60s")) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         await set_hold(db_dsn, True)
         await eventually(lambda: polling(relay))
@@ -387,7 +373,7 @@ async def test_a_relay_draining_behind_a_long_transaction_still_takes_holds(
     """An idle session's open transaction keeps the first drain waiting; hints still stop."""
     async with await psycopg.AsyncConnection.connect(db_dsn) as idle:
         await idle.execute("SELECT pg_current_xact_id()")  # an id, then idle in transaction
-        async with running_relay(hold_config(db_dsn, hold_release_after="60s")) as relay:
+        async with running_relay(hints_only_config(db_dsn, hold_release_after="60s")) as relay:
             await eventually(lambda: relay.stability.current.state is State.STABLE)
             await eventually(lambda: relay.metrics.drain_waiting._value.get() >= 1)
             assert polling(relay)
