@@ -199,6 +199,7 @@ class Listener:
         last_read = time.monotonic()
         hinted = answered_hint = False
         while not self._closed:
+            self._metrics.polling.set(hold.active)
             now = time.monotonic()
             # A hint is answered at once, unless the last read was moments ago: then the
             # read waits out `min_read_interval` while further hints coalesce into it.
@@ -228,7 +229,6 @@ class Listener:
             may_take = self._take_holds and not hold.polling and self._flag.can_take(now)
             if busy and may_take and await self._flag.take(conn, now):
                 hold.taken(time.monotonic())
-            self._metrics.polling.set(hold.active)
 
     def _dispatch(self, channel: str, payload: str) -> bool:
         """Route one notification; return whether it hints at a stability change."""
@@ -269,7 +269,6 @@ class Listener:
         step = hold.after_read(
             stable=probe.stable, held=probe.held, running=probe.running, now=time.monotonic()
         )
-        self._metrics.polling.set(hold.active)
         self._metrics.drain_waiting.set(hold.waiting)
         # A relay that cannot read the flag does not know whose hold it would end.
         if step is Step.RELEASE and probe.flag_readable:
