@@ -35,7 +35,8 @@ class Hold:
     def __init__(self, release_after: float, now: float) -> None:
         self._release_after = release_after
         self.polling = True
-        # None: not draining. Empty: the next read's snapshot names what to wait for.
+        # None: not draining. Bound: the transactions running in one snapshot, at most the
+        # server's max_connections plus its prepared transactions.
         self._waiting_for: frozenset[str] | None = None
         self._snapshot_due = False
         self._drain_below: int | None = None
