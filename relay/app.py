@@ -50,7 +50,7 @@ class Relay:
 
     def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.stability = Stability()
+        self.stability = Stability({a.name: a.label for a in config.activities})
         self.notifier = notifier or Notifier()  # systemd; a no-op without $NOTIFY_SOCKET
         self.notifier.watch(self.stability)
         self.metrics = Metrics()
@@ -68,7 +68,13 @@ class Relay:
         # Several relays on one database: only the elected one sends webhooks.
         self.leadership = Leadership(config.database, self._on_leadership)
         self.listener = Listener(
-            config.database, config.stability, self, self.metrics, extra_channels=config.channels
+            config.database,
+            config.stability,
+            self,
+            self.metrics,
+            activities=config.activities,
+            profile=config.profile,
+            extra_channels=config.channels,
         )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -94,8 +100,8 @@ class Relay:
             self.webhooks = self._webhook_sender()
 
     # ListenerEvents: what the database tells us.
-    def on_truth(self, stable: bool) -> None:
-        self.stability.update(State.from_truth(stable))
+    def on_truth(self, activities: Mapping[str, bool]) -> None:
+        self.stability.update_truth(activities)
 
     def on_disconnected(self) -> None:
         self.stability.update(State.UNKNOWN)

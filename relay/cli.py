@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
+
 from relay import __version__
 from relay.config import Config, load_config
 from relay.errors import ConfigError, RelayError
@@ -31,18 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the relay")
     _config_flags(run)
+    _profile_flag(run)
     run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080)")
 
     check = commands.add_parser("check", help="validate a config file and exit")
     check.add_argument("--config", metavar="FILE", required=True)
+    _profile_flag(check)
 
     db = commands.add_parser("db", help="database set-up")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     install = db_commands.add_parser("install", help="apply sql/ (idempotent)")
     install.add_argument("--dsn", help="PostgreSQL connection string (default: $RELAY_DSN)")
     install.add_argument("--config", metavar="FILE")
+    _profile_flag(install)
     install.add_argument(
         "--demo-schema", action="store_true", help="also create the demo stand-in tables"
+    )
+    install.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_sql",
+        help="write the SQL to stdout instead of applying it (for a DBA to apply with psql)",
     )
 
     webhook = commands.add_parser("webhook", help="webhook tools")
@@ -59,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _profile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="the activities that mean busy: seed (default), statbus, procrastinate "
+        "(overrides the config's profile key)",
+    )
+
+
 def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config file")
     parser.add_argument("--dsn", help="PostgreSQL connection string (default: $RELAY_DSN)")
@@ -70,7 +90,10 @@ def _load(args: argparse.Namespace) -> Config:
         overrides["database.dsn"] = args.dsn
     if getattr(args, "listen", None):
         overrides["http.listen"] = args.listen
-    return load_config(getattr(args, "config", None), overrides=overrides, require_dsn=True)
+    if getattr(args, "profile", None):
+        overrides["profile"] = args.profile
+    require_dsn = not getattr(args, "print_sql", False)
+    return load_config(getattr(args, "config", None), overrides=overrides, require_dsn=require_dsn)
 
 
 def _print_problems(error: ConfigError) -> None:
@@ -97,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
-        config = load_config(args.config, require_dsn=True)
-        print(f"{args.config}: OK ({len(config.webhooks)} webhook(s))")
+        config = _load(args)
+        print(
+            f"{args.config}: OK (profile {config.profile}: {', '.join(config.activity_names)}; "
+            f"{len(config.webhooks)} webhook(s))"
+        )
         return EXIT_OK
     if args.command == "run":
         return _run(_load(args), reload=(lambda: _load(args)) if args.config else None)
@@ -118,6 +144,12 @@ def _run(config: Config, reload: Callable[[], Config] | None) -> int:
     from relay.app import run
 
     logs.configure(config.logging, config.secrets())
+    problems = asyncio.run(startup_problems(config))
+    if problems:
+        print("refusing to start: the database does not fit the activities:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {logs.redactor.mask(problem)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return run(config, reload, os.environ)
     except OSError as error:
@@ -151,15 +183,55 @@ def _webhook_test(config: Config, name: str) -> int:
 
 
 def _db_install(args: argparse.Namespace) -> int:
-    from relay.dbinstall import install
+    from relay import logs
+    from relay.dbinstall import install, scripts
 
     config = _load(args)
-    from relay import logs
-
+    if args.print_sql:
+        plan = scripts(
+            config.activities, channel=config.database.channel, demo_schema=args.demo_schema
+        )
+        for script in plan:
+            sys.stdout.write(f"-- ==== {script.name} ====\nBEGIN;\n")
+            sys.stdout.write(script.text.decode())
+            sys.stdout.write("\nCOMMIT;\n\n")
+        return EXIT_OK
     logs.redactor.update(config.secrets())
     applied = asyncio.run(
-        install(config.database.dsn, demo_schema=args.demo_schema, channel=config.database.channel)
+        install(
+            config.database.dsn,
+            activities=config.activities,
+            profile=config.profile,
+            demo_schema=args.demo_schema,
+            channel=config.database.channel,
+        )
     )
     for name in applied:
         print(f"applied {name}")
+    print(f"activities ({config.profile}): {', '.join(config.activity_names)}")
     return EXIT_OK
+
+
+async def startup_problems(config: Config) -> list[str]:
+    """What would make the relay wrong on this database; nothing if it cannot be reached
+    now (the listener checks again on every connection and reports nothing until it fits).
+    """
+    from relay import pg
+    from relay.activities.check import verify_installed
+    from relay.errors import DatabaseUnavailable, SchemaMismatch, SchemaMissing
+
+    try:
+        conn = await pg.connect(config.database, config.database.application_name)
+    except DatabaseUnavailable:
+        return []
+    try:
+        await verify_installed(conn, config.activities, config.profile)
+    except SchemaMismatch as error:
+        return error.problems
+    except SchemaMissing as error:
+        return [str(error)]
+    except psycopg.Error as error:
+        return [f"public.system_stability_activities() fails: {pg.describe_error(error)}"]
+    finally:
+        await conn.close()
+    return []

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from relay.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
+from relay.activities.spec import Activity
 from relay.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -175,6 +177,8 @@ class DetailsConfig(_Section):
     cache: Duration = 1.0
     statement_timeout: PositiveDuration = 5.0
     pool_size: int = Field(default=2, ge=1, le=20)
+    # Rows listed per activity (each also reports its total): the answer's size is bounded.
+    max_items: int = Field(default=100, ge=1, le=10_000)
 
 
 class LoggingConfig(_Section):
@@ -310,6 +314,11 @@ class WebhookConfig(_Section):
 
 
 class Config(_Section):
+    # What "busy" means: a built-in profile's activities (default "seed"), or the config's
+    # own under `activities:` (profile "custom"). After loading, `activities` always holds
+    # the effective list and `profile` its name.
+    profile: str | None = None
+    activities: tuple[Activity, ...] = ()
     database: DatabaseConfig = DatabaseConfig()
     stability: StabilityConfig = StabilityConfig()
     http: HttpConfig = HttpConfig()
@@ -330,6 +339,53 @@ class Config(_Section):
                 raise ValueError(f'webhook name "{hook.name}" is used twice')
             seen.add(hook.name)
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_profile(cls, data: Any) -> Any:
+        """``profile`` and ``activities`` into the effective activity list."""
+        if not isinstance(data, dict):
+            return data
+        profile, activities = data.get("profile"), data.get("activities")
+        if activities:
+            if profile not in (None, CUSTOM):
+                raise ValueError(
+                    f'profile "{profile}" and activities are both set: remove one (or set '
+                    "profile: custom to use the activities listed here)"
+                )
+            return {**data, "profile": CUSTOM}
+        name = profile or DEFAULT_PROFILE
+        if not isinstance(name, str) or name == CUSTOM:
+            raise ValueError("profile custom needs its activities listed under activities:")
+        try:
+            chosen = load_profile(name)
+        except KeyError as error:
+            raise ValueError(f"profile: {error.args[0]}") from None
+        return {**data, "profile": name, "activities": chosen.activities}
+
+    @model_validator(mode="after")
+    def _unique_activity_names(self) -> Config:
+        names = [activity.name for activity in self.activities]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"activity names must be unique: {', '.join(twice)} used twice")
+        return self
+
+    @property
+    def activity_names(self) -> tuple[str, ...]:
+        return tuple(activity.name for activity in self.activities)
+
+    @property
+    def uses_triggers(self) -> bool:
+        """Whether `db install` creates hint triggers (and holds can quiet them)."""
+        return any(activity.hint_triggers for activity in self.activities)
+
+    @property
+    def hint_channels(self) -> tuple[str, ...]:
+        """The system's own channels that hint at a change, in declaration order."""
+        return tuple(
+            dict.fromkeys(c for activity in self.activities for c in activity.hint_channels)
+        )
 
     def secrets(self) -> list[str]:
         """Every configured value that must never reach a log line."""

@@ -1,18 +1,30 @@
-"""Installs the relay's SQL (functions, triggers, role) into a database."""
+"""Installs the relay's SQL into a database: the hold, the generated reads, the role.
+
+Order: the demo's stand-in tables (``--demo-schema``) → the activities checked against the
+database (nothing is written when one is wrong) → ``hold.sql`` → the SQL generated from the
+activities → ``roles.sql`` → one read of ``system_stability_activities()`` to prove it runs.
+"""
 
 from __future__ import annotations
 
 import importlib.resources
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import errors as pg_errors
 
-from relay.errors import DatabaseUnavailable, RelayError, SchemaMissing
+from relay.activities.check import check_activities
+from relay.activities.profiles import DEFAULT_PROFILE, load_profile
+from relay.activities.spec import Activity
+from relay.activities.sql import install_script
+from relay.errors import ConfigError, DatabaseUnavailable, RelayError, SchemaMissing
 
 DEMO_SCHEMA = "demo_schema.sql"
-STABILITY = "stability.sql"
+HOLD = "hold.sql"
+ACTIVITIES = "activities (generated)"
 ROLES = "roles.sql"
 
 # Serialises installs into one database: concurrent CREATE OR REPLACE of the same function
@@ -24,7 +36,7 @@ _INSTALL_LOCK_KEY = 0x7374616272656C79
 _LOCK_TIMEOUT = "30s"
 _SET_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'".encode()
 
-# The channel stability.sql notifies on, written there as a literal; install() puts the
+# The channel hold.sql notifies on, written there as a literal; install() puts the
 # configured one in its place. The pattern is the config's: no quote can get in.
 DEFAULT_CHANNEL = "system_stability"
 _CHANNEL_LITERAL = f"'{DEFAULT_CHANNEL}'".encode()
@@ -35,7 +47,18 @@ _MISSING_OBJECT = (
     pg_errors.UndefinedObject,
     pg_errors.InvalidSchemaName,
     pg_errors.UndefinedColumn,
+    pg_errors.UndefinedFunction,
 )
+
+
+class InstallRefused(ConfigError):
+    """The activities do not fit the database: every problem, with its key path."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    text: bytes
 
 
 def sql_dir() -> Path:
@@ -46,40 +69,88 @@ def sql_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sql"
 
 
+def default_activities() -> tuple[Activity, ...]:
+    return load_profile(DEFAULT_PROFILE).activities
+
+
+def scripts(
+    activities: Sequence[Activity],
+    *,
+    channel: str = DEFAULT_CHANNEL,
+    demo_schema: bool = False,
+    roles: bool = True,
+) -> list[Script]:
+    """What an install applies, in order (``db install --print`` writes exactly this)."""
+    if not _CHANNEL_PATTERN.fullmatch(channel):
+        raise RelayError(f"invalid channel name {channel!r}: lower-case letters, digits, _")
+    directory = sql_dir()
+    result = [Script(DEMO_SCHEMA, (directory / DEMO_SCHEMA).read_bytes())] if demo_schema else []
+    hold = (directory / HOLD).read_bytes().replace(_CHANNEL_LITERAL, f"'{channel}'".encode())
+    result.append(Script(HOLD, hold))
+    result.append(Script(ACTIVITIES, install_script(activities, channel).encode()))
+    if roles:
+        result.append(Script(ROLES, (directory / ROLES).read_bytes()))
+    return result
+
+
 async def install(
     conninfo: str,
     *,
+    activities: Sequence[Activity] | None = None,
+    profile: str | None = None,
     demo_schema: bool = False,
     roles: bool = True,
     channel: str = DEFAULT_CHANNEL,
 ) -> list[str]:
-    """Apply the SQL files in order, each in its own transaction; return the names applied.
+    """Check, then apply each script in its own transaction; return the names applied.
 
     The triggers notify on ``channel`` (``database.channel`` in the relay's config): one
-    channel per database, the last install wins.
+    channel per database, the last install wins. ``profile`` only names the activities'
+    origin in problems.
 
-    Raises ``DatabaseUnavailable`` when the database cannot be reached, ``SchemaMissing`` when
-    the data system's tables are absent, ``RelayError`` for any other failure. No message
-    contains the connection string.
+    Raises ``InstallRefused`` listing what does not fit (nothing is written then),
+    ``DatabaseUnavailable`` when the database cannot be reached, ``SchemaMissing`` when an
+    object is missing, ``RelayError`` for any other failure. No message contains the
+    connection string.
     """
-    if not _CHANNEL_PATTERN.fullmatch(channel):
-        raise RelayError(f"invalid channel name {channel!r}: lower-case letters, digits, _")
-    names = [DEMO_SCHEMA] if demo_schema else []
-    names.append(STABILITY)
-    if roles:
-        names.append(ROLES)
-    directory = sql_dir()
-    scripts = [(name, (directory / name).read_bytes()) for name in names]
-    scripts = [
-        (name, script.replace(_CHANNEL_LITERAL, f"'{channel}'".encode()))
-        if name == STABILITY
-        else (name, script)
-        for name, script in scripts
-    ]
+    chosen = tuple(activities) if activities is not None else default_activities()
+    plan = scripts(chosen, channel=channel, demo_schema=demo_schema, roles=roles)
     async with await _connect(conninfo) as conn:
-        for name, script in scripts:
-            await _apply(conn, name, script)
-    return names
+        if demo_schema:
+            await _apply(conn, plan.pop(0))
+        await _refuse_what_does_not_fit(conn, chosen, profile)
+        for script in plan:
+            await _apply(conn, script)
+        await _prove_it_runs(conn)
+    return [*([DEMO_SCHEMA] if demo_schema else []), *(s.name for s in plan)]
+
+
+async def _refuse_what_does_not_fit(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    activities: Sequence[Activity],
+    profile: str | None,
+) -> None:
+    cursor = await conn.execute("SELECT current_user")
+    row = await cursor.fetchone()
+    assert row is not None
+    try:
+        problems = await check_activities(
+            conn, activities, role=str(row[0]), profile=profile, snippets=True
+        )
+    finally:
+        await conn.rollback()
+    if problems:
+        raise InstallRefused(problems)
+
+
+async def _prove_it_runs(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    try:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute("SELECT public.system_stability_activities()")
+    except psycopg.Error as exc:
+        raise RelayError(
+            f"installed, but public.system_stability_activities() fails: {_describe(exc)}"
+        ) from exc
 
 
 async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
@@ -92,14 +163,13 @@ async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
 
 
-async def _apply(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], name: str, script: bytes
-) -> None:
+async def _apply(conn: psycopg.AsyncConnection[tuple[object, ...]], script: Script) -> None:
+    name = script.name
     try:
         async with conn.transaction():
             await conn.execute(_SET_LOCK_TIMEOUT)
             await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
-            await conn.execute(script)
+            await conn.execute(script.text)
     except _MISSING_OBJECT as exc:
         raise SchemaMissing(f"{name}: {_describe(exc)}") from exc
     except pg_errors.LockNotAvailable as exc:

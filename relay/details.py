@@ -1,4 +1,7 @@
-"""The details API: which import jobs and analytics tasks are in progress.
+"""The details API: each activity, whether it is active, and its rows in progress.
+
+The seed's keys (``import_jobs``, ``analytics_tasks``, ``system_stable``) stay as they were;
+``activities`` groups the same rows by activity, with labels and totals.
 
 Queries run on a small pool of their own (never on the listener's connection), with a
 statement timeout. Single flight plus a short cache: however many requests arrive within
@@ -23,19 +26,11 @@ from relay.metrics import Metrics
 
 log = get_logger("relay.details")
 
-# One statement, one snapshot: the lists and the verdict agree with each other.
-# PostgreSQL builds the JSON text; the relay passes it through without parsing.
-QUERY = """
-SELECT json_build_object(
-    'import_jobs', coalesce((
-        SELECT json_agg(job ORDER BY n) FROM public.get_import_jobs_in_progress()
-            WITH ORDINALITY AS jobs (job, n)), '[]'::json),
-    'analytics_tasks', coalesce((
-        SELECT json_agg(task ORDER BY n) FROM public.get_analytics_tasks_in_progress()
-            WITH ORDINALITY AS tasks (task, n)), '[]'::json),
-    'system_stable', public.is_system_stable()
-)::text
-"""
+# One statement, one snapshot: the lists and the verdict agree with each other. The function
+# is generated from the activities (relay/activities/sql.py); PostgreSQL builds the JSON text
+# and the relay passes it through without parsing. Bound: at most `details.max_items` rows
+# per activity (each activity also says its `total`).
+QUERY = "SELECT public.system_stability_details(%s)::text"
 
 
 class Details:
@@ -104,7 +99,7 @@ class Details:
             # (a half-open pooled connection would otherwise wait for TCP to give up).
             async with asyncio.timeout(self._settings.statement_timeout * 2 + 1):
                 async with self._pool.connection() as conn:
-                    cursor = await conn.execute(QUERY)
+                    cursor = await conn.execute(QUERY, (self._settings.max_items,))
                     row = await cursor.fetchone()
         except TimeoutError:
             raise DatabaseUnavailable("details query timed out") from None

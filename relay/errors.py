@@ -21,3 +21,11 @@ class DatabaseUnavailable(RelayError):
 
 class SchemaMissing(RelayError):
     """The relay's SQL functions are not installed in the database."""
+
+
+class SchemaMismatch(SchemaMissing):
+    """The installed functions or the tables do not fit the config's activities."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems

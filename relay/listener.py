@@ -1,9 +1,12 @@
 """The listener: one dedicated PostgreSQL connection, LISTENing, kept alive, re-read often.
 
 Data path: NOTIFY → this module → :class:`ListenerEvents` (the stability state and the
-channel relay). Notifications are hints: after one arrives on the stability channel the
-listener reads ``is_system_stable()`` on the same connection, so the answer includes every
-commit whose notification has been received. Hints that arrive during that read are
+channel relay). Notifications are hints: after one arrives on the stability channel (our
+triggers) or on a channel an activity names (``hints.channels``: the system's own), the
+listener reads ``system_stability_activities()`` on the same connection, so the answer
+includes every commit whose notification has been received. Every session first checks the
+activities against the database (``relay/activities/check.py``) and reports nothing until
+they fit. Hints that arrive during that read are
 buffered by psycopg and coalesce into the next read; reads are at least
 ``min_read_interval`` apart (the first hint after a quiet spell is answered at once), so a
 burst of a thousand commits costs a handful of queries: one in flight, at most one queued.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +36,8 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from relay import pg
+from relay.activities.check import verify_installed
+from relay.activities.spec import Activity
 from relay.backoff import Backoff
 from relay.config import DatabaseConfig, StabilityConfig
 from relay.errors import DatabaseUnavailable, SchemaMissing
@@ -47,7 +52,7 @@ T = TypeVar("T")
 # One round trip is the heartbeat, the reconcile, the hold flag, the transactions running in
 # the read's own snapshot (for a drain, relay/hold.py) and the queue-usage sample.
 PROBE = (
-    "SELECT public.is_system_stable(), "
+    "SELECT public.system_stability_activities(), "
     "pg_sequence_last_value('public.system_stability_hold'::regclass), "
     "array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x), "
     "array(SELECT pg_listening_channels()), "
@@ -62,7 +67,7 @@ COMMIT_AN_XID = "SELECT pg_current_xact_id()::text"
 class ListenerEvents(Protocol):
     """What the listener tells the rest of the relay."""
 
-    def on_truth(self, stable: bool) -> None: ...
+    def on_truth(self, activities: Mapping[str, bool]) -> None: ...
 
     def on_disconnected(self) -> None: ...
 
@@ -71,7 +76,7 @@ class ListenerEvents(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    stable: bool
+    activities: Mapping[str, bool]
     held: bool  # the flag is requested (2), held (1), or cannot be read: poll
     flag_readable: bool
     running: frozenset[str]
@@ -89,16 +94,25 @@ class Listener:
         events: ListenerEvents,
         metrics: Metrics,
         *,
+        activities: Sequence[Activity],
+        profile: str | None = None,
         extra_channels: Sequence[str] = (),
     ) -> None:
         self._settings = settings
         self._events = events
         self._metrics = metrics
+        self._activities = tuple(activities)
+        self._profile = profile
         self._stability_channel = settings.channel
-        self._channels = tuple(dict.fromkeys([settings.channel, *extra_channels]))
+        hint_channels = [c for a in activities for c in a.hint_channels]
+        self._hint_channels = frozenset([settings.channel, *hint_channels])
+        self._relayed = frozenset(extra_channels)
+        self._channels = tuple(dict.fromkeys([settings.channel, *hint_channels, *extra_channels]))
         self._tick = min(settings.heartbeat_interval, stability.reconcile_interval)
         self._min_read_interval = min(stability.min_read_interval, self._tick)
-        self._take_holds = stability.hold_when_busy
+        # A hold quiets our triggers; with none installed there is nothing to quiet.
+        uses_triggers = any(activity.hint_triggers for activity in activities)
+        self._take_holds = stability.hold_when_busy and uses_triggers
         self._release_after = stability.hold_release_after
         self._flag = HoldFlag(settings, metrics, retry_after=stability.hold_release_after)
         self._flag_unreadable_logged = False
@@ -188,6 +202,8 @@ class Listener:
         return conn
 
     async def _session(self, conn: AsyncConnection[Any]) -> None:
+        # Nothing is reported until the activities fit the database (never a wrong state).
+        await self._deadline(conn, verify_installed(conn, self._activities, self._profile))
         # LISTEN first, then read the state: a commit between the two is caught by
         # the read, a commit after it by a notification. Never the reverse.
         await self._listen(conn, self._channels)
@@ -233,14 +249,13 @@ class Listener:
     def _dispatch(self, channel: str, payload: str) -> bool:
         """Route one notification; return whether it hints at a stability change."""
         self._metrics.notifications.labels(channel).inc()
-        if channel == self._stability_channel:
-            return True
-        try:
-            self._events.on_notification(channel, payload)
-        except Exception:  # one bad notification is dropped, never the connection
-            self._metrics.notifications_dropped.labels(channel, "error").inc()
-            log.exception("notification_failed", channel=channel)
-        return False
+        if channel in self._relayed:
+            try:
+                self._events.on_notification(channel, payload)
+            except Exception:  # one bad notification is dropped, never the connection
+                self._metrics.notifications_dropped.labels(channel, "error").inc()
+                log.exception("notification_failed", channel=channel)
+        return channel in self._hint_channels
 
     async def _listen(self, conn: AsyncConnection[Any], channels: Sequence[str]) -> None:
         for channel in channels:
@@ -264,10 +279,13 @@ class Listener:
             hold.announced(time.monotonic())
             probe = await self._probe(conn)
         self._metrics.notify_queue_usage.set(probe.queue_usage)
-        self._events.on_truth(probe.stable)
+        self._events.on_truth(probe.activities)
         self._flag.maybe_set = probe.held
         step = hold.after_read(
-            stable=probe.stable, held=probe.held, running=probe.running, now=time.monotonic()
+            stable=not any(probe.activities.values()),
+            held=probe.held,
+            running=probe.running,
+            now=time.monotonic(),
         )
         self._metrics.drain_waiting.set(hold.waiting)
         # A relay that cannot read the flag does not know whose hold it would end.
@@ -280,8 +298,8 @@ class Listener:
             cursor = await self._deadline(conn, conn.execute(PROBE))
         except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable):
             raise SchemaMissing(
-                "public.is_system_stable() or public.system_stability_hold is missing: "
-                "run `stability-relay db install`"
+                "public.system_stability_activities() or public.system_stability_hold is "
+                "missing: run `stability-relay db install`"
             ) from None
         except psycopg.errors.InsufficientPrivilege as error:
             raise SchemaMissing(
@@ -290,8 +308,8 @@ class Listener:
             ) from None
         row = await cursor.fetchone()
         if row is None or row[0] is None:
-            raise SchemaMissing("public.is_system_stable() returned no answer")
-        stable, flag, running, channels, usage = row
+            raise SchemaMissing("public.system_stability_activities() returned no answer")
+        activities, flag, running, channels, usage = row
         if flag is None and not self._flag_unreadable_logged:
             # Only without SELECT on the sequence (PostgreSQL 18; earlier ones raise).
             self._flag_unreadable_logged = True
@@ -301,13 +319,27 @@ class Listener:
                 "until then the relay polls",
             )
         return Probe(
-            stable=bool(stable),
+            activities=self._checked(activities),
             held=flag != 0,
             flag_readable=flag is not None,
             running=frozenset(running),
             channels=frozenset(channels),
             queue_usage=float(usage),
         )
+
+    def _checked(self, answer: Any) -> dict[str, bool]:
+        """Each configured activity's truth; a missing or NULL one is an error, not a guess."""
+        names = [activity.name for activity in self._activities]
+        if not isinstance(answer, dict) or set(answer) != set(names):
+            installed = sorted(answer) if isinstance(answer, dict) else answer
+            raise SchemaMissing(
+                f"the database's activities {installed} are not this config's {sorted(names)}: "
+                "run `stability-relay db install` with this config"
+            )
+        unknown = [name for name in names if not isinstance(answer[name], bool)]
+        if unknown:
+            raise SchemaMissing(f"activities {unknown} read NULL: their expressions cannot tell")
+        return {name: answer[name] for name in names}
 
     async def _deadline(self, conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T]) -> T:
         return await pg.with_deadline(

@@ -6,6 +6,7 @@ time from the components themselves; counters are incremented where things happe
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -24,6 +25,12 @@ class Metrics:
             "relay_system_stable",
             "1 while the system is stable, 0 while processing, NaN while unknown "
             "(no database connection: see relay_database_connected).",
+            registry=r,
+        )
+        self.activity_active = Gauge(
+            "relay_activity_active",
+            "1 while the activity is active, 0 while not, NaN while unknown.",
+            ["activity"],
             registry=r,
         )
         self.database_connected = Gauge(
@@ -58,7 +65,7 @@ class Metrics:
         )
         self.truth_queries = Counter(
             "relay_stability_queries",
-            "Reads of is_system_stable() (after hints, on connect, and on reconcile).",
+            "Reads of the activities (after hints, on connect, and on reconcile).",
             registry=r,
         )
         self.polling = Gauge(
@@ -140,10 +147,22 @@ class Metrics:
         self.database_connected.set_function(lambda: 1.0 if connected() else 0.0)
         self.state_since.set_function(lambda: stability.current.since)
         self.sse_clients.set_function(lambda: float(clients()))
+        for name, _active in stability.current.activities:
+            self.activity_active.labels(name).set_function(
+                functools.partial(_activity_value, stability, name)
+            )
         stability.subscribe(self._count_transition)
 
     def _count_transition(self, snapshot: Snapshot) -> None:
-        self.transitions.labels(snapshot.state.value).inc()
+        if snapshot.new_state:
+            self.transitions.labels(snapshot.state.value).inc()
+
+
+def _activity_value(stability: Stability, name: str) -> float:
+    active = dict(stability.current.activities).get(name)
+    if active is None:
+        return math.nan
+    return 1.0 if active else 0.0
 
 
 def _stable_value(snapshot: Snapshot) -> float:

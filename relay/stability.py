@@ -1,15 +1,16 @@
 """The stability state: ``stable``, ``processing`` or ``unknown``, numbered and timed.
 
-The listener feeds it the truth (``is_system_stable()`` read after each hint) or
-``unknown`` when the database is gone; it tells its observers (SSE fan-out,
-metrics, webhooks, logs) about each transition, in order, synchronously.
+The listener feeds it the truth (every activity, read after each hint) or ``unknown`` when
+the database is gone; it tells its observers (SSE fan-out, metrics, webhooks, logs) about
+each change, in order, synchronously. A change is a new state or, within ``processing``, a
+different set of running activities (``Snapshot.new_state`` tells the two apart).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -37,25 +38,39 @@ class State(StrEnum):
         return self is State.STABLE
 
 
+ActivityStates = tuple[tuple[str, bool | None], ...]  # (name, active) in config order
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One state and where it came from. ``seq`` grows by one per transition."""
+    """One state and where it came from. ``seq`` grows by one per change.
+
+    ``since`` is when the state began (an activity-only change keeps it); ``new_state`` says
+    whether this snapshot began it; ``activities`` is each activity's truth (``None`` while
+    unknown) and ``running`` the labels of the active ones.
+    """
 
     state: State
     seq: int
     since: float
+    activities: ActivityStates = ()
+    running: tuple[str, ...] = ()
+    new_state: bool = True
 
     @property
     def stable(self) -> bool | None:
         return self.state.stable
 
     def as_json(self) -> dict[str, Any]:
-        """The SSE payload: the seed's ``stable`` plus ``state``, ``since`` and ``seq``."""
+        """The SSE payload: the seed's ``stable`` plus ``state``, ``since``, ``seq``, each
+        activity's truth and the labels of those running."""
         return {
             "stable": self.stable,
             "state": self.state.value,
             "since": iso_timestamp(self.since),
             "seq": self.seq,
+            "activities": dict(self.activities),
+            "running": list(self.running),
         }
 
 
@@ -71,11 +86,15 @@ class Stability:
     proxy, does not match a different event by accident.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, labels: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self._clock = clock
+        self._labels = dict(labels or {})
         now = clock()
         start = int(now * 1000) * 1000 + random.randrange(1000)
-        self._current = Snapshot(State.UNKNOWN, seq=start, since=now)
+        unknown = tuple((name, None) for name in self._labels)
+        self._current = Snapshot(State.UNKNOWN, seq=start, since=now, activities=unknown)
         self._observers: list[Observer] = []
 
     @property
@@ -90,25 +109,50 @@ class Stability:
         if observer in self._observers:
             self._observers.remove(observer)
 
-    def update(self, state: State) -> bool:
-        """Move to ``state``; return whether that was a transition."""
+    def update_truth(self, activities: Mapping[str, bool]) -> bool:
+        """The truth read from the database: each activity's state, in config order."""
+        known = tuple((name, activities.get(name)) for name in self._labels)
+        busy = any(active for _name, active in known)
+        return self.update(State.PROCESSING if busy else State.STABLE, known)
+
+    def update(self, state: State, activities: Sequence[tuple[str, bool | None]] = ()) -> bool:
+        """Move to ``state`` (with ``activities``; all unknown when omitted); return whether
+        anything changed."""
         old = self._current
-        if state is old.state:
+        known: ActivityStates = tuple(activities) or tuple((n, None) for n in self._labels)
+        if state is old.state and known == old.activities:
             return False
-        self._current = Snapshot(state=state, seq=old.seq + 1, since=self._clock())
-        log.info(
-            "transition",
-            state=state.value,
-            previous=old.state.value,
-            seq=self._current.seq,
-            previous_duration_s=round(self._current.since - old.since, 3),
+        new_state = state is not old.state
+        self._current = Snapshot(
+            state=state,
+            seq=old.seq + 1,
+            since=self._clock() if new_state else old.since,
+            activities=known,
+            running=tuple(self._labels[name] for name, active in known if active),
+            new_state=new_state,
         )
+        self._log_change(old)
         for observer in self._observers:
             try:
                 observer(self._current)
             except Exception:  # one broken observer must not starve the others
                 log.exception("observer_failed", observer=getattr(observer, "__qualname__", "?"))
         return True
+
+    def _log_change(self, old: Snapshot) -> None:
+        current = self._current
+        running = [name for name, active in current.activities if active]
+        if not current.new_state:
+            log.info("activities_changed", running=running, seq=current.seq)
+            return
+        log.info(
+            "transition",
+            state=current.state.value,
+            previous=old.state.value,
+            seq=current.seq,
+            previous_duration_s=round(current.since - old.since, 3),
+            running=running,
+        )
 
 
 def iso_timestamp(timestamp: float) -> str:

@@ -191,10 +191,24 @@ def hints_only_config(dsn: str, **stability: Any) -> Config:
     )
 
 
+async def activities_truth(dsn: str) -> dict[str, bool]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute("SELECT public.system_stability_activities()")
+        row = await cursor.fetchone()
+        assert row is not None
+        return dict(row[0])
+
+
 async def settled(relay: Relay, dsn: str, timeout: float = 5.0) -> None:
-    """Wait until the relay's state is the database's truth."""
+    """Wait until the relay's state is the database's truth, overall and per activity."""
     expected = State.from_truth(await truth(dsn))
-    await eventually(lambda: relay.stability.current.state is expected, timeout=timeout)
+    activities = await activities_truth(dsn)
+
+    def agrees() -> bool:
+        current = relay.stability.current
+        return current.state is expected and dict(current.activities) == activities
+
+    await eventually(agrees, timeout=timeout)
 
 
 # Writes for randomized concurrency tests; each `{slug}` gets a fresh value.

@@ -54,7 +54,15 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
     async with running_relay(relay_config(db_dsn)) as relay, aiohttp.ClientSession() as http:
         async with http.get(base_url(relay) + "/api/system-status/details") as response:
             body = await response.json()
-    assert body == {"import_jobs": [], "analytics_tasks": [], "system_stable": True}
+    assert body == {
+        "import_jobs": [],
+        "analytics_tasks": [],
+        "system_stable": True,
+        "activities": {
+            "importing": {"label": "Importing data", "active": False, "items": [], "total": 0},
+            "analytics": {"label": "Deriving statistics", "active": False, "items": [], "total": 0},
+        },
+    }
 
 
 async def test_concurrent_requests_in_one_window_cost_one_round_of_queries(db_dsn: str) -> None:

@@ -108,7 +108,12 @@ async def test_heartbeat_relistens_a_missing_channel(db_dsn: str) -> None:
     async with running_relay(config) as relay:
         await relay.listener.aclose()
         relay.listener = ForgetfulListener(
-            config.database, config.stability, relay, relay.metrics, extra_channels=config.channels
+            config.database,
+            config.stability,
+            relay,
+            relay.metrics,
+            activities=config.activities,
+            extra_channels=config.channels,
         )
         await relay.listener.start()
         await eventually(lambda: relay.listener.connected.is_set())

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.dbinstall import install, sql_dir
-from relay.errors import DatabaseUnavailable, RelayError, SchemaMissing
+from relay.dbinstall import InstallRefused, install, sql_dir
+from relay.errors import DatabaseUnavailable, RelayError
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 HintsAfter = Callable[..., Awaitable[list[str]]]
@@ -179,7 +179,7 @@ async def test_active_tasks_are_found_through_an_index_on_state(conn: Conn) -> N
     )
     await conn.execute("ANALYZE worker.tasks")
     cursor = await conn.execute(
-        "EXPLAIN (FORMAT JSON) SELECT FROM worker.system_stability_active_tasks"
+        "EXPLAIN (FORMAT JSON) SELECT FROM worker.system_stability_active_analytics"
     )
     row = await cursor.fetchone()
     assert row is not None
@@ -761,7 +761,7 @@ async def test_installing_again_changes_nothing(
 
     applied = await install(db_dsn, demo_schema=True)
 
-    assert applied == ["demo_schema.sql", "stability.sql", "roles.sql"]
+    assert applied == ["demo_schema.sql", "hold.sql", "activities (generated)", "roles.sql"]
     assert await _installed_objects(conn) == before
     assert await hints_after(
         "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
@@ -833,8 +833,12 @@ async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
         """
     )
     assert sorted(row[0] for row in await cursor.fetchall()) == [
+        "system_stability_activities()",
         "system_stability_confirm_hold()",
+        "system_stability_details(integer)",
         "system_stability_hint()",
+        "system_stability_items_analytics(integer)",
+        "system_stability_items_importing(integer)",
         "system_stability_release_hold()",
         "system_stability_request_hold()",
     ]
@@ -966,17 +970,27 @@ async def test_concurrent_installs_into_one_database_succeed(db_dsn: str) -> Non
     assert all(result == results[0] for result in results)
 
 
-async def test_install_without_the_system_tables_reports_schema_missing(
+async def test_install_without_the_system_tables_is_refused_naming_each(
     pg_admin_dsn: str,
 ) -> None:
     dbname = f"test_{uuid.uuid4().hex}"
     async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
         await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         try:
-            with pytest.raises(
-                SchemaMissing, match=r"stability\.sql: .*missing: public\.import_job, worker\.tasks"
-            ):
+            with pytest.raises(InstallRefused) as refused:
                 await install(psycopg.conninfo.make_conninfo(pg_admin_dsn, dbname=dbname))
+            assert refused.value.problems == [
+                "activities[0].table: table public.import_job does not exist",
+                "activities[1].table: table worker.tasks does not exist",
+                "activities[1].tables[0]: table worker.command_registry does not exist",
+            ]
+            async with await psycopg.AsyncConnection.connect(
+                psycopg.conninfo.make_conninfo(pg_admin_dsn, dbname=dbname)
+            ) as target:  # refused before anything was written
+                cursor = await target.execute(
+                    "SELECT count(*) FROM pg_proc WHERE proname LIKE 'system_stability%'"
+                )
+                assert await cursor.fetchone() == (0,)
         finally:
             await admin.execute(
                 sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname))
@@ -997,7 +1011,7 @@ async def test_connection_errors_do_not_reveal_the_password(pg_admin_dsn: str) -
 
 def test_sql_files_are_found_next_to_the_package() -> None:
     names = {path.name for path in sql_dir().glob("*.sql")}
-    assert {"demo_schema.sql", "stability.sql", "roles.sql"} <= names
+    assert {"demo_schema.sql", "hold.sql", "roles.sql"} <= names
 
 
 # -- privileges -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def test_json_is_a_standard_webhooks_envelope() -> None:
             "since": "2025-11-30T00:25:01.123Z",
             "previous_duration_seconds": 252.4,
             "seq": 42,
+            "running": [],
         },
     }
 
@@ -50,6 +51,27 @@ def test_slack_message_for_processing_and_without_public_url() -> None:
     body = json.loads(encode("slack", started, None))
     assert body["text"] == ":hourglass_flowing_sand: Processing data (stable for 2 h 1 min before)"
     assert "status page" not in json.dumps(body)
+
+
+def test_processing_names_the_running_activities_in_json_and_slack() -> None:
+    started = Transition(
+        State.PROCESSING, State.STABLE, SINCE, 60, 44, ("Importing data", "Deriving reports")
+    )
+    body = json.loads(encode("json", started, None))
+    assert body["data"]["running"] == ["Importing data", "Deriving reports"]
+    slack = json.loads(encode("slack", started, None))
+    assert slack["text"] == (
+        ":hourglass_flowing_sand: Processing data: Importing data, Deriving reports "
+        "(stable for 1 min before)"
+    )
+    assert "*Processing data: Importing data, Deriving reports*" in json.dumps(slack["blocks"])
+
+
+def test_a_transition_keeps_its_activities_through_the_state_file() -> None:
+    started = Transition(State.PROCESSING, State.STABLE, SINCE, 60, 44, ("Importing data",))
+    assert Transition.from_record(started.to_record()) == started
+    older = {k: v for k, v in started.to_record().items() if k != "running"}
+    assert Transition.from_record(older).running == ()
 
 
 def test_test_events_are_clearly_marked() -> None:

@@ -88,12 +88,14 @@ async def test_flip_sends_exactly_one_signed_post_per_target(db_dsn: str, tmp_pa
         "since": stable["data"]["since"],
         "previous_duration_seconds": stable["data"]["previous_duration_seconds"],
         "seq": processing["data"]["seq"] + 1,
+        "running": [],
     }
+    assert processing["data"]["running"] == ["Importing data"]
     assert stable["timestamp"] == stable["data"]["since"]
     assert 0 <= stable["data"]["previous_duration_seconds"] < 10
 
     texts = [request.json["text"] for request in slack.requests]
-    assert texts[1].startswith(":hourglass_flowing_sand: Processing data")
+    assert texts[1].startswith(":hourglass_flowing_sand: Processing data: Importing data")
     assert texts[2].startswith(":white_check_mark: Data is stable (processing took ")
     blocks = json.dumps(slack.requests[2].json["blocks"])
     assert "<https://status.example|Open the status page>" in blocks

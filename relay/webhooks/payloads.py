@@ -27,6 +27,7 @@ class Transition:
     since: float
     previous_duration: float | None
     seq: int
+    running: tuple[str, ...] = ()  # the labels of the activities running at the transition
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class Transition:
             "since": self.since,
             "previous_duration": self.previous_duration,
             "seq": self.seq,
+            "running": list(self.running),
         }
 
     @classmethod
@@ -47,6 +49,7 @@ class Transition:
             since=float(record["since"]),
             previous_duration=float(duration) if duration is not None else None,
             seq=int(record["seq"]),
+            running=tuple(str(label) for label in record.get("running", ())),
         )
 
 
@@ -80,6 +83,7 @@ def _data(transition: Transition) -> dict[str, Any]:
         "since": iso_timestamp(transition.since),
         "previous_duration_seconds": round(duration, 3) if duration is not None else None,
         "seq": transition.seq,
+        "running": list(transition.running),
     }
 
 
@@ -93,6 +97,8 @@ _HEADLINE = {
 def slack_message(transition: Transition, public_url: str | None) -> dict[str, Any]:
     """``text`` (notifications, old clients) plus ``blocks`` that read well in a channel."""
     emoji, headline = _HEADLINE[transition.state]
+    if transition.state is State.PROCESSING and transition.running:
+        headline = f"{headline}: {', '.join(transition.running)}"
     detail = _previous_detail(transition)
     text = f"{emoji} {headline}" + (f" ({detail})" if detail else "")
     context = [f"{detail[0].upper()}{detail[1:]}." if detail else None]

@@ -206,6 +206,7 @@ class Target:
                 since=snapshot.since,
                 previous_duration=duration,
                 seq=snapshot.seq,
+                running=snapshot.running,
             )
             if self._queued is not None:
                 self._supersede(self._queued)
@@ -403,7 +404,7 @@ class WebhookSender:
         self._state = "running"
         for target in self.targets.values():
             self._start_target(target)
-        self._stability.subscribe(self._observe)
+        self._stability.subscribe(self._on_change)
         self._observe(self._stability.current)
         if self.targets:
             log.info(
@@ -424,6 +425,10 @@ class WebhookSender:
                 hint="set state_directory (or run under systemd with StateDirectory=)",
             )
         target.start(self._session)
+
+    def _on_change(self, snapshot: Snapshot) -> None:
+        if snapshot.new_state:  # not other activities within one state: targets hear of states
+            self._observe(snapshot)
 
     def _observe(self, snapshot: Snapshot) -> None:
         if self._state != "running":
@@ -492,7 +497,7 @@ class WebhookSender:
 
     async def _close(self, started: bool, timeout: float) -> None:
         if started:
-            self._stability.unsubscribe(self._observe)
+            self._stability.unsubscribe(self._on_change)
         for target in self.targets.values():
             target.begin_close()
         tasks = {t.task: t.name for t in self.targets.values() if t.task is not None}

@@ -1,0 +1,1 @@
+"""Activities: what "busy" means, declared; the SQL generated from them; their checks."""

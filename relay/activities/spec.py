@@ -1,0 +1,153 @@
+"""What "busy" means, declared: activities, how each is read, and what hints at a change.
+
+The system is *processing* while any activity is active. An activity is either
+
+* a **table** form: rows of ``table`` whose ``state_column`` is one of ``active_states``
+  (and, optionally, match ``filter``), or
+* an **expression** form: a SQL boolean expression, such as a function the data system
+  already has (``(public.is_importing()->>'active')::boolean``).
+
+Hints: statement triggers that ``db install`` creates (``hints.triggers``), or NOTIFY
+channels the system already sends (``hints.channels``), or both. With channels only, no
+trigger is installed and writers pay nothing extra; whatever reaches no channel is caught
+by the reconcile (``stability.reconcile_interval``).
+
+SQL snippets (``expression``, ``filter``, ``details.fields``, ``details.order_by``) are the
+config author's, like a migration's: ``db install`` checks each one against the database
+before it writes anything. Names are schema-qualified and plain (lower-case identifiers).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+IDENTIFIER = r"[a-z_][a-z0-9_]{0,62}"
+_QUALIFIED = re.compile(rf"^({IDENTIFIER})\.({IDENTIFIER})$")
+DOLLAR_TAG = "$stability_relay$"  # generated functions' bodies are quoted with it
+
+TriggerEvent = Literal["insert", "update", "delete", "truncate"]
+ALL_EVENTS: tuple[TriggerEvent, ...] = ("insert", "update", "delete", "truncate")
+ListName = Literal["import_jobs", "analytics_tasks"]
+
+
+def _qualified(value: Any) -> Any:
+    if isinstance(value, str) and not _QUALIFIED.match(value):
+        raise ValueError(f'expected a qualified name like "public.import_job", got "{value}"')
+    return value
+
+
+QualifiedName = Annotated[str, BeforeValidator(_qualified)]
+Identifier = Annotated[str, Field(pattern=rf"^{IDENTIFIER}$")]
+
+
+def _snippet(value: Any) -> Any:
+    """A SQL fragment goes inside a generated function: it must stay one expression."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if ";" in value:
+        raise ValueError('must be one SQL expression, without ";"')
+    if DOLLAR_TAG in value:
+        raise ValueError(f"must not contain {DOLLAR_TAG}")
+    return value
+
+
+Snippet = Annotated[str, BeforeValidator(_snippet)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def split_name(qualified: str) -> tuple[str, str]:
+    schema, _, name = qualified.partition(".")
+    return schema, name
+
+
+class Hints(_Section):
+    # Our statement triggers on the activity's tables, for these statements.
+    triggers: tuple[TriggerEvent, ...] = ()
+    # Channels the data system already notifies on when the activity may have changed.
+    channels: tuple[Identifier, ...] = ()
+
+
+class ActivityDetails(_Section):
+    """What the details API lists for an activity: rows of ``table`` matching ``where``."""
+
+    # Default: the activity's own table and active rows (table form only).
+    table: QualifiedName | None = None
+    where: Snippet | None = None
+    # Output name -> SQL expression over the row's columns (a bare name is a column).
+    fields: dict[Identifier, Snippet] = Field(default_factory=dict)
+    order_by: Snippet | None = None
+    # The seed's details keys: the items also appear in this list.
+    list: ListName | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _some_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("list at least one field, like {id: id, state: state}")
+        return value
+
+
+class Activity(_Section):
+    name: Identifier
+    label: str = Field(min_length=1, max_length=80)
+    # The table form.
+    table: QualifiedName | None = None
+    state_column: Identifier = "state"
+    active_states: tuple[str, ...] = ()
+    filter: Snippet | None = None
+    # The expression form.
+    expression: Snippet | None = None
+    # Further tables the activity reads (its filter's or its expression's): checked for
+    # row-level security at install and start, and hinted by the triggers, if any.
+    tables: tuple[QualifiedName, ...] = ()
+    hints: Hints | None = None
+    details: ActivityDetails | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Activity:
+        if (self.table is None) == (self.expression is None):
+            raise ValueError("set exactly one of table (with active_states) or expression")
+        if self.table is not None and not self.active_states:
+            raise ValueError("a table activity needs active_states: the states that count")
+        if self.expression is not None and (self.active_states or self.filter):
+            raise ValueError("active_states and filter belong to the table form, not expression")
+        if self.expression is not None and not self.tables:
+            raise ValueError(
+                "list the tables the expression reads under tables: they are checked for "
+                "row-level security (and hinted, with hints.triggers)"
+            )
+        if self.details is not None and self.details.table is None and self.table is None:
+            raise ValueError("details of an expression activity need their own details.table")
+        return self
+
+    @property
+    def read_tables(self) -> tuple[str, ...]:
+        """Every table this activity (and its details) reads, the main one first."""
+        own = (self.table,) if self.table else ()
+        listed = (self.details.table,) if self.details and self.details.table else ()
+        return tuple(dict.fromkeys([*own, *self.tables, *listed]))
+
+    @property
+    def hinted_tables(self) -> tuple[str, ...]:
+        """The tables whose writes can change whether this activity is active."""
+        own = (self.table,) if self.table else ()
+        return tuple(dict.fromkeys([*own, *self.tables]))
+
+    @property
+    def hint_triggers(self) -> tuple[TriggerEvent, ...]:
+        """Trigger events: as declared; by default all of them, unless channels hint."""
+        if self.hints is None:
+            return ALL_EVENTS
+        return self.hints.triggers
+
+    @property
+    def hint_channels(self) -> tuple[str, ...]:
+        return self.hints.channels if self.hints else ()
