@@ -2,7 +2,8 @@
 
 Order: the demo's stand-in tables (``--demo-schema``) → the activities checked against the
 database (nothing is written when one is wrong) → ``hold.sql`` → the SQL generated from the
-activities → ``roles.sql`` → one read of ``system_stability_activities()`` to prove it runs.
+activities → ``roles.sql`` → one read of ``system_stability_activities()`` to prove it runs →
+with hint triggers, the hold flag parked (writers stay quiet until a relay listens).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from relay.activities.profiles import DEFAULT_PROFILE, load_profile
 from relay.activities.spec import Activity
 from relay.activities.sql import install_script
 from relay.errors import ConfigError, DatabaseUnavailable, RelayError, SchemaMissing
+from relay.holdflag import CONFIRM, REQUEST
 
 DEMO_SCHEMA = "demo_schema.sql"
 HOLD = "hold.sql"
@@ -101,8 +103,12 @@ async def install(
     demo_schema: bool = False,
     roles: bool = True,
     channel: str = DEFAULT_CHANNEL,
+    park: bool = True,
 ) -> list[str]:
     """Check, then apply each script in its own transaction; return the names applied.
+
+    ``park``: leave the hold flag set when there are hint triggers, so writers do not notify
+    while no relay listens (the first relay to start polls, ends the hold and drains).
 
     The triggers notify on ``channel`` (``database.channel`` in the relay's config): one
     channel per database, the last install wins. ``profile`` only names the activities'
@@ -122,6 +128,8 @@ async def install(
         for script in plan:
             await _apply(conn, script)
         await _prove_it_runs(conn)
+        if park and any(activity.hint_triggers for activity in chosen):
+            await _park(conn)
     return [*([DEMO_SCHEMA] if demo_schema else []), *(s.name for s in plan)]
 
 
@@ -151,6 +159,13 @@ async def _prove_it_runs(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> N
         raise RelayError(
             f"installed, but public.system_stability_activities() fails: {_describe(exc)}"
         ) from exc
+
+
+async def _park(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    """The two steps of a hold, each committed: relays running now hear of it and poll."""
+    for statement in (REQUEST, CONFIRM):
+        async with conn.transaction():
+            await conn.execute(statement)
 
 
 async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:

@@ -1,6 +1,8 @@
 """The hold flag's functions in the database, called on the listener's connection.
 
-Take = request (flag 2, announced) then confirm (2 -> 1); release = 0 (sql/stability.sql).
+Take = request (flag 2, announced) then confirm (2 -> 1); release = 0 (sql/hold.sql). A relay
+that stops *parks* the flag (takes it) when the config has hint triggers: with no relay
+listening their notifications would cost writers for nothing.
 A refused call (no EXECUTE, a read-only role, a relay newer than its SQL) is remembered for
 the session and said once: holds save writers work, the relay is exact without them, and it
 still follows the holds other relays take. A take that fails otherwise (a lock or statement
@@ -10,6 +12,7 @@ timeout) is not retried before ``retry_after``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, LiteralString
 
 import psycopg
@@ -69,26 +72,43 @@ class HoldFlag:
             self._metrics.hold_changes.labels("released").inc()
             log.debug("hold_released")
 
-    async def release_on_stop(self, budget: float) -> None:
-        """End a hold this relay was in: else writers skip hints until another relay (or the
-        next start) ends it. Safe whoever took it. On a fresh connection: the listening one
-        is gone by now."""
-        if not self.maybe_set or RELEASE in self._refused:
-            return
-        timeout = min(STOP_TIMEOUT, budget)
+    async def on_stop(self, budget: float, *, park: bool) -> None:
+        """What a stopping relay leaves writers. ``park``: quiet (request, then confirm, each
+        committed, so running relays hear of it and poll): nothing listens once this relay is
+        gone, and the next to start drains anyway. Otherwise end a hold this relay was in,
+        else writers would skip hints until another relay ended it. On a fresh connection:
+        the listening one is gone by now."""
+        started = time.monotonic()
+        if park and not self._refused & {REQUEST, CONFIRM}:
+            steps = (REQUEST, CONFIRM)
+            if await self._on_fresh_connection(steps, budget, "hold_parked_on_stop"):
+                return
+        if self.maybe_set and RELEASE not in self._refused:
+            budget -= time.monotonic() - started
+            await self._on_fresh_connection((RELEASE,), budget, "hold_released_on_stop")
+
+    async def _on_fresh_connection(
+        self, statements: tuple[LiteralString, ...], budget: float, event: str
+    ) -> bool:
+        timeout = max(0.1, min(STOP_TIMEOUT, budget))
         try:
             conn = await asyncio.wait_for(
                 pg.connect(self._settings, self._settings.application_name), timeout
             )
         except (TimeoutError, DatabaseUnavailable) as error:
-            log.warning("hold_not_released", reason=pg.describe_error(error))
-            return
+            log.warning("hold_not_changed_on_stop", reason=pg.describe_error(error))
+            return False
         try:
-            await pg.with_deadline(conn, conn.execute(RELEASE), timeout, name="relay-release")
+            for statement in statements:  # autocommit: each one committed before the next
+                await pg.with_deadline(
+                    conn, conn.execute(statement), timeout, name="relay-hold-on-stop"
+                )
         except (psycopg.Error, DatabaseUnavailable) as error:
-            log.warning("hold_not_released", reason=pg.describe_error(error))
+            log.warning("hold_not_changed_on_stop", step=event, reason=pg.describe_error(error))
+            return False
         else:
-            log.info("hold_released_on_stop")
+            log.info(event)
+            return True
         finally:
             await conn.close()
 

@@ -111,8 +111,8 @@ class Listener:
         self._tick = min(settings.heartbeat_interval, stability.reconcile_interval)
         self._min_read_interval = min(stability.min_read_interval, self._tick)
         # A hold quiets our triggers; with none installed there is nothing to quiet.
-        uses_triggers = any(activity.hint_triggers for activity in activities)
-        self._take_holds = stability.hold_when_busy and uses_triggers
+        self._uses_triggers = any(activity.hint_triggers for activity in activities)
+        self._take_holds = stability.hold_when_busy and self._uses_triggers
         self._release_after = stability.hold_release_after
         self._flag = HoldFlag(settings, metrics, retry_after=stability.hold_release_after)
         self._flag_unreadable_logged = False
@@ -145,7 +145,8 @@ class Listener:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-        await self._flag.release_on_stop(timeout - (time.monotonic() - started))
+        budget = timeout - (time.monotonic() - started)
+        await self._flag.on_stop(budget, park=self._uses_triggers)
 
     # The reconnect loop: exactly one per listener, owned by self._task.
     async def _run(self) -> None:

@@ -177,7 +177,7 @@ async def test_thousand_commit_burst_takes_a_hold_and_ends_right(db_dsn: str) ->
 
 
 async def test_a_database_installed_with_another_channel_hints_on_it(db_dsn: str) -> None:
-    await install(db_dsn, demo_schema=True, channel="stability_custom")
+    await install(db_dsn, demo_schema=True, channel="stability_custom", park=False)
     config = relay_config(
         db_dsn,
         database={**HINTS_ONLY, "channel": "stability_custom"},

@@ -357,9 +357,42 @@ async def test_a_relay_that_cannot_read_the_flag_polls_as_if_held(
         await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
 
 
-async def test_a_relay_that_stops_during_a_hold_ends_it(db_dsn: str) -> None:
-    """Else writers would skip their hints until some relay starts again."""
-    async with running_relay(hints_only_config(db_dsn, hold_release_after="60s")) as relay:
+async def test_a_relay_that_stops_parks_the_flag_so_writers_stay_quiet(db_dsn: str) -> None:
+    """Nothing listens once it is gone; the next relay to start polls, ends it and drains."""
+    async with running_relay(hints_only_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        await eventually(lambda: not polling(relay))
+        assert await flag(db_dsn) == 0
+    assert await flag(db_dsn) == 1
+    await execute(db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')")
+    async with running_relay(hints_only_config(db_dsn, hold_release_after="0.3s")) as relay:
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        await eventually(lambda: flag_is(db_dsn, 0), timeout=5)
+        await execute(db_dsn, "UPDATE public.import_job SET state = 'finished'")
+        await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
+
+
+async def test_a_relay_that_stops_tells_the_others_before_writers_go_quiet(db_dsn: str) -> None:
+    """The park is announced: a relay still running polls, and misses nothing."""
+    config = hints_only_config(db_dsn, hold_release_after="60s")
+    async with running_relay(config) as staying:
+        await eventually(lambda: staying.stability.current.state is State.STABLE)
+        async with running_relay(config) as leaving:
+            await eventually(lambda: leaving.stability.current.state is State.STABLE)
+        assert await flag(db_dsn) == 1
+        await eventually(lambda: polling(staying))
+        await execute(
+            db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')"
+        )
+        await eventually(lambda: staying.stability.current.state is State.PROCESSING, timeout=3)
+
+
+async def test_a_relay_that_may_not_hold_ends_a_hold_it_was_in_when_it_stops(
+    db_dsn: str, relay_login_without_holds: str
+) -> None:
+    """It cannot park; writers must not be left skipping their hints."""
+    config = hints_only_config(relay_login_without_holds, hold_release_after="60s")
+    async with running_relay(config) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         await set_hold(db_dsn, True)
         await eventually(lambda: polling(relay))

@@ -759,7 +759,7 @@ async def test_installing_again_changes_nothing(
 ) -> None:
     before = await _installed_objects(conn)
 
-    applied = await install(db_dsn, demo_schema=True)
+    applied = await install(db_dsn, demo_schema=True, park=False)
 
     assert applied == ["demo_schema.sql", "hold.sql", "activities (generated)", "roles.sql"]
     assert await _installed_objects(conn) == before
@@ -773,20 +773,36 @@ async def test_installing_again_keeps_a_hold(db_dsn: str, conn: Conn, flag: int)
     await _request_hold(conn)
     if flag == HELD:
         assert await _confirm_hold(conn) is True
-    await install(db_dsn, demo_schema=True)
+    await install(db_dsn, demo_schema=True, park=False)
     assert await _hold_flag(conn) == flag
 
 
-async def test_an_install_leaves_the_flag_reading_0(db_dsn: str, conn: Conn) -> None:
+async def test_an_install_without_parking_leaves_the_flag_reading_0(
+    db_dsn: str, conn: Conn
+) -> None:
     """Not NULL, which a relay takes for "cannot read" and polls on: after a fresh install
     (the fixture's), after one that creates the sequence, and after one that finds it unset."""
     assert await _hold_flag(conn) == NO_HOLD
     await conn.execute("DROP SEQUENCE public.system_stability_hold")
-    await install(db_dsn)  # demo_schema.sql writes, and the triggers need the sequence
+    await install(db_dsn, park=False)  # demo_schema.sql writes, and the triggers need it
     assert await _hold_flag(conn) == NO_HOLD
     await _set_flag(conn, None)
-    await install(db_dsn, demo_schema=True)
+    await install(db_dsn, demo_schema=True, park=False)
     assert await _hold_flag(conn) == NO_HOLD
+
+
+async def test_an_install_parks_the_flag_announcing_it_first(
+    db_dsn: str, conn: Conn, hints_after: HintsAfter
+) -> None:
+    """No relay listens yet: writers stay quiet. Requested and announced, then confirmed,
+    each committed, so a relay already running hears of it before writers go quiet."""
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {CHANNEL}")
+        await install(db_dsn)
+        assert await _received_before_sentinel(conn, listener) == [HOLD_TRUE]
+    assert await _hold_flag(conn) == HELD
+    job = "INSERT INTO public.import_job (slug, state) VALUES ('q', 'approved')"
+    assert await hints_after(job) == []
 
 
 async def test_install_creates_one_statement_trigger_per_table(conn: Conn) -> None:
@@ -920,7 +936,7 @@ async def test_installing_over_the_old_design_removes_it(
     )
     assert await _installed_objects(conn) != fresh
 
-    await install(db_dsn, demo_schema=True)
+    await install(db_dsn, demo_schema=True, park=False)
 
     assert await _installed_objects(conn) == fresh
     await _take_hold(conn)
@@ -958,7 +974,7 @@ async def test_installing_over_the_one_step_hold_upgrades_it(
         """
     )
 
-    await install(db_dsn, demo_schema=True)
+    await install(db_dsn, demo_schema=True, park=False)
 
     assert await _installed_objects(conn) == fresh
     assert await hints_after("SELECT public.system_stability_request_hold()") == [HOLD_TRUE]
