@@ -97,7 +97,12 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _print_problems(error: ConfigError) -> None:
-    print("invalid configuration:", file=sys.stderr)
+    from relay.dbinstall import InstallRefused
+
+    if isinstance(error, InstallRefused):
+        print("refusing to install: the database does not fit the activities:", file=sys.stderr)
+    else:
+        print("invalid configuration:", file=sys.stderr)
     for problem in error.problems:
         print(f"  {problem}", file=sys.stderr)
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -193,9 +197,11 @@ async def _random_step(conn: sb.AsyncConn, rng: random.Random, slug: str) -> Non
             await sb.set_import_state(conn, row[0], nxt.get(row[1], "finished"))
         return
     if choice == 2:
-        # One pending collect_changes at a time, as in statbus.
+        # A change to a base table: statbus's trigger enqueues collect_changes (one pending
+        # at most) and notifies worker_tasks. (Not sb.enqueue_collect_changes: it reads back
+        # the pending task, which another writer may have picked up meanwhile.)
         with contextlib.suppress(psycopg.errors.UniqueViolation):
-            await sb.enqueue_collect_changes(conn, slug)
+            await conn.execute("INSERT INTO public.legal_unit (name) VALUES (%s)", (slug,))
         return
     cursor = await conn.execute(
         "SELECT id FROM worker.tasks WHERE state::text IN ('pending', 'processing', "
@@ -338,3 +344,67 @@ async def test_the_seed_profile_on_statbus_is_refused_for_the_renamed_column(
     assert refused.value.problems == [
         'activities[1].details (profile "seed"): column "duration_ms" does not exist'
     ]
+
+
+# -- the command line, as a user runs it -----------------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+async def test_db_install_and_print_with_the_statbus_profile(statbus_db: str) -> None:
+    printed = await asyncio.to_thread(_cli, "db", "install", "--print", "--profile", "statbus")
+    assert printed.returncode == 0, printed.stderr
+    assert "public.is_importing()" in printed.stdout
+    assert "CREATE OR REPLACE TRIGGER" not in printed.stdout  # hinted by statbus's channels
+    installed = await asyncio.to_thread(
+        _cli, "db", "install", "--dsn", statbus_db, "--profile", "statbus"
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert "applied activities (generated)" in installed.stdout
+    assert "activities (statbus): importing, deriving_statistical_units, deriving_reports" in (
+        installed.stdout
+    )
+
+
+async def test_db_install_refused_by_rls_exits_2_with_the_fix(statbus_db: str) -> None:
+    role = f"deploy_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(statbus_db, autocommit=True) as admin:
+        await _login_role(admin, role)
+        await admin.execute(
+            sql.SQL(
+                "GRANT CREATE, USAGE ON SCHEMA public, worker TO {r}; "
+                "GRANT SELECT ON public.import_job, worker.tasks TO {r}"
+            ).format(r=sql.Identifier(role))
+        )
+        try:
+            dsn = psycopg.conninfo.make_conninfo(statbus_db, user=role, password="pw-for-tests")
+            result = await asyncio.to_thread(
+                _cli, "db", "install", "--dsn", dsn, "--profile", "statbus"
+            )
+            assert result.returncode == 2
+            assert "public.import_job has row-level security" in result.stderr
+            assert f'ALTER ROLE "{role}" BYPASSRLS' in result.stderr
+            assert "pw-for-tests" not in result.stderr + result.stdout
+            assert "Traceback" not in result.stderr
+        finally:
+            await admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            await admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+async def test_run_refuses_a_config_other_than_the_installed_one(statbus_dsn: str) -> None:
+    """The seed's activities are not what this database has installed: exit 2, no guess."""
+    result = await asyncio.to_thread(
+        _cli, "run", "--dsn", statbus_dsn, "--profile", "seed", "--listen", "127.0.0.1:0"
+    )
+    assert result.returncode == 2
+    assert "refusing to start" in result.stderr
+    assert "run `stability-relay db install` with this config" in result.stderr
