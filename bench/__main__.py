@@ -3,7 +3,8 @@
 Full run (about 10 minutes): fan-out at 1,000 and 10,000 clients, relay then baseline, 20 flips
 each; trigger cost, 5 rounds of 8 s; details, 3 bursts of 1,000; three relays with 10,002
 clients; NOTIFY with 1, 50 and 200 listeners. ``--quick`` (about 3 minutes): 1,000 clients,
-10 flips, 3 rounds of 4 s, three relays with 3,000 clients.
+10 flips, 3 rounds of 4 s, three relays with 3,000 clients. ``unhinted``: on statbus's shape,
+how long changes that no channel carries take to reach the relay (20 trials, 5 quick).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from bench.common import ROOT, Child, database, raise_nofile
 from bench.details_load import run_details
 from bench.fanout import run_fanout
 from bench.scaleout import run_notify_cost, run_three_relays
-from bench.triggers import run_triggers
+from bench.triggers import VARIANTS, run_triggers
+from bench.unhinted import run_unhinted
 
-PARTS = ("fanout", "triggers", "details", "scaleout", "notify")
+PARTS = ("fanout", "triggers", "details", "scaleout", "notify", "unhinted")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             print("trigger cost")
             t = run_triggers(db, rounds=3 if quick else 5, seconds=4 if quick else 8)
             results["triggers"] = t
-            for variant in ("none", "seed", "ours"):
+            for variant in VARIANTS:
                 tps, ratio = t.median_tps(variant), t.ratio(variant)
-                print(f"  {variant:>4}: {tps:.0f}/s, ratio {ratio:.2f}")
+                print(f"  {variant:>18}: {tps:.0f}/s, ratio {ratio:.2f}")
         if "details" in args.only:
             print("details under load")
             d = run_details(db, requests=1_000, bursts=2 if quick else 3)
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {s.clients:,} clients on {s.relays} relays: worst flip "
                 f"{100 * s.min_fraction:.1f}%, p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms"
             )
+        if "unhinted" in args.only:
+            print("statbus profile: commit to relay, by what carries the change")
+            dsn = db.server.create_database("statbus_unhinted")
+            results["unhinted"] = run_unhinted(dsn, trials=5 if quick else 20)
         if "notify" in args.only:
             print("NOTIFY cost per listener")
             results["notify"] = run_notify_cost(db, seconds=3 if quick else 5)

@@ -37,6 +37,18 @@ def tracemalloc_report(limit: int = 25) -> dict[str, Any]:
     return {"traced_kib": round(total / 1024, 1), "top": top}
 
 
+def channel_hinted_seed(channels: list[str]) -> list[dict[str, Any]]:
+    """The seed profile's activities (the installed ones), hinted as the statbus profile is:
+    by the system's own channels, no trigger of ours."""
+    from relay.activities.profiles import load_profile
+
+    hints = {"triggers": [], "channels": channels}
+    return [
+        {**activity.model_dump(exclude_none=True), "hints": hints}
+        for activity in load_profile("seed").activities
+    ]
+
+
 async def control(commands: dict[str, Any]) -> None:
     """Answer commands on stdin until it closes."""
     reader = await stdin_lines()
@@ -53,13 +65,14 @@ async def main(args: argparse.Namespace) -> None:
     from relay.app import Relay
     from relay.config import Config
 
-    config = Config.model_validate(
-        {
-            "database": {"dsn": args.dsn, "application_name": args.name},
-            "http": {"listen": f"127.0.0.1:{args.port}", "max_clients": 20_000},
-            "logging": {"level": "warning", "format": "json"},
-        }
-    )
+    tree: dict[str, Any] = {
+        "database": {"dsn": args.dsn, "application_name": args.name},
+        "http": {"listen": f"127.0.0.1:{args.port}", "max_clients": 20_000},
+        "logging": {"level": "warning", "format": "json"},
+    }
+    if args.hint_channels:
+        tree["activities"] = channel_hinted_seed(args.hint_channels.split(","))
+    config = Config.model_validate(tree)
     logs.configure(config.logging, config.secrets(), stream=sys.stderr)
     relay = Relay(config)
     await relay.start()
@@ -86,6 +99,11 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="stability-relay")
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument(
+        "--hint-channels",
+        metavar="A,B",
+        help="the seed's activities, hinted by these channels instead of our triggers",
+    )
     arguments = parser.parse_args()
     raise_nofile()
     if arguments.tracemalloc:

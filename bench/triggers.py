@@ -28,13 +28,36 @@ from bench.common import Child, Database, cpu_seconds, median, server_cpu_second
 from relay.embedded import pgbench_path
 
 SQL = Path(__file__).parent / "sql"
-VARIANTS = ("none", "seed", "ours")
+# Each variant: the triggers enabled, and which relay listens (None: no relay at all).
+# - "ours-idle": our triggers with no relay running, the flag parked as a stopping relay (or
+#   db install) leaves it; "ours-idle-unparked": the same with the flag clear, which is how
+#   writers paid before relays parked it.
+# - "statbus": statbus's own row-level notifications, none of ours; the relay listens to
+#   statbus's channels (as the statbus profile does) instead of ours.
+VARIANTS = ("none", "seed", "ours", "ours-idle", "ours-idle-unparked", "statbus")
+TRIGGERS_OF = {
+    "none": "none",
+    "seed": "seed",
+    "ours": "ours",
+    "ours-idle": "ours",
+    "ours-idle-unparked": "ours",
+    "statbus": "statbus",
+}
+STATBUS_CHANNELS = "import_job,worker_task_changed,worker_tasks"
+RELAY_OF: dict[str, str | None] = {
+    "none": "ours",
+    "seed": "ours",
+    "ours": "ours",
+    "ours-idle": None,
+    "ours-idle-unparked": None,
+    "statbus": "statbus",
+}
 TABLES = ("public.import_job", "worker.tasks")
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
 IMPORT_JOBS = 8  # one per pgbench client at most (pgbench -c ≤ 8)
 # What is read from the relay's /metrics around each run: (sample name, labels).
 COUNTERS = {
-    "notifications": ("relay_notifications_total", {"channel": "system_stability"}),
+    "notifications": ("relay_notifications_total", {}),  # every channel it listens to
     "reads": ("relay_stability_queries_total", {}),
     "holds": ("relay_hold_changes_total", {"action": "taken"}),
 }
@@ -74,6 +97,7 @@ class TriggerResult:
 def set_up(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute((SQL / "seed_triggers.sql").read_text())
+        conn.execute((SQL / "statbus_triggers.sql").read_text())
         # A production queue table has this index; without it the seed's triggers scan the
         # whole table on every statement and fare far worse than shown here.
         conn.execute("CREATE INDEX IF NOT EXISTS tasks_state_idx ON worker.tasks (state)")
@@ -98,9 +122,9 @@ def select_variant(dsn: str, variant: str) -> None:
             "'public.import_job'::regclass, 'worker.tasks'::regclass)"
         ).fetchall()
         for table, name in rows:
-            ours = name.startswith("system_stability_")
-            seed = name.startswith("bench_seed_")
-            on = (variant == "ours" and ours) or (variant == "seed" and seed)
+            prefixes = {"ours": "system_stability_", "seed": "bench_seed_"}
+            prefixes["statbus"] = "bench_statbus_"
+            on = variant in prefixes and name.startswith(prefixes[variant])
             schema, _, rel = table.rpartition(".")
             conn.execute(
                 sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
@@ -137,12 +161,21 @@ def hold_flag(dsn: str) -> bool:
     return bool(row and row[0])
 
 
+def park(dsn: str) -> None:
+    """The flag as a stopping relay leaves it: requested, then confirmed (each committed)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT public.system_stability_request_hold()")
+        conn.execute("SELECT public.system_stability_confirm_hold()")
+
+
 class RelayProbe:
     """The real relay in a child process (as the fan-out benchmark runs it), and its counters."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, kind: str = "ours") -> None:
         self._dsn = dsn
-        self.child = Child("trigger-relay", "bench.serve_relay", "--dsn", dsn)
+        self.kind = kind
+        extra = ["--hint-channels", STATBUS_CHANNELS] if kind == "statbus" else []
+        self.child = Child("trigger-relay", "bench.serve_relay", "--dsn", dsn, *extra)
         port = int(self.child.read(60)["port"])
         self._url = f"http://127.0.0.1:{port}/metrics"
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
@@ -217,20 +250,39 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
     # hint; it may take the hold then too (hints come faster than it reads), but the seed's
     # triggers never read the flag and go on notifying: the hold changes nothing for them
     # beyond the relay polling, which it does under ours as well.
-    relay = RelayProbe(db.dsn)
+    relay: RelayProbe | None = None
+
+    def use(kind: str | None) -> RelayProbe | None:
+        """Have exactly the relay this variant wants listening (one at most, as measured)."""
+        nonlocal relay
+        if relay is not None and relay.kind != kind:
+            relay.close()  # ours parks the flag on stop; reset() below clears it
+            relay = None
+        if relay is None and kind is not None:
+            relay = RelayProbe(db.dsn, kind)
+        return relay
+
+    def relay_cpu(probe: RelayProbe | None) -> float:
+        return cpu_seconds(probe.child.pid) if probe is not None else 0.0
+
     try:
         for r in range(rounds):
-            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]  # rotate, so no variant always goes first
+            shift = r % len(VARIANTS)
+            order = VARIANTS[shift:] + VARIANTS[:shift]  # rotate: no variant always goes first
             for variant in order:
-                select_variant(db.dsn, variant)
+                select_variant(db.dsn, TRIGGERS_OF[variant])
+                probe = use(RELAY_OF[variant])
                 reset(db.dsn)
-                relay.settle()
-                before = relay.metrics()
-                cpu_before = server_cpu_seconds(postmaster) + cpu_seconds(relay.child.pid)
+                if variant == "ours-idle":
+                    park(db.dsn)
+                if probe is not None:
+                    probe.settle()
+                before = probe.metrics() if probe else dict.fromkeys(COUNTERS, 0.0)
+                cpu_before = server_cpu_seconds(postmaster) + relay_cpu(probe)
                 tps = pgbench(db.dsn, clients, seconds, *scripts)
-                cpu = server_cpu_seconds(postmaster) + cpu_seconds(relay.child.pid) - cpu_before
+                cpu = server_cpu_seconds(postmaster) + relay_cpu(probe) - cpu_before
                 time.sleep(0.3)  # the last commits' notifications reach the relay
-                after = relay.metrics()
+                after = probe.metrics() if probe else dict.fromkeys(COUNTERS, 0.0)
                 delta = {key: round(after[key] - before[key]) for key in COUNTERS}
                 result.tps[variant].append(tps)
                 result.cpu_ms[variant].append(1000 * cpu / (tps * seconds))
@@ -238,14 +290,14 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
                 result.reads[variant] += delta["reads"]
                 result.holds[variant] += delta["holds"]
                 print(
-                    f"  round {r + 1}/{rounds} {variant:>4}: {tps:8.0f} task lives/s, "
+                    f"  round {r + 1}/{rounds} {variant:>18}: {tps:8.0f} task lives/s, "
                     f"{delta['notifications']:6d} notifications, {delta['reads']:4d} relay "
                     f"reads, {delta['holds']} holds taken, "
                     f"{result.cpu_ms[variant][-1]:.3f} CPU ms per task life"
                 )
         for variant in VARIANTS:
             print(
-                f"  {variant:>4} over {rounds} runs: median {result.median_tps(variant):.0f} "
+                f"  {variant:>18} over {rounds} runs: median {result.median_tps(variant):.0f} "
                 f"task lives/s, ratio {result.ratio(variant):.2f}, "
                 f"{result.per_second(result.notifications, variant):.0f} notifications/s, "
                 f"{result.per_second(result.reads, variant):.1f} relay reads/s, "
@@ -254,7 +306,8 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
                 f"(CPU ratio {result.cpu_ratio(variant):.2f})"
             )
     finally:
-        relay.close()
+        if relay is not None:
+            relay.close()
         select_variant(db.dsn, "ours")
         # A hold the relay kept when it stopped would silence the next benchmark's triggers.
         reset(db.dsn)
