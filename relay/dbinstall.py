@@ -89,7 +89,7 @@ def scripts(
     result = [Script(DEMO_SCHEMA, (directory / DEMO_SCHEMA).read_bytes())] if demo_schema else []
     hold = (directory / HOLD).read_bytes().replace(_CHANNEL_LITERAL, f"'{channel}'".encode())
     result.append(Script(HOLD, hold))
-    result.append(Script(ACTIVITIES, install_script(activities, channel).encode()))
+    result.append(Script(ACTIVITIES, install_script(activities).encode()))
     if roles:
         result.append(Script(ROLES, (directory / ROLES).read_bytes()))
     return result

@@ -26,10 +26,18 @@ from relay.stability import Snapshot, Stability, State
 log = get_logger("relay.systemd")
 
 STATUS_TEXT = {
-    State.STABLE: "stable: no import or analytics job is running",
-    State.PROCESSING: "processing: jobs are running",
+    State.STABLE: "stable: no activity is running",
+    State.PROCESSING: "processing",
     State.UNKNOWN: "state unknown: the database is not reachable (reconnecting)",
 }
+
+
+def status_text(snapshot: Snapshot) -> str:
+    """``STATUS=``: the state, and while processing what runs ("processing: Importing data")."""
+    text = STATUS_TEXT[snapshot.state]
+    if snapshot.state is State.PROCESSING and snapshot.running:
+        text += ": " + ", ".join(snapshot.running)
+    return text
 
 
 def watchdog_interval(usec: str | None, pid: str | None = None) -> float | None:
@@ -134,11 +142,11 @@ class Notifier:
         if self._phase == "waiting" and snapshot.stable is not None:
             self._ready(snapshot)
         elif self._phase == "ready":
-            self.send(f"STATUS={STATUS_TEXT[snapshot.state]}")
+            self.send(f"STATUS={status_text(snapshot)}")
 
     def _ready(self, snapshot: Snapshot) -> None:
         self._phase = "ready"
-        self.send("READY=1", f"STATUS={STATUS_TEXT[snapshot.state]}")
+        self.send("READY=1", f"STATUS={status_text(snapshot)}")
         log.info("systemd_ready", state=snapshot.state.value)
 
     async def _ready_deadline(self) -> None:

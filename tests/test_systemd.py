@@ -104,7 +104,7 @@ def test_relay_process_notifies_ready_status_watchdog_and_stopping(
         assert 3 <= pings <= 8, f"{pings} pings in 1 s at half of 0.4 s"
 
         asyncio.run(execute(db_dsn, PROCESSING))
-        assert "processing" in receiver.wait_for("STATUS=")
+        assert "STATUS=processing: Importing data" in receiver.wait_for("STATUS=")
         process.send_signal(signal.SIGTERM)
         assert "STOPPING=1" in receiver.wait_for("STOPPING=1", timeout=10)
         assert process.wait(timeout=10) == 0
