@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.metrics import Metrics
+from relay.stability import Stability, State
 from tests.support import base_url, eventually, execute, relay_config, running_relay, sse_connect
 
 EXPORTED = [
@@ -82,3 +86,42 @@ async def test_health_readiness_and_snapshot(db_dsn: str) -> None:
         assert body["database_connected"] is True
         assert body["seq"] == relay.stability.current.seq
         assert "since" in body
+
+
+async def test_each_activity_has_a_gauge_that_follows_it(db_dsn: str) -> None:
+    """1 while active, 0 while not; transitions count states, not changes of activity
+    within one."""
+    async with running_relay(relay_config(db_dsn)) as relay, aiohttp.ClientSession() as http:
+        url = base_url(relay)
+        await eventually(lambda: relay.stability.current.stable is True)
+        samples = await scrape(http, url)
+        assert value(samples, "relay_activity_active", activity="importing") == 0
+        assert value(samples, "relay_activity_active", activity="analytics") == 0
+
+        await execute(
+            db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('j', 'approved')"
+        )
+        await eventually(lambda: dict(relay.stability.current.activities)["importing"] is True)
+        await execute(
+            db_dsn,
+            "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')",
+            "UPDATE public.import_job SET state = 'finished'",
+        )
+        await eventually(lambda: relay.stability.current.running == ("Deriving statistics",))
+        samples = await scrape(http, url)
+        assert value(samples, "relay_activity_active", activity="importing") == 0
+        assert value(samples, "relay_activity_active", activity="analytics") == 1
+        entered = value(samples, "relay_state_transitions_total", state="processing")
+        assert entered == 1  # importing → analytics stayed one processing period
+
+
+def test_an_activity_gauge_is_nan_while_unknown() -> None:
+    stability = Stability({"importing": "Importing data"})
+    metrics = Metrics()
+    metrics.watch(stability, lambda: 0, lambda: True)
+    sample = metrics.registry.get_sample_value
+    assert math.isnan(sample("relay_activity_active", {"activity": "importing"}) or 0.0)
+    stability.update_truth({"importing": True})
+    assert sample("relay_activity_active", {"activity": "importing"}) == 1
+    stability.update(State.UNKNOWN)
+    assert math.isnan(sample("relay_activity_active", {"activity": "importing"}) or 0.0)
