@@ -1,9 +1,10 @@
 """Regenerates docs/status-page.png: the status page, and the same page with Details open.
 
-    .venv/bin/python docs/screenshot.py        (or: make screenshot)
+    .venv/bin/python docs/screenshot.py [OUTPUT.png]        (or: make screenshot)
 
 A demo-like setup, all on this machine: an embedded PostgreSQL with the demo schema, a relay
-on a loopback port, two import jobs and two analytics tasks in progress, and Debian's headless
+on a loopback port, two import jobs and two analytics tasks in progress (so both of the seed's
+activities, "Importing data" and "Deriving statistics", are running), and Debian's headless
 Chromium (``/usr/bin/chromium`` or ``$RELAY_CHROMIUM``) driven by Playwright.
 """
 
@@ -66,7 +67,7 @@ def _side_by_side(*images: bytes) -> str:
     )
 
 
-async def shoot(dsn: str) -> None:
+async def shoot(dsn: str, output: Path = OUTPUT) -> None:
     await install(dsn, demo_schema=True)
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         for statement in WORK_IN_PROGRESS:
@@ -93,10 +94,15 @@ async def shoot(dsn: str) -> None:
             await page.goto(f"http://127.0.0.1:{relay.port}/")
             label = page.locator("system-status .label")
             await label.filter(has_text="Processing data").wait_for()
+            # Both activities named under the badge (the second may follow the first).
+            hint = page.locator("system-status .tip")
+            await hint.filter(has_text="Deriving statistics").wait_for()
             await page.mouse.move(0, 0)
             status = await page.screenshot()
             await page.get_by_role("button", name="Details").click()
-            await page.locator("system-status li[data-task-id]").first.wait_for()
+            # Loaded: one section per activity, each with its rows.
+            activity = page.locator("system-status section[data-activity]")
+            await activity.filter(has=page.locator("li")).nth(1).wait_for()
             details = await page.screenshot()
             # Side by side, laid out by the browser itself: no imaging library needed.
             side_by_side = await browser.new_page(
@@ -104,7 +110,7 @@ async def shoot(dsn: str) -> None:
                 device_scale_factor=SCALE,
             )
             await side_by_side.set_content(_side_by_side(status, details))
-            await side_by_side.screenshot(path=str(OUTPUT))
+            await side_by_side.screenshot(path=str(output))
             await browser.close()
     finally:
         await relay.aclose()
@@ -114,9 +120,10 @@ def main() -> int:
     if not Path(CHROMIUM).exists():
         print(f"no Chromium at {CHROMIUM}: apt-get install chromium", file=sys.stderr)
         return 1
+    output = Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT
     with EmbeddedPostgres() as server:
-        asyncio.run(shoot(server.create_database("screenshot")))
-    print(f"wrote {OUTPUT}")
+        asyncio.run(shoot(server.create_database("screenshot"), output))
+    print(f"wrote {output}")
     return 0
 
 

@@ -17,7 +17,17 @@
  *   state               (set by the component) connecting | stable | processing | unknown |
  *                       unreachable | unauthorized (the relay answered 401 or 403)
  *
- * The element fires `system-status-change` (detail: {state, stable, since}) on every change.
+ * Properties (read-only): `state`, `stable` (true, false, or null while unknown), `since`,
+ * `running` (the labels of the activities running now, in the relay's config order, such as
+ * ["Importing data"]; empty unless processing) and `activities` ({name: true | false | null},
+ * or null when the relay does not say). While processing, the hint names what is running.
+ *
+ * The element fires `system-status-change` (detail: {state, stable, since, running,
+ * activities}) on every change: of the state, or of what is running while it stays the same.
+ *
+ * The details dialog shows one section per activity when the relay reports them (an older
+ * relay's import jobs and analytics tasks otherwise), with live progress bars for import jobs
+ * from the relay's `import_job_progress` events.
  *
  * The live stream is read with fetch() rather than EventSource: EventSource hides the relay's
  * `: ping` comments (so a dead, silent connection cannot be told from a quiet one without
@@ -42,8 +52,11 @@
   const GRACE_MS = 3000;
   // Details refreshes triggered by live events are coalesced into one per this interval.
   const REFRESH_DELAY_MS = 400;
-  // Import job states that mean "done" (as in public.is_system_stable()).
-  const INACTIVE_JOB_STATES = ["finished", "rejected", "waiting_for_review", "waiting_for_upload"];
+  // A generic details row: its title is the first of these fields that has text, its pill the
+  // first state field; a few other plain fields make the line under it.
+  const TITLE_FIELDS = ["command", "task", "task_name", "name", "title", "slug", "label"];
+  const STATE_FIELDS = ["state", "status"];
+  const MAX_META_FIELDS = 3;
 
   const LOOKS = {
     connecting: { tone: "neutral", label: "Connecting\u2026", hint: "Connecting to the status service\u2026" },
@@ -157,6 +170,13 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
   background: #fffbeb; color: #854d0e; border: 1px solid #fcd98a;
 }
 .pill[data-done] { background: #ecfdf3; color: #166534; border-color: #a7e8bf; }
+.pill[data-unknown] { background: #f3f4f6; color: #374151; border-color: #d1d5db; }
+h3.activity {
+  display: flex; align-items: center; justify-content: space-between; gap: 0.75rem; min-width: 0;
+}
+h3.activity .title { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }
+h3.activity .pill { text-transform: none; letter-spacing: normal; }
+.more { margin: 0.45rem 0 0; font-size: 0.8125rem; color: #6b7280; text-align: center; }
 .bar { margin-top: 0.6rem; height: 0.5rem; border-radius: 999px; background: #e5e7eb; overflow: hidden; }
 .fill { height: 100%; width: 0; border-radius: inherit; background: #2563eb; transition: width 0.5s ease-out; }
 .rows { margin: 0.3rem 0 0; font-size: 0.8125rem; color: #4b5563; text-align: right; font-variant-numeric: tabular-nums; }
@@ -242,6 +262,46 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
     return { total, imported, pct };
   }
 
+  function isRecord(value) {
+    return value !== null && typeof value === "object" && !Array.isArray(value);
+  }
+
+  /** The import-job rendering (name, progress bar, rows) fits rows shaped like an import job. */
+  function isJobRow(row) {
+    return "slug" in row || "progress_pct" in row || "total_rows" in row;
+  }
+
+  function firstText(row, fields) {
+    for (const field of fields) {
+      const value = row[field];
+      if (typeof value === "string" && value.trim() !== "") return { field, value };
+    }
+    return null;
+  }
+
+  function plainValue(value) {
+    if (typeof value === "string") return value.trim();
+    if (isNumber(value)) return Number.isInteger(value) ? integerFormat.format(value) : percentFormat.format(value);
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    return "";
+  }
+
+  /** "queue: default \u00b7 attempts: 2": the fields left, timestamps and references aside. */
+  function metaLine(row, skip) {
+    const parts = [];
+    for (const [field, value] of Object.entries(row)) {
+      if (parts.length >= MAX_META_FIELDS) break;
+      if (skip.has(field) || field === "id" || field.endsWith("_at") || field.endsWith("_id")) continue;
+      const text = plainValue(value);
+      if (text) parts.push(`${field.replace(/_/g, " ")}: ${text}`);
+    }
+    return parts.join(" \u00b7 ");
+  }
+
+  function sameRunning(a, b) {
+    return JSON.stringify(a) === JSON.stringify(b);
+  }
+
   function element(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -287,6 +347,8 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
       this._running = false;
       this._state = null;
       this._since = null;
+      this._runningLabels = Object.freeze([]);
+      this._activities = null;
       this._lost = false;
       this._generation = 0; // bumps on every (re)start and stop: stale loops see it and quit
       this._controller = null;
@@ -299,8 +361,9 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
       this._detailsController = null;
       this._detailsGeneration = 0;
       this._refreshTimer = 0;
-      this._jobs = new Map(); // job id -> its rendered elements, while the dialog shows them
+      this._jobs = new Map(); // job id -> its rendered elements (one per list), while shown
       this._progress = new Map(); // job id -> latest progress event since the dialog opened
+      this._checked = new Map(); // job id -> the state a refresh was asked for (one per state)
 
       this._detailsButton.addEventListener("click", () => this.openDetails());
       root.querySelector(".close").addEventListener("click", () => this._dialog.close());
@@ -327,6 +390,16 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
       return this._since;
     }
 
+    /** The labels of the activities running now (config order); empty unless processing. */
+    get running() {
+      return this._runningLabels;
+    }
+
+    /** Each activity's state as the relay reported it ({name: true | false | null}), or null. */
+    get activities() {
+      return this._activities;
+    }
+
     connectedCallback() {
       this._running = true;
       if (this._state === null) this._render("connecting");
@@ -350,6 +423,7 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
     openDetails() {
       if (this._dialog.open) return;
       this._progress.clear();
+      this._checked.clear();
       this._dialog.showModal();
       this._loadDetails(false);
     }
@@ -498,26 +572,55 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
       clearTimeout(this._graceTimer);
       this._graceTimer = 0;
       this._since = typeof data.since === "string" ? data.since : null;
-      const previous = this._state;
-      this._render(stateOf(data));
-      if (previous !== this._state && this._dialog.open) this._scheduleRefresh();
+      const state = stateOf(data);
+      // An older relay sends neither field: nothing is named, the hint stays generic.
+      const running =
+        state === "processing" && Array.isArray(data.running)
+          ? data.running.filter((label) => typeof label === "string" && label.trim() !== "")
+          : [];
+      let activities = null;
+      if (isRecord(data.activities)) {
+        activities = {};
+        for (const [name, active] of Object.entries(data.activities)) {
+          activities[name] = typeof active === "boolean" ? active : null;
+        }
+      }
+      if (this._render(state, running, activities) && this._dialog.open) this._scheduleRefresh();
     }
 
-    _render(state) {
-      if (state === this._state) return;
+    /** Shows `state` (and what is running); returns whether anything changed. */
+    _render(state, running = [], activities = null) {
+      if (
+        state === this._state &&
+        sameRunning(running, this._runningLabels) &&
+        sameRunning(activities, this._activities)
+      ) {
+        return false;
+      }
       const look = LOOKS[state];
       this._state = state;
+      this._runningLabels = Object.freeze(running.slice());
+      this._activities = activities === null ? null : Object.freeze({ ...activities });
       this.setAttribute("state", state);
       this._badge.dataset.tone = look.tone;
       this._label.textContent = look.label;
-      this._tip.textContent = look.hint;
+      // The badge keeps its short label; the hint (tooltip, or the sentence under the badge)
+      // says what is running, and describes the badge to assistive technology.
+      this._tip.textContent = running.length ? `In progress: ${running.join(", ")}` : look.hint;
       this.dispatchEvent(
         new CustomEvent("system-status-change", {
-          detail: { state, stable: this.stable, since: this._since },
+          detail: {
+            state,
+            stable: this.stable,
+            since: this._since,
+            running: this._runningLabels,
+            activities: this._activities,
+          },
           bubbles: true,
           composed: true,
         }),
       );
+      return true;
     }
 
     // ---- the details dialog -------------------------------------------------------------------
@@ -530,6 +633,7 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
       this._refreshTimer = 0;
       this._jobs.clear();
       this._progress.clear();
+      this._checked.clear();
       this._content.replaceChildren();
       if (this.isConnected) this._detailsButton.focus();
     }
@@ -566,9 +670,9 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
           const reason = body && typeof body.error === "string" ? body.error : response.statusText;
           throw new Error(`${reason || "error"} (HTTP ${response.status})`);
         }
-        if (!body || !Array.isArray(body.import_jobs) || !Array.isArray(body.analytics_tasks)) {
-          throw new Error("unexpected answer from the status service");
-        }
+        const grouped = body && isRecord(body.activities);
+        const listed = body && Array.isArray(body.import_jobs) && Array.isArray(body.analytics_tasks);
+        if (!grouped && !listed) throw new Error("unexpected answer from the status service");
         details = body;
       } catch (error) {
         if (generation !== this._detailsGeneration) return;
@@ -602,10 +706,83 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
     }
 
     _showDetails(details) {
+      this._jobs.clear();
+      const parts = isRecord(details.activities) ? this._activityParts(details) : this._listParts(details);
+      this._content.setAttribute("aria-busy", "false");
+      this._content.replaceChildren(...parts);
+
+      // Progress that arrived while the request was in flight may be newer than the answer.
+      for (const event of this._progress.values()) {
+        const known = this._jobs.get(event.id);
+        if (!known) continue;
+        const eventRows = toNumber(event.imported_rows);
+        if (eventRows === null || eventRows >= known[0].importedRows) {
+          for (const entry of known) this._applyProgress(entry, event);
+        }
+      }
+      // Jobs heard of while the request was in flight that the answer does not list: ask again
+      // (once per job and state), in case they started after the answer's snapshot.
+      for (const event of this._progress.values()) {
+        if (!this._jobs.has(event.id) && typeof event.state === "string" && event.state) {
+          this._recheck(event.id, event.state);
+        }
+      }
+    }
+
+    /** One section per activity, in the relay's order: label, active or idle, its rows. */
+    _activityParts(details) {
+      const parts = [];
+      let anyActive = false;
+      let anyRows = false;
+      for (const [name, activity] of Object.entries(details.activities)) {
+        if (!isRecord(activity)) continue;
+        const active = typeof activity.active === "boolean" ? activity.active : null;
+        const items = Array.isArray(activity.items) ? activity.items.filter(isRecord) : null;
+        anyActive = anyActive || active === true;
+        anyRows = anyRows || (items !== null && items.length > 0);
+
+        const section = element("section", "activity");
+        section.dataset.activity = name;
+        const heading = element("h3", "activity");
+        const title = typeof activity.label === "string" && activity.label ? activity.label : name;
+        const titleText = element("span", "title", title);
+        titleText.title = title;
+        const pill = element("span", "pill", active === true ? "Active" : active === false ? "Idle" : "Unknown");
+        pill.toggleAttribute("data-done", active === false);
+        pill.toggleAttribute("data-unknown", active === null);
+        heading.append(titleText, pill);
+        section.append(heading);
+
+        if (items !== null && items.length) {
+          const list = element("ul");
+          for (const row of items) list.append(isJobRow(row) ? this._jobItem(row) : this._itemRow(row));
+          section.append(list);
+          const total = toNumber(activity.total);
+          if (total !== null && total > items.length) {
+            section.append(element("p", "more", `and ${integerFormat.format(total - items.length)} more`));
+          }
+        } else if (active === true) {
+          section.append(element("p", "empty", items === null ? "In progress." : "In progress; nothing to list."));
+        }
+        parts.push(section);
+      }
+      parts.push(...this._verdict(details, anyActive || anyRows));
+      return parts;
+    }
+
+    _verdict(details, busy) {
+      if (details.system_stable === true) {
+        return [element("p", "verdict ok", "System stable: all data processing is complete.")];
+      }
+      if (!busy) return [element("p", "verdict warn", "The system may still be processing background tasks.")];
+      return [];
+    }
+
+    /** An older relay's answer: import jobs and analytics tasks, no activities. */
+    _listParts(details) {
       const jobs = details.import_jobs;
       const tasks = details.analytics_tasks;
       const parts = [];
-      this._jobs.clear();
 
       if (jobs.length) {
         const section = element("section", "jobs");
@@ -627,22 +804,8 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
         parts.push(element("p", "empty", "No active analytics tasks."));
       }
 
-      if (details.system_stable) {
-        parts.push(element("p", "verdict ok", "System stable: all data processing is complete."));
-      } else if (!jobs.length && !tasks.length) {
-        parts.push(element("p", "verdict warn", "The system may still be processing background tasks."));
-      }
-
-      this._content.setAttribute("aria-busy", "false");
-      this._content.replaceChildren(...parts);
-
-      // Progress that arrived while the request was in flight may be newer than the answer.
-      for (const event of this._progress.values()) {
-        const known = this._jobs.get(event.id);
-        if (!known) continue;
-        const eventRows = toNumber(event.imported_rows);
-        if (eventRows === null || eventRows >= known.importedRows) this._applyProgress(known, event);
-      }
+      parts.push(...this._verdict(details, jobs.length + tasks.length > 0));
+      return parts;
     }
 
     _jobItem(job) {
@@ -668,17 +831,19 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
       bar.append(fill);
       const rows = element("p", "rows");
       item.append(bar, rows);
-      const entry = { item, state, bar, fill, rows, importedRows: 0 };
-      this._jobs.set(job.id, entry);
+      const entry = { item, state, bar, fill, rows, importedRows: 0, jobState: null };
+      if (this._jobs.has(job.id)) this._jobs.get(job.id).push(entry);
+      else this._jobs.set(job.id, [entry]);
       this._applyProgress(entry, job);
       return entry.item;
     }
 
     _applyProgress(entry, job) {
-      if (job.state) {
+      if (typeof job.state === "string" && job.state) {
+        entry.jobState = job.state;
         entry.state.textContent = prettyState(job.state);
-        entry.state.toggleAttribute("data-done", INACTIVE_JOB_STATES.includes(job.state));
       }
+      entry.state.hidden = !entry.jobState;
       const { total, imported, pct } = jobProgress(job);
       entry.importedRows = imported;
       const hasRows = total !== null && total > 0;
@@ -693,13 +858,31 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
     }
 
     _taskItem(task) {
-      const item = element("li");
+      const item = this._itemRow(task, `Task ${task.id}`);
       item.dataset.taskId = String(task.id);
+      return item;
+    }
+
+    /** A compact row of any shape: a title (command, task, name...), a state pill, a few fields. */
+    _itemRow(row, fallbackTitle) {
+      const item = element("li", "item");
+      if (row.id !== undefined && row.id !== null) item.dataset.itemId = String(row.id);
+      const titled = firstText(row, TITLE_FIELDS);
+      const stated = firstText(row, STATE_FIELDS);
+      const title = titled ? titled.value : fallbackTitle || (row.id !== undefined ? `Item ${row.id}` : "Item");
       const line = element("div", "line");
-      const name = element("span", "name", task.command || `Task ${task.id}`);
-      name.title = task.command || "";
-      line.append(name, element("span", "pill", prettyState(task.state)));
+      const name = element("span", "name", title);
+      name.title = title;
+      line.append(name);
+      if (stated) line.append(element("span", "pill", prettyState(stated.value)));
       item.append(line);
+      const skip = new Set([titled && titled.field, stated && stated.field, "description"]);
+      const text = typeof row.description === "string" && row.description ? row.description : metaLine(row, skip);
+      if (text) {
+        const meta = element("p", "desc", text);
+        meta.title = text;
+        item.append(meta);
+      }
       return item;
     }
 
@@ -707,11 +890,23 @@ li { min-width: 0; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.
       if (!this._dialog.open || !isNumber(event.id)) return;
       this._progress.set(event.id, event);
       const known = this._jobs.get(event.id);
+      const state = typeof event.state === "string" && event.state ? event.state : null;
       if (known) {
-        this._applyProgress(known, event);
-      } else if (!this._detailsController && event.state && !INACTIVE_JOB_STATES.includes(event.state)) {
-        this._scheduleRefresh(); // a job we do not list yet (one in flight is overlaid on arrival)
+        const before = known[0].jobState;
+        for (const entry of known) this._applyProgress(entry, event);
+        // A listed job that changed state may have finished: the relay's list says whether.
+        if (state && before && state !== before) this._recheck(event.id, state);
+      } else if (state && !this._detailsController) {
+        // A job we do not list (yet, or any more). With a request in flight, the answer decides.
+        this._recheck(event.id, state);
       }
+    }
+
+    /** Fetches the details again for a job's new state, once per job and state. */
+    _recheck(id, state) {
+      if (this._checked.get(id) === state) return;
+      this._checked.set(id, state);
+      this._scheduleRefresh();
     }
   }
 

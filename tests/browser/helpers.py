@@ -97,15 +97,14 @@ class Background(Generic[T]):
 
 
 def browser_config(dsn: str, port: int = 0, **sections: Any) -> Config:
-    """A relay for the browser: progress relayed, fast heartbeats, and a short ``retry:``."""
+    """A relay for the browser: progress relayed, fast heartbeats, and a short ``retry:``.
+    ``http`` and ``details`` sections are merged into these defaults."""
     http = {"listen": f"127.0.0.1:{port}", "heartbeat": "1s", "retry": "0.5s"}
     http.update(sections.pop("http", {}))
+    details = {"statement_timeout": "2s", "cache": "0.2s"}
+    details.update(sections.pop("details", {}))
     return relay_config(
-        dsn,
-        http=http,
-        channels=["import_job_progress"],
-        details={"statement_timeout": "2s", "cache": "0.2s"},
-        **sections,
+        dsn, http=http, channels=["import_job_progress"], details=details, **sections
     )
 
 
@@ -145,6 +144,10 @@ class Tab:
         """The states the component has shown, in order."""
         return list(self.page.evaluate("window.__statusHistory"))
 
+    def running_seen(self) -> list[list[str]]:
+        """What each ``system-status-change`` event said was running, in order."""
+        return list(self.page.evaluate("window.__statusEvents.map((detail) => detail.running)"))
+
     def wait_for_state_seen(self, state: str, timeout: float = 10.0) -> None:
         """Waits until the component has shown ``state`` at least once (even if only briefly)."""
         self.page.wait_for_function(
@@ -164,12 +167,16 @@ def open_tab(browser: Browser, viewport: dict[str, int] = DESKTOP) -> Tab:
         locale="en-US",
         reduced_motion="reduce",  # no transitions: what the test reads is what is drawn
     )
-    # Every state the component passes through, however briefly (init scripts are not subject
-    # to the page's CSP).
+    # Every state the component passes through, however briefly, and every event's detail (a
+    # change of what is running fires one in the same state). Init scripts are not subject to
+    # the page's CSP.
     context.add_init_script(
-        "window.__statusHistory = [];"
-        "document.addEventListener('system-status-change',"
-        " (event) => window.__statusHistory.push(event.detail.state));"
+        "window.__statusHistory = []; window.__statusEvents = [];"
+        "document.addEventListener('system-status-change', (event) => {"
+        " window.__statusEvents.push(event.detail);"
+        " const history = window.__statusHistory;"
+        " if (history[history.length - 1] !== event.detail.state)"
+        " history.push(event.detail.state); });"
     )
     page = context.new_page()
     page.set_default_timeout(10_000)

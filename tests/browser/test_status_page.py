@@ -3,13 +3,14 @@ relay and a real PostgreSQL. Screenshots land in test-artifacts/browser/."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from relay.app import Relay
 from relay.embedded import EmbeddedPostgres
@@ -37,6 +38,9 @@ FINISH_ALL = (
     "UPDATE public.import_job SET state = 'finished'",
     "UPDATE worker.tasks SET state = 'completed'",
 )
+# The seed profile's activities (relay/profiles/seed.yaml), in config order.
+IMPORTING = "Importing data"
+ANALYTICS = "Deriving statistics"
 
 
 def label(page: Page) -> str:
@@ -45,6 +49,15 @@ def label(page: Page) -> str:
 
 def expect_badge(page: Page, text: str, timeout: float = 10.0) -> None:
     expect(page.locator("system-status .label")).to_have_text(text, timeout=timeout * 1000)
+
+
+def running(page: Page) -> list[str]:
+    return list(page.evaluate("document.querySelector('system-status').running"))
+
+
+def activity(page: Page, name: str) -> Locator:
+    """The details dialog's section for one activity."""
+    return page.locator(f"system-status dialog section[data-activity={name}]")
 
 
 def focused_in_component(page: Page) -> str:
@@ -75,6 +88,11 @@ def test_page_shows_current_state_under_strict_csp(relay: Relay, tab: Tab) -> No
     expect(badge).to_have_css("color", "rgb(22, 101, 52)")
     expect(page.locator("system-status .tip")).to_have_text("All data processing is complete")
     assert page.evaluate("document.querySelector('system-status').stable") is True
+    assert running(page) == []
+    assert page.evaluate("document.querySelector('system-status').activities") == {
+        "importing": False,
+        "analytics": False,
+    }
 
     # The tooltip of the plain badge: hidden until hovered or focused.
     page.evaluate("document.querySelector('system-status').removeAttribute('inline-hint')")
@@ -99,13 +117,59 @@ def test_commit_that_flips_the_state_changes_the_badge_within_two_seconds(
     expect_badge(page, "Processing data", timeout=2)
     assert time.monotonic() - started < 2
     expect(page.locator("system-status .badge")).to_have_css("color", "rgb(133, 77, 14)")
-    expect(page.locator("system-status .tip")).to_have_text("Data is currently being processed")
+    expect(page.locator("system-status .tip")).to_have_text(f"In progress: {IMPORTING}")
     tab.screenshot("processing-desktop")
 
     started = time.monotonic()
     run_sql(db_dsn, *FINISH_ALL)
     expect_badge(page, "System stable", timeout=2)
     assert time.monotonic() - started < 2
+
+
+def test_page_names_the_running_activities_and_stops_naming_them_when_stable(
+    relay: Relay, db_dsn: str, tab: Tab
+) -> None:
+    page = tab.page
+    page.goto(url_of(relay) + "/")
+    expect_badge(page, "System stable")
+    seen_before = len(tab.running_seen())  # connecting (and unknown, had it come first)
+    hint = page.locator("system-status .tip")
+    badge = page.locator("system-status .badge")
+
+    run_sql(db_dsn, START_JOB)
+    expect(hint).to_have_text(f"In progress: {IMPORTING}")
+    expect_badge(page, "Processing data")
+    assert running(page) == [IMPORTING]
+    # The sentence under the badge describes it to assistive technology.
+    expect(badge).to_have_attribute("aria-describedby", "tip")
+    expect(hint).to_be_visible()
+
+    # Another activity starts while the state stays "processing": named too, in config order.
+    run_sql(db_dsn, START_TASK)
+    expect(hint).to_have_text(f"In progress: {IMPORTING}, {ANALYTICS}")
+    assert running(page) == [IMPORTING, ANALYTICS]
+    run_sql(db_dsn, "UPDATE public.import_job SET state = 'finished'")
+    expect(hint).to_have_text(f"In progress: {ANALYTICS}")
+    assert running(page) == [ANALYTICS]
+    expect_badge(page, "Processing data")
+    tab.screenshot("processing-named")
+
+    run_sql(db_dsn, "UPDATE worker.tasks SET state = 'completed'")
+    expect_badge(page, "System stable")
+    expect(hint).to_have_text("All data processing is complete")
+    assert running(page) == []
+    assert page.evaluate("document.querySelector('system-status').activities") == {
+        "importing": False,
+        "analytics": False,
+    }
+    # One event per change, a change of what runs included; each state shown once.
+    assert tab.history()[-3:] == ["stable", "processing", "stable"]
+    assert tab.running_seen()[seen_before:] == [
+        [IMPORTING],
+        [IMPORTING, ANALYTICS],
+        [ANALYTICS],
+        [],
+    ]
 
 
 def test_details_show_jobs_and_the_bar_moves_on_progress_notifications(
@@ -120,15 +184,22 @@ def test_details_show_jobs_and_the_bar_moves_on_progress_notifications(
     page.get_by_role("button", name="Details").click()
     dialog = page.locator("system-status dialog")
     expect(dialog).to_be_visible()
-    job = page.locator("system-status li[data-job-id]")
+    # One section per activity, in config order, each with its label and whether it is active.
+    expect(dialog.locator("section[data-activity] h3 .title")).to_have_text([IMPORTING, ANALYTICS])
+    importing, analytics = activity(page, "importing"), activity(page, "analytics")
+    expect(importing.get_by_role("heading")).to_have_text(f"{IMPORTING}Active")
+    expect(analytics.locator("h3 .pill")).to_have_text("Active")
+    job = importing.locator("li[data-job-id]")
     expect(job.locator(".name")).to_have_text("census-2026")
     expect(job.locator(".desc")).to_have_text("Annual census upload")
     expect(job.locator(".pill")).to_have_text("Processing data")
     expect(job.locator(".rows")).to_have_text("250 of 1,000 rows (25%)")
     bar = job.get_by_role("progressbar")
     expect(bar).to_have_attribute("aria-valuenow", "25")
-    expect(page.locator("system-status li[data-task-id] .name")).to_have_text("derive_reports")
-    expect(page.locator("system-status li[data-task-id] .pill")).to_have_text("Pending")
+    task = analytics.locator("li[data-item-id]")
+    expect(task.locator(".name")).to_have_text("derive_reports")
+    expect(task.locator(".pill")).to_have_text("Pending")
+    expect(dialog.locator(".more")).to_have_count(0)  # everything is listed
     assert tab.requested("/api/system-status/details") == 1
     width_before = job.locator(".fill").bounding_box()
 
@@ -169,12 +240,168 @@ def test_details_show_the_empty_state_when_stable(relay: Relay, tab: Tab) -> Non
     expect_badge(page, "System stable")
     page.get_by_role("button", name="Details").click()
     content = page.locator("system-status dialog .content")
-    expect(content.locator(".empty")).to_have_text(
-        ["No active import jobs.", "No active analytics tasks."]
-    )
+    expect(content.locator("section[data-activity] h3 .title")).to_have_text([IMPORTING, ANALYTICS])
+    expect(content.locator("section[data-activity] h3 .pill")).to_have_text(["Idle", "Idle"])
+    expect(content.locator("li")).to_have_count(0)
     expect(content.locator(".verdict")).to_have_text(
         "System stable: all data processing is complete."
     )
+
+
+def test_details_follow_jobs_that_finish_and_say_how_many_more_there_are(
+    db_dsn: str, tab: Tab
+) -> None:
+    page = tab.page
+    run_sql(
+        db_dsn,
+        START_JOB,
+        "INSERT INTO public.import_job (slug, state, priority, total_rows, imported_rows) "
+        "VALUES ('register-q4', 'analysing_data', 2, 400, 100), "
+        "('groups-2026', 'preparing_data', 3, NULL, NULL)",
+    )
+    with relay_in_background(browser_config(db_dsn, details={"max_items": 2})) as relay:
+        page.goto(url_of(relay) + "/")
+        expect_badge(page, "Processing data")
+        page.get_by_role("button", name="Details").click()
+        importing = activity(page, "importing")
+        expect(importing.locator("li[data-job-id] .name")).to_have_text(
+            ["census-2026", "register-q4"]
+        )
+        expect(importing.locator(".more")).to_have_text("and 1 more")
+        expect(activity(page, "analytics").locator("h3 .pill")).to_have_text("Idle")
+        assert tab.requested("/api/system-status/details") == 1
+
+        # The first job finishes; the activity stays active, so the state does not change:
+        # the job's progress event (a new state) makes the dialog ask the relay again.
+        run_sql(
+            db_dsn, "UPDATE public.import_job SET state = 'finished' WHERE slug = 'census-2026'"
+        )
+        expect(importing.locator("li[data-job-id] .name")).to_have_text(
+            ["register-q4", "groups-2026"], timeout=3000
+        )
+        expect(importing.locator(".more")).to_have_count(0)
+        expect(importing.locator("h3 .pill")).to_have_text("Active")
+        # A job without row counts shows no bar.
+        expect(
+            importing.locator("li[data-job-id]").nth(1).get_by_role("progressbar")
+        ).to_be_hidden()
+
+        run_sql(db_dsn, "UPDATE public.import_job SET state = 'finished'")
+        expect_badge(page, "System stable")
+        expect(importing.locator("h3 .pill")).to_have_text("Idle", timeout=3000)
+        expect(importing.locator("li")).to_have_count(0)
+        expect(page.locator("system-status .verdict")).to_have_text(
+            "System stable: all data processing is complete."
+        )
+
+
+OTHER_PROFILE_DETAILS = {
+    "import_jobs": [],
+    "analytics_tasks": [],
+    "system_stable": False,
+    "activities": {
+        "jobs": {
+            "label": "Running background jobs",
+            "active": True,
+            "items": [
+                {
+                    "id": 7,
+                    "queue": "default",
+                    "task": "send_report",
+                    "status": "doing",
+                    "scheduled_at": None,
+                    "attempts": 2,
+                },
+                {
+                    "id": 8,
+                    "queue": "mail",
+                    "task": "notify",
+                    "status": "todo",
+                    "scheduled_at": "2026-12-01T10:00:00Z",
+                    "attempts": 0,
+                },
+            ],
+            "total": 12,
+        },
+        "vacuuming": {"label": "Vacuuming", "active": None},
+        "indexing": {"label": "Reindexing", "active": True},
+    },
+}
+
+
+def test_details_render_any_profiles_rows_compactly(relay: Relay, tab: Tab) -> None:
+    """Rows of other shapes (here procrastinate's), an activity without details, one unknown."""
+    page = tab.page
+    body = json.dumps(OTHER_PROFILE_DETAILS)
+    page.route(
+        "**/api/system-status/details",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=body),
+    )
+    page.goto(url_of(relay) + "/")
+    expect_badge(page, "System stable")
+    page.get_by_role("button", name="Details").click()
+    content = page.locator("system-status dialog .content")
+    expect(content.locator("section[data-activity] h3")).to_have_text(
+        ["Running background jobsActive", "VacuumingUnknown", "ReindexingActive"]
+    )
+    jobs = activity(page, "jobs").locator("li[data-item-id]")
+    expect(jobs.locator(".name")).to_have_text(["send_report", "notify"])
+    expect(jobs.locator(".pill")).to_have_text(["Doing", "Todo"])
+    expect(jobs.locator(".desc")).to_have_text(
+        ["queue: default \u00b7 attempts: 2", "queue: mail \u00b7 attempts: 0"]
+    )
+    expect(activity(page, "jobs").locator(".more")).to_have_text("and 10 more")
+    expect(activity(page, "indexing").locator(".empty")).to_have_text("In progress.")
+    expect(activity(page, "vacuuming").locator(".empty")).to_have_count(0)
+    expect(content.locator("li[data-job-id]")).to_have_count(0)
+    expect(content.locator(".verdict")).to_have_count(0)  # busy, and it says with what
+    tab.screenshot("details-other-profile")
+
+
+def test_an_older_relays_answers_show_as_before(relay: Relay, tab: Tab) -> None:
+    """No ``running``/``activities`` in events, no ``activities`` in details: the seed's look."""
+    page = tab.page
+    event = {"stable": False, "state": "processing", "since": "2026-12-01T09:00:00Z", "seq": 1}
+    details = {
+        "import_jobs": [
+            {
+                "id": 3,
+                "slug": "census-2026",
+                "state": "processing_data",
+                "total_rows": 1000,
+                "imported_rows": 250,
+                "progress_pct": 25,
+            }
+        ],
+        "analytics_tasks": [{"id": 4, "command": "derive_reports", "state": "pending"}],
+        "system_stable": False,
+    }
+
+    def live(route: Route) -> None:  # one event, then the stream ends: the component reconnects
+        route.fulfill(
+            status=200, content_type="text/event-stream", body=f"data: {json.dumps(event)}\n\n"
+        )
+
+    page.route("**/api/system-status/live", live)
+    page.route(
+        "**/api/system-status/details",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(details)
+        ),
+    )
+    page.goto(url_of(relay) + "/")
+    expect_badge(page, "Processing data")
+    expect(page.locator("system-status .tip")).to_have_text("Data is currently being processed")
+    assert running(page) == []
+    assert page.evaluate("document.querySelector('system-status').activities") is None
+    page.get_by_role("button", name="Details").click()
+    content = page.locator("system-status dialog .content")
+    expect(content.locator("h3")).to_have_text(
+        ["Import jobs in progress", "Analytics tasks in progress"]
+    )
+    expect(content.locator("li[data-job-id] .rows")).to_have_text("250 of 1,000 rows (25%)")
+    expect(content.locator("li[data-task-id] .name")).to_have_text("derive_reports")
+    expect(content.locator("section[data-activity]")).to_have_count(0)
 
 
 def test_database_outage_shows_unavailable_and_recovery_brings_the_state_back(
