@@ -4,7 +4,7 @@ Full run (about 10 minutes): fan-out at 1,000 and 10,000 clients, relay then bas
 each; trigger cost, 5 rounds of 8 s; details, 3 bursts of 1,000; three relays with 10,002
 clients; NOTIFY with 1, 50 and 200 listeners. ``--quick`` (about 3 minutes): 1,000 clients,
 10 flips, 3 rounds of 4 s, three relays with 3,000 clients. ``unhinted``: on statbus's shape,
-how long changes that no channel carries take to reach the relay (20 trials, 5 quick).
+how long changes that no channel carries take to reach the relay (12 trials, 5 quick).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if "unhinted" in args.only:
             print("statbus profile: commit to relay, by what carries the change")
             dsn = db.server.create_database("statbus_unhinted")
-            results["unhinted"] = run_unhinted(dsn, trials=5 if quick else 20)
+            results["unhinted"] = run_unhinted(dsn, trials=5 if quick else 12)
         if "notify" in args.only:
             print("NOTIFY cost per listener")
             results["notify"] = run_notify_cost(db, seconds=3 if quick else 5)

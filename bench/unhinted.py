@@ -8,12 +8,15 @@ process. Each trial makes one change and times commit → the relay's state:
 - ``raw insert``: a task INSERTed without statbus's enqueue functions (no channel carries it);
 - ``delete``: the pending task deleted (statbus notifies on task UPDATEs only).
 
-The last two are caught by the reconcile alone, so their delay is spread over the interval.
+The last two are caught by the reconcile alone. Each is made at a random moment of the
+reconcile interval (as changes land in production), so its delay spreads over the interval;
+the hinted one right after a read, so it also waits out ``min_read_interval`` (50 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -67,12 +70,16 @@ async def _trials(dsn: str, trials: int) -> UnhintedResult:
     try:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await _until(relay, State.STABLE, 30)
-            limit = 3 * config.stability.reconcile_interval
+            interval = config.stability.reconcile_interval
+            limit = 3 * interval
+            rng = random.Random(7)
             for trial in range(trials):
                 await sb.enqueue_collect_changes(conn, f"unit {trial}")
                 result.delays_ms["hinted"].append(await _until(relay, State.PROCESSING, limit))
+                await asyncio.sleep(rng.uniform(0, interval))
                 await conn.execute("DELETE FROM worker.tasks")
                 result.delays_ms["delete"].append(await _until(relay, State.STABLE, limit))
+                await asyncio.sleep(rng.uniform(0, interval))
                 await sb.insert_task_raw(conn, "collect_changes", "pending")
                 delay = await _until(relay, State.PROCESSING, limit)
                 result.delays_ms["raw insert"].append(delay)
