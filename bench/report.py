@@ -161,10 +161,11 @@ def _trigger_section(t: Any) -> list[str]:
         "variants rotated within each round, the tables reset before each run. One "
         "*task life* is three transactions (insert `pending`, update `processing`, update "
         "`completed`); half the commands are analytics. One script run in ten is an import "
-        "job's life instead (start, progress, finish). The real relay (default settings, "
-        "its own process) listens throughout, the same for every variant; its `/metrics` "
-        "give the notifications it received, its reads of `is_system_stable()` and the holds "
-        "it took (under ours a held flag stops the hints and the relay polls every 50 ms "
+        "job's life instead (start, progress, finish). A real relay (default settings, "
+        "its own process) listens, as in production: the seed profile's for none, the seed's "
+        "and ours; none for the *no relay running* rows; for the statbus row one hinted by "
+        "statbus's channels. Its `/metrics` give the notifications it received, its reads of "
+        "the activities and the holds it took (under ours a held flag stops the hints and the relay polls every 50 ms "
         "instead; the seed's triggers ignore the flag). `worker.tasks` has an index on `state` "
         "(without it the seed's triggers scan the table per statement and fare worse). "
         "*CPU per task life* is PostgreSQL's (every backend and worker) plus the relay's CPU "
@@ -212,7 +213,7 @@ def _trigger_section(t: Any) -> list[str]:
 
 def _unhinted_section(u: Any) -> list[str]:
     lines = [
-        "## Statbus profile: what carries a change, and how long it takes",
+        "## 5. Statbus profile: what carries a change, and how long it takes",
         "",
         f"On a reproduction of statbus's schema, the statbus profile (no trigger of ours), "
         f"reconcile every {u.reconcile_s:g} s, {u.trials} trials: commit to the relay's new "

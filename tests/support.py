@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import psycopg
 from aiohttp import web
+from psycopg import sql
 
 from relay.app import Relay
 from relay.config import Config, load_config
@@ -146,6 +148,20 @@ async def serve_on_loopback(app: web.Application, **runner_options: Any) -> Asyn
 
 def base_url(relay: Relay) -> str:
     return f"http://127.0.0.1:{relay.port}"
+
+
+@asynccontextmanager
+async def fresh_database(admin_dsn: str, prefix: str = "test") -> AsyncIterator[str]:
+    """An empty database of its own (no demo schema, no relay SQL), dropped afterwards."""
+    dbname = f"{prefix}_{uuid.uuid4().hex}"
+    name = sql.Identifier(dbname)
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    try:
+        yield psycopg.conninfo.make_conninfo(admin_dsn, dbname=dbname)
+    finally:
+        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as admin:
+            await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
 
 
 async def execute(dsn: str, *statements: str) -> None:

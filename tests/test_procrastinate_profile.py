@@ -4,19 +4,17 @@ and run by its own worker, and the relay following them through our triggers alo
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from relay.activities.profiles import load_profile
 from relay.dbinstall import install
 from relay.stability import State
 from tests import procrastinate_support as pq
-from tests.support import eventually, relay_config, running_relay
+from tests.support import eventually, fresh_database, relay_config, running_relay
 
 ACTIVITIES = load_profile("procrastinate").activities
 # The hint path alone: heartbeat and reconcile a minute away.
@@ -25,15 +23,10 @@ HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 
 @pytest.fixture
 async def queue_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    name = f"pq_{uuid.uuid4().hex}"
-    async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(pg_admin_dsn, dbname=name)
-    await pq.apply_schema(dsn)
-    await install(dsn, activities=ACTIVITIES, profile="procrastinate")
-    yield dsn
-    async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
-        await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    async with fresh_database(pg_admin_dsn, "procrastinate") as dsn:
+        await pq.apply_schema(dsn)
+        await install(dsn, activities=ACTIVITIES, profile="procrastinate")
+        yield dsn
 
 
 def config(dsn: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,22 +24,15 @@ from tests.procrastinate_support import (
     make_app,
     run_worker_until_idle,
 )
+from tests.support import fresh_database
 
 
 @pytest.fixture
 async def procrastinate_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
     """A fresh, empty database with procrastinate's schema; dropped afterwards."""
-    dbname = f"test_procrastinate_{uuid.uuid4().hex}"
-    name = sql.Identifier(dbname)
-    async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
-    try:
-        dsn = psycopg.conninfo.make_conninfo(pg_admin_dsn, dbname=dbname)
+    async with fresh_database(pg_admin_dsn, "procrastinate") as dsn:
         await apply_schema(dsn)
         yield dsn
-    finally:
-        async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
-            await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
 
 
 async def statuses(conn: psycopg.AsyncConnection[Any]) -> dict[int, str]:

@@ -18,6 +18,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from tests import statbus_driver as sb
+from tests import support
 
 SENTINEL = "fixture_sentinel"
 Note = tuple[str, Any]
@@ -25,19 +26,10 @@ Note = tuple[str, Any]
 
 @asynccontextmanager
 async def fresh_database(admin_dsn: str, *, fixture: bool = True) -> AsyncIterator[str]:
-    name = f"statbus_{uuid.uuid4().hex}"
-    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-    try:
+    async with support.fresh_database(admin_dsn, "statbus") as dsn:
         if fixture:
             await sb.apply_statbus_fixture(dsn)
         yield dsn
-    finally:
-        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as admin:
-            await admin.execute(
-                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import aiohttp
 import psycopg
@@ -29,7 +29,7 @@ from relay.cli import startup_problems
 from relay.dbinstall import InstallRefused, install
 from relay.stability import State
 from tests import statbus_driver as sb
-from tests.support import base_url, eventually, relay_config, running_relay
+from tests.support import base_url, eventually, fresh_database, relay_config, running_relay
 
 ACTIVITIES = load_profile("statbus").activities
 # The hint path alone: a change the relay sees within seconds came by notification.
@@ -39,14 +39,9 @@ HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 @pytest.fixture
 async def statbus_db(pg_admin_dsn: str) -> AsyncIterator[str]:
     """A fresh database with statbus's shape, not yet with the relay's SQL."""
-    name = f"statbus_{uuid.uuid4().hex}"
-    async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
-        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(pg_admin_dsn, dbname=name)
-    await sb.apply_statbus_fixture(dsn)
-    yield dsn
-    async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
-        await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    async with fresh_database(pg_admin_dsn, "statbus") as dsn:
+        await sb.apply_statbus_fixture(dsn)
+        yield dsn
 
 
 @pytest.fixture
@@ -217,28 +212,39 @@ async def _random_step(conn: sb.AsyncConn, rng: random.Random, slug: str) -> Non
 # -- refusals ---------------------------------------------------------------------------------
 
 
-async def _login_role(conn: sb.AsyncConn, name: str) -> str:
-    await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-    await conn.execute(
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-for-tests'").format(sql.Identifier(name))
+PASSWORD = "pw-for-tests"
+# Enough to create the relay's functions and read the tables: not their owner, no BYPASSRLS.
+INSTALLER_GRANTS = (
+    "GRANT CREATE, USAGE ON SCHEMA public, worker TO {r}; "
+    "GRANT SELECT ON public.import_job, worker.tasks TO {r}"
+)
+
+
+@contextlib.asynccontextmanager
+async def login_role(
+    admin: sb.AsyncConn, prefix: str, grants: LiteralString
+) -> AsyncIterator[tuple[str, str]]:
+    """A login role with ``grants`` (``{r}`` is the role): its name and a DSN for it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    role = sql.Identifier(name)
+    await admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw-for-tests'").format(role))
+    await admin.execute(sql.SQL(grants).format(r=role))
+    info = admin.info
+    dsn = psycopg.conninfo.make_conninfo(
+        "", host=info.host, port=info.port, dbname=info.dbname, user=name, password=PASSWORD
     )
-    return name
+    try:
+        yield name, dsn
+    finally:
+        await admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        await admin.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
 async def test_install_as_a_role_that_rls_would_blind_is_refused_naming_the_fix(
     statbus_db: str,
 ) -> None:
-    role = f"installer_{uuid.uuid4().hex[:8]}"
     async with await psycopg.AsyncConnection.connect(statbus_db, autocommit=True) as admin:
-        await _login_role(admin, role)
-        await admin.execute(
-            sql.SQL(
-                "GRANT CREATE, USAGE ON SCHEMA public, worker TO {r}; "
-                "GRANT SELECT ON public.import_job, worker.tasks TO {r}"
-            ).format(r=sql.Identifier(role))
-        )
-        try:
-            dsn = psycopg.conninfo.make_conninfo(statbus_db, user=role, password="pw-for-tests")
+        async with login_role(admin, "installer", INSTALLER_GRANTS) as (role, dsn):
             with pytest.raises(InstallRefused) as refused:
                 await install(dsn, activities=ACTIVITIES, profile="statbus")
             [problem] = refused.value.problems
@@ -252,24 +258,16 @@ async def test_install_as_a_role_that_rls_would_blind_is_refused_naming_the_fix(
                 "SELECT count(*) FROM pg_proc WHERE proname LIKE 'system_stability%'"
             )
             assert await cursor.fetchone() == (0,)  # nothing was written
-        finally:
-            await admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            await admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 async def test_install_with_a_policy_that_shows_every_row_is_accepted(statbus_db: str) -> None:
     """notify_reader's USING (true) policy is the kind that makes a reader see everything."""
-    role = f"reader_{uuid.uuid4().hex[:8]}"
+    grants: LiteralString = (
+        "GRANT notify_reader TO {r}; GRANT CREATE, USAGE ON SCHEMA public, worker TO {r};"
+        " GRANT SELECT ON worker.tasks TO {r}"
+    )
     async with await psycopg.AsyncConnection.connect(statbus_db, autocommit=True) as admin:
-        await _login_role(admin, role)
-        await admin.execute(
-            sql.SQL(
-                "GRANT notify_reader TO {r}; GRANT CREATE, USAGE ON SCHEMA public, worker TO {r};"
-                " GRANT SELECT ON worker.tasks TO {r}"
-            ).format(r=sql.Identifier(role))
-        )
-        try:
-            dsn = psycopg.conninfo.make_conninfo(statbus_db, user=role, password="pw-for-tests")
+        async with login_role(admin, "reader", grants) as (_role, dsn):
             await install(dsn, activities=ACTIVITIES, profile="statbus", roles=False)
             job = await sb.add_import_job(admin, "seen")
             await sb.set_import_state(admin, job, "upload_completed")
@@ -277,9 +275,6 @@ async def test_install_with_a_policy_that_shows_every_row_is_accepted(statbus_db
             cursor = await admin.execute("SELECT public.system_stability_activities()")
             row = await cursor.fetchone()
             assert row is not None and row[0]["importing"] is True
-        finally:
-            await admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            await admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 async def test_a_relay_whose_functions_rls_blinds_refuses_to_start_and_never_says_stable(
@@ -287,30 +282,25 @@ async def test_a_relay_whose_functions_rls_blinds_refuses_to_start_and_never_say
 ) -> None:
     """Someone hands the installed functions to a role RLS filters: the start is refused
     with the fix, and a relay started anyway reports unknown, never stable."""
-    role = f"blind_{uuid.uuid4().hex[:8]}"
-    await _login_role(owner, role)
-    await owner.execute(
-        sql.SQL(
-            "GRANT USAGE ON SCHEMA worker TO {r}; GRANT SELECT ON public.import_job, "
-            "worker.tasks TO {r}; ALTER FUNCTION public.system_stability_activities() OWNER TO {r}"
-        ).format(r=sql.Identifier(role))
+    grants: LiteralString = (
+        "GRANT USAGE ON SCHEMA worker TO {r}; GRANT SELECT ON public.import_job, "
+        "worker.tasks TO {r}; ALTER FUNCTION public.system_stability_activities() OWNER TO {r}"
     )
     job = await sb.add_import_job(owner, "hidden")
     await sb.set_import_state(owner, job, "upload_completed")
     await sb.set_import_state(owner, job, "preparing_data")
-    try:
-        config = statbus_config(statbus_dsn)
-        problems = await startup_problems(config)
-        assert any("row-level security" in p and f'"{role}"' in p for p in problems), problems
-        async with running_relay(config) as relay:
-            await eventually(lambda: _reconnects(relay) >= 2)
-            assert relay.stability.current.state is State.UNKNOWN
-    finally:
-        await owner.execute(
-            "ALTER FUNCTION public.system_stability_activities() OWNER TO CURRENT_USER"
-        )
-        await owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        await owner.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    async with login_role(owner, "blind", grants) as (role, _dsn):
+        try:
+            config = statbus_config(statbus_dsn)
+            problems = await startup_problems(config)
+            assert any("row-level security" in p and f'"{role}"' in p for p in problems)
+            async with running_relay(config) as relay:
+                await eventually(lambda: _reconnects(relay) >= 2)
+                assert relay.stability.current.state is State.UNKNOWN
+        finally:
+            await owner.execute(
+                "ALTER FUNCTION public.system_stability_activities() OWNER TO CURRENT_USER"
+            )
 
 
 def _reconnects(relay: Relay) -> float:
@@ -376,17 +366,8 @@ async def test_db_install_and_print_with_the_statbus_profile(statbus_db: str) ->
 
 
 async def test_db_install_refused_by_rls_exits_2_with_the_fix(statbus_db: str) -> None:
-    role = f"deploy_{uuid.uuid4().hex[:8]}"
     async with await psycopg.AsyncConnection.connect(statbus_db, autocommit=True) as admin:
-        await _login_role(admin, role)
-        await admin.execute(
-            sql.SQL(
-                "GRANT CREATE, USAGE ON SCHEMA public, worker TO {r}; "
-                "GRANT SELECT ON public.import_job, worker.tasks TO {r}"
-            ).format(r=sql.Identifier(role))
-        )
-        try:
-            dsn = psycopg.conninfo.make_conninfo(statbus_db, user=role, password="pw-for-tests")
+        async with login_role(admin, "deploy", INSTALLER_GRANTS) as (role, dsn):
             result = await asyncio.to_thread(
                 _cli, "db", "install", "--dsn", dsn, "--profile", "statbus"
             )
@@ -395,9 +376,6 @@ async def test_db_install_refused_by_rls_exits_2_with_the_fix(statbus_db: str) -
             assert f'ALTER ROLE "{role}" BYPASSRLS' in result.stderr
             assert "pw-for-tests" not in result.stderr + result.stdout
             assert "Traceback" not in result.stderr
-        finally:
-            await admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            await admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 async def test_run_refuses_a_config_other_than_the_installed_one(statbus_dsn: str) -> None:
