@@ -132,10 +132,13 @@ class AddressLimit:
     def _is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self._trusted)
 
-    def middleware(self, path: str) -> Middleware:
+    def middleware(self, paths: Collection[str]) -> Middleware:
+        """Counts the streams of ``paths`` (the live stream and every feed) per address."""
+        streams = frozenset(paths)
+
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if self._limit is None or request.path != path or request.method != "GET":
+            if self._limit is None or request.path not in streams or request.method != "GET":
                 return await handler(request)
             address = self.client_address(request)
             if self._open[address] >= self._limit:

@@ -1,7 +1,7 @@
 """Wiring: builds every component from the config and runs them in a fixed order.
 
     NOTIFY → Listener → Stability → observers: Hub (SSE), Metrics, webhooks
-                     └→ ChannelRelay → Hub (named events)
+                     └→ ChannelRelay → Hub (named events), Feeds (SSE routes of their own)
     HTTP → access (CORS, auth, limits) → routes (stream, snapshot, Details, metrics, page)
 
 Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener → leader election
@@ -29,12 +29,13 @@ from relay.channels import ChannelRelay
 from relay.config import Config
 from relay.details import Details
 from relay.errors import ConfigError
+from relay.feeds import Feeds
 from relay.http import build_app
 from relay.leader import Leadership
 from relay.listener import Listener
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.sse import Hub
+from relay.sse import Capacity, Hub
 from relay.stability import Stability, State
 from relay.systemd import Notifier
 from relay.webhooks import WebhookSender
@@ -54,15 +55,24 @@ class Relay:
         self.notifier = notifier or Notifier()  # systemd; a no-op without $NOTIFY_SOCKET
         self.notifier.watch(self.stability)
         self.metrics = Metrics()
-        self.hub = Hub(self.stability, config.http, self.metrics)
+        # One limit on open streams for the live stream and every feed.
+        self.capacity = Capacity(config.http.max_clients)
+        self.hub = Hub(self.stability, config.http, self.metrics, self.capacity)
+        self.feeds = Feeds(config.feeds, self.stability, config.http, self.metrics, self.capacity)
         self.metrics.watch(
-            self.stability, lambda: len(self.hub), lambda: self.listener.connected.is_set()
+            self.stability, lambda: self.capacity.open, lambda: self.listener.connected.is_set()
         )
         self.metrics.sse_clients_limit.set(config.http.max_clients)
         self.authenticator = Authenticator(config.auth)
         self.address_limit = AddressLimit(config.http, self.metrics)
         self.details = Details(config.database, config.details, self.metrics)
-        self._relay_channel = ChannelRelay(self.hub.publish_event, self.metrics)
+        self._relay_channel = ChannelRelay(
+            self._publish_channel, self.metrics, on_dropped=self._feed_payload_dropped
+        )
+        self._hub_channels = frozenset(config.channels)
+        # Notifications may have been missed: at start and after every disconnect, the feeds
+        # tell their clients once the truth is read again.
+        self._gap = True
         # Always built (cheap when empty), so a SIGHUP reload can add the first target.
         self.webhooks = self._webhook_sender()
         # Several relays on one database: only the elected one sends webhooks.
@@ -74,7 +84,7 @@ class Relay:
             self.metrics,
             activities=config.activities,
             profile=config.profile,
-            extra_channels=config.channels,
+            extra_channels=(*config.channels, *self.feeds.channels),
         )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -102,12 +112,26 @@ class Relay:
     # ListenerEvents: what the database tells us.
     def on_truth(self, activities: Mapping[str, bool]) -> None:
         self.stability.update_truth(activities)
+        if self._gap:
+            self._gap = False
+            self.feeds.resync()
 
     def on_disconnected(self) -> None:
+        self._gap = True
         self.stability.update(State.UNKNOWN)
 
     def on_notification(self, channel: str, payload: str) -> None:
         self._relay_channel(channel, payload)
+
+    def _publish_channel(self, channel: str, data: str, payload: Mapping[str, Any]) -> None:
+        if channel in self._hub_channels:
+            self.hub.publish_event(channel, data)
+        self.feeds.publish(channel, data, payload)
+
+    def _feed_payload_dropped(self, channel: str) -> None:
+        for feed in self.feeds.feeds:
+            if channel in feed.config.channels:
+                self.metrics.feed_dropped.labels(feed.config.path).inc()
 
     @property
     def port(self) -> int:
@@ -123,6 +147,7 @@ class Relay:
         warn_if_fd_limit_low(self.config.http.max_clients)
         warn_if_unprotected(self.config)
         await self.hub.start()
+        await self.feeds.start()
         await self.details.start()
         self._runner = web.AppRunner(
             build_app(self),
@@ -158,6 +183,7 @@ class Relay:
             await self._site.stop()
         await self.listener.aclose(timeout=remaining())
         await self.hub.aclose()
+        await self.feeds.aclose()
         # Drain webhooks while still the leader, so no other relay takes over a delivery
         # that is still on the wire here.
         await self.webhooks.aclose(timeout=remaining())

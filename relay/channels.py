@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -23,26 +24,33 @@ log = get_logger("relay.channels")
 MAX_PAYLOAD_BYTES = 8000
 LOG_EVERY_SECONDS = 60.0
 
-Publish = Callable[[str, str], None]
+Publish = Callable[[str, str, Mapping[str, Any]], None]  # channel, data, the parsed payload
 
 
 class ChannelRelay:
     """Validates one notification's payload and publishes it as ``event: <channel>``."""
 
     def __init__(
-        self, publish: Publish, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+        self,
+        publish: Publish,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        on_dropped: Callable[[str], None] | None = None,
     ) -> None:
         self._publish = publish
         self._metrics = metrics
         self._clock = clock
+        self._on_dropped = on_dropped
         self._last_logged: dict[str, float] = {}
 
     def __call__(self, channel: str, payload: str) -> None:
-        reason, data = _validate(payload)
+        reason, data, parsed = _validate(payload)
         if reason is None:
-            self._publish(channel, data)
+            self._publish(channel, data, parsed)
             return
         self._metrics.notifications_dropped.labels(channel, reason).inc()
+        if self._on_dropped is not None:
+            self._on_dropped(channel)
         now = self._clock()
         if now - self._last_logged.get(channel, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
             self._last_logged[channel] = now
@@ -55,17 +63,17 @@ class ChannelRelay:
             )
 
 
-def _validate(payload: str) -> tuple[str | None, str]:
-    """``(None, data)`` for a relayable payload, else ``(reason, "")``."""
+def _validate(payload: str) -> tuple[str | None, str, dict[str, Any]]:
+    """``(None, data, parsed)`` for a relayable payload, else ``(reason, "", {})``."""
     if len(payload.encode()) >= MAX_PAYLOAD_BYTES:
-        return "too_large", ""
+        return "too_large", "", {}
     try:
         parsed = json.loads(payload)
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
-        return "not_json", ""
+        return "not_json", "", {}
     if not isinstance(parsed, dict):
-        return "not_an_object", ""
+        return "not_an_object", "", {}
     if "\n" in payload or "\r" in payload:
         # An SSE data line cannot hold a line break: re-encode compactly.
-        return None, json.dumps(parsed, separators=(",", ":"))
-    return None, payload
+        return None, json.dumps(parsed, separators=(",", ":")), parsed
+    return None, payload, parsed

@@ -313,6 +313,66 @@ class WebhookConfig(_Section):
         return base64.b64decode(self.secret.removeprefix("whsec_"))
 
 
+# -- feeds: NOTIFY channels relayed on SSE routes of their own (relay/feeds.py) ---------------
+
+EVENT_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+# Routes the relay serves itself: a feed may not take one over.
+RESERVED = ("/api/system-status", "/metrics", "/healthz", "/readyz", "/static", "/")
+
+
+def _feed_path(value: Any) -> Any:
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9_./-]{1,200}", value):
+        raise ValueError(f'expected a path like "/api/sse/worker_status", got {value!r}')
+    if any(value == r or (r != "/" and value.startswith(r + "/")) for r in RESERVED):
+        raise ValueError(f"{value} is one of the relay's own routes")
+    return value
+
+
+class Coalesce(_Section):
+    """Keep only the latest payload per channel, or per value of ``key`` in the payload,
+    within ``window``; what is kept goes out in the order of its latest arrival."""
+
+    window: PositiveDuration = 0.5
+    key: str | None = None
+    # Bound on distinct keys waiting; policy when full: send what waits at once.
+    max_pending: int = Field(default=1000, ge=1, le=100_000)
+
+
+class ClientFilter(_Section):
+    """Each client may ask for payloads whose ``field`` is among ``?<param>=a,b``."""
+
+    param: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,31}$")] = "ids"
+    field: str = "id"
+    max_values: int = Field(default=100, ge=1, le=10_000)
+
+
+class FeedConfig(_Section):
+    path: Annotated[str, BeforeValidator(_feed_path)]
+    channels: tuple[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")], ...] = Field(
+        min_length=1
+    )
+    # unnamed: `data: <payload>` (read with onmessage); channel: `event: <channel>`.
+    events: Literal["unnamed", "channel"] = "channel"
+    # On connect: a named event (connect_event, connect_data), the stability snapshot as
+    # `event: stability`, or nothing.
+    on_connect: Literal["event", "snapshot", "none"] = "snapshot"
+    connect_event: Annotated[str, Field(pattern=EVENT_NAME)] = "connected"
+    connect_data: str = "true"
+    # After the relay reconnects to the database (notifications may have been missed): the
+    # connect event again when on_connect is "event", else `event: resync`.
+    heartbeat: Literal["comment", "event"] = "comment"
+    heartbeat_event: Annotated[str, Field(pattern=EVENT_NAME)] = "heartbeat"
+    heartbeat_interval: PositiveDuration | None = None  # default: http.heartbeat
+    coalesce: Coalesce | None = None
+    filter: ClientFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_line_data(self) -> FeedConfig:
+        if "\n" in self.connect_data or "\r" in self.connect_data:
+            raise ValueError("connect_data must be one line (it is one SSE data line)")
+        return self
+
+
 class Config(_Section):
     # What "busy" means: a built-in profile's activities (default "seed"), or the config's
     # own under `activities:` (profile "custom"). After loading, `activities` always holds
@@ -329,6 +389,8 @@ class Config(_Section):
     # Further NOTIFY channels relayed to SSE clients as named events.
     channels: tuple[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")], ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
+    # SSE routes of their own for further channels (README "Feeds"); a profile may bring some.
+    feeds: tuple[FeedConfig, ...] = ()
     state_directory: str | None = None
 
     @model_validator(mode="after")
@@ -361,7 +423,10 @@ class Config(_Section):
             chosen = load_profile(name)
         except KeyError as error:
             raise ValueError(f"profile: {error.args[0]}") from None
-        return {**data, "profile": name, "activities": chosen.activities}
+        resolved = {**data, "profile": name, "activities": chosen.activities}
+        if "feeds" not in data and chosen.feeds:
+            resolved["feeds"] = chosen.feeds
+        return resolved
 
     @model_validator(mode="after")
     def _unique_activity_names(self) -> Config:
@@ -369,6 +434,14 @@ class Config(_Section):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             raise ValueError(f"activity names must be unique: {', '.join(twice)} used twice")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_feed_paths(self) -> Config:
+        paths = [feed.path for feed in self.feeds]
+        twice = sorted({path for path in paths if paths.count(path) > 1})
+        if twice:
+            raise ValueError(f"feed paths must be unique: {', '.join(twice)} used twice")
         return self
 
     @property

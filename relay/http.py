@@ -38,16 +38,19 @@ API = (LIVE, SNAPSHOT, DETAILS)
 
 
 def build_app(relay: Relay) -> web.Application:
+    feeds = relay.feeds.paths
     app = web.Application(
         client_max_size=64 * 1024,
         middlewares=[
             security_headers(),
-            cors(relay.config.cors, API),
-            authenticate(relay.authenticator, API),
-            relay.address_limit.middleware(LIVE),
+            cors(relay.config.cors, (*API, *feeds)),
+            authenticate(relay.authenticator, (*API, *feeds)),
+            relay.address_limit.middleware((LIVE, *feeds)),
         ],
     )
     app.router.add_get(LIVE, relay.hub.handle)
+    for feed in relay.feeds.feeds:
+        app.router.add_get(feed.config.path, feed.handle)
     app.router.add_get(SNAPSHOT, _snapshot(relay))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz(relay))

@@ -110,6 +110,27 @@ class Metrics:
             "SSE connections refused because the client limit was reached.",
             registry=r,
         )
+        self.feed_clients = Gauge(
+            "relay_feed_clients", "Connected clients, per feed.", ["feed"], registry=r
+        )
+        self.feed_events = Counter(
+            "relay_feed_events",
+            "Payloads relayed, per feed (each one written to its matching clients).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_dropped = Counter(
+            "relay_feed_dropped",
+            "Payloads on a feed's channels dropped as unrelayable (not JSON, too large).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_coalesced = Counter(
+            "relay_feed_coalesced",
+            "Payloads replaced by a later one within a feed's coalescing window.",
+            ["feed"],
+            registry=r,
+        )
         self.details_queries = Counter(
             "relay_details_queries",
             "Rounds of details queries sent to the database (cache misses).",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 from asyncio import Transport
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -74,22 +74,43 @@ def named_frame(event: str, data: str) -> Frame:
     return Frame(f"event: {event}\ndata: {data}\n\n".encode())
 
 
-class Client(asyncio.Protocol):
-    """One open stream, after its handshake: the protocol of its socket from then on."""
+class Capacity:
+    """The one limit on open streams (``http.max_clients``), shared by the live stream and
+    every feed: they draw on the same file descriptors. Policy when full: 429."""
 
-    __slots__ = ("chunked", "clients", "on_end", "transport")
+    __slots__ = ("admitting", "limit", "open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.admitting = 0
+
+    @property
+    def full(self) -> bool:
+        return self.open + self.admitting >= self.limit
+
+
+class Client(asyncio.Protocol):
+    """One open stream, after its handshake: the protocol of its socket from then on.
+
+    ``keys``: what a feed's client filter asked for (None: everything).
+    """
+
+    __slots__ = ("chunked", "fanout", "keys", "on_end", "transport")
 
     def __init__(
         self,
-        clients: set[Client],
+        fanout: Fanout,
         transport: Transport,
         chunked: bool,
         on_end: Callable[[], None] | None,
+        keys: frozenset[str] | None = None,
     ) -> None:
-        self.clients = clients
+        self.fanout = fanout
         self.transport = transport
         self.chunked = chunked
         self.on_end = on_end
+        self.keys = keys
 
     def data_received(self, data: bytes) -> None:
         """Nothing is expected from a client on an event stream: whatever comes is dropped."""
@@ -98,37 +119,46 @@ class Client(asyncio.Protocol):
         return False  # the client has hung up: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.clients.discard(self)
+        self.fanout.forget(self)
         on_end, self.on_end = self.on_end, None
         if on_end is not None:
             on_end()
 
 
-class Hub:
-    """The set of connected clients and the one place that writes to them."""
+class Fanout:
+    """A set of open streams and the one place that writes to them: the live stream (Hub)
+    and each feed (relay/feeds.py) are one each."""
 
-    def __init__(self, stability: Stability, settings: HttpConfig, metrics: Metrics) -> None:
-        self._stability = stability
+    def __init__(
+        self,
+        settings: HttpConfig,
+        metrics: Metrics,
+        capacity: Capacity,
+        *,
+        name: str,
+        heartbeat: float | None = None,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._capacity = capacity
+        self._name = name
+        self._heartbeat = heartbeat or settings.heartbeat
         self._clients: set[Client] = set()
         self._admitting = 0
-        self._current = stability_frame(stability.current)
         self._retry = Frame(b"retry: %d\n\n" % round(settings.retry * 1000))
         self._ping = Frame(PING)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._logged_count = 0
-        stability.subscribe(self.publish_state)
 
     def __len__(self) -> int:
         return len(self._clients)
 
     async def start(self) -> None:
         if self._closed:
-            raise RuntimeError("a closed hub cannot be started again")
+            raise RuntimeError(f"a closed {self._name} cannot be started again")
         if self._task is None:
-            self._task = asyncio.create_task(self._heartbeats(), name="relay-sse-heartbeat")
+            self._task = asyncio.create_task(self._heartbeats(), name=f"relay-{self._name}-beat")
             self._task.add_done_callback(report_unexpected_exit)
 
     async def aclose(self) -> None:
@@ -139,28 +169,27 @@ class Hub:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._broadcast(self._retry)
+        self.broadcast(self._retry)
         count = len(self._clients)
         for client in list(self._clients):
             transport = client.transport
             if client.chunked and not transport.is_closing():
                 transport.write(END_OF_STREAM)
             transport.close()  # once the unsent bytes are out; then connection_lost
-        log.info("sse_closed", clients=count)
+        log.info("sse_closed", stream=self._name, clients=count)
 
-    def publish_state(self, snapshot: Snapshot) -> None:
-        self._current = stability_frame(snapshot)
-        self._broadcast(self._current)
+    def forget(self, client: Client) -> None:
+        if client in self._clients:
+            self._clients.remove(client)
+            self._capacity.open -= 1
 
-    def publish_event(self, event: str, data: str) -> None:
-        self._broadcast(named_frame(event, data))
-
-    def _broadcast(self, frame: Frame) -> None:
+    def broadcast(self, frame: Frame, clients: Iterable[Client] | None = None) -> None:
+        """Write ``frame`` to every client (or to ``clients``, all of this fan-out's)."""
         limit = self._settings.client_buffer
         chunked, raw = frame.chunked, frame.raw
         behind: list[Client] = []
         # The hot loop: no allocation per client; a transport writes at once when it can.
-        for client in self._clients:
+        for client in self._clients if clients is None else clients:
             transport = client.transport
             if transport.is_closing():
                 continue
@@ -172,56 +201,120 @@ class Hub:
             self._metrics.sse_dropped.inc()
             client.transport.abort()
         if behind:
-            log.warning("sse_clients_dropped", count=len(behind), reason="unsent buffer full")
+            log.warning(
+                "sse_clients_dropped",
+                stream=self._name,
+                count=len(behind),
+                reason="unsent buffer full",
+            )
+
+    def heartbeat_frame(self) -> Frame:
+        """What keeps an idle stream open: an SSE comment, unless a feed says otherwise."""
+        return self._ping
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.heartbeat)
+            await asyncio.sleep(self._heartbeat)
             try:
-                self._broadcast(self._ping)
+                self.broadcast(self.heartbeat_frame())
             except Exception:  # without pings proxies cut idle streams: never stop sending
-                log.exception("sse_heartbeat_failed")
+                log.exception("sse_heartbeat_failed", stream=self._name)
             if len(self._clients) != self._logged_count:
                 self._logged_count = len(self._clients)
-                log.info("sse_clients", count=self._logged_count)
+                log.info("sse_clients", stream=self._name, count=self._logged_count)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """``GET /api/system-status/live``: the stream, from the current state on."""
+    def greeting(self, request: web.Request) -> Frame | None:
+        """What a new client gets after ``retry:``, in the same write."""
+        return None
+
+    def mark(self) -> object:
+        """Where the stream stands when a greeting is written (see ``since``)."""
+        return None
+
+    def since(self, mark: object) -> Frame | None:
+        """What changed after ``mark`` while the greeting was written (sent before joining)."""
+        return None
+
+    def joined(self, client: Client) -> None:
+        """A client is in: a feed indexes it by its filter."""
+
+    async def open_stream(
+        self, request: web.Request, keys: frozenset[str] | None = None
+    ) -> web.StreamResponse:
+        """Admit a client (the shared limit), send the headers, ``retry:`` and the greeting
+        in one write, then take the socket over from aiohttp."""
         if self._closed:
             raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"})
-        if len(self._clients) + self._admitting >= self._settings.max_clients:
+        if self._capacity.full:
             self._metrics.sse_refused.inc()
             raise web.HTTPTooManyRequests(
                 headers={"Retry-After": "5"}, text="too many live clients\n"
             )
-        self._admitting += 1
+        self._capacity.admitting += 1
         try:
             response = _EventStream(headers=HEADERS)
             await response.prepare(request)
             if request.method == "HEAD":
                 return response
             # The headers leave with the first bytes: one write for both.
-            sent = self._current
-            resend = request.headers.get("Last-Event-ID") != str(self._stability.current.seq)
+            mark, sent = self.mark(), self.greeting(request)
             try:
-                await response.write(self._retry.raw + sent.raw if resend else self._retry.raw)
+                await response.write(self._retry.raw + sent.raw if sent else self._retry.raw)
             except ConnectionError:
                 return response  # the client left during the handshake
         finally:
-            self._admitting -= 1
+            self._capacity.admitting -= 1
         transport = request.transport
         if transport is None or transport.is_closing() or self._closed:
             return response
         chunked = response.headers.get("Transfer-Encoding") == "chunked"
-        client = Client(self._clients, transport, chunked, request.pop(ON_STREAM_END, None))
-        if self._current is not sent:
-            # A transition landed while the first write waited (it never does unless the
-            # socket was already full): send it, so the client ends up current.
-            transport.write(self._current.for_client(client))
+        client = Client(self, transport, chunked, request.pop(ON_STREAM_END, None), keys)
+        missed = self.since(mark)
+        if missed is not None:
+            # A change landed while the first write waited (it never does unless the socket
+            # was already full): send it, so the client ends up current.
+            transport.write(missed.for_client(client))
         # No await from the check above to joining the set: no later event is missed.
         self._clients.add(client)
+        self._capacity.open += 1
+        self.joined(client)
         _detach(request, transport, client)
         return response
+
+
+class Hub(Fanout):
+    """The live stream: stability events (unnamed, with ids) and the relayed channels."""
+
+    def __init__(
+        self, stability: Stability, settings: HttpConfig, metrics: Metrics, capacity: Capacity
+    ) -> None:
+        super().__init__(settings, metrics, capacity, name="live")
+        self._stability = stability
+        self._current = stability_frame(stability.current)
+        stability.subscribe(self.publish_state)
+
+    def publish_state(self, snapshot: Snapshot) -> None:
+        self._current = stability_frame(snapshot)
+        self.broadcast(self._current)
+
+    def publish_event(self, event: str, data: str) -> None:
+        self.broadcast(named_frame(event, data))
+
+    def greeting(self, request: web.Request) -> Frame | None:
+        """The current state, unless ``Last-Event-ID`` says the client has it."""
+        if request.headers.get("Last-Event-ID") == str(self._stability.current.seq):
+            return None
+        return self._current
+
+    def mark(self) -> object:
+        return self._current
+
+    def since(self, mark: object) -> Frame | None:
+        return None if self._current is mark else self._current
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/system-status/live``: the stream, from the current state on."""
+        return await self.open_stream(request)
 
 
 class _EventStream(web.StreamResponse):

@@ -21,6 +21,9 @@ CUSTOM = "custom"  # no profile: the config's own activities
 class Profile(_Section):
     description: str
     activities: tuple[Activity, ...]
+    # Feeds the profile serves (relay/config.py validates them): used unless the config lists
+    # its own under feeds:.
+    feeds: tuple[dict[str, Any], ...] = ()
 
 
 def available() -> list[str]:
