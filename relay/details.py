@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, LiteralString
 
 import psycopg
 from aiohttp import web
@@ -31,6 +32,10 @@ log = get_logger("relay.details")
 # and the relay passes it through without parsing. Bound: at most `details.max_items` rows
 # per activity (each activity also says its `total`).
 QUERY = "SELECT public.system_stability_details(%s)::text"
+# Each activity's own JSON (statbus's is_importing() and the deriving ones): what a client
+# re-reads after a feed's connect event. Never cached: each answer is read after its request
+# arrived. Bound: the pool (details.pool_size) and its timeout; past that, 503.
+INDICATORS = "SELECT public.system_stability_indicators()::text"
 
 
 class Details:
@@ -91,15 +96,18 @@ class Details:
             self._cached, self._cached_at = future.result(), time.monotonic()
 
     async def _query(self) -> bytes:
+        self._metrics.details_queries.inc()
+        return await self._read(QUERY, (self._settings.max_items,))
+
+    async def _read(self, query: LiteralString, params: tuple[Any, ...] = ()) -> bytes:
         if self._pool is None or self._closed:
             raise DatabaseUnavailable("details service is not running")
-        self._metrics.details_queries.inc()
         try:
             # The statement timeout bounds the server; this bounds the whole round trip
             # (a half-open pooled connection would otherwise wait for TCP to give up).
             async with asyncio.timeout(self._settings.statement_timeout * 2 + 1):
                 async with self._pool.connection() as conn:
-                    cursor = await conn.execute(QUERY, (self._settings.max_items,))
+                    cursor = await conn.execute(query, params)
                     row = await cursor.fetchone()
         except TimeoutError:
             raise DatabaseUnavailable("details query timed out") from None
@@ -113,8 +121,15 @@ class Details:
         return str(row[0]).encode()
 
     async def handle(self, _request: web.Request) -> web.Response:
+        return await self._answer(self.fetch())
+
+    async def indicators(self, _request: web.Request) -> web.Response:
+        """``GET /api/system-status/indicators``: read fresh for every request."""
+        return await self._answer(self._read(INDICATORS))
+
+    async def _answer(self, body_of: Awaitable[bytes]) -> web.Response:
         try:
-            body = await self.fetch()
+            body = await body_of
         except DatabaseUnavailable as error:
             log.warning("details_unavailable", reason=str(error))
             return web.json_response(

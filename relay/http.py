@@ -18,6 +18,7 @@ LIVE = "/api/system-status/live"
 SNAPSHOT = "/api/system-status"
 
 DETAILS = "/api/system-status/details"
+INDICATORS = "/api/system-status/indicators"
 STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,7 +35,7 @@ PAGE_HEADERS = {
 }
 
 
-API = (LIVE, SNAPSHOT, DETAILS)
+API = (LIVE, SNAPSHOT, DETAILS, INDICATORS)
 
 
 def build_app(relay: Relay) -> web.Application:
@@ -55,6 +56,7 @@ def build_app(relay: Relay) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz(relay))
     app.router.add_get(DETAILS, relay.details.handle)
+    app.router.add_get(INDICATORS, relay.details.indicators)
     app.router.add_get("/metrics", make_aiohttp_handler(relay.metrics.registry))
     app.router.add_get("/", _page)
     app.router.add_static("/static/", STATIC, append_version=False)

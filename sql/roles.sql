@@ -1,8 +1,8 @@
 -- stability-relay: the least-privilege role the relay connects as. Idempotent.
 -- Apply after hold.sql and the generated activities (stability-relay db install does).
 --
--- `stability_relay` is a NOLOGIN group role. It may connect, call the eight SECURITY DEFINER
--- functions (the five readers and the hold's request, confirm and release) and LISTEN
+-- `stability_relay` is a NOLOGIN group role. It may connect, call the nine SECURITY DEFINER
+-- functions (the six readers and the hold's request, confirm and release) and LISTEN
 -- (LISTEN needs no privilege), and nothing else: it has no privileges on any table. The hold
 -- flag's sequence is readable by PUBLIC (hold.sql). An operator creates the login role
 -- the relay uses, once per cluster:
@@ -16,7 +16,7 @@
 -- pg_notification_queue_usage() and pg_listening_channels(), which the relay reads for its
 -- metrics, are executable by PUBLIC in PostgreSQL, so they need no grant here.
 --
--- The eight functions are revoked from PUBLIC: they run as their owner. If other roles of the
+-- The nine functions are revoked from PUBLIC: they run as their owner. If other roles of the
 -- data system call them (e.g. its web API), grant them EXECUTE, or make them members of
 -- stability_relay.
 
@@ -36,6 +36,7 @@ REVOKE EXECUTE ON FUNCTION
     public.is_system_stable(),
     public.system_stability_activities(),
     public.system_stability_details(integer),
+    public.system_stability_indicators(),
     public.get_analytics_tasks_in_progress(),
     public.get_import_jobs_in_progress(),
     public.system_stability_request_hold(),
@@ -56,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     public.is_system_stable(),
     public.system_stability_activities(),
     public.system_stability_details(integer),
+    public.system_stability_indicators(),
     public.get_analytics_tasks_in_progress(),
     public.get_import_jobs_in_progress(),
     public.system_stability_request_hold(),

@@ -143,3 +143,29 @@ async def test_last_event_id_passes_through_caddy(db_dsn: str, tmp_path: Path) -
         async with sse_connect(url, headers={"Last-Event-ID": str(current.id)}) as behind:
             event = await behind.next_event(timeout=2.0)
             assert event.id == newer.id
+
+
+async def test_statbus_live_feed_goes_to_the_relay_uncompressed(
+    db_dsn: str, tmp_path: Path, web_app: int
+) -> None:
+    """The app's host routes /api/sse/worker_status to the relay's feed, never to the app."""
+    feed = {
+        "path": "/api/sse/worker_status",
+        "channels": ["worker_status"],
+        "events": "unnamed",
+        "on_connect": "event",
+    }
+    async with (
+        running_relay(relay_config(db_dsn, feeds=[feed])) as relay,
+        running_caddy(tmp_path, [relay.port], app_port=web_app) as caddy,
+        sse_connect(
+            caddy.app_url + "/api/sse/worker_status",
+            headers={"Accept-Encoding": "gzip, deflate, br, zstd"},
+        ) as client,
+    ):
+        assert "Content-Encoding" not in client.response.headers
+        first = await client.next_event()
+        assert (first.event, first.data) == ("connected", "true")
+        await execute(db_dsn, "SELECT pg_notify('worker_status', '{\"type\":\"is_importing\"}')")
+        event = await client.next_event()
+        assert (event.event, event.data) == (None, '{"type":"is_importing"}')

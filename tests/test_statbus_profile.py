@@ -29,7 +29,14 @@ from relay.cli import startup_problems
 from relay.dbinstall import InstallRefused, install
 from relay.stability import State
 from tests import statbus_driver as sb
-from tests.support import base_url, eventually, fresh_database, relay_config, running_relay
+from tests.support import (
+    base_url,
+    eventually,
+    fresh_database,
+    relay_config,
+    running_relay,
+    sse_connect,
+)
 
 ACTIVITIES = load_profile("statbus").activities
 # The hint path alone: a change the relay sees within seconds came by notification.
@@ -386,3 +393,36 @@ async def test_run_refuses_a_config_other_than_the_installed_one(statbus_dsn: st
     assert result.returncode == 2
     assert "refusing to start" in result.stderr
     assert "run `stability-relay db install` with this config" in result.stderr
+
+
+# -- statbus's live feed, served by the relay ------------------------------------------------
+
+
+async def test_statbus_live_feed_relays_its_worker_hooks_and_serves_the_indicators(
+    statbus_dsn: str, owner: sb.AsyncConn
+) -> None:
+    """What statbus's frontend reads: `connected`, then the worker's payloads verbatim; on
+    `connected` it re-reads the three indicators, here from one route read fresh."""
+    config = statbus_config(statbus_dsn)
+    async with running_relay(config) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        async with sse_connect(base_url(relay) + "/api/sse/worker_status") as client:
+            first = await client.next_event()
+            assert (first.event, first.data) == ("connected", "true")
+            await owner.execute("CALL worker.notify_is_importing_start()")
+            event = await client.next_event()
+            assert event.event is None
+            assert event.json == {"type": "is_importing", "status": True}
+        job = await sb.add_import_job(owner, "feed")
+        await sb.set_import_state(owner, job, "upload_completed")
+        await sb.set_import_state(owner, job, "preparing_data")
+        async with aiohttp.ClientSession() as http:
+            url = base_url(relay) + "/api/system-status/indicators"
+            async with http.get(url) as response:
+                assert response.status == 200
+                body = await response.json()
+    assert set(body) == {"importing", "deriving_statistical_units", "deriving_reports"}
+    truth = await sb.statbus_truth(owner)
+    assert body["importing"] == truth["importing"]
+    assert body["importing"]["active"] is True
+    assert body["deriving_reports"] == {"active": False}

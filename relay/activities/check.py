@@ -29,6 +29,7 @@ from relay.activities.sql import active_condition, details_source, qualified
 from relay.errors import SchemaMismatch, SchemaMissing
 
 BOOLEAN_OID = 16
+JSON_OIDS = (114, 3802)  # json, jsonb
 SEARCH_PATH = "SET LOCAL search_path = pg_catalog, pg_temp"
 UNRESOLVED_HINT = (
     " (name every object with its schema: the functions run with search_path pg_catalog, pg_temp)"
@@ -260,6 +261,12 @@ async def _check_snippets(
                 f"{where.path('expression')}: must be boolean; add ::boolean if it is text "
                 "such as ->>'active'"
             )
+    if activity.indicator is not None:
+        described = await _plan(
+            conn, f"SELECT ({activity.indicator}) LIMIT 0", where.path("indicator"), problems
+        )
+        if described is not None and described not in JSON_OIDS:
+            problems.append(f"{where.path('indicator')}: must be json or jsonb")
     if activity.table is not None and activity.filter:
         query = f"SELECT FROM {qualified(activity.table)} AS t WHERE {active_condition(activity)}"
         await _plan(conn, query + " LIMIT 0", where.path("filter"), problems)

@@ -110,6 +110,9 @@ class Activity(_Section):
     tables: tuple[QualifiedName, ...] = ()
     hints: Hints | None = None
     details: ActivityDetails | None = None
+    # A SQL expression giving the system's own JSON for this activity (statbus's
+    # is_importing()), served fresh by GET /api/system-status/indicators.
+    indicator: Snippet | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> Activity:

@@ -107,6 +107,7 @@ def install_script(activities: Sequence[Activity]) -> str:
         _is_system_stable(),
         *_items_functions(activities),
         _details_function(activities),
+        _indicators_function(activities),
         *_seed_list_functions(activities),
         *_triggers(activities),
         _drop_stale(activities),
@@ -273,6 +274,22 @@ def _details_function(activities: Sequence[Activity]) -> str:
     )
 
 
+def _indicators_function(activities: Sequence[Activity]) -> str:
+    pairs = [
+        f"        {literal(activity.name)}, ({activity.indicator})"
+        for activity in activities
+        if activity.indicator is not None
+    ]
+    body = "    SELECT pg_catalog.json_build_object(\n" + ",\n".join(pairs) + "\n    )"
+    return _function(
+        "public.system_stability_indicators",
+        "",
+        "json",
+        body,
+        "each activity's own JSON indicator, read in one snapshot.",
+    )
+
+
 def _seed_list_functions(activities: Sequence[Activity]) -> list[str]:
     functions = []
     for list_name, function in SEED_LIST_FUNCTIONS.items():
@@ -370,6 +387,7 @@ def _revoke_from_public(activities: Sequence[Activity]) -> str:
         "public.system_stability_activities()",
         "public.is_system_stable()",
         "public.system_stability_details(integer)",
+        "public.system_stability_indicators()",
         *(f"{f}()" for f in SEED_LIST_FUNCTIONS.values()),
         *(f"{_items_name(a)}(integer)" for a in activities if a.details is not None),
     ]
