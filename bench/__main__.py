@@ -20,7 +20,7 @@ import psycopg
 from bench import report
 from bench.common import ROOT, Child, database, raise_nofile
 from bench.details_load import run_details
-from bench.fanout import run_fanout
+from bench.fanout import run_fanout, run_feed
 from bench.scaleout import run_notify_cost, run_three_relays
 from bench.triggers import VARIANTS, run_triggers
 from bench.unhinted import run_unhinted
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print("fan-out")
             results["fanout"] = []
             for n in clients:
-                for kind in ("relay", "baseline"):
+                for kind in ("relay", "baseline", "floor"):
                     result = run_fanout(db, swarm, kind, n, 10 if quick else 20)
                     results["fanout"].append(result)
                     s = result.summary()
@@ -63,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
                         f"{100 * s['min_fraction']:.1f}%, p50 {s['p50_ms']} ms, "
                         f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms"
                     )
+            top = max(clients)
+            print(f"feed under a flood: {top:,} clients, 1,000 payloads/s")
+            feed = run_feed(db, swarm, top, rate=1000, seconds=3 if quick else 5)
+            results["feed"] = feed
+            print(
+                f"  {feed.connected:,} clients: {100 * feed.delivered:.1f}% delivered "
+                f"({feed.complete_clients:,} clients got all {feed.sent:,}), sent at "
+                f"{feed.send_rate:.0f}/s, p50 {feed.p50_ms} ms, p99 {feed.p99_ms} ms, "
+                f"RSS {feed.rss_per_client_kib:.1f} KiB/client"
+            )
         if "triggers" in args.only:
             print("trigger cost")
             t = run_triggers(db, rounds=3 if quick else 5, seconds=4 if quick else 8)

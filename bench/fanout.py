@@ -11,7 +11,11 @@ import psycopg
 from bench.common import Child, Database, percentile, rss_kib
 
 FLIP_SLUG = "bench-flip"
-SERVERS = {"relay": "bench.serve_relay", "baseline": "bench.baseline_relay"}
+SERVERS = {
+    "relay": "bench.serve_relay",
+    "baseline": "bench.baseline_relay",
+    "floor": "bench.floor_server",  # one pre-encoded write per client per NOTIFY, nothing else
+}
 
 
 @dataclass
@@ -127,3 +131,87 @@ def flip_states(dsn: str, swarm: Child, flips: int) -> list[list[float]]:
             marks.append([k, t0])
             time.sleep(0.2)
     return marks
+
+
+@dataclass
+class FeedResult:
+    """A feed under a flood: ``rate`` payloads a second for ``seconds``, to ``clients``."""
+
+    clients: int
+    connected: int
+    rate: float
+    seconds: float
+    sent: int
+    send_rate: float  # what the producer achieved
+    delivered: float  # payloads received over payloads sent times clients
+    complete_clients: int  # clients that got every payload
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    rss_per_client_kib: float
+
+
+FEED_PATH = "/bench/feed"
+# A payload the size of statbus's pipeline_progress (about 200 bytes).
+FEED_PAD = '"type":"pipeline_progress","phases":[{"phase":"is_deriving_statistical_units",' + (
+    '"active":true,"step":"derive_statistical_unit","total":1200,"completed":600}]'
+)
+
+
+def run_feed(
+    db: Database, swarm: Child, n: int, *, rate: float, seconds: float, sample: int = 20
+) -> FeedResult:
+    """The relay with one feed; n clients on it; payloads NOTIFYed at ``rate`` per second,
+    each its own commit. Latency: from just before a payload's statement is sent to its
+    arrival at a client, for every ``sample``-th payload."""
+    prepare(db.dsn)
+    server, port = start_server("relay", db.dsn, "feed-relay", "--feed")
+    try:
+        swarm.ask({"cmd": "connect", "port": port, "n": 20, "path": FEED_PATH, "sample": sample})
+        swarm.ask({"cmd": "close"})
+        time.sleep(1.0)
+        before = rss_kib(server.pid)
+        connect = {"cmd": "connect", "port": port, "n": n, "timeout": 180}
+        answer = swarm.ask({**connect, "path": FEED_PATH, "sample": sample}, timeout=200)
+        time.sleep(1.0)
+        after = rss_kib(server.pid)
+        marks, total, took = produce(db.dsn, rate, seconds, sample)
+        time.sleep(3.0)  # the tail reaches every client
+        report = swarm.ask({"cmd": "feed_report", "sent": marks, "total": total}, timeout=120)
+        swarm.ask({"cmd": "close"})
+    finally:
+        server.close()
+    return FeedResult(
+        clients=n,
+        connected=answer["connected"],
+        rate=rate,
+        seconds=seconds,
+        sent=total,
+        send_rate=total / took,
+        delivered=report["delivered"],
+        complete_clients=report["complete_clients"],
+        p50_ms=report["p50_ms"],
+        p99_ms=report["p99_ms"],
+        max_ms=report["max_ms"],
+        rss_per_client_kib=(after - before) / max(1, answer["connected"]),
+    )
+
+
+def produce(
+    dsn: str, rate: float, seconds: float, sample: int
+) -> tuple[list[list[float]], int, float]:
+    """NOTIFY ``rate`` payloads a second on the feed's channel; the sampled send times."""
+    total = round(rate * seconds)
+    marks: list[list[float]] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.monotonic()
+        for k in range(total):
+            lag = started + k / rate - time.monotonic()
+            if lag > 0:
+                time.sleep(lag)
+            t0 = time.monotonic()
+            conn.execute("SELECT pg_notify('bench_feed', %s)", (f'{{"k":{k},{FEED_PAD}}}',))
+            if k % sample == 0:
+                marks.append([k, t0])
+        took = time.monotonic() - started
+    return marks, total, took

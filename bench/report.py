@@ -38,7 +38,11 @@ def plot(fanout: list[FanoutResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    styles = {"relay": ("tab:blue", "stability-relay"), "baseline": ("tab:red", "naive baseline")}
+    styles = {
+        "relay": ("tab:blue", "stability-relay"),
+        "baseline": ("tab:red", "naive baseline"),
+        "floor": ("tab:gray", "floor (writes only)"),
+    }
     for server, (color, label) in styles.items():
         rows = sorted((r for r in fanout if r.server == server), key=lambda r: r.clients)
         if not rows:
@@ -79,6 +83,8 @@ def write(results: dict[str, Any], command: str, docs: Path) -> Path:
     if fanout:
         plot(fanout, docs / PNG)
         lines += _fanout_section(fanout)
+    if "feed" in results:
+        lines += _feed_section(results["feed"], fanout)
     if "triggers" in results:
         lines += _trigger_section(results["triggers"])
     if "details" in results:
@@ -120,10 +126,12 @@ def _fanout_section(fanout: list[FanoutResult]) -> list[str]:
         "| p50 (ms) | p99 (ms) | max (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(fanout, key=lambda r: (r.clients, r.server != "relay")):
+    names = {"relay": "**relay**", "baseline": "baseline (naive)", "floor": "floor (writes only)"}
+    order = list(names)
+    for r in sorted(fanout, key=lambda r: (r.clients, order.index(r.server))):
         s = r.summary()
         lines.append(
-            f"| {'**relay**' if r.server == 'relay' else 'baseline (naive)'} | {r.clients:,} "
+            f"| {names[r.server]} | {r.clients:,} "
             f"| {s['connect_s']:.2f} | {s['rss_per_client_kib']:.1f} | {s['flips']} "
             f"| {100 * s['min_fraction']:.1f}% | {s['p50_ms']} | {s['p99_ms']} | {s['max_ms']} |"
         )
@@ -131,6 +139,17 @@ def _fanout_section(fanout: list[FanoutResult]) -> list[str]:
     by = {(r.server, r.clients): r.summary() for r in fanout}
     top = max(r.clients for r in fanout)
     relay, base = by.get(("relay", top)), by.get(("baseline", top))
+    floor = by.get(("floor", top))
+    if relay and floor:
+        lines += [
+            f"Against the floor at {top:,} clients (a server that only writes one pre-encoded "
+            "event to every socket per NOTIFY, `bench/floor_server.py`): relay p99 within 1.1 "
+            f"times the floor's: {_mark(relay['p99_ms'] <= 1.1 * floor['p99_ms'])} "
+            f"({relay['p99_ms']} ms vs {floor['p99_ms']} ms, "
+            f"{relay['p99_ms'] / floor['p99_ms']:.2f} times; p50 {relay['p50_ms']} vs "
+            f"{floor['p50_ms']} ms).",
+            "",
+        ]
     if relay and base:
         lines += [
             f"Targets at {top:,} clients:",
@@ -153,6 +172,39 @@ def _fanout_section(fanout: list[FanoutResult]) -> list[str]:
     return lines
 
 
+def _feed_section(f: Any, fanout: list[FanoutResult]) -> list[str]:
+    live = next(
+        (r.summary() for r in fanout if r.server == "relay" and r.clients == f.clients), None
+    )
+    lines = [
+        "### 1b. A feed under a flood",
+        "",
+        f"{f.clients:,} clients on one feed (`bench.serve_relay --feed`: unnamed events, no "
+        f"coalescing, no filter) while {f.rate:.0f} payloads a second (about 200 bytes, each "
+        f"its own commit) are NOTIFYed for {f.seconds:g} s (achieved {f.send_rate:.0f}/s). "
+        "Latency from just before a payload's statement is sent to its arrival, for every "
+        "20th payload at every client.",
+        "",
+        "| stream | clients | delivered | clients with every payload | p50 (ms) | p99 (ms) "
+        "| max (ms) | RSS / client (KiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| feed, {f.rate:.0f} payloads/s | {f.connected:,} | {100 * f.delivered:.1f}% "
+        f"| {f.complete_clients:,} | {_ms(f.p50_ms)} | {_ms(f.p99_ms)} | {_ms(f.max_ms)} "
+        f"| {f.rss_per_client_kib:.1f} |",
+    ]
+    if live is not None:
+        lines.append(
+            f"| live stream, state flips (above) | {live['connected']:,} | "
+            f"{100 * live['min_fraction']:.1f}% (worst flip) | | {live['p50_ms']} "
+            f"| {live['p99_ms']} | {live['max_ms']} | {live['rss_per_client_kib']:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def _trigger_section(t: Any) -> list[str]:
     lines = [
         "## 2. Trigger cost: worker churn under pgbench",
@@ -165,8 +217,9 @@ def _trigger_section(t: Any) -> list[str]:
         "its own process) listens, as in production: the seed profile's for none, the seed's "
         "and ours; none for the *no relay running* rows; for the statbus row one hinted by "
         "statbus's channels. Its `/metrics` give the notifications it received, its reads of "
-        "the activities and the holds it took (under ours a held flag stops the hints and the relay polls every 50 ms "
-        "instead; the seed's triggers ignore the flag). `worker.tasks` has an index on `state` "
+        "the activities and the holds it took (under ours a held flag stops the hints and "
+        "the relay polls every 50 ms instead; the seed's triggers ignore the flag). "
+        "`worker.tasks` has an index on `state` "
         "(without it the seed's triggers scan the table per statement and fare worse). "
         "*CPU per task life* is PostgreSQL's (every backend and worker) plus the relay's CPU "
         "time over the task lives committed; its ratio (none's over the variant's) is the "

@@ -37,6 +37,17 @@ def tracemalloc_report(limit: int = 25) -> dict[str, Any]:
     return {"traced_kib": round(total / 1024, 1), "top": top}
 
 
+# The fan-out benchmark's feed: payloads on bench_feed as unnamed events, `event: ready` on
+# connect (the swarm's sign that a client is in).
+BENCH_FEED = {
+    "path": "/bench/feed",
+    "channels": ["bench_feed"],
+    "events": "unnamed",
+    "on_connect": "event",
+    "connect_event": "ready",
+}
+
+
 def channel_hinted_seed(channels: list[str]) -> list[dict[str, Any]]:
     """The seed profile's activities (the installed ones), hinted as the statbus profile is:
     by the system's own channels, no trigger of ours."""
@@ -70,6 +81,8 @@ async def main(args: argparse.Namespace) -> None:
         "http": {"listen": f"127.0.0.1:{args.port}", "max_clients": 20_000},
         "logging": {"level": "warning", "format": "json"},
     }
+    if args.feed:
+        tree["feeds"] = [BENCH_FEED]
     if args.hint_channels:
         tree["activities"] = channel_hinted_seed(args.hint_channels.split(","))
     config = Config.model_validate(tree)
@@ -99,6 +112,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="stability-relay")
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--feed", action="store_true", help=f"serve {BENCH_FEED['path']}")
     parser.add_argument(
         "--hint-channels",
         metavar="A,B",

@@ -27,6 +27,8 @@ from typing import Any
 from bench.common import emit, percentile, raise_nofile, stdin_lines
 
 EVENT = re.compile(rb'id: \d+\ndata: \{[^\n]*"state":"(\w+)"')
+FEED_READY = b"event: ready\n"
+FEED_PAYLOAD = re.compile(rb'data: \{"k":(\d+)')
 
 
 class Swarm:
@@ -41,18 +43,32 @@ class Swarm:
             times = self.arrivals[k] = []
         times.append(now)
 
-    async def connect(self, port: int, n: int, concurrency: int, timeout: float) -> dict[str, Any]:
+    async def connect(
+        self,
+        port: int,
+        n: int,
+        concurrency: int,
+        timeout: float,
+        path: str = "/api/system-status/live",
+        sample: int = 0,
+    ) -> dict[str, Any]:
+        """``sample``: clients of a feed (``path``), recording the arrival of every payload
+        whose ``k`` is a multiple of it."""
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(concurrency)
         request = (
-            f"GET /api/system-status/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Accept: text/event-stream\r\n\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
         ).encode()
+        make = (
+            (lambda: FeedClient(self, request, loop.create_future(), sample))
+            if sample
+            else (lambda: SseClient(self, request, loop.create_future()))
+        )
         failures: list[str] = []
 
         async def one() -> None:
             async with gate:
-                client = SseClient(self, request, loop.create_future())
+                client = make()
                 try:
                     await loop.create_connection(lambda: client, "127.0.0.1", port)
                     await client.ready
@@ -99,6 +115,21 @@ class Swarm:
                 }
             )
         return {"flips": rows, "clients": n}
+
+    def feed_report(self, sent: list[list[float]], total: int) -> dict[str, Any]:
+        """Per sampled payload ``[k, t0]``: arrival latencies; and how many of ``total``
+        payloads each client got."""
+        latencies = [(t - t0) * 1000 for k, t0 in sent for t in self.arrivals.get(int(k), [])]
+        counts = [c.received for c in self.clients if isinstance(c, FeedClient)]
+        delivered = sum(counts) / (total * len(counts)) if counts and total else 0.0
+        return {
+            "clients": len(counts),
+            "delivered": delivered,
+            "complete_clients": sum(1 for c in counts if c >= total),
+            "p50_ms": percentile(latencies, 50) if latencies else None,
+            "p99_ms": percentile(latencies, 99) if latencies else None,
+            "max_ms": max(latencies) if latencies else None,
+        }
 
     def close(self) -> dict[str, Any]:
         count = 0
@@ -177,6 +208,44 @@ class SseClient(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("closed before the first event"))
 
 
+class FeedClient(SseClient):
+    """One stream of a feed: counts its payloads, times every ``sample``-th."""
+
+    __slots__ = ("received", "sample")
+
+    def __init__(
+        self, swarm: Swarm, request: bytes, ready: asyncio.Future[None], sample: int
+    ) -> None:
+        super().__init__(swarm, request, ready)
+        self.sample = sample
+        self.received = 0
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buffer = self.buffer + data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self.buffer = buffer
+            return
+        self.buffer = buffer[end + 2 :]
+        if not self.headers_ok:
+            if not buffer.startswith(b"HTTP/1.1 200"):
+                if not self.ready.done():
+                    self.ready.set_exception(RuntimeError(buffer[:40].decode(errors="replace")))
+                return
+            self.headers_ok = True
+        if not self.open and FEED_READY in buffer:
+            self.open = True
+            self.swarm.live += 1
+            if not self.ready.done():
+                self.ready.set_result(None)
+        for match in FEED_PAYLOAD.finditer(buffer, 0, end + 2):
+            self.received += 1
+            k = int(match.group(1))
+            if k % self.sample == 0:
+                self.swarm.on_change(k, now)
+
+
 async def main() -> None:
     swarm = Swarm()
     reader = await stdin_lines()
@@ -190,12 +259,16 @@ async def main() -> None:
                     request["n"],
                     request.get("concurrency", 500),
                     request.get("timeout", 120.0),
+                    request.get("path", "/api/system-status/live"),
+                    request.get("sample", 0),
                 )
             )
         elif cmd == "wait":
             emit(await swarm.wait(request["flip"], request["timeout"]))
         elif cmd == "report":
             emit(swarm.report(request["flips"]))
+        elif cmd == "feed_report":
+            emit(swarm.feed_report(request["sent"], request["total"]))
         elif cmd == "close":
             emit(swarm.close())
         else:

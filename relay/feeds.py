@@ -10,7 +10,8 @@ A client never silently misses a change: after every reconnect of the relay to t
 (notifications sent meanwhile are gone) each feed tells its clients, with its connect event
 again when it has one (statbus's client then re-reads), else with ``event: resync``.
 
-Bounds, per feed: each client may fall ``http.client_buffer`` behind (then it is dropped and
+Bounds, per feed: the events of one turn of the event loop wait in an outbox (written together,
+one write per client); each client may fall ``http.client_buffer`` behind (then it is dropped and
 reconnects); at most ``coalesce.max_pending`` payloads wait for a coalescing window (each
 under 8000 bytes; when full they are sent at once); a client filter holds at most
 ``filter.max_values`` values. So N clients and a flood of payloads cost at most
@@ -63,6 +64,9 @@ class Feed(Fanout):
         self._by_key: dict[str, set[Client]] = {}
         self._pending: OrderedDict[tuple[str, str], Pending] = OrderedDict()
         self._flush: asyncio.TimerHandle | None = None
+        # Events for every client, written together at the end of this turn of the loop.
+        self._outbox: list[bytes] = []
+        self._drain: asyncio.Handle | None = None
         if feed.on_connect == "event":
             self._connect: Frame | None = named_frame(feed.connect_event, feed.connect_data)
             self._resync = self._connect
@@ -151,11 +155,27 @@ class Feed(Fanout):
 
     def _send(self, channel: str, data: str, payload: Mapping[str, Any]) -> None:
         if self.config.events == "unnamed":
-            frame = Frame(f"data: {data}\n\n".encode())
+            raw = f"data: {data}\n\n".encode()
         else:
-            frame = named_frame(channel, data)
+            raw = f"event: {channel}\ndata: {data}\n\n".encode()
         self._metrics.feed_events.labels(self._label).inc()
-        self.broadcast(frame, self._recipients(payload))
+        if self.config.filter is not None:
+            self._drain_outbox()
+            self.broadcast(Frame(raw), self._recipients(payload))
+            return
+        # Hand-rolled batching, for floods: the events of one turn of the loop go out as one
+        # write per client (one frame, one chunk), in order, instead of one write per event.
+        self._outbox.append(raw)
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().call_soon(self._drain_outbox)
+
+    def _drain_outbox(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+        if self._outbox:
+            events, self._outbox = self._outbox, []
+            self.broadcast(Frame(b"".join(events)))
 
     def _recipients(self, payload: Mapping[str, Any]) -> Iterable[Client]:
         rule = self.config.filter
@@ -170,10 +190,12 @@ class Feed(Fanout):
     def resync(self) -> None:
         """The relay reconnected to the database: what was sent meanwhile is gone."""
         self.flush()
+        self._drain_outbox()
         self.broadcast(self._resync)
 
     async def aclose(self) -> None:
         self.flush()
+        self._drain_outbox()
         await super().aclose()
 
 
