@@ -65,14 +65,25 @@ def main(argv: list[str] | None = None) -> int:
                     )
             top = max(clients)
             print(f"feed under a flood: {top:,} clients, 1,000 payloads/s")
-            feed = run_feed(db, swarm, top, rate=1000, seconds=3 if quick else 5)
-            results["feed"] = feed
-            print(
-                f"  {feed.connected:,} clients: {100 * feed.delivered:.1f}% delivered "
-                f"({feed.complete_clients:,} clients got all {feed.sent:,}), sent at "
-                f"{feed.send_rate:.0f}/s, p50 {feed.p50_ms} ms, p99 {feed.p99_ms} ms, "
-                f"RSS {feed.rss_per_client_kib:.1f} KiB/client"
-            )
+            results["feed"] = []
+            for coalesce, sample in ((None, 20), ("100ms", 1)):
+                feed = run_feed(
+                    db,
+                    swarm,
+                    top,
+                    rate=1000,
+                    seconds=3 if quick else 5,
+                    sample=sample,
+                    coalesce=coalesce,
+                )
+                results["feed"].append(feed)
+                print(
+                    f"  coalesce {coalesce}: {feed.connected:,} clients, "
+                    f"{100 * feed.delivered:.1f}% delivered ({feed.complete_clients:,} got all "
+                    f"{feed.sent:,}, {feed.got_last:,} the last), sent at {feed.send_rate:.0f}/s, "
+                    f"p50 {feed.p50_ms} ms, p99 {feed.p99_ms} ms, "
+                    f"RSS {feed.rss_per_client_kib:.1f} KiB/client"
+                )
         if "triggers" in args.only:
             print("trigger cost")
             t = run_triggers(db, rounds=3 if quick else 5, seconds=4 if quick else 8)

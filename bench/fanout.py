@@ -139,12 +139,14 @@ class FeedResult:
 
     clients: int
     connected: int
+    coalesce: str | None  # the feed's coalescing window (by payload type), if any
     rate: float
     seconds: float
     sent: int
     send_rate: float  # what the producer achieved
     delivered: float  # payloads received over payloads sent times clients
     complete_clients: int  # clients that got every payload
+    got_last: int  # clients that got the last payload (coalescing keeps it)
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
@@ -159,13 +161,22 @@ FEED_PAD = '"type":"pipeline_progress","phases":[{"phase":"is_deriving_statistic
 
 
 def run_feed(
-    db: Database, swarm: Child, n: int, *, rate: float, seconds: float, sample: int = 20
+    db: Database,
+    swarm: Child,
+    n: int,
+    *,
+    rate: float,
+    seconds: float,
+    sample: int = 20,
+    coalesce: str | None = None,
 ) -> FeedResult:
     """The relay with one feed; n clients on it; payloads NOTIFYed at ``rate`` per second,
     each its own commit. Latency: from just before a payload's statement is sent to its
-    arrival at a client, for every ``sample``-th payload."""
+    arrival at a client, for every ``sample``-th payload (with coalescing, of those that
+    survive it)."""
     prepare(db.dsn)
-    server, port = start_server("relay", db.dsn, "feed-relay", "--feed")
+    extra = ["--feed", *(["--feed-coalesce", coalesce] if coalesce else [])]
+    server, port = start_server("relay", db.dsn, "feed-relay", *extra)
     try:
         swarm.ask({"cmd": "connect", "port": port, "n": 20, "path": FEED_PATH, "sample": sample})
         swarm.ask({"cmd": "close"})
@@ -184,12 +195,14 @@ def run_feed(
     return FeedResult(
         clients=n,
         connected=answer["connected"],
+        coalesce=coalesce,
         rate=rate,
         seconds=seconds,
         sent=total,
         send_rate=total / took,
         delivered=report["delivered"],
         complete_clients=report["complete_clients"],
+        got_last=report["got_last"],
         p50_ms=report["p50_ms"],
         p99_ms=report["p99_ms"],
         max_ms=report["max_ms"],
@@ -211,7 +224,7 @@ def produce(
                 time.sleep(lag)
             t0 = time.monotonic()
             conn.execute("SELECT pg_notify('bench_feed', %s)", (f'{{"k":{k},{FEED_PAD}}}',))
-            if k % sample == 0:
+            if k % sample == 0 or k == total - 1:
                 marks.append([k, t0])
         took = time.monotonic() - started
     return marks, total, took

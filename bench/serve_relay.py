@@ -82,7 +82,10 @@ async def main(args: argparse.Namespace) -> None:
         "logging": {"level": "warning", "format": "json"},
     }
     if args.feed:
-        tree["feeds"] = [BENCH_FEED]
+        feed: dict[str, Any] = dict(BENCH_FEED)
+        if args.feed_coalesce:
+            feed["coalesce"] = {"window": args.feed_coalesce, "key": "type"}
+        tree["feeds"] = [feed]
     if args.hint_channels:
         tree["activities"] = channel_hinted_seed(args.hint_channels.split(","))
     config = Config.model_validate(tree)
@@ -113,6 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--name", default="stability-relay")
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--feed", action="store_true", help=f"serve {BENCH_FEED['path']}")
+    parser.add_argument("--feed-coalesce", metavar="WINDOW", help='coalesce it by "type"')
     parser.add_argument(
         "--hint-channels",
         metavar="A,B",

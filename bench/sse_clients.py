@@ -122,9 +122,13 @@ class Swarm:
         latencies = [(t - t0) * 1000 for k, t0 in sent for t in self.arrivals.get(int(k), [])]
         counts = [c.received for c in self.clients if isinstance(c, FeedClient)]
         delivered = sum(counts) / (total * len(counts)) if counts and total else 0.0
+        last = max((int(k) for k, _t0 in sent), default=-1)
         return {
             "clients": len(counts),
             "delivered": delivered,
+            "got_last": sum(
+                1 for c in self.clients if isinstance(c, FeedClient) and c.last >= last
+            ),
             "complete_clients": sum(1 for c in counts if c >= total),
             "p50_ms": percentile(latencies, 50) if latencies else None,
             "p99_ms": percentile(latencies, 99) if latencies else None,
@@ -211,7 +215,7 @@ class SseClient(asyncio.Protocol):
 class FeedClient(SseClient):
     """One stream of a feed: counts its payloads, times every ``sample``-th."""
 
-    __slots__ = ("received", "sample")
+    __slots__ = ("last", "received", "sample")
 
     def __init__(
         self, swarm: Swarm, request: bytes, ready: asyncio.Future[None], sample: int
@@ -219,6 +223,7 @@ class FeedClient(SseClient):
         super().__init__(swarm, request, ready)
         self.sample = sample
         self.received = 0
+        self.last = -1
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
@@ -241,7 +246,7 @@ class FeedClient(SseClient):
                 self.ready.set_result(None)
         for match in FEED_PAYLOAD.finditer(buffer, 0, end + 2):
             self.received += 1
-            k = int(match.group(1))
+            k = self.last = int(match.group(1))
             if k % self.sample == 0:
                 self.swarm.on_change(k, now)
 

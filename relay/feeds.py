@@ -10,8 +10,9 @@ A client never silently misses a change: after every reconnect of the relay to t
 (notifications sent meanwhile are gone) each feed tells its clients, with its connect event
 again when it has one (statbus's client then re-reads), else with ``event: resync``.
 
-Bounds, per feed: the events of one turn of the event loop wait in an outbox (written together,
-one write per client); each client may fall ``http.client_buffer`` behind (then it is dropped and
+Bounds, per feed: events wait in an outbox at most ``BATCH_INTERVAL`` (50 ms) under a flood
+(at most what arrives meanwhile: PostgreSQL's notification rate is the bound), then go out
+together, one write per client; each client may fall ``http.client_buffer`` behind (then it is dropped and
 reconnects); at most ``coalesce.max_pending`` payloads wait for a coalescing window (each
 under 8000 bytes; when full they are sent at once); a client filter holds at most
 ``filter.max_values`` values. So N clients and a flood of payloads cost at most
@@ -37,6 +38,9 @@ from relay.stability import Stability, iso_timestamp
 
 log = get_logger("relay.feeds")
 
+# A feed writes to its clients at most this often under a flood (the first event after a quiet
+# spell goes at once); events in between are written together, one write per client.
+BATCH_INTERVAL = 0.05
 RESYNC_EVENT = "resync"
 RESYNC_DATA = '{"reason":"reconnected"}'
 
@@ -66,7 +70,8 @@ class Feed(Fanout):
         self._flush: asyncio.TimerHandle | None = None
         # Events for every client, written together at the end of this turn of the loop.
         self._outbox: list[bytes] = []
-        self._drain: asyncio.Handle | None = None
+        self._drain: asyncio.TimerHandle | None = None
+        self._drained_at = 0.0
         if feed.on_connect == "event":
             self._connect: Frame | None = named_frame(feed.connect_event, feed.connect_data)
             self._resync = self._connect
@@ -163,11 +168,14 @@ class Feed(Fanout):
             self._drain_outbox()
             self.broadcast(Frame(raw), self._recipients(payload))
             return
-        # Hand-rolled batching, for floods: the events of one turn of the loop go out as one
-        # write per client (one frame, one chunk), in order, instead of one write per event.
+        # Hand-rolled batching, for floods: at most one write per client per BATCH_INTERVAL
+        # (one frame, one chunk, in order) instead of one write per event; a lone event goes
+        # out at once.
         self._outbox.append(raw)
         if self._drain is None:
-            self._drain = asyncio.get_running_loop().call_soon(self._drain_outbox)
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._drained_at + BATCH_INTERVAL - loop.time())
+            self._drain = loop.call_later(wait, self._drain_outbox)
 
     def _drain_outbox(self) -> None:
         if self._drain is not None:
@@ -175,6 +183,7 @@ class Feed(Fanout):
             self._drain = None
         if self._outbox:
             events, self._outbox = self._outbox, []
+            self._drained_at = asyncio.get_running_loop().time()
             self.broadcast(Frame(b"".join(events)))
 
     def _recipients(self, payload: Mapping[str, Any]) -> Iterable[Client]:
