@@ -12,10 +12,10 @@ again when it has one (statbus's client then re-reads), else with ``event: resyn
 
 Bounds, per feed: events wait in an outbox at most ``BATCH_INTERVAL`` (50 ms) under a flood
 (at most what arrives meanwhile: PostgreSQL's notification rate is the bound), then go out
-together, one write per client; each client may fall ``http.client_buffer`` behind (then it is dropped and
-reconnects); at most ``coalesce.max_pending`` payloads wait for a coalescing window (each
-under 8000 bytes; when full they are sent at once); a client filter holds at most
-``filter.max_values`` values. So N clients and a flood of payloads cost at most
+together, one write per client; each client may fall ``http.client_buffer`` behind (then it
+is dropped and reconnects); at most ``coalesce.max_pending`` payloads wait for a coalescing
+window (each under 8000 bytes; when full they are sent at once); a client filter holds at
+most ``filter.max_values`` values. So N clients and a flood of payloads cost at most
 N x (client_buffer + ~2 KiB) + max_pending x 8 KB.
 """
 
