@@ -38,6 +38,7 @@ from relay.metrics import Metrics
 from relay.sse import Capacity, Hub
 from relay.stability import Stability, State
 from relay.systemd import Notifier
+from relay.waits import FreshReads, Waits
 from relay.webhooks import WebhookSender
 
 log = get_logger("relay.app")
@@ -66,6 +67,9 @@ class Relay:
         self.authenticator = Authenticator(config.auth)
         self.address_limit = AddressLimit(config.http, self.metrics)
         self.details = Details(config.database, config.details, self.metrics)
+        fresh = FreshReads(self.details, self.metrics, config.wait.max_fresh_waiting)
+        self.fresh = fresh
+        self.waits = Waits(self.stability, fresh, config.wait, self.metrics)
         self._relay_channel = ChannelRelay(
             self._publish_channel, self.metrics, on_dropped=self._feed_payload_dropped
         )
@@ -112,6 +116,7 @@ class Relay:
     # ListenerEvents: what the database tells us.
     def on_truth(self, activities: Mapping[str, bool]) -> None:
         self.stability.update_truth(activities)
+        self.waits.on_read()
         if self._gap:
             self._gap = False
             self.feeds.resync()
@@ -190,6 +195,7 @@ class Relay:
         await self.leadership.aclose(timeout=remaining())
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.fresh.aclose()
         await self.details.aclose(timeout=remaining())
         await self.notifier.aclose()
         self._state = "closed"

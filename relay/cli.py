@@ -1,4 +1,4 @@
-"""Command line: ``stability-relay run | check | db install | webhook test | demo``.
+"""Command line: ``stability-relay run | check | db install | wait | webhook test | demo``.
 
 Exit codes: 0 success, 1 runtime failure (e.g. cannot bind, database refused the
 install), 2 invalid configuration or usage. Never a traceback for a user's mistake.
@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.add_argument("name", metavar="NAME", help="the webhook's name in the config")
     test.add_argument("--config", metavar="FILE", required=True)
+
+    waiting = commands.add_parser(
+        "wait", help="wait until the system is stable (or processing); for CI jobs"
+    )
+    waiting.add_argument("--url", required=True, help="the relay's base URL")
+    waiting.add_argument("--token", help="a bearer token (default: $RELAY_TOKEN)")
+    waiting.add_argument("--until", choices=["stable", "processing"], default="stable")
+    waiting.add_argument("--stable-for", default="0s", help='how long it must hold ("30s")')
+    waiting.add_argument("--timeout", default="10m", help='give up after this long ("10m")')
+    waiting.add_argument("--activity", help="wait for this activity only")
 
     demo = commands.add_parser("demo", help="embedded PostgreSQL + simulated workload + relay")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
@@ -137,6 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _db_install(args)
     if args.command == "webhook":
         return _webhook_test(load_config(args.config), args.name)
+    if args.command == "wait":
+        return _wait(args)
     if args.command == "demo":
         from relay.demo import run_demo
 
@@ -161,6 +173,32 @@ def _run(config: Config, reload: Callable[[], Config] | None) -> int:
         listen = config.http.listen
         print(f"error: cannot listen on {listen}: {error.strerror or error}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from relay.config import parse_duration
+    from relay.waitcli import WaitRequest, wait
+
+    problems = []
+    durations = {}
+    for key in ("stable_for", "timeout"):
+        try:
+            durations[key] = parse_duration(getattr(args, key))
+        except ValueError as error:
+            problems.append(f"--{key.replace('_', '-')}: {error}")
+    if not args.url.startswith(("http://", "https://")):
+        problems.append(f"--url: expected http:// or https://, got {args.url!r}")
+    if problems:
+        raise ConfigError(problems)
+    request = WaitRequest(
+        url=args.url,
+        until=args.until,
+        stable_for=durations["stable_for"],
+        timeout=durations["timeout"],
+        activity=args.activity,
+        token=args.token or os.environ.get("RELAY_TOKEN"),
+    )
+    return asyncio.run(wait(request))
 
 
 def _webhook_test(config: Config, name: str) -> int:

@@ -181,6 +181,16 @@ class DetailsConfig(_Section):
     max_items: int = Field(default=100, ge=1, le=10_000)
 
 
+class WaitConfig(_Section):
+    # GET /api/system-status/wait (and the CLI's `wait`): long polls at once; more get 429.
+    max_waiters: int = Field(default=1000, ge=1, le=100_000)
+    max_timeout: PositiveDuration = 3600.0
+    # While the condition holds, it is re-read fresh at least this often.
+    recheck: PositiveDuration = 5.0
+    # Concurrent fresh reads wait in line behind one read; more than this get 503.
+    max_fresh_waiting: int = Field(default=10_000, ge=1)
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -383,6 +393,7 @@ class Config(_Section):
     stability: StabilityConfig = StabilityConfig()
     http: HttpConfig = HttpConfig()
     details: DetailsConfig = DetailsConfig()
+    wait: WaitConfig = WaitConfig()
     auth: AuthConfig | None = None
     cors: CorsConfig = CorsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -11,6 +11,7 @@ statement timeout. Single flight plus a short cache: however many requests arriv
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable
 from typing import Any, LiteralString
@@ -36,6 +37,7 @@ QUERY = "SELECT public.system_stability_details(%s)::text"
 # re-reads after a feed's connect event. Never cached: each answer is read after its request
 # arrived. Bound: the pool (details.pool_size) and its timeout; past that, 503.
 INDICATORS = "SELECT public.system_stability_indicators()::text"
+ACTIVITIES = "SELECT public.system_stability_activities()::text"
 
 
 class Details:
@@ -98,6 +100,14 @@ class Details:
     async def _query(self) -> bytes:
         self._metrics.details_queries.inc()
         return await self._read(QUERY, (self._settings.max_items,))
+
+    async def read_activities(self) -> dict[str, Any]:
+        """Every activity's truth, read now on this pool (a fresh read, relay/waits.py)."""
+        body = await self._read(ACTIVITIES)
+        parsed = json.loads(body)
+        if not isinstance(parsed, dict):
+            raise DatabaseUnavailable("public.system_stability_activities() gave no object")
+        return parsed
 
     async def _read(self, query: LiteralString, params: tuple[Any, ...] = ()) -> bytes:
         if self._pool is None or self._closed:

@@ -19,6 +19,7 @@ SNAPSHOT = "/api/system-status"
 
 DETAILS = "/api/system-status/details"
 INDICATORS = "/api/system-status/indicators"
+WAIT = "/api/system-status/wait"
 STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -35,7 +36,7 @@ PAGE_HEADERS = {
 }
 
 
-API = (LIVE, SNAPSHOT, DETAILS, INDICATORS)
+API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT)
 
 
 def build_app(relay: Relay) -> web.Application:
@@ -57,6 +58,7 @@ def build_app(relay: Relay) -> web.Application:
     app.router.add_get("/readyz", _readyz(relay))
     app.router.add_get(DETAILS, relay.details.handle)
     app.router.add_get(INDICATORS, relay.details.indicators)
+    app.router.add_get(WAIT, relay.waits.handle)
     app.router.add_get("/metrics", make_aiohttp_handler(relay.metrics.registry))
     app.router.add_get("/", _page)
     app.router.add_static("/static/", STATIC, append_version=False)
@@ -78,11 +80,12 @@ async def _static_headers(request: web.Request, response: web.StreamResponse) ->
 
 
 def _snapshot(relay: Relay) -> Handler:
-    async def snapshot(_request: web.Request) -> web.Response:
-        current = relay.stability.current
-        body = current.as_json()
+    async def snapshot(request: web.Request) -> web.Response:
+        body = relay.stability.current.as_json()
         body["database_connected"] = relay.listener.connected.is_set()
-        return web.json_response(body, headers={"Cache-Control": "no-store"})
+        if not request.query:
+            return web.json_response(body, headers={"Cache-Control": "no-store"})
+        return await relay.waits.snapshot(request, body)
 
     return snapshot
 

@@ -131,6 +131,14 @@ class Metrics:
             ["feed"],
             registry=r,
         )
+        self.fresh_reads = Counter(
+            "relay_fresh_reads",
+            "Fresh reads of the activities (?fresh=1 and waits), shared by the requests in line.",
+            registry=r,
+        )
+        self.waiters = Gauge(
+            "relay_waiters", "Open long polls on /api/system-status/wait.", registry=r
+        )
         self.details_queries = Counter(
             "relay_details_queries",
             "Rounds of details queries sent to the database (cache misses).",

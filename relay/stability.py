@@ -109,6 +109,20 @@ class Stability:
         if observer in self._observers:
             self._observers.remove(observer)
 
+    def describe(self, activities: Mapping[str, Any]) -> dict[str, Any]:
+        """A truth read elsewhere (a fresh read), in the snapshot's terms."""
+        known = {name: activities.get(name) for name in self._labels}
+        if any(not isinstance(active, bool) for active in known.values()):
+            state = State.UNKNOWN
+        else:
+            state = State.PROCESSING if any(known.values()) else State.STABLE
+        return {
+            "stable": state.stable,
+            "state": state.value,
+            "activities": known,
+            "running": [self._labels[name] for name, active in known.items() if active],
+        }
+
     def update_truth(self, activities: Mapping[str, bool]) -> bool:
         """The truth read from the database: each activity's state, in config order."""
         known = tuple((name, activities.get(name)) for name in self._labels)

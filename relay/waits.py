@@ -1,0 +1,269 @@
+"""Read-your-writes: fresh reads, `?expect=`, and waiting until a condition has held.
+
+A *fresh* read is one whose snapshot is taken after the request arrived: whatever the caller
+committed before asking is in it. Concurrent fresh requests share reads: a request joins the
+next read that has not started yet (never one already running, whose snapshot may predate
+it), so at most one read runs and one waits, however many requests there are. Bound:
+``wait.max_fresh_waiting`` requests in line; past that, 503.
+
+``GET /api/system-status/wait?until=stable|processing&stable_for=30s&timeout=10m&activity=N``
+starts with a fresh read and answers once the condition has held for ``stable_for``. Only
+fresh reads confirm it; every read of the relay's listener (after a hint, or its reconcile)
+triggers one, and a relay state that breaks the condition restarts the clock, so a wait never ends early, only
+perhaps a little late. Answers: 200 ``met``; 408 ``timeout``; 503 ``unknown`` when the last
+read could not reach the database (it never says stable then); 429 past
+``wait.max_waiters``; 400 for a bad query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from aiohttp import web
+
+from relay.config import WaitConfig, parse_duration
+from relay.details import Details
+from relay.errors import DatabaseUnavailable
+from relay.logs import get_logger
+from relay.metrics import Metrics
+from relay.stability import Snapshot, Stability
+
+log = get_logger("relay.waits")
+
+Until = Literal["stable", "processing"]
+
+
+class FreshReads:
+    """Reads of every activity taken after the request arrived, shared while they wait."""
+
+    def __init__(self, details: Details, metrics: Metrics, max_waiting: int) -> None:
+        self._details = details
+        self._metrics = metrics
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        self._running: asyncio.Task[None] | None = None
+        self._current: asyncio.Future[dict[str, Any]] | None = None  # the read running
+        self._next: asyncio.Future[dict[str, Any]] | None = None  # the next, not started
+
+    async def read(self) -> dict[str, Any]:
+        if self._waiting >= self._max_waiting:
+            raise DatabaseUnavailable("too many fresh reads waiting")
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            self._next.add_done_callback(_retrieve)
+            if self._running is None:
+                self._start()
+        future = self._next if self._next is not None else self._current
+        assert future is not None
+        self._waiting += 1
+        try:
+            # Shielded: a caller that goes away must not cancel the read the others share.
+            return await asyncio.shield(future)
+        finally:
+            self._waiting -= 1
+
+    def _start(self) -> None:
+        future, self._next = self._next, None
+        assert future is not None
+        self._current = future
+        self._running = asyncio.create_task(self._run(future), name="relay-fresh-read")
+
+    async def _run(self, future: asyncio.Future[dict[str, Any]]) -> None:
+        self._metrics.fresh_reads.inc()
+        try:
+            result = await self._details.read_activities()
+        except DatabaseUnavailable as error:  # every waiter gets it; the next may do better
+            if not future.done():
+                future.set_exception(error)
+        except Exception as error:  # a bug: logged, and the waiters hear "unavailable"
+            log.exception("fresh_read_failed")
+            if not future.done():
+                future.set_exception(DatabaseUnavailable(type(error).__name__))
+        else:
+            if not future.done():
+                future.set_result(result)
+        finally:
+            self._running = None
+            if self._next is not None:
+                self._start()
+
+    async def aclose(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+            await asyncio.gather(self._running, return_exceptions=True)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: waiters that left never would
+
+
+class Waits:
+    """``?fresh=1``, ``?expect=`` and the long poll; the waiters' one observer of the state."""
+
+    def __init__(
+        self, stability: Stability, fresh: FreshReads, settings: WaitConfig, metrics: Metrics
+    ) -> None:
+        self._stability = stability
+        self._fresh = fresh
+        self._settings = settings
+        self._metrics = metrics
+        self._waiters: set[_Waiter] = set()
+        metrics.waiters.set_function(lambda: float(len(self._waiters)))
+        stability.subscribe(self._on_change)
+
+    def _on_change(self, snapshot: Snapshot) -> None:
+        for waiter in self._waiters:
+            waiter.saw(snapshot)
+
+    def on_read(self) -> None:
+        """The listener read the truth (after a hint, or its reconcile): a commit a waiter
+        waits for may be in, even if the relay's state did not change (start and end of a
+        job within one read): confirm with a fresh read."""
+        for waiter in self._waiters:
+            waiter.changed.set()
+
+    async def snapshot(self, request: web.Request, current: dict[str, Any]) -> web.Response:
+        """``GET /api/system-status`` with ``fresh=1`` and/or ``expect=stable|processing``."""
+        fresh = request.query.get("fresh", "0") not in ("0", "", "false")
+        expect = request.query.get("expect")
+        if expect not in (None, "stable", "processing"):
+            return _error(400, "expect: stable or processing")
+        body = dict(current)
+        if fresh:
+            try:
+                body.update(self._stability.describe(await self._fresh.read()))
+            except DatabaseUnavailable as error:
+                log.warning("fresh_read_failed", reason=str(error))
+                return _json({**body, "fresh": False, "error": "the database is unavailable"}, 503)
+            body["fresh"] = True
+        status = 200 if expect is None or body["state"] == expect else 503
+        return _json(body, status)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """``GET /api/system-status/wait``."""
+        try:
+            until, stable_for, timeout, activity = self._parse(request)
+        except ValueError as error:
+            return _error(400, str(error))
+        if len(self._waiters) >= self._settings.max_waiters:
+            self._metrics.sse_refused.inc()
+            return _json({"error": "too many waiters"}, 429, {"Retry-After": "5"})
+        waiter = _Waiter(until, activity)
+        self._waiters.add(waiter)
+        started = time.monotonic()
+        try:
+            result, body = await self._wait(waiter, stable_for, started + timeout)
+        finally:
+            self._waiters.discard(waiter)
+        status = {"met": 200, "timeout": 408, "unknown": 503}[result]
+        answer = {
+            "result": result,
+            "until": until,
+            "activity": activity,
+            "stable_for_s": stable_for,
+            "waited_s": round(time.monotonic() - started, 3),
+            **body,
+        }
+        return _json(answer, status)
+
+    def _parse(self, request: web.Request) -> tuple[Until, float, float, str | None]:
+        query = request.query
+        until = query.get("until", "stable")
+        if until not in ("stable", "processing"):
+            raise ValueError("until: stable or processing")
+        stable_for = _duration(query, "stable_for", 0.0)
+        timeout = _duration(query, "timeout", 600.0)
+        if timeout > self._settings.max_timeout:
+            raise ValueError(f"timeout: at most {self._settings.max_timeout:g}s")
+        if stable_for > timeout:
+            raise ValueError("stable_for: longer than the timeout")
+        activity = query.get("activity")
+        known = [name for name, _active in self._stability.current.activities]
+        if activity is not None and activity not in known:
+            raise ValueError(f"activity: one of {', '.join(known)}")
+        return until, stable_for, timeout, activity  # type: ignore[return-value]
+
+    async def _wait(
+        self, waiter: _Waiter, stable_for: float, deadline: float
+    ) -> tuple[str, dict[str, Any]]:
+        met_since: float | None = None
+        body: dict[str, Any] = {}
+        while True:
+            waiter.changed.clear()
+            waiter.broken = False
+            truth: dict[str, Any] | None
+            try:
+                truth = await self._fresh.read()
+            except DatabaseUnavailable:
+                truth, body = None, {"stable": None, "state": "unknown"}
+            else:
+                body = self._stability.describe(truth)
+            now = time.monotonic()
+            holds = truth is not None and not waiter.broken and waiter.holds(truth)
+            met_since = (met_since or now) if holds else None
+            if met_since is not None and now - met_since >= stable_for:
+                return "met", body
+            if now >= deadline:
+                return ("unknown" if truth is None else "timeout"), body
+            wake = min(deadline, now + self._settings.recheck)
+            if met_since is not None:
+                wake = min(wake, met_since + stable_for)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wake - now)):
+                    await waiter.changed.wait()
+            if waiter.broken:
+                met_since = None
+
+
+class _Waiter:
+    """One long poll: its condition, and what the relay's listener saw meanwhile."""
+
+    __slots__ = ("activity", "broken", "changed", "until")
+
+    def __init__(self, until: Until, activity: str | None) -> None:
+        self.until = until
+        self.activity = activity
+        self.changed = asyncio.Event()
+        self.broken = False
+
+    def holds(self, truth: Mapping[str, Any]) -> bool:
+        if self.activity is not None:
+            busy = truth.get(self.activity) is True
+        else:
+            busy = any(value is True for value in truth.values())
+        return busy if self.until == "processing" else not busy
+
+    def saw(self, snapshot: Snapshot) -> None:
+        """A change the listener read: confirm with a fresh read; a breach restarts the clock."""
+        known = dict(snapshot.activities)
+        if all(isinstance(v, bool) for v in known.values()) and not self.holds(known):
+            self.broken = True
+        self.changed.set()
+
+
+def _duration(query: Mapping[str, str], key: str, default: float) -> float:
+    if key not in query:
+        return default
+    try:
+        value = parse_duration(query[key])
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{key}: must be finite")
+    return value
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        body, status=status, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
