@@ -9,10 +9,10 @@ it), so at most one read runs and one waits, however many requests there are. Bo
 ``GET /api/system-status/wait?until=stable|processing&stable_for=30s&timeout=10m&activity=N``
 starts with a fresh read and answers once the condition has held for ``stable_for``. Only
 fresh reads confirm it; every read of the relay's listener (after a hint, or its reconcile)
-triggers one, and a relay state that breaks the condition restarts the clock, so a wait never ends early, only
-perhaps a little late. Answers: 200 ``met``; 408 ``timeout``; 503 ``unknown`` when the last
-read could not reach the database (it never says stable then); 429 past
-``wait.max_waiters``; 400 for a bad query.
+triggers one, and a relay state that breaks the condition restarts the clock, so a wait
+never ends early, only perhaps a little late. Answers: 200 ``met``; 408 ``timeout``; 503
+``unknown`` when the last read could not reach the database (it never says stable then);
+429 past ``wait.max_waiters``; 400 for a bad query.
 """
 
 from __future__ import annotations
