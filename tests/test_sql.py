@@ -853,6 +853,7 @@ async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
         "system_stability_confirm_hold()",
         "system_stability_details(integer)",
         "system_stability_hint()",
+        "system_stability_indicators()",
         "system_stability_items_analytics(integer)",
         "system_stability_items_importing(integer)",
         "system_stability_release_hold()",
