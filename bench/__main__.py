@@ -24,8 +24,9 @@ from bench.fanout import run_fanout, run_feed
 from bench.scaleout import run_notify_cost, run_three_relays
 from bench.triggers import VARIANTS, run_triggers
 from bench.unhinted import run_unhinted
+from bench.waiters import run_waiters
 
-PARTS = ("fanout", "triggers", "details", "scaleout", "notify", "unhinted")
+PARTS = ("fanout", "triggers", "details", "scaleout", "notify", "unhinted", "waiters")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             print("statbus profile: commit to relay, by what carries the change")
             dsn = db.server.create_database("statbus_unhinted")
             results["unhinted"] = run_unhinted(dsn, trials=5 if quick else 12)
+        if "waiters" in args.only:
+            print("waiters: 1,000 long polls and 100 fresh reads a second")
+            results["waiters"] = run_waiters(db, seconds=3 if quick else 5)
         if "notify" in args.only:
             print("NOTIFY cost per listener")
             results["notify"] = run_notify_cost(db, seconds=3 if quick else 5)

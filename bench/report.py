@@ -91,6 +91,8 @@ def write(results: dict[str, Any], command: str, docs: Path) -> Path:
         lines += _details_section(results["details"])
     if "unhinted" in results:
         lines += _unhinted_section(results["unhinted"])
+    if "waiters" in results:
+        lines += _waiters_section(results["waiters"])
     if "scaleout" in results or "notify" in results:
         lines += _scale_section(results.get("scaleout"), results.get("notify"))
     lines += (Path(__file__).parent / "notes.md").read_text().splitlines()
@@ -288,6 +290,24 @@ def _unhinted_section(u: Any) -> list[str]:
         p50, p90, worst = u.summary(kind)
         lines.append(f"| {kind} | {p50:.1f} | {p90:.1f} | {worst:.1f} |")
     return [*lines, ""]
+
+
+def _waiters_section(w: Any) -> list[str]:
+    return [
+        "## 6. Waiters and fresh reads",
+        "",
+        f"{w.waiters:,} clients wait on `/api/system-status/wait?until=stable` while an import "
+        f"job runs, and fresh reads (`?fresh=1`) arrive at {w.fresh_rate:.0f} a second for "
+        f"{w.seconds:g} s; then the job's end is committed. The relay in its own process.",
+        "",
+        "| fresh requests | database reads issued | fresh p50 (ms) | fresh p99 (ms) "
+        "| waiters released | release p50 (ms) | release p99 (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {w.fresh_requests} | {w.fresh_reads_issued} | {w.fresh_p50_ms:.1f} "
+        f"| {w.fresh_p99_ms:.1f} | {w.released:,} | {w.release_p50_ms:.0f} "
+        f"| {w.release_p99_ms:.0f} |",
+        "",
+    ]
 
 
 def _details_section(d: Any) -> list[str]:

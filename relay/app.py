@@ -35,10 +35,11 @@ from relay.leader import Leadership
 from relay.listener import Listener
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.sharedread import SharedRead
 from relay.sse import Capacity, Hub
 from relay.stability import Stability, State
 from relay.systemd import Notifier
-from relay.waits import FreshReads, Waits
+from relay.waits import Waits
 from relay.webhooks import WebhookSender
 
 log = get_logger("relay.app")
@@ -67,7 +68,12 @@ class Relay:
         self.authenticator = Authenticator(config.auth)
         self.address_limit = AddressLimit(config.http, self.metrics)
         self.details = Details(config.database, config.details, self.metrics)
-        fresh = FreshReads(self.details, self.metrics, config.wait.max_fresh_waiting)
+        fresh = SharedRead(
+            self.details.read_activities,
+            name="fresh-read",
+            max_waiting=config.wait.max_fresh_waiting,
+            counter=self.metrics.fresh_reads,
+        )
         self.fresh = fresh
         self.waits = Waits(self.stability, fresh, config.wait, self.metrics)
         self._relay_channel = ChannelRelay(

@@ -227,7 +227,7 @@ def _webhook_test(config: Config, name: str) -> int:
 
 def _db_install(args: argparse.Namespace) -> int:
     from relay import logs
-    from relay.dbinstall import install, scripts
+    from relay.dbinstall import PARKED, install, scripts
 
     config = _load(args)
     if args.print_sql:
@@ -250,7 +250,7 @@ def _db_install(args: argparse.Namespace) -> int:
         )
     )
     for name in applied:
-        print(f"applied {name}")
+        print(name if name == PARKED else f"applied {name}")
     print(f"activities ({config.profile}): {', '.join(config.activity_names)}")
     return EXIT_OK
 
@@ -268,13 +268,14 @@ async def startup_problems(config: Config) -> list[str]:
     except DatabaseUnavailable:
         return []
     try:
-        await verify_installed(conn, config.activities, config.profile)
+        async with asyncio.timeout(config.database.heartbeat_timeout * 2):
+            await verify_installed(conn, config.activities, config.profile)
     except SchemaMismatch as error:
         return error.problems
-    except SchemaMissing as error:
-        return [str(error)]
-    except psycopg.Error as error:
-        return [f"public.system_stability_activities() fails: {pg.describe_error(error)}"]
+    except (SchemaMissing, TimeoutError, psycopg.Error) as error:
+        # Not installed yet (an upgrade before `db install`), or the check could not finish:
+        # start, report unknown, and let the listener check again on every connection.
+        print(f"warning: {pg.describe_error(error)}; starting anyway", file=sys.stderr)
     finally:
         await conn.close()
     return []

@@ -28,6 +28,7 @@ DEMO_SCHEMA = "demo_schema.sql"
 HOLD = "hold.sql"
 ACTIVITIES = "activities (generated)"
 ROLES = "roles.sql"
+PARKED = "hold flag parked (writers stay quiet until a relay listens)"
 
 # Serialises installs into one database: concurrent CREATE OR REPLACE of the same function
 # fails with "tuple concurrently updated". Any fixed number will do; this is b"stabrely".
@@ -124,13 +125,16 @@ async def install(
     async with await _connect(conninfo) as conn:
         if demo_schema:
             await _apply(conn, plan.pop(0))
-        await _refuse_what_does_not_fit(conn, chosen, profile)
+        try:
+            await _refuse_what_does_not_fit(conn, chosen, profile)
+        except psycopg.Error as exc:
+            raise RelayError(f"checking the activities failed: {_describe(exc)}") from exc
         for script in plan:
             await _apply(conn, script)
         await _prove_it_runs(conn)
-        if park and any(activity.hint_triggers for activity in chosen):
-            await _park(conn)
-    return [*([DEMO_SCHEMA] if demo_schema else []), *(s.name for s in plan)]
+        parked = park and any(activity.hint_triggers for activity in chosen) and await _park(conn)
+    applied = [*([DEMO_SCHEMA] if demo_schema else []), *(s.name for s in plan)]
+    return [*applied, PARKED] if parked else applied
 
 
 async def _refuse_what_does_not_fit(
@@ -161,11 +165,20 @@ async def _prove_it_runs(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> N
         ) from exc
 
 
-async def _park(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
-    """The two steps of a hold, each committed: relays running now hear of it and poll."""
-    for statement in (REQUEST, CONFIRM):
-        async with conn.transaction():
-            await conn.execute(statement)
+async def _park(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
+    """The two steps of a hold, each committed: relays running now hear of it and poll.
+    Best effort (the install is done either way): a relay taking or ending a hold at this
+    moment holds the hold lock."""
+    try:
+        for statement in (REQUEST, CONFIRM):
+            async with conn.transaction():
+                await conn.execute(statement)
+    except psycopg.Error:
+        if conn.broken:
+            return False
+        await conn.rollback()
+        return False
+    return True
 
 
 async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:

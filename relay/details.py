@@ -25,6 +25,7 @@ from relay.config import DatabaseConfig, DetailsConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.sharedread import SharedRead
 
 log = get_logger("relay.details")
 
@@ -51,6 +52,9 @@ class Details:
         self._cached: bytes | None = None
         self._cached_at = 0.0
         self._inflight: asyncio.Future[bytes] | None = None
+        self._indicators = SharedRead(
+            lambda: self._read(INDICATORS), name="indicators", max_waiting=10_000
+        )
         self._closed = False
 
     async def start(self) -> None:
@@ -79,6 +83,7 @@ class Details:
         if self._closed:
             return
         self._closed = True
+        await self._indicators.aclose()
         if self._pool is not None:
             await self._pool.close(timeout=timeout)
 
@@ -134,8 +139,9 @@ class Details:
         return await self._answer(self.fetch())
 
     async def indicators(self, _request: web.Request) -> web.Response:
-        """``GET /api/system-status/indicators``: read fresh for every request."""
-        return await self._answer(self._read(INDICATORS))
+        """``GET /api/system-status/indicators``: read after the request arrived (shared by
+        the requests in line: after a feed's resync, every client re-reads at once)."""
+        return await self._answer(self._indicators.read())
 
     async def _answer(self, body_of: Awaitable[bytes]) -> web.Response:
         try:

@@ -32,9 +32,11 @@ class Step(enum.Enum):
 
 
 class Hold:
-    def __init__(self, release_after: float, now: float) -> None:
+    def __init__(self, release_after: float, now: float, *, polling: bool = True) -> None:
         self._release_after = release_after
-        self.polling = True
+        # A session starts as if leaving a hold; without hint triggers of ours none can have
+        # hidden a commit (the flag is still read: a hold set by another relay is followed).
+        self.polling = polling
         # None: not draining. Bound: the transactions running in one snapshot, at most the
         # server's max_connections plus its prepared transactions.
         self._waiting_for: frozenset[str] | None = None

@@ -209,7 +209,7 @@ class Listener:
         # the read, a commit after it by a notification. Never the reverse.
         await self._listen(conn, self._channels)
         self._flag.new_session()
-        hold = Hold(self._release_after, time.monotonic())
+        hold = Hold(self._release_after, time.monotonic(), polling=self._uses_triggers)
         await self._refresh(conn, hold)
         self.connected.set()
         self._backoff.healthy()
@@ -233,7 +233,7 @@ class Listener:
                 async for note in batch:
                     if not self._dispatch(note.channel, note.payload):
                         continue
-                    if note.payload == HOLD_ANNOUNCED:
+                    if note.channel == self._stability_channel and note.payload == HOLD_ANNOUNCED:
                         hold.announced(time.monotonic())
                         self._flag.maybe_set = True
                     else:

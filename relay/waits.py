@@ -27,10 +27,10 @@ from typing import Any, Literal
 from aiohttp import web
 
 from relay.config import WaitConfig, parse_duration
-from relay.details import Details
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.sharedread import SharedRead
 from relay.stability import Snapshot, Stability
 
 log = get_logger("relay.waits")
@@ -38,76 +38,15 @@ log = get_logger("relay.waits")
 Until = Literal["stable", "processing"]
 
 
-class FreshReads:
-    """Reads of every activity taken after the request arrived, shared while they wait."""
-
-    def __init__(self, details: Details, metrics: Metrics, max_waiting: int) -> None:
-        self._details = details
-        self._metrics = metrics
-        self._max_waiting = max_waiting
-        self._waiting = 0
-        self._running: asyncio.Task[None] | None = None
-        self._current: asyncio.Future[dict[str, Any]] | None = None  # the read running
-        self._next: asyncio.Future[dict[str, Any]] | None = None  # the next, not started
-
-    async def read(self) -> dict[str, Any]:
-        if self._waiting >= self._max_waiting:
-            raise DatabaseUnavailable("too many fresh reads waiting")
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            self._next.add_done_callback(_retrieve)
-            if self._running is None:
-                self._start()
-        future = self._next if self._next is not None else self._current
-        assert future is not None
-        self._waiting += 1
-        try:
-            # Shielded: a caller that goes away must not cancel the read the others share.
-            return await asyncio.shield(future)
-        finally:
-            self._waiting -= 1
-
-    def _start(self) -> None:
-        future, self._next = self._next, None
-        assert future is not None
-        self._current = future
-        self._running = asyncio.create_task(self._run(future), name="relay-fresh-read")
-
-    async def _run(self, future: asyncio.Future[dict[str, Any]]) -> None:
-        self._metrics.fresh_reads.inc()
-        try:
-            result = await self._details.read_activities()
-        except DatabaseUnavailable as error:  # every waiter gets it; the next may do better
-            if not future.done():
-                future.set_exception(error)
-        except Exception as error:  # a bug: logged, and the waiters hear "unavailable"
-            log.exception("fresh_read_failed")
-            if not future.done():
-                future.set_exception(DatabaseUnavailable(type(error).__name__))
-        else:
-            if not future.done():
-                future.set_result(result)
-        finally:
-            self._running = None
-            if self._next is not None:
-                self._start()
-
-    async def aclose(self) -> None:
-        if self._running is not None:
-            self._running.cancel()
-            await asyncio.gather(self._running, return_exceptions=True)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: waiters that left never would
-
-
 class Waits:
     """``?fresh=1``, ``?expect=`` and the long poll; the waiters' one observer of the state."""
 
     def __init__(
-        self, stability: Stability, fresh: FreshReads, settings: WaitConfig, metrics: Metrics
+        self,
+        stability: Stability,
+        fresh: SharedRead[dict[str, Any]],
+        settings: WaitConfig,
+        metrics: Metrics,
     ) -> None:
         self._stability = stability
         self._fresh = fresh

@@ -25,7 +25,13 @@ from psycopg import AsyncConnection
 
 from relay.activities.profiles import CUSTOM
 from relay.activities.spec import Activity, split_name
-from relay.activities.sql import active_condition, details_source, qualified
+from relay.activities.sql import (
+    FINGERPRINT,
+    active_condition,
+    details_source,
+    fingerprint,
+    qualified,
+)
 from relay.errors import SchemaMismatch, SchemaMissing
 
 BOOLEAN_OID = 16
@@ -79,6 +85,12 @@ FROM pg_catalog.pg_attribute AS a
 JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
 WHERE a.attrelid = ({_RELATION}) AND a.attname = %(column)s
   AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+INSTALLED = """
+SELECT public.system_stability_activities(),
+       pg_catalog.obj_description(
+           'public.system_stability_activities()'::pg_catalog.regprocedure, 'pg_proc')
 """
 
 OWNER_OF_FUNCTIONS = """
@@ -136,23 +148,33 @@ async def verify_installed(
         raise SchemaMissing(
             "public.system_stability_activities() is missing: run `stability-relay db install`"
         )
-    problems = await _installed_names(conn, activities)
+    problems = await _installed_config(conn, activities)
     problems += await check_activities(conn, activities, role=owner, profile=profile)
     if problems:
         raise SchemaMismatch(problems)
 
 
-async def _installed_names(conn: AsyncConnection[Any], activities: Sequence[Activity]) -> list[str]:
-    cursor = await conn.execute("SELECT public.system_stability_activities()")
+async def _installed_config(
+    conn: AsyncConnection[Any], activities: Sequence[Activity]
+) -> list[str]:
+    """The installed SQL was generated from these activities: same names, same fingerprint."""
+    cursor = await conn.execute(INSTALLED)
     row = await cursor.fetchone()
-    installed = sorted(row[0]) if row and isinstance(row[0], dict) else []
+    answer, comment = row if row else (None, None)
+    installed = sorted(answer) if isinstance(answer, dict) else []
     configured = sorted(activity.name for activity in activities)
-    if installed == configured:
-        return []
-    return [
-        f"activities: the database has {installed or 'none'} installed, this config has "
-        f"{configured}: run `stability-relay db install` with this config"
-    ]
+    if installed != configured:
+        return [
+            f"activities: the database has {installed or 'none'} installed, this config has "
+            f"{configured}: run `stability-relay db install` with this config"
+        ]
+    found = FINGERPRINT.search(comment or "")
+    if found is None or found.group(1) != fingerprint(activities):
+        return [
+            "activities: the installed SQL was generated from another definition of them (or "
+            "by an older relay): run `stability-relay db install` with this config"
+        ]
+    return []
 
 
 async def functions_owner(conn: AsyncConnection[Any]) -> str | None:

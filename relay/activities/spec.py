@@ -41,6 +41,21 @@ def _qualified(value: Any) -> Any:
 
 QualifiedName = Annotated[str, BeforeValidator(_qualified)]
 Identifier = Annotated[str, Field(pattern=rf"^{IDENTIFIER}$")]
+# Generated names add up to 24 characters to an activity's name; PostgreSQL cuts names at 63.
+ActivityName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,38}$")]
+
+
+def _plain_text(value: Any) -> Any:
+    """A label or a state goes into generated SQL (as a literal) and into systemd's STATUS=."""
+    if isinstance(value, str):
+        if any(ord(c) < 32 or c == "\x7f" for c in value) or "\\" in value:
+            raise ValueError("must not contain control characters or backslashes")
+        if DOLLAR_TAG in value:
+            raise ValueError(f"must not contain {DOLLAR_TAG}")
+    return value
+
+
+PlainText = Annotated[str, BeforeValidator(_plain_text)]
 
 
 def _snippet(value: Any) -> Any:
@@ -82,7 +97,7 @@ class ActivityDetails(_Section):
     table: QualifiedName | None = None
     where: Snippet | None = None
     # Output name -> SQL expression over the row's columns (a bare name is a column).
-    fields: dict[Identifier, Snippet] = Field(default_factory=dict)
+    fields: dict[Identifier, Snippet] = Field(default_factory=dict, validate_default=True)
     order_by: Snippet | None = None
     # The seed's details keys: the items also appear in this list.
     list: ListName | None = None
@@ -96,12 +111,12 @@ class ActivityDetails(_Section):
 
 
 class Activity(_Section):
-    name: Identifier
-    label: str = Field(min_length=1, max_length=80)
+    name: ActivityName
+    label: Annotated[PlainText, Field(min_length=1, max_length=80)]
     # The table form.
     table: QualifiedName | None = None
     state_column: Identifier = "state"
-    active_states: tuple[str, ...] = ()
+    active_states: tuple[Annotated[PlainText, Field(min_length=1, max_length=63)], ...] = ()
     filter: Snippet | None = None
     # The expression form.
     expression: Snippet | None = None
