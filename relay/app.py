@@ -30,6 +30,7 @@ from relay.config import Config
 from relay.details import Details
 from relay.errors import ConfigError
 from relay.feeds import Feeds
+from relay.history import History, HistoryWriter
 from relay.http import build_app
 from relay.leader import Leadership
 from relay.listener import Listener
@@ -85,7 +86,10 @@ class Relay:
         self._gap = True
         # Always built (cheap when empty), so a SIGHUP reload can add the first target.
         self.webhooks = self._webhook_sender()
-        # Several relays on one database: only the elected one sends webhooks.
+        self.history = History(self.details, list(config.activity_names))
+        self.history_writer = self._history_writer()
+        # Several relays on one database: only the elected one sends webhooks (and writes
+        # the history).
         self.leadership = Leadership(config.database, self._on_leadership)
         self.listener = Listener(
             config.database,
@@ -109,13 +113,20 @@ class Relay:
             public_url=self.config.http.public_url,
         )
 
+    def _history_writer(self) -> HistoryWriter:
+        return HistoryWriter(self.stability, self.details, self.config.history.retention)
+
     async def _on_leadership(self, leading: bool) -> None:
-        """Elected: send webhooks. Another relay leads now: stop, and be ready for next time."""
+        """Elected: send webhooks, write the history. Another relay leads now: stop, and be
+        ready for next time."""
         if leading:
+            await self.history_writer.start()
             await self.webhooks.start()
             self.metrics.webhook_leader.set(1)  # only once the sender really runs
         else:
             self.metrics.webhook_leader.set(0)
+            await self.history_writer.aclose()
+            self.history_writer = self._history_writer()
             await self.webhooks.aclose(timeout=self.config.http.shutdown_timeout)
             self.webhooks = self._webhook_sender()
 
@@ -198,6 +209,7 @@ class Relay:
         # Drain webhooks while still the leader, so no other relay takes over a delivery
         # that is still on the wire here.
         await self.webhooks.aclose(timeout=remaining())
+        await self.history_writer.aclose()
         await self.leadership.aclose(timeout=remaining())
         if self._runner is not None:
             await self._runner.cleanup()

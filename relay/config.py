@@ -191,6 +191,11 @@ class WaitConfig(_Section):
     max_fresh_waiting: int = Field(default=10_000, ge=1)
 
 
+class HistoryConfig(_Section):
+    # Busy periods older than this are deleted as new ones are written (README "History").
+    retention: PositiveDuration = 90 * 86400.0
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -394,6 +399,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     details: DetailsConfig = DetailsConfig()
     wait: WaitConfig = WaitConfig()
+    history: HistoryConfig = HistoryConfig()
     auth: AuthConfig | None = None
     cors: CorsConfig = CorsConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -28,6 +28,7 @@ DEMO_SCHEMA = "demo_schema.sql"
 HOLD = "hold.sql"
 ACTIVITIES = "activities (generated)"
 ROLES = "roles.sql"
+HISTORY = "history.sql"
 PARKED = "hold flag parked (writers stay quiet until a relay listens)"
 
 # Serialises installs into one database: concurrent CREATE OR REPLACE of the same function
@@ -91,6 +92,7 @@ def scripts(
     hold = (directory / HOLD).read_bytes().replace(_CHANNEL_LITERAL, f"'{channel}'".encode())
     result.append(Script(HOLD, hold))
     result.append(Script(ACTIVITIES, install_script(activities).encode()))
+    result.append(Script(HISTORY, (directory / HISTORY).read_bytes()))
     if roles:
         result.append(Script(ROLES, (directory / ROLES).read_bytes()))
     return result

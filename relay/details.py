@@ -87,6 +87,13 @@ class Details:
         if self._pool is not None:
             await self._pool.close(timeout=timeout)
 
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """The pool, for other short reads and writes (the history)."""
+        if self._pool is None or self._closed:
+            raise DatabaseUnavailable("details service is not running")
+        return self._pool
+
     async def fetch(self) -> bytes:
         """The JSON body: from the cache, from the query in flight, or from a new query."""
         if self._cached is not None and time.monotonic() - self._cached_at < self._settings.cache:

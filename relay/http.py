@@ -20,6 +20,7 @@ SNAPSHOT = "/api/system-status"
 DETAILS = "/api/system-status/details"
 INDICATORS = "/api/system-status/indicators"
 WAIT = "/api/system-status/wait"
+HISTORY = "/api/system-status/history"
 STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,7 +37,7 @@ PAGE_HEADERS = {
 }
 
 
-API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT)
+API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT, HISTORY)
 
 
 def build_app(relay: Relay) -> web.Application:
@@ -59,6 +60,7 @@ def build_app(relay: Relay) -> web.Application:
     app.router.add_get(DETAILS, relay.details.handle)
     app.router.add_get(INDICATORS, relay.details.indicators)
     app.router.add_get(WAIT, relay.waits.handle)
+    app.router.add_get(HISTORY, relay.history.handle)
     app.router.add_get("/metrics", make_aiohttp_handler(relay.metrics.registry))
     app.router.add_get("/", _page)
     app.router.add_static("/static/", STATIC, append_version=False)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from relay.stability import Snapshot, Stability
+from relay.stability import Snapshot, Stability, State
 
 
 class Metrics:
@@ -20,6 +20,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._previous: Snapshot | None = None
         r = self.registry
         self.system_stable = Gauge(
             "relay_system_stable",
@@ -131,6 +132,12 @@ class Metrics:
             ["feed"],
             registry=r,
         )
+        self.processing_duration = Histogram(
+            "relay_processing_duration_seconds",
+            "How long each processing period lasted (from processing to stable).",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+            registry=r,
+        )
         self.fresh_reads = Counter(
             "relay_fresh_reads",
             "Fresh reads of the activities (?fresh=1 and waits), shared by the requests in line.",
@@ -183,8 +190,12 @@ class Metrics:
         stability.subscribe(self._count_transition)
 
     def _count_transition(self, snapshot: Snapshot) -> None:
-        if snapshot.new_state:
-            self.transitions.labels(snapshot.state.value).inc()
+        if not snapshot.new_state:
+            return
+        self.transitions.labels(snapshot.state.value).inc()
+        previous, self._previous = self._previous, snapshot
+        if snapshot.state is State.STABLE and previous and previous.state is State.PROCESSING:
+            self.processing_duration.observe(max(0.0, snapshot.since - previous.since))
 
 
 def _activity_value(stability: Stability, name: str) -> float:

@@ -56,6 +56,7 @@ class Snapshot:
     activities: ActivityStates = ()
     running: tuple[str, ...] = ()
     new_state: bool = True
+    at: float = 0.0  # when this snapshot was made (``since`` for a new state)
 
     @property
     def stable(self) -> bool | None:
@@ -94,7 +95,7 @@ class Stability:
         now = clock()
         start = int(now * 1000) * 1000 + random.randrange(1000)
         unknown = tuple((name, None) for name in self._labels)
-        self._current = Snapshot(State.UNKNOWN, seq=start, since=now, activities=unknown)
+        self._current = Snapshot(State.UNKNOWN, seq=start, since=now, activities=unknown, at=now)
         self._observers: list[Observer] = []
 
     @property
@@ -137,13 +138,15 @@ class Stability:
         if state is old.state and known == old.activities:
             return False
         new_state = state is not old.state
+        now = self._clock()
         self._current = Snapshot(
             state=state,
             seq=old.seq + 1,
-            since=self._clock() if new_state else old.since,
+            since=now if new_state else old.since,
             activities=known,
             running=tuple(self._labels[name] for name, active in known if active),
             new_state=new_state,
+            at=now,
         )
         self._log_change(old)
         for observer in self._observers:

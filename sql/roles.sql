@@ -54,6 +54,9 @@ $$;
 GRANT USAGE ON SCHEMA public TO stability_relay;
 
 GRANT EXECUTE ON FUNCTION
+    public.system_stability_record(text[], text[], timestamptz, interval),
+    public.system_stability_history(timestamptz, text, integer),
+    public.system_stability_history_summary(text),
     public.is_system_stable(),
     public.system_stability_activities(),
     public.system_stability_details(integer),

@@ -761,7 +761,13 @@ async def test_installing_again_changes_nothing(
 
     applied = await install(db_dsn, demo_schema=True, park=False)
 
-    assert applied == ["demo_schema.sql", "hold.sql", "activities (generated)", "roles.sql"]
+    assert applied == [
+        "demo_schema.sql",
+        "hold.sql",
+        "activities (generated)",
+        "history.sql",
+        "roles.sql",
+    ]
     assert await _installed_objects(conn) == before
     assert await hints_after(
         "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
@@ -853,11 +859,15 @@ async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
         "system_stability_confirm_hold()",
         "system_stability_details(integer)",
         "system_stability_hint()",
+        "system_stability_history(timestamp with time zone,text,integer)",
+        "system_stability_history_summary(text)",
         "system_stability_indicators()",
         "system_stability_items_analytics(integer)",
         "system_stability_items_importing(integer)",
+        "system_stability_record(text[],text[],timestamp with time zone,interval)",
         "system_stability_release_hold()",
         "system_stability_request_hold()",
+        "system_stability_slugs()",
     ]
 
 

@@ -128,6 +128,7 @@ def _generated(activities: Sequence[Activity]) -> str:
         *_items_functions(activities),
         _details_function(activities),
         _indicators_function(activities),
+        _slugs_function(activities),
         *_seed_list_functions(activities),
         *_triggers(activities),
         _drop_stale(activities),
@@ -310,6 +311,25 @@ def _indicators_function(activities: Sequence[Activity]) -> str:
     )
 
 
+def _slugs_function(activities: Sequence[Activity]) -> str:
+    """The slugs (an import job's name) of each activity's rows that have one: the history
+    records them with the periods."""
+    pairs = [
+        f"        {literal(a.name)}, (SELECT coalesce(pg_catalog.jsonb_agg(i ->> 'slug'), "
+        f"'[]') FROM {_items_name(a)}(100) AS i WHERE i ->> 'slug' IS NOT NULL)"
+        for a in activities
+        if a.details is not None and "slug" in a.details.fields
+    ]
+    body = "    SELECT pg_catalog.jsonb_build_object(\n" + ",\n".join(pairs) + "\n    )"
+    return _function(
+        "public.system_stability_slugs",
+        "",
+        "jsonb",
+        body,
+        "the slugs of each activity's rows, for the history.",
+    )
+
+
 def _seed_list_functions(activities: Sequence[Activity]) -> list[str]:
     functions = []
     for list_name, function in SEED_LIST_FUNCTIONS.items():
@@ -406,6 +426,7 @@ def _revoke_from_public(activities: Sequence[Activity]) -> str:
         "public.is_system_stable()",
         "public.system_stability_details(integer)",
         "public.system_stability_indicators()",
+        "public.system_stability_slugs()",
         *(f"{f}()" for f in SEED_LIST_FUNCTIONS.values()),
         *(f"{_items_name(a)}(integer)" for a in activities if a.details is not None),
     ]
