@@ -98,12 +98,29 @@ def _load(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {}
     if getattr(args, "dsn", None):
         overrides["database.dsn"] = args.dsn
+        _warn_if_password_on_command_line(args.dsn)
     if getattr(args, "listen", None):
         overrides["http.listen"] = args.listen
     if getattr(args, "profile", None):
         overrides["profile"] = args.profile
     require_dsn = not getattr(args, "print_sql", False)
     return load_config(getattr(args, "config", None), overrides=overrides, require_dsn=require_dsn)
+
+
+def _warn_if_password_on_command_line(dsn: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except Exception:  # refused with its own message when the config is validated
+        return
+    if password:
+        print(
+            "warning: --dsn carries a password, which every local user can read in "
+            "/proc/<pid>/cmdline and ps: put the DSN in $RELAY_DSN (or the config file as "
+            "${RELAY_DSN}), or the password in ~/.pgpass or $PGPASSWORD",
+            file=sys.stderr,
+        )
 
 
 def _print_problems(error: ConfigError) -> None:

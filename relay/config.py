@@ -144,6 +144,22 @@ class DatabaseConfig(_Section):
     keepalives_count: int = Field(default=3, ge=1)
     tcp_user_timeout: Duration = 15.0
 
+    @field_validator("dsn")
+    @classmethod
+    def _parsable(cls, value: str) -> str:
+        """Refused here, not retried forever at run time (the message never repeats it)."""
+        if value:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(value)
+            except Exception:
+                raise ValueError(
+                    "cannot be parsed: a libpq connection string (host=... dbname=...) or a "
+                    "postgresql:// URL"
+                ) from None
+        return value
+
 
 class StabilityConfig(_Section):
     # Notifications are hints; this re-read of the truth catches anything missed.

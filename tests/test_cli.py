@@ -151,3 +151,20 @@ def test_bad_listen_flag_exits_2(listen: str) -> None:
     result = run("run", "--dsn", "postgresql://x@y/z", "--listen", listen)
     assert result.returncode == 2
     assert "http.listen" in result.stderr
+
+
+def test_an_unparsable_dsn_is_a_config_error_that_never_repeats_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('database:\n  dsn: "host=db password=s3cret-pw port"\n')
+    for command in (("check", "--config", str(bad)), ("run", "--config", str(bad))):
+        result = run(*command)
+        assert result.returncode == 2, command
+        assert "database.dsn: cannot be parsed" in result.stderr
+        assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_a_password_on_the_command_line_is_warned_about_and_not_printed() -> None:
+    result = run("db", "install", "--print", "--dsn", "postgresql://u:s3cret-pw@db/x")
+    assert result.returncode == 0
+    assert "--dsn carries a password" in result.stderr
+    assert "s3cret-pw" not in result.stderr
