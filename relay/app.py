@@ -35,6 +35,7 @@ from relay.http import build_app
 from relay.leader import Leadership
 from relay.listener import Listener
 from relay.logs import get_logger
+from relay.loopguard import LoopErrors
 from relay.metrics import Metrics
 from relay.sharedread import SharedRead
 from relay.sse import Capacity, Hub
@@ -101,6 +102,7 @@ class Relay:
             extra_channels=(*config.channels, *self.feeds.channels),
         )
         self._runner: web.AppRunner | None = None
+        self._restore_loop_handler: Callable[[], None] = lambda: None
         self._site: web.TCPSite | None = None
         self._state = "new"
 
@@ -167,6 +169,9 @@ class Relay:
             raise RuntimeError(f"relay cannot start: it is {self._state}")
         self._state = "starting"
         warn_if_fd_limit_low(self.config.http.max_clients)
+        self._restore_loop_handler = LoopErrors(self.metrics.loop_errors).install(
+            asyncio.get_running_loop()
+        )
         warn_if_unprotected(self.config)
         await self.hub.start()
         await self.feeds.start()
@@ -178,6 +183,9 @@ class Relay:
             max_line_size=self.config.http.max_header_size,
             max_field_size=self.config.http.max_header_size,
             shutdown_timeout=self.config.http.shutdown_timeout,
+            # Also a deadline for a connection's first request: idle and slow-loris sockets
+            # are closed after it (an open event stream is the relay's, not aiohttp's).
+            keepalive_timeout=self.config.http.idle_timeout,
         )
         await self._runner.setup()
         listen = self.config.http.listen
@@ -216,6 +224,7 @@ class Relay:
         await self.fresh.aclose()
         await self.details.aclose(timeout=remaining())
         await self.notifier.aclose()
+        self._restore_loop_handler()
         self._state = "closed"
         log.info("stopped")
 

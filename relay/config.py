@@ -186,6 +186,9 @@ class HttpConfig(_Section):
     max_clients_per_address: int | None = Field(default=None, ge=1)
     trusted_proxies: tuple[Network, ...] = ()
     max_header_size: Size = 8190
+    # A connection that has not completed a request (or sits idle between requests) for this
+    # long is closed: idle and slow sockets do not hold file descriptors for an hour.
+    idle_timeout: PositiveDuration = 15.0
 
 
 class DetailsConfig(_Section):

@@ -138,6 +138,12 @@ class Metrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
             registry=r,
         )
+        self.loop_errors = Counter(
+            "relay_loop_errors",
+            "Errors the event loop reported on its own (e.g. accept() at the open-file limit).",
+            ["kind"],
+            registry=r,
+        )
         self.fresh_reads = Counter(
             "relay_fresh_reads",
             "Fresh reads of the activities (?fresh=1 and waits), shared by the requests in line.",
