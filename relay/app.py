@@ -69,7 +69,12 @@ class Relay:
         self.metrics.sse_clients_limit.set(config.http.max_clients)
         self.authenticator = Authenticator(config.auth)
         self.address_limit = AddressLimit(config.http, self.metrics)
-        self.details = Details(config.database, config.details, self.metrics)
+        self.details = Details(
+            config.database,
+            config.details,
+            self.metrics,
+            busy=lambda: self.stability.current.state is State.PROCESSING,
+        )
         fresh = SharedRead(
             self.details.read_activities,
             name="fresh-read",
@@ -77,7 +82,9 @@ class Relay:
             counter=self.metrics.fresh_reads,
         )
         self.fresh = fresh
-        self.waits = Waits(self.stability, fresh, config.wait, self.metrics)
+        self.waits = Waits(
+            self.stability, fresh, config.wait, self.metrics, eta=lambda: self.details.latest_eta
+        )
         self._relay_channel = ChannelRelay(
             self._publish_channel, self.metrics, on_dropped=self._feed_payload_dropped
         )
@@ -113,6 +120,7 @@ class Relay:
             self.metrics,
             state_directory=self.config.state_directory,
             public_url=self.config.http.public_url,
+            eta=lambda: self.details.latest_eta,
         )
 
     def _history_writer(self) -> HistoryWriter:
@@ -121,6 +129,8 @@ class Relay:
     async def _on_leadership(self, leading: bool) -> None:
         """Elected: send webhooks, write the history. Another relay leads now: stop, and be
         ready for next time."""
+        if self._state in ("closing", "closed"):
+            return  # elected while stopping: the components are closing, start nothing
         if leading:
             await self.history_writer.start()
             await self.webhooks.start()
@@ -211,6 +221,7 @@ class Relay:
         self.notifier.stopping()
         if self._site is not None:
             await self._site.stop()
+        await self.waits.aclose()  # open long polls answer now, not at the runner's cleanup
         await self.listener.aclose(timeout=remaining())
         await self.hub.aclose()
         await self.feeds.aclose()

@@ -11,9 +11,10 @@ statement timeout. Single flight plus a short cache: however many requests arriv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, LiteralString
 
 import psycopg
@@ -23,20 +24,22 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from relay import pg
 from relay.config import DatabaseConfig, DetailsConfig
 from relay.errors import DatabaseUnavailable
+from relay.eta import SAMPLE_INTERVAL, Estimates
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.sharedread import SharedRead
+from relay.tasks import report_unexpected_exit
 
 log = get_logger("relay.details")
 
 # One statement, one snapshot: the lists and the verdict agree with each other. The function
-# is generated from the activities (relay/activities/sql.py); PostgreSQL builds the JSON text
-# and the relay passes it through without parsing. Bound: at most `details.max_items` rows
-# per activity (each activity also says its `total`).
-QUERY = "SELECT public.system_stability_details(%s)::text"
+# is generated from the activities (relay/activities/sql.py); with it, what the estimates of
+# the time left rest on (relay/eta.py), which are put in once per round. Bound: at most
+# `details.max_items` rows per activity (each activity also says its `total`).
+QUERY = "SELECT public.system_stability_details(%s)::text, public.system_stability_typical()::text"
 # Each activity's own JSON (statbus's is_importing() and the deriving ones): what a client
-# re-reads after a feed's connect event. Never cached: each answer is read after its request
-# arrived. Bound: the pool (details.pool_size) and its timeout; past that, 503.
+# re-reads after a feed's connect event: read after each request arrived, shared by the
+# requests in line (relay/sharedread.py).
 INDICATORS = "SELECT public.system_stability_indicators()::text"
 ACTIVITIES = "SELECT public.system_stability_activities()::text"
 
@@ -44,7 +47,13 @@ ACTIVITIES = "SELECT public.system_stability_activities()::text"
 class Details:
     """Serves ``GET /api/system-status/details``. ``start()`` then ``aclose()``."""
 
-    def __init__(self, database: DatabaseConfig, settings: DetailsConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        database: DatabaseConfig,
+        settings: DetailsConfig,
+        metrics: Metrics,
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._database = database
         self._settings = settings
         self._metrics = metrics
@@ -56,6 +65,14 @@ class Details:
             lambda: self._read(INDICATORS), name="indicators", max_waiting=10_000
         )
         self._closed = False
+        self._estimates = Estimates()
+        # The estimate of the last round (for webhooks and waits): overall, else the longest
+        # of the activities'.
+        self.latest_eta: dict[str, Any] | None = None
+        # While the system is busy, a round every SAMPLE_INTERVAL: each is a progress sample
+        # for the estimates, whether or not anyone asks for the details.
+        self._busy = busy
+        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._closed:
@@ -78,14 +95,26 @@ class Details:
             name="relay-details",
         )
         await self._pool.open(wait=False)
+        self._sampler = asyncio.create_task(self._sample(), name="relay-details-sampler")
+        self._sampler.add_done_callback(report_unexpected_exit)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
         await self._indicators.aclose()
         if self._pool is not None:
             await self._pool.close(timeout=timeout)
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            if self._busy():
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self.fetch()
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -110,8 +139,14 @@ class Details:
             self._cached, self._cached_at = future.result(), time.monotonic()
 
     async def _query(self) -> bytes:
+        """One round: the details and what estimates rest on; the estimates put in (so each
+        round is one progress sample of every job)."""
         self._metrics.details_queries.inc()
-        return await self._read(QUERY, (self._settings.max_items,))
+        row = await self._row(QUERY, (self._settings.max_items,))
+        details, typical = json.loads(row[0]), json.loads(row[1] or "{}")
+        annotated = self._estimates.annotate(details, typical)
+        self.latest_eta = annotated.get("eta") or _longest(annotated.get("activities"))
+        return json.dumps(annotated, separators=(",", ":")).encode()
 
     async def read_activities(self) -> dict[str, Any]:
         """Every activity's truth, read now on this pool (a fresh read, relay/waits.py)."""
@@ -122,6 +157,10 @@ class Details:
         return parsed
 
     async def _read(self, query: LiteralString, params: tuple[Any, ...] = ()) -> bytes:
+        row = await self._row(query, params)
+        return str(row[0]).encode()
+
+    async def _row(self, query: LiteralString, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
         if self._pool is None or self._closed:
             raise DatabaseUnavailable("details service is not running")
         try:
@@ -140,7 +179,7 @@ class Details:
         except psycopg.Error as error:
             raise DatabaseUnavailable(f"details query failed: {type(error).__name__}") from None
         assert row is not None
-        return str(row[0]).encode()
+        return tuple(row)
 
     async def handle(self, _request: web.Request) -> web.Response:
         return await self._answer(self.fetch())
@@ -163,3 +202,10 @@ class Details:
         return web.Response(
             body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
         )
+
+
+def _longest(activities: Any) -> dict[str, Any] | None:
+    if not isinstance(activities, dict):
+        return None
+    found = [g["eta"] for g in activities.values() if isinstance(g, dict) and g.get("eta")]
+    return max(found, key=lambda e: e["high_s"]) if found else None

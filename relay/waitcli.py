@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from relay.webhooks.payloads import human_duration
+from relay.webhooks.payloads import eta_text, human_duration
 
 EXIT_MET, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2
 ROUND = 60.0  # at most this long per request: proxies cut idle requests
@@ -41,7 +41,7 @@ async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
     async with aiohttp.ClientSession(headers=headers) as http:
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or remaining < request.stable_for:
                 print(f"timed out after {human_duration(request.timeout)}", file=out)
                 return EXIT_TIMEOUT
             # A round must be able to hold the condition for stable_for.
@@ -62,7 +62,11 @@ async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
                 print(f"refused ({status}): {body.get('error', body)}", file=out)
                 return EXIT_USAGE
             print(_progress(body, met=False), file=out)
-            if status not in (408, 503, 429):
+            if status == 429 or (status >= 500 and body.get("result") != "unknown"):
+                # Too many waiters, or a proxy's error: come back later, not at once.
+                pause = 5.0 if status == 429 else RETRY[min(failures + 1, len(RETRY)) - 1]
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            elif status != 408 and status != 503:
                 await asyncio.sleep(1.0)
 
 
@@ -94,4 +98,8 @@ def _progress(body: dict[str, Any], *, met: bool) -> str:
         return f"met: {state}{what}{after}"
     if body.get("result") == "unknown" or state == "unknown":
         return "state unknown: the relay has no database connection; waiting"
-    return f"still {state}{what}; waiting"
+    estimate = body.get("eta")
+    left = ""
+    if isinstance(estimate, dict) and "low_s" in estimate and "high_s" in estimate:
+        left = f", {eta_text(estimate)} (from {estimate.get('source')})"
+    return f"still {state}{what}{left}; waiting"

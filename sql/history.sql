@@ -46,13 +46,14 @@ BEGIN
     ON CONFLICT (activity) WHERE ended_at IS NULL DO NOTHING;
     UPDATE public.system_stability_period AS p
        SET slugs = ARRAY(
-           SELECT DISTINCT s FROM unnest(p.slugs || ARRAY(
+           SELECT u.s FROM unnest(p.slugs || ARRAY(
                SELECT jsonb_array_elements_text(
                    CASE WHEN p.activity = '' THEN
                        (SELECT coalesce(jsonb_agg(e), '[]') FROM jsonb_each(v_slugs) AS j,
                                jsonb_array_elements(j.value) AS e)
-                   ELSE coalesce(v_slugs -> p.activity, '[]') END))) AS s
-           ORDER BY s LIMIT 100)
+                   ELSE coalesce(v_slugs -> p.activity, '[]') END)))
+               WITH ORDINALITY AS u (s, n)
+           GROUP BY u.s ORDER BY min(u.n) LIMIT 100)  -- the first seen are kept
      WHERE p.ended_at IS NULL;
     DELETE FROM public.system_stability_period
      WHERE ended_at < now() - p_retention;
@@ -109,3 +110,29 @@ REVOKE EXECUTE ON FUNCTION
     public.system_stability_history(timestamptz, text, integer),
     public.system_stability_history_summary(text)
 FROM PUBLIC;
+
+-- What an estimate of the time left can rest on, per activity ('' = the whole system): the
+-- periods that ended in the last 7 days (count, median, 90th percentile) and when the open one
+-- began. Activities without a closed period are left out (no data, no estimate).
+CREATE OR REPLACE FUNCTION public.system_stability_typical()
+RETURNS json
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(json_object_agg(t.activity, json_build_object(
+        'count', t.n,
+        'median_s', round(t.median_s::numeric, 3),
+        'p90_s', round(t.p90_s::numeric, 3),
+        'open_since', (SELECT o.started_at FROM public.system_stability_period AS o
+                       WHERE o.activity = t.activity AND o.ended_at IS NULL))), '{}'::json)
+    FROM (
+        SELECT p.activity, count(*) AS n,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY d.s) AS median_s,
+               percentile_cont(0.9) WITHIN GROUP (ORDER BY d.s) AS p90_s
+        FROM public.system_stability_period AS p,
+             LATERAL (SELECT extract(epoch FROM p.ended_at - p.started_at) AS s) AS d
+        WHERE p.ended_at >= now() - interval '7 days'
+        GROUP BY p.activity
+    ) AS t;
+$$;
+REVOKE EXECUTE ON FUNCTION public.system_stability_typical() FROM PUBLIC;

@@ -57,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     public.system_stability_record(text[], text[], timestamptz, interval),
     public.system_stability_history(timestamptz, text, integer),
     public.system_stability_history_summary(text),
+    public.system_stability_typical(),
     public.is_system_stable(),
     public.system_stability_activities(),
     public.system_stability_details(integer),

@@ -58,9 +58,22 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
         "import_jobs": [],
         "analytics_tasks": [],
         "system_stable": True,
+        "eta": None,
         "activities": {
-            "importing": {"label": "Importing data", "active": False, "items": [], "total": 0},
-            "analytics": {"label": "Deriving statistics", "active": False, "items": [], "total": 0},
+            "importing": {
+                "label": "Importing data",
+                "active": False,
+                "items": [],
+                "total": 0,
+                "eta": None,
+            },
+            "analytics": {
+                "label": "Deriving statistics",
+                "active": False,
+                "items": [],
+                "total": 0,
+                "eta": None,
+            },
         },
     }
 

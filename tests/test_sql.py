@@ -868,6 +868,7 @@ async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
         "system_stability_release_hold()",
         "system_stability_request_hold()",
         "system_stability_slugs()",
+        "system_stability_typical()",
     ]
 
 

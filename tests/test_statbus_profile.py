@@ -136,6 +136,7 @@ async def test_details_show_analysis_progress_and_real_task_columns(
         "active": False,
         "items": [],
         "total": 0,
+        "eta": None,
     }
 
 

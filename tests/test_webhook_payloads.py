@@ -26,6 +26,7 @@ def test_json_is_a_standard_webhooks_envelope() -> None:
             "previous_duration_seconds": 252.4,
             "seq": 42,
             "running": [],
+            "eta": None,
         },
     }
 
@@ -65,6 +66,19 @@ def test_processing_names_the_running_activities_in_json_and_slack() -> None:
         "(stable for 1 min before)"
     )
     assert "*Processing data: Importing data, Deriving reports*" in json.dumps(slack["blocks"])
+
+
+def test_processing_says_the_estimate_of_the_time_left_when_there_is_one() -> None:
+    estimate = {"low_s": 240.0, "high_s": 360.0, "source": "the last 5 periods"}
+    started = Transition(
+        State.PROCESSING, State.STABLE, SINCE, 60, 45, ("Importing data",), estimate
+    )
+    slack = json.loads(encode("slack", started, None))
+    assert slack["text"].startswith(
+        ":hourglass_flowing_sand: Processing data: Importing data, about 4 min to 6 min left"
+    )
+    assert json.loads(encode("json", started, None))["data"]["eta"] == estimate
+    assert Transition.from_record(started.to_record()) == started
 
 
 def test_a_transition_keeps_its_activities_through_the_state_file() -> None:

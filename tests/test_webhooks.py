@@ -89,6 +89,7 @@ async def test_flip_sends_exactly_one_signed_post_per_target(db_dsn: str, tmp_pa
         "previous_duration_seconds": stable["data"]["previous_duration_seconds"],
         "seq": processing["data"]["seq"] + 1,
         "running": [],
+        "eta": None,
     }
     assert processing["data"]["running"] == ["Importing data"]
     assert stable["timestamp"] == stable["data"]["since"]

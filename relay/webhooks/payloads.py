@@ -28,6 +28,7 @@ class Transition:
     previous_duration: float | None
     seq: int
     running: tuple[str, ...] = ()  # the labels of the activities running at the transition
+    eta: dict[str, Any] | None = None  # the estimate of the time left then (relay/eta.py)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -37,6 +38,7 @@ class Transition:
             "previous_duration": self.previous_duration,
             "seq": self.seq,
             "running": list(self.running),
+            "eta": self.eta,
         }
 
     @classmethod
@@ -50,6 +52,7 @@ class Transition:
             previous_duration=float(duration) if duration is not None else None,
             seq=int(record["seq"]),
             running=tuple(str(label) for label in record.get("running", ())),
+            eta=record.get("eta") if isinstance(record.get("eta"), dict) else None,
         )
 
 
@@ -84,6 +87,7 @@ def _data(transition: Transition) -> dict[str, Any]:
         "previous_duration_seconds": round(duration, 3) if duration is not None else None,
         "seq": transition.seq,
         "running": list(transition.running),
+        "eta": transition.eta,
     }
 
 
@@ -99,6 +103,8 @@ def slack_message(transition: Transition, public_url: str | None) -> dict[str, A
     emoji, headline = _HEADLINE[transition.state]
     if transition.state is State.PROCESSING and transition.running:
         headline = f"{headline}: {', '.join(transition.running)}"
+    if transition.state is State.PROCESSING and transition.eta:
+        headline = f"{headline}, {eta_text(transition.eta)}"
     detail = _previous_detail(transition)
     text = f"{emoji} {headline}" + (f" ({detail})" if detail else "")
     context = [f"{detail[0].upper()}{detail[1:]}." if detail else None]
@@ -112,6 +118,13 @@ def slack_message(transition: Transition, public_url: str | None) -> dict[str, A
         *_link_block(public_url),
     ]
     return {"text": text, "blocks": blocks}
+
+
+def eta_text(estimate: dict[str, Any]) -> str:
+    """``about 4 min to 6 min left``, or ``about 5 min left`` when the range rounds to one."""
+    low = human_duration(float(estimate.get("low_s", 0)))
+    high = human_duration(float(estimate.get("high_s", 0)))
+    return f"about {low} left" if low == high else f"about {low} to {high} left"
 
 
 def _previous_detail(transition: Transition) -> str | None:

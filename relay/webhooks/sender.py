@@ -23,9 +23,10 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -44,6 +45,9 @@ from relay.webhooks.statefile import (
     StateFile,
     TargetRecord,
 )
+
+# The estimate of the time left when processing began, if one can be had (relay/eta.py).
+EtaSource = Callable[[], dict[str, Any] | None]
 
 log = get_logger("relay.webhooks")
 
@@ -74,8 +78,10 @@ class Target:
         store: StateFile,
         public_url: str | None,
         rng: random.Random,
+        eta: EtaSource = lambda: None,
     ) -> None:
         self.hook = hook
+        self._eta = eta
         self.name = hook.name
         self._on = frozenset(State(s) for s in hook.on)
         self._metrics = metrics
@@ -207,6 +213,7 @@ class Target:
                 previous_duration=duration,
                 seq=snapshot.seq,
                 running=snapshot.running,
+                eta=self._eta() if snapshot.state is State.PROCESSING else None,
             )
             if self._queued is not None:
                 self._supersede(self._queued)
@@ -352,7 +359,9 @@ class WebhookSender:
         state_directory: str | Path | None,
         public_url: str | None = None,
         rng: random.Random | None = None,
+        eta: EtaSource = lambda: None,
     ) -> None:
+        self._eta = eta
         self._stability = stability
         self._metrics = metrics
         self._public_url = public_url
@@ -368,7 +377,7 @@ class WebhookSender:
         self._close_task: asyncio.Task[None] | None = None
 
     def _target(self, hook: WebhookConfig) -> Target:
-        return Target(hook, self._metrics, self._store, self._public_url, self._rng)
+        return Target(hook, self._metrics, self._store, self._public_url, self._rng, self._eta)
 
     @property
     def state_file(self) -> Path | None:
