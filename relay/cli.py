@@ -203,6 +203,8 @@ def _wait(args: argparse.Namespace) -> int:
             durations[key] = parse_duration(getattr(args, key))
         except ValueError as error:
             problems.append(f"--{key.replace('_', '-')}: {error}")
+    if len(durations) == 2 and durations["stable_for"] > durations["timeout"]:
+        problems.append("--stable-for: longer than --timeout")
     if not args.url.startswith(("http://", "https://")):
         problems.append(f"--url: expected http:// or https://, got {args.url!r}")
     if problems:

@@ -15,6 +15,7 @@ duration over the last 24 h and 7 d), from the relay's details pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ READ = (
     "public.system_stability_history_summary(%s)::text"
 )
 RETRY_AFTER = 5.0
+REFRESH = 30.0
 OVERALL = ""  # the system as a whole, in the table
 
 
@@ -79,7 +81,15 @@ class HistoryWriter:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            # While processing, the state is written again every REFRESH: import jobs that
+            # start within a period get their slugs recorded too.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFRESH):
+                    await self._wake.wait()
+            if not self._wake.is_set():
+                current = self._stability.current
+                if current.state is State.PROCESSING:
+                    self._latest = self._latest or current
             self._wake.clear()
             snapshot, self._latest = self._latest, None
             if snapshot is None:
@@ -120,7 +130,7 @@ class History:
             return web.json_response({"error": str(error)}, status=400)
         try:
             periods, summary = await self._read(since, activity, limit)
-        except (DatabaseUnavailable, psycopg.Error) as error:
+        except (DatabaseUnavailable, psycopg.Error, TimeoutError) as error:
             log.warning("history_unavailable", reason=pg.describe_error(error))
             return web.json_response(
                 {"error": "the history is unavailable: the database cannot be reached"},
@@ -156,12 +166,19 @@ class History:
         return json.loads(row[0]), json.loads(row[1])
 
 
+MAX_SINCE = 3650 * 86400.0
+
+
 def _since(text: str) -> datetime:
-    """``24h`` (that long ago) or an ISO 8601 time."""
+    """``24h`` (that long ago, at most ten years) or an ISO 8601 time."""
     try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+        seconds = parse_duration(text)
     except ValueError:
         pass
+    else:
+        if not seconds <= MAX_SINCE:
+            raise ValueError("since: at most 3650d ago")
+        return datetime.now(UTC) - timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

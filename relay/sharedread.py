@@ -39,8 +39,11 @@ class SharedRead(Generic[T]):
         self._running: asyncio.Task[None] | None = None
         self._current: asyncio.Future[T] | None = None  # the read running
         self._next: asyncio.Future[T] | None = None  # the next, not started
+        self._closed = False
 
     async def read(self) -> T:
+        if self._closed:
+            raise DatabaseUnavailable(f"{self._name}: stopping")
         if self._waiting >= self._max_waiting:
             raise DatabaseUnavailable(f"too many {self._name} requests waiting")
         if self._next is None:
@@ -80,10 +83,16 @@ class SharedRead(Generic[T]):
                 future.set_result(result)
         finally:
             self._running = None
-            if self._next is not None:
+            if self._next is not None and not self._closed:
                 self._start()
 
     async def aclose(self) -> None:
+        """Every request in line hears "unavailable"; the read running is cancelled."""
+        self._closed = True
+        for future in (self._current, self._next):
+            if future is not None and not future.done():
+                future.set_exception(DatabaseUnavailable(f"{self._name}: stopping"))
+        self._next = None
         if self._running is not None:
             self._running.cancel()
             await asyncio.gather(self._running, return_exceptions=True)

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from aiohttp import web
@@ -47,18 +47,29 @@ class Waits:
         fresh: SharedRead[dict[str, Any]],
         settings: WaitConfig,
         metrics: Metrics,
+        eta: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self._stability = stability
+        self._eta = eta
         self._fresh = fresh
         self._settings = settings
         self._metrics = metrics
         self._waiters: set[_Waiter] = set()
+        self._closed = False
         metrics.waiters.set_function(lambda: float(len(self._waiters)))
         stability.subscribe(self._on_change)
 
     def _on_change(self, snapshot: Snapshot) -> None:
         for waiter in self._waiters:
             waiter.saw(snapshot)
+
+    async def aclose(self) -> None:
+        """At shutdown: every open wait answers 503 unknown at once (its client asks again,
+        of another relay or after the restart)."""
+        self._closed = True
+        for waiter in self._waiters:
+            waiter.closing = True
+            waiter.changed.set()
 
     def on_read(self) -> None:
         """The listener read the truth (after a hint, or its reconcile): a commit a waiter
@@ -77,6 +88,8 @@ class Waits:
         if fresh:
             try:
                 body.update(self._stability.describe(await self._fresh.read()))
+                if body["state"] == "unknown":
+                    raise DatabaseUnavailable("an activity read NULL or is missing")
             except DatabaseUnavailable as error:
                 log.warning("fresh_read_failed", reason=str(error))
                 return _json({**body, "fresh": False, "error": "the database is unavailable"}, 503)
@@ -90,8 +103,7 @@ class Waits:
             until, stable_for, timeout, activity = self._parse(request)
         except ValueError as error:
             return _error(400, str(error))
-        if len(self._waiters) >= self._settings.max_waiters:
-            self._metrics.sse_refused.inc()
+        if len(self._waiters) >= self._settings.max_waiters or self._closed:
             return _json({"error": "too many waiters"}, 429, {"Retry-After": "5"})
         waiter = _Waiter(until, activity)
         self._waiters.add(waiter)
@@ -143,7 +155,12 @@ class Waits:
                 truth, body = None, {"stable": None, "state": "unknown"}
             else:
                 body = self._stability.describe(truth)
+                body["eta"] = self._eta() if body["state"] == "processing" else None
+                if body["state"] == "unknown":
+                    truth = None  # an activity read NULL or is missing: it cannot tell
             now = time.monotonic()
+            if waiter.closing:
+                return "unknown", {"stable": None, "state": "unknown"}
             holds = truth is not None and not waiter.broken and waiter.holds(truth)
             met_since = (met_since or now) if holds else None
             if met_since is not None and now - met_since >= stable_for:
@@ -163,13 +180,14 @@ class Waits:
 class _Waiter:
     """One long poll: its condition, and what the relay's listener saw meanwhile."""
 
-    __slots__ = ("activity", "broken", "changed", "until")
+    __slots__ = ("activity", "broken", "changed", "closing", "until")
 
     def __init__(self, until: Until, activity: str | None) -> None:
         self.until = until
         self.activity = activity
         self.changed = asyncio.Event()
         self.broken = False
+        self.closing = False
 
     def holds(self, truth: Mapping[str, Any]) -> bool:
         if self.activity is not None:

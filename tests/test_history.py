@@ -105,3 +105,10 @@ async def test_bad_history_queries_get_400(db_dsn: str) -> None:
             assert status == 400 and body["error"], bad
         status, body = await history(relay, since="2026-01-01T00:00:00Z")
         assert status == 200 and body["since"].startswith("2026-01-01")
+
+
+async def test_absurd_since_values_get_400_not_an_error(db_dsn: str) -> None:
+    async with running_relay(relay_config(db_dsn)) as relay:
+        for since in ("1000000d", "99999999999d", "9" * 400 + "s"):
+            status, body = await history(relay, since=since)
+            assert status == 400 and "since" in body["error"], since

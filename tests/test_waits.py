@@ -16,12 +16,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay.dbinstall import install
+from relay.errors import DatabaseUnavailable
+from relay.sharedread import SharedRead
 from relay.stability import State
 from tests.support import (
     HINTS_ONLY,
     base_url,
     eventually,
     execute,
+    fresh_database,
     relay_config,
     running_relay,
 )
@@ -216,3 +220,53 @@ async def test_a_ci_script_commits_then_waits_with_the_cli(db_dsn: str, delay: f
         await execute(db_dsn, FINISH)
         code, err = await finished(process)
         assert code == 0, err
+
+
+async def test_an_activity_that_reads_null_never_lets_a_wait_say_met(pg_admin_dsn: str) -> None:
+    """It cannot tell: the wait says unknown (and ?fresh=1 answers 503), never stable."""
+    unknowable = {
+        "name": "mystery",
+        "label": "Something",
+        "expression": "(SELECT NULL::boolean FROM public.thing LIMIT 1)",
+        "tables": ["public.thing"],
+        "hints": {"channels": ["thing"]},
+    }
+    async with fresh_database(pg_admin_dsn) as dsn:
+        await execute(
+            dsn, "CREATE TABLE public.thing (x int)", "INSERT INTO public.thing VALUES (1)"
+        )
+        config = relay_config(dsn, activities=[unknowable])
+        await install(dsn, activities=config.activities, roles=False)
+        async with running_relay(config) as relay:
+            url = base_url(relay) + "/api/system-status"
+            status, body = await get(url + "/wait", until="stable", timeout="1s")
+            assert (status, body["result"]) == (503, "unknown")
+            assert (await get(url, fresh="1"))[0] == 503
+
+
+async def test_shared_reads_in_line_hear_unavailable_when_closed() -> None:
+    started = asyncio.Event()
+
+    async def slow() -> int:
+        started.set()
+        await asyncio.sleep(10)
+        return 1
+
+    shared: SharedRead[int] = SharedRead(slow, name="test", max_waiting=10)
+    first = asyncio.create_task(shared.read())
+    await started.wait()
+    second = asyncio.create_task(shared.read())  # waits for the next read
+    await asyncio.sleep(0)
+    await shared.aclose()
+    for waiting in (first, second):
+        with pytest.raises(DatabaseUnavailable):
+            await waiting
+    with pytest.raises(DatabaseUnavailable):
+        await shared.read()
+
+
+async def test_the_cli_refuses_a_stable_for_longer_than_its_timeout() -> None:
+    code, err = await finished(
+        cli_wait("http://127.0.0.1:1", "--stable-for", "5m", "--timeout", "1m")
+    )
+    assert code == 2 and "--stable-for" in err
