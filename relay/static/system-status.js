@@ -14,6 +14,13 @@
  *   heartbeat-timeout   seconds without a byte on the live stream before reconnecting (default 45,
  *                       three times the relay's default 15 s heartbeat)
  *   inline-hint         show the explanatory sentence under the badge instead of as a tooltip
+ *   timeline            also show the last 24 hours under the badge (for a status page; embedded
+ *                       badges stay small without it): a bar from 24 h ago to now with each
+ *                       processing period on it (hover or focus one for its start, end, duration
+ *                       and import jobs; arrow keys move between them), and how long processing
+ *                       usually takes (from the relay's last 7 days, once there are 3 periods).
+ *                       The history is fetched when the state becomes stable or processing and
+ *                       every few minutes; when the relay cannot give it, the timeline hides.
  *   state               (set by the component) connecting | stable | processing | unknown |
  *                       unreachable | unauthorized (the relay answered 401 or 403)
  *
@@ -27,7 +34,8 @@
  *
  * The details dialog shows one section per activity when the relay reports them (an older
  * relay's import jobs and analytics tasks otherwise), with live progress bars for import jobs
- * from the relay's `import_job_progress` events.
+ * from the relay's `import_job_progress` events, and the time left where the relay estimates it
+ * ("about 4\u20136 min left", from an `eta` of {low_s, high_s, source}).
  *
  * The live stream is read with fetch() rather than EventSource: EventSource hides the relay's
  * `: ping` comments (so a dead, silent connection cannot be told from a quiet one without
@@ -44,6 +52,17 @@
 
   const LIVE_PATH = "/api/system-status/live";
   const DETAILS_PATH = "/api/system-status/details";
+  const HISTORY_PATH = "/api/system-status/history?since=24h&limit=1000";
+  const TIMELINE_SPAN_MS = 24 * 3600 * 1000;
+  // The history is fetched again this often, and the bar redrawn (it moves with the clock).
+  const HISTORY_REFRESH_MS = 5 * 60 * 1000;
+  const TIMELINE_TICK_MS = 60 * 1000;
+  // After a change of state, the relay's elected leader writes the period: fetch a moment later,
+  // and again (1 s, doubling) a few times while the history still disagrees with the state.
+  const HISTORY_DELAY_MS = 300;
+  const HISTORY_RECHECKS = 4;
+  const USUAL_MIN_PERIODS = 3;
+  const MAX_SLUGS_SHOWN = 5;
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
   const DEFAULT_HEARTBEAT_TIMEOUT_S = 45;
@@ -88,6 +107,7 @@
   color: #1f2937;
   --ss-focus: #2563eb;
 }
+:host([timeline]) { display: block; }
 :host([hidden]) { display: none; }
 .row { display: inline-flex; align-items: center; gap: 0.5em; justify-content: center; }
 .anchor { position: relative; display: inline-flex; }
@@ -193,6 +213,43 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
 @keyframes ss-spin { to { transform: rotate(360deg); } }
 .error { margin: 0; padding: 0.75rem 0.9rem; border-radius: 0.5rem; background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; }
 .retry { margin-top: 0.75rem; padding: 0.3rem 0.8rem; font-size: 0.875rem; }
+.foot { display: flex; flex-wrap: wrap; justify-content: space-between; align-items: baseline; column-gap: 0.75rem; }
+.foot .rows { margin-left: auto; }
+.eta { margin: 0.3rem 0 0; font-size: 0.8125rem; color: #4b5563; font-variant-numeric: tabular-nums; }
+section > .eta { margin: -0.2rem 0 0.5rem; }
+.eta.overall { margin-top: 1.1rem; text-align: center; font-weight: 600; color: #854d0e; }
+
+.timeline {
+  margin: 1.25rem auto 0; max-width: 32rem;
+  font-size: 0.8125rem; font-weight: 400; line-height: 1.4; text-align: left; color: #4b5563;
+}
+.timeline[hidden], .timeline [hidden] { display: none; }
+.tl-caption { display: flex; justify-content: space-between; align-items: baseline; gap: 0.75rem; margin-bottom: 0.35rem; }
+.tl-title { font-weight: 600; color: #374151; }
+.tl-total { text-align: right; font-variant-numeric: tabular-nums; }
+.tl-wrap { position: relative; }
+.tl-track {
+  position: relative; height: 0.9rem; border-radius: 0.25rem;
+  background: #dcfce7; box-shadow: inset 0 0 0 1px #bbf7d0;
+}
+.seg {
+  position: absolute; top: 0; bottom: 0; left: 0; width: 0; min-width: 4px;
+  border-radius: 2px; background: #f59e0b; cursor: default;
+}
+.seg[data-open] { background: #fbbf24; animation: ss-pulse 1.6s ease-in-out infinite; }
+.seg:hover, .seg[data-current] { background: #b45309; animation: none; }
+.seg:focus { outline: none; }
+.seg:focus-visible { outline: 2px solid var(--ss-focus); outline-offset: 1px; z-index: 1; }
+.tl-tip {
+  position: absolute; z-index: 5; top: calc(100% + 0.4rem); left: 0;
+  width: max-content; max-width: min(18rem, 100%); box-sizing: border-box;
+  padding: 0.35rem 0.55rem; border-radius: 0.375rem; background: #111827; color: #f9fafb;
+  font-size: 0.8125rem; line-height: 1.35; text-align: center; pointer-events: none;
+}
+.tl-tip .when { display: block; font-weight: 600; }
+.tl-tip .slugs { display: block; color: #d1d5db; overflow-wrap: anywhere; }
+.tl-axis { display: flex; justify-content: space-between; margin-top: 0.25rem; font-size: 0.75rem; color: #6b7280; }
+.usual { margin: 0.6rem 0 0; text-align: center; color: #374151; }
 
 @media (prefers-reduced-motion: reduce) {
   *, *::before, *::after { animation: none !important; transition: none !important; }
@@ -207,6 +264,15 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
     <span class="tip" id="tip" role="tooltip" part="hint"></span>
   </span>
   <button type="button" class="details" part="details-button" aria-haspopup="dialog">Details</button>
+</div>
+<div class="timeline" part="timeline" hidden>
+  <div class="tl-caption"><span class="tl-title">Last 24 hours</span><span class="tl-total"></span></div>
+  <div class="tl-wrap">
+    <div class="tl-track" role="list" aria-label="Processing periods in the last 24 hours"></div>
+    <div class="tl-tip" aria-hidden="true" hidden></div>
+  </div>
+  <div class="tl-axis" aria-hidden="true"><span>24 h ago</span><span>12 h ago</span><span>now</span></div>
+  <p class="usual" hidden></p>
 </div>
 <dialog part="dialog" aria-labelledby="title">
   <div class="panel">
@@ -309,6 +375,143 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
     return node;
   }
 
+  // ---- durations, estimates and periods ------------------------------------------------------
+
+  /** A rounded duration as [[value, unit], ...]: "45 s", "4 min", "1 h 25 min", "2 d 3 h". */
+  function approxParts(seconds) {
+    const s = Math.max(0, seconds);
+    if (s < 59.5) {
+      const n = s < 10 ? Math.max(1, Math.round(s)) : Math.round(s / 5) * 5;
+      if (n < 60) return [[n, "s"]];
+    }
+    const minutes = Math.max(1, Math.round(s / 60));
+    if (minutes < 60) return [[minutes, "min"]];
+    if (minutes < 600) {
+      const rounded = Math.round(minutes / 5) * 5;
+      const hours = Math.floor(rounded / 60);
+      const rest = rounded % 60;
+      return rest ? [[hours, "h"], [rest, "min"]] : [[hours, "h"]];
+    }
+    const hours = Math.round(s / 3600);
+    if (hours < 48) return [[hours, "h"]];
+    const days = Math.floor(hours / 24);
+    return hours % 24 ? [[days, "d"], [hours % 24, "h"]] : [[days, "d"]];
+  }
+
+  function partsText(parts) {
+    return parts.map(([value, unit]) => `${value} ${unit}`).join(" ");
+  }
+
+  /** "about 4 min" material: a compact, rounded duration. */
+  function approxDuration(seconds) {
+    return partsText(approxParts(seconds));
+  }
+
+  /** "4 min 12 s", "2 h 3 min": the two largest units, whole numbers (as the relay writes them). */
+  function exactDuration(seconds) {
+    let rest = Math.floor(Math.max(0, seconds));
+    if (rest < 1) return "less than a second";
+    const parts = [];
+    for (const [size, unit] of [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]]) {
+      const value = Math.floor(rest / size);
+      rest -= value * size;
+      if (value || parts.length) parts.push([value, unit]);
+    }
+    return partsText(parts.slice(0, 2).filter(([value]) => value));
+  }
+
+  /** An `eta` of the relay ({low_s, high_s, source}) as {low, high, source}, or null. */
+  function parseEta(value) {
+    if (!isRecord(value)) return null;
+    let low = toNumber(value.low_s);
+    let high = toNumber(value.high_s);
+    if (low === null) low = high;
+    if (high === null) high = low;
+    if (low === null || high === null || high < 0) return null;
+    if (low > high) [low, high] = [high, low];
+    return { low: Math.max(0, low), high, source: typeof value.source === "string" ? value.source.trim() : "" };
+  }
+
+  /** "about 4\u20136 min left", "about 5 min left", "less than 2 min left". */
+  function etaText(eta) {
+    if (eta.high < 1) return "almost done";
+    const high = approxParts(eta.high);
+    if (eta.low < 1) return `less than ${partsText(high)} left`;
+    const low = approxParts(eta.low);
+    const lowText = partsText(low);
+    const highText = partsText(high);
+    if (lowText === highText) return `about ${highText} left`;
+    if (low.length === 1 && high.length === 1 && low[0][1] === high[0][1]) {
+      return `about ${low[0][0]}\u2013${highText} left`;
+    }
+    return `about ${lowText} \u2013 ${highText} left`;
+  }
+
+  function etaElement(value, className) {
+    const eta = parseEta(value);
+    if (eta === null) return null;
+    const node = element("p", className ? `eta ${className}` : "eta", etaText(eta));
+    if (eta.source) node.title = `Estimated from ${eta.source}`;
+    return node;
+  }
+
+  /** The history's periods, oldest first: {key, start, end (null while open), open, duration, slugs}. */
+  function parsePeriods(list) {
+    const periods = [];
+    for (const period of list) {
+      if (!isRecord(period) || typeof period.start !== "string") continue;
+      const start = Date.parse(period.start);
+      if (!Number.isFinite(start)) continue;
+      const open = period.open === true || period.end === null || period.end === undefined;
+      const end = open ? null : Date.parse(period.end);
+      if (!open && !Number.isFinite(end)) continue;
+      const slugs = Array.isArray(period.slugs)
+        ? period.slugs.filter((slug) => typeof slug === "string" && slug.trim() !== "")
+        : [];
+      periods.push({ key: period.start, start, end, open, duration: toNumber(period.duration_s), slugs });
+    }
+    return periods.sort((a, b) => a.start - b.start);
+  }
+
+  function periodSeconds(period, now) {
+    if (period.open) return Math.max(0, (now - period.start) / 1000, period.duration || 0);
+    return period.duration !== null ? period.duration : Math.max(0, (period.end - period.start) / 1000);
+  }
+
+  const clockFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+  const dayClockFormat = new Intl.DateTimeFormat(undefined, { weekday: "short", hour: "numeric", minute: "2-digit" });
+
+  function clock(time, now) {
+    return (new Date(time).toDateString() === new Date(now).toDateString() ? clockFormat : dayClockFormat).format(time);
+  }
+
+  /** What a period's tooltip and label say: when, how long, and which import jobs. */
+  function describePeriod(period, now) {
+    const seconds = periodSeconds(period, now);
+    const when = period.open
+      ? `Since ${clock(period.start, now)}, ${exactDuration(seconds)} so far`
+      : `${clock(period.start, now)} \u2013 ${clock(period.end, now)}, ${exactDuration(seconds)}`;
+    let slugs = period.slugs.slice(0, MAX_SLUGS_SHOWN).join(", ");
+    if (period.slugs.length > MAX_SLUGS_SHOWN) {
+      slugs += ` and ${integerFormat.format(period.slugs.length - MAX_SLUGS_SHOWN)} more`;
+    }
+    return { when, slugs };
+  }
+
+  /** "Processing usually takes about 4 min (90% within 7 min), from the last 5 periods." */
+  function usualText(summary) {
+    const week = isRecord(summary) && isRecord(summary.last_7d) ? summary.last_7d : null;
+    if (week === null) return "";
+    const count = toNumber(week.count);
+    const median = toNumber(week.median_s);
+    const p90 = toNumber(week.p90_s);
+    if (count === null || count < USUAL_MIN_PERIODS || median === null || p90 === null) return "";
+    return (
+      `Processing usually takes about ${approxDuration(median)} (90% within ${approxDuration(p90)}), ` +
+      `from the last ${integerFormat.format(count)} periods.`
+    );
+  }
+
   function retryAfterMs(response) {
     const value = response.headers.get("Retry-After");
     if (!value) return 0;
@@ -320,7 +523,7 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
 
   class SystemStatus extends HTMLElement {
     static get observedAttributes() {
-      return ["src", "heartbeat-timeout"];
+      return ["src", "heartbeat-timeout", "timeline"];
     }
 
     constructor() {
@@ -365,6 +568,40 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
       this._progress = new Map(); // job id -> latest progress event since the dialog opened
       this._checked = new Map(); // job id -> the state a refresh was asked for (one per state)
 
+      this._timeline = root.querySelector(".timeline");
+      this._track = root.querySelector(".tl-track");
+      this._timelineTip = root.querySelector(".tl-tip");
+      this._timelineTotal = root.querySelector(".tl-total");
+      this._usual = root.querySelector(".usual");
+      this._periods = [];
+      this._segments = new Map(); // period key -> its segment, while drawn
+      this._tabKey = null; // the segment in the tab order (the others: arrow keys)
+      this._hoverKey = null;
+      this._historyController = null;
+      this._historyGeneration = 0;
+      this._historyTimer = 0;
+      this._historyTick = 0;
+      this._historyFetchedAt = 0;
+      this._historyRechecks = 0;
+      this._track.addEventListener("pointerover", (event) => {
+        const segment = event.target.closest(".seg");
+        if (segment) {
+          this._hoverKey = segment.dataset.key;
+          this._showPeriodTip();
+        }
+      });
+      this._track.addEventListener("pointerleave", () => {
+        this._hoverKey = null;
+        this._showPeriodTip();
+      });
+      this._track.addEventListener("focusin", (event) => {
+        const segment = event.target.closest(".seg");
+        if (segment) this._setTabKey(segment.dataset.key);
+        this._showPeriodTip();
+      });
+      this._track.addEventListener("focusout", () => setTimeout(() => this._showPeriodTip(), 0));
+      this._track.addEventListener("keydown", (event) => this._onTimelineKey(event));
+
       this._detailsButton.addEventListener("click", () => this.openDetails());
       root.querySelector(".close").addEventListener("click", () => this._dialog.close());
       this._dialog.addEventListener("click", (event) => {
@@ -404,11 +641,13 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
       this._running = true;
       if (this._state === null) this._render("connecting");
       this._start();
+      this._startTimeline();
     }
 
     disconnectedCallback() {
       this._running = false;
       this._stop();
+      this._stopTimeline();
       if (this._dialog.open) this._dialog.close();
     }
 
@@ -416,7 +655,18 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
       // Called for every attribute already present when the element upgrades, before
       // connectedCallback: only a later change of `src` means a new connection.
       // (heartbeat-timeout is read each time the watchdog is armed.)
-      if (name === "src" && this._running && oldValue !== newValue) this._start();
+      if (!this._running || oldValue === newValue) return;
+      if (name === "src") {
+        this._start();
+        this._scheduleHistory(0);
+      } else if (name === "timeline") {
+        if (newValue === null) {
+          this._stopTimeline();
+          this._hideTimeline();
+        } else if (oldValue === null) {
+          this._startTimeline();
+        }
+      }
     }
 
     /** Opens the details dialog and loads the details (never before it is opened). */
@@ -598,6 +848,7 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
         return false;
       }
       const look = LOOKS[state];
+      const previous = this._state;
       this._state = state;
       this._runningLabels = Object.freeze(running.slice());
       this._activities = activities === null ? null : Object.freeze({ ...activities });
@@ -620,7 +871,196 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
           composed: true,
         }),
       );
+      if (state !== previous) {
+        this._historyRechecks = 0;
+        if (state === "stable" || state === "processing") {
+          this._scheduleHistory(previous === "connecting" || previous === null ? 0 : HISTORY_DELAY_MS);
+        }
+      }
       return true;
+    }
+
+    // ---- the timeline of the last 24 hours ----------------------------------------------------
+
+    _timelineWanted() {
+      return this._running && this.hasAttribute("timeline");
+    }
+
+    _startTimeline() {
+      if (!this._timelineWanted()) return;
+      clearInterval(this._historyTick);
+      this._historyTick = setInterval(() => this._onTimelineTick(), TIMELINE_TICK_MS);
+      if (this._state === "stable" || this._state === "processing") this._scheduleHistory(0);
+    }
+
+    _stopTimeline() {
+      this._historyGeneration += 1;
+      if (this._historyController) this._historyController.abort();
+      this._historyController = null;
+      clearTimeout(this._historyTimer);
+      this._historyTimer = 0;
+      clearInterval(this._historyTick);
+      this._historyTick = 0;
+    }
+
+    _scheduleHistory(delayMs) {
+      if (!this._timelineWanted()) return;
+      clearTimeout(this._historyTimer);
+      this._historyTimer = setTimeout(() => {
+        this._historyTimer = 0;
+        this._loadHistory();
+      }, delayMs);
+    }
+
+    _onTimelineTick() {
+      const known = this._state === "stable" || this._state === "processing";
+      if (known && Date.now() - this._historyFetchedAt >= HISTORY_REFRESH_MS) this._loadHistory();
+      else if (!this._timeline.hidden) this._drawTimeline(); // the bar moves with the clock
+    }
+
+    async _loadHistory() {
+      if (!this._timelineWanted()) return;
+      const generation = ++this._historyGeneration;
+      if (this._historyController) this._historyController.abort();
+      const controller = new AbortController();
+      this._historyController = controller;
+      this._historyFetchedAt = Date.now();
+      let body = null;
+      try {
+        const response = await fetch(this._url(HISTORY_PATH), {
+          headers: { Accept: "application/json" },
+          cache: "no-store",
+          credentials: "include",
+          signal: controller.signal,
+        });
+        if (response.ok) body = await response.json();
+        else if (response.body) response.body.cancel().catch(() => {});
+      } catch (_error) {
+        body = null; // refused, aborted, or not JSON: no timeline, quietly
+      }
+      if (generation !== this._historyGeneration) return;
+      this._historyController = null;
+      if (!isRecord(body) || !Array.isArray(body.periods)) {
+        this._hideTimeline(); // unavailable (503), unauthorized, or a relay without a history
+        return;
+      }
+      this._periods = parsePeriods(body.periods);
+      this._usual.textContent = usualText(body.summary);
+      this._usual.hidden = this._usual.textContent === "";
+      this._timeline.hidden = false;
+      this._drawTimeline();
+
+      // The leader writes the period a moment after the change: ask again while they disagree.
+      const open = this._periods.some((period) => period.open);
+      const behind = (this._state === "processing" && !open) || (this._state === "stable" && open);
+      if (behind && this._historyRechecks < HISTORY_RECHECKS) {
+        this._scheduleHistory(1000 * 2 ** this._historyRechecks);
+        this._historyRechecks += 1;
+      }
+    }
+
+    _hideTimeline() {
+      this._timeline.hidden = true;
+      this._periods = [];
+      this._segments.clear();
+      this._track.replaceChildren();
+      this._hoverKey = null;
+      this._timelineTip.hidden = true;
+    }
+
+    _drawTimeline() {
+      const now = Date.now();
+      const from = now - TIMELINE_SPAN_MS;
+      const segments = new Map();
+      let total = 0;
+      for (const period of this._periods) {
+        const end = period.open ? now : period.end;
+        if (end < from) continue;
+        const left = Math.min(100, Math.max(0, (100 * (period.start - from)) / TIMELINE_SPAN_MS));
+        const right = Math.min(100, Math.max(left, (100 * (end - from)) / TIMELINE_SPAN_MS));
+        total += Math.max(0, (Math.min(end, now) - Math.max(period.start, from)) / 1000);
+        let segment = this._segments.get(period.key);
+        if (!segment) {
+          segment = element("span", "seg");
+          segment.dataset.key = period.key;
+          segment.setAttribute("role", "listitem");
+          segment.tabIndex = -1;
+        }
+        // Positions through the CSSOM (allowed under a strict style-src, like the progress bars);
+        // a very short period still gets a few pixels, kept inside the bar.
+        segment.style.left = `min(${left.toFixed(4)}%, calc(100% - 4px))`;
+        segment.style.width = `${(right - left).toFixed(4)}%`;
+        segment.toggleAttribute("data-open", period.open);
+        const { when, slugs } = describePeriod(period, now);
+        segment.setAttribute("aria-label", `Processing ${when}${slugs ? `: ${slugs}` : ""}`);
+        segments.set(period.key, segment);
+      }
+      const focused = this.shadowRoot.activeElement;
+      const focusedKey = focused && focused.classList.contains("seg") ? focused.dataset.key : null;
+      const before = [...this._segments.keys()];
+      const same = segments.size === before.length && [...segments.keys()].every((key, i) => key === before[i]);
+      this._segments = segments;
+      if (!same) this._track.replaceChildren(...segments.values());
+      if (this._tabKey === null || !segments.has(this._tabKey)) this._tabKey = null;
+      this._setTabKey(this._tabKey !== null ? this._tabKey : [...segments.keys()].pop() || null);
+      if (focusedKey !== null && segments.has(focusedKey) && !same) segments.get(focusedKey).focus();
+      if (this._hoverKey !== null && !segments.has(this._hoverKey)) this._hoverKey = null;
+
+      const count = segments.size;
+      this._timelineTotal.textContent = count
+        ? `${integerFormat.format(count)} ${count === 1 ? "period" : "periods"}, ${approxDuration(total)} in all`
+        : "No processing";
+      this._showPeriodTip();
+    }
+
+    _setTabKey(key) {
+      this._tabKey = key;
+      for (const [name, segment] of this._segments) segment.tabIndex = name === key ? 0 : -1;
+    }
+
+    _onTimelineKey(event) {
+      const keys = [...this._segments.keys()];
+      const focused = this.shadowRoot.activeElement;
+      const at = focused ? keys.indexOf(focused.dataset.key) : -1;
+      if (at < 0) return;
+      let next = null;
+      if (event.key === "ArrowLeft" || event.key === "ArrowUp") next = Math.max(0, at - 1);
+      else if (event.key === "ArrowRight" || event.key === "ArrowDown") next = Math.min(keys.length - 1, at + 1);
+      else if (event.key === "Home") next = 0;
+      else if (event.key === "End") next = keys.length - 1;
+      else if (event.key === "Escape") {
+        this._timelineTip.hidden = true;
+        return;
+      }
+      if (next === null) return;
+      event.preventDefault();
+      this._setTabKey(keys[next]);
+      this._segments.get(keys[next]).focus();
+    }
+
+    /** The tooltip of the hovered segment, else of the focused one, else none. */
+    _showPeriodTip() {
+      const focused = this.shadowRoot.activeElement;
+      const focusedKey = focused && focused.classList.contains("seg") ? focused.dataset.key : null;
+      const key = this._hoverKey !== null ? this._hoverKey : focusedKey;
+      const segment = key !== null ? this._segments.get(key) : null;
+      const period = segment ? this._periods.find((candidate) => candidate.key === key) : null;
+      for (const [name, other] of this._segments) other.toggleAttribute("data-current", name === key && !!period);
+      const tip = this._timelineTip;
+      if (!period) {
+        tip.hidden = true;
+        return;
+      }
+      const { when, slugs } = describePeriod(period, Date.now());
+      const parts = [element("span", "when", when)];
+      if (slugs) parts.push(element("span", "slugs", slugs));
+      tip.replaceChildren(...parts);
+      tip.hidden = false;
+      // Centred over the segment, kept inside the bar.
+      const width = this._track.clientWidth;
+      const center = segment.offsetLeft + segment.offsetWidth / 2;
+      const left = Math.max(0, Math.min(width - tip.offsetWidth, center - tip.offsetWidth / 2));
+      tip.style.left = `${Math.round(left)}px`;
     }
 
     // ---- the details dialog -------------------------------------------------------------------
@@ -752,6 +1192,8 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
         pill.toggleAttribute("data-unknown", active === null);
         heading.append(titleText, pill);
         section.append(heading);
+        const eta = etaElement(activity.eta);
+        if (eta) section.append(eta);
 
         if (items !== null && items.length) {
           const list = element("ul");
@@ -774,8 +1216,15 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
       if (details.system_stable === true) {
         return [element("p", "verdict ok", "System stable: all data processing is complete.")];
       }
-      if (!busy) return [element("p", "verdict warn", "The system may still be processing background tasks.")];
-      return [];
+      const parts = [];
+      const eta = parseEta(details.eta);
+      if (eta) {
+        const node = element("p", "eta overall", `All processing: ${etaText(eta)}`);
+        if (eta.source) node.title = `Estimated from ${eta.source}`;
+        parts.push(node);
+      }
+      if (!busy) parts.push(element("p", "verdict warn", "The system may still be processing background tasks."));
+      return parts;
     }
 
     /** An older relay's answer: import jobs and analytics tasks, no activities. */
@@ -830,7 +1279,11 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
       const fill = element("div", "fill");
       bar.append(fill);
       const rows = element("p", "rows");
-      item.append(bar, rows);
+      const foot = element("div", "foot");
+      const eta = etaElement(job.eta);
+      if (eta) foot.append(eta);
+      foot.append(rows);
+      item.append(bar, foot);
       const entry = { item, state, bar, fill, rows, importedRows: 0, jobState: null };
       if (this._jobs.has(job.id)) this._jobs.get(job.id).push(entry);
       else this._jobs.set(job.id, [entry]);
@@ -876,13 +1329,15 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
       line.append(name);
       if (stated) line.append(element("span", "pill", prettyState(stated.value)));
       item.append(line);
-      const skip = new Set([titled && titled.field, stated && stated.field, "description"]);
+      const skip = new Set([titled && titled.field, stated && stated.field, "description", "eta"]);
       const text = typeof row.description === "string" && row.description ? row.description : metaLine(row, skip);
       if (text) {
         const meta = element("p", "desc", text);
         meta.title = text;
         item.append(meta);
       }
+      const eta = etaElement(row.eta);
+      if (eta) item.append(eta);
       return item;
     }
 
