@@ -178,21 +178,30 @@ class SseClient(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
         transport.write(self.request)
 
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
+    def complete_events(self, data: bytes) -> tuple[bytes, int] | None:
+        """The buffer up to its last complete event (and that end), once the answer is a 200;
+        None while no event is complete (or the answer was not a 200)."""
         buffer = self.buffer + data
         end = buffer.rfind(b"\n\n")
         if end < 0:
             self.buffer = buffer
-            return
+            return None
         self.buffer = buffer[end + 2 :]
         if not self.headers_ok:
             if not buffer.startswith(b"HTTP/1.1 200"):
                 if not self.ready.done():
                     self.ready.set_exception(RuntimeError(buffer[:40].decode(errors="replace")))
-                return
+                return None
             self.headers_ok = True
-        for match in EVENT.finditer(buffer, 0, end + 2):
+        return buffer, end + 2
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        complete = self.complete_events(data)
+        if complete is None:
+            return
+        buffer, end = complete
+        for match in EVENT.finditer(buffer, 0, end):
             state = match.group(1)
             if self.open and state != self.state:
                 self.changes += 1
@@ -227,24 +236,16 @@ class FeedClient(SseClient):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        buffer = self.buffer + data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self.buffer = buffer
+        complete = self.complete_events(data)
+        if complete is None:
             return
-        self.buffer = buffer[end + 2 :]
-        if not self.headers_ok:
-            if not buffer.startswith(b"HTTP/1.1 200"):
-                if not self.ready.done():
-                    self.ready.set_exception(RuntimeError(buffer[:40].decode(errors="replace")))
-                return
-            self.headers_ok = True
+        buffer, end = complete
         if not self.open and FEED_READY in buffer:
             self.open = True
             self.swarm.live += 1
             if not self.ready.done():
                 self.ready.set_result(None)
-        for match in FEED_PAYLOAD.finditer(buffer, 0, end + 2):
+        for match in FEED_PAYLOAD.finditer(buffer, 0, end):
             self.received += 1
             k = self.last = int(match.group(1))
             if k % self.sample == 0:
