@@ -135,19 +135,22 @@ class Leadership:
 
     async def _campaign(self, conn: AsyncConnection[Any]) -> None:
         """Try for the lock until this connection holds it, then prove it alive each interval."""
+        # Checks often enough that a DBA's idle_session_timeout does not end the session
+        # (and hand the lock on) between two of them.
+        interval = pg.within_idle_limit(self._interval, await pg.idle_limit(conn))
         if self._campaigned and not self.is_leader:
-            await asyncio.sleep(self._interval)  # after a reconnect the previous leader goes first
+            await asyncio.sleep(interval)  # after a reconnect the previous leader goes first
         self._campaigned = True
         while not await self._try_lock(conn):
             await self._set(False)
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(interval)
         row = await self._query(conn, IDENTIFY)
         self._holder = (int(row[0]), row[1]) if row else None
         await self._set(True)
         # Held. Each check is a round trip, so a dead connection is noticed within one
         # interval plus the heartbeat timeout (and PostgreSQL frees the lock on its side).
         while True:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(interval)
             await self._query(conn, "SELECT 1")
             await self._set(True)  # repeats a callback that failed; otherwise nothing
 

@@ -205,6 +205,7 @@ class Listener:
     async def _session(self, conn: AsyncConnection[Any]) -> None:
         # Nothing is reported until the activities fit the database (never a wrong state).
         await self._deadline(conn, verify_installed(conn, self._activities, self._profile))
+        tick = await self._session_tick(conn)
         # LISTEN first, then read the state: a commit between the two is caught by
         # the read, a commit after it by a notification. Never the reverse.
         await self._listen(conn, self._channels)
@@ -222,7 +223,7 @@ class Listener:
             # read waits out `min_read_interval` while further hints coalesce into it.
             # During a hold there are no hints to wait for: poll at that pace.
             fast = hinted or hold.active
-            read_due = last_read + (self._min_read_interval if fast else self._tick)
+            read_due = last_read + (self._min_read_interval if fast else tick)
             if now >= read_due:
                 await self._refresh(conn, hold)
                 last_read, answered_hint, hinted = time.monotonic(), hinted, False
@@ -246,6 +247,14 @@ class Listener:
             may_take = self._take_holds and not hold.polling and self._flag.can_take(now)
             if busy and may_take and await self._flag.take(conn, now):
                 hold.taken(time.monotonic())
+
+    async def _session_tick(self, conn: AsyncConnection[Any]) -> float:
+        """The heartbeat, shortened to keep the session under a DBA's idle_session_timeout."""
+        limit = await self._deadline(conn, pg.idle_limit(conn))
+        tick = pg.within_idle_limit(self._tick, limit)
+        if tick < self._tick:
+            log.info("heartbeat_shortened", idle_session_timeout_s=limit, heartbeat_s=tick)
+        return tick
 
     def _dispatch(self, channel: str, payload: str) -> bool:
         """Route one notification; return whether it hints at a stability change."""

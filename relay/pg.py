@@ -110,3 +110,23 @@ def describe_error(error: BaseException) -> str:
         return "timed out"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+IDLE_LIMIT = (
+    "SELECT extract(epoch FROM current_setting('idle_session_timeout', true)::interval)::float8"
+)
+
+
+async def idle_limit(conn: AsyncConnection[Any]) -> float | None:
+    """The server's ``idle_session_timeout`` for this session (a DBA's, server-wide or for the
+    role), in seconds; None when off. A connection idle that long is ended by the server: its
+    owner must speak more often than that."""
+    cursor = await conn.execute(IDLE_LIMIT)
+    row = await cursor.fetchone()
+    seconds = row[0] if row else None
+    return float(seconds) if seconds else None
+
+
+def within_idle_limit(interval: float, limit: float | None) -> float:
+    """An interval short enough to keep a session under ``limit`` alive."""
+    return interval if limit is None else min(interval, 0.4 * limit)
