@@ -38,16 +38,18 @@ async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
     deadline = time.monotonic() + request.timeout
     headers = {"Authorization": f"Bearer {request.token}"} if request.token else {}
     failures = 0
+    held = 0.0
     async with aiohttp.ClientSession(headers=headers) as http:
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or remaining < request.stable_for:
+            if remaining <= 0 or remaining < request.stable_for - held:
                 print(f"timed out after {human_duration(request.timeout)}", file=out)
                 return EXIT_TIMEOUT
-            # A round must be able to hold the condition for stable_for.
-            span = min(remaining, max(ROUND, request.stable_for + 30))
+            # Short rounds (proxies cut idle requests); how long the condition has held is
+            # carried from one round to the next.
+            span = min(remaining, ROUND)
             try:
-                status, body = await _poll(http, request, span)
+                status, body = await _poll(http, request, span, held)
             except (aiohttp.ClientError, TimeoutError, ValueError) as error:
                 failures += 1
                 delay = RETRY[min(failures, len(RETRY)) - 1]
@@ -55,6 +57,7 @@ async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 continue
             failures = 0
+            held = float(body.get("held_s") or 0.0) if status == 408 else 0.0
             if status == 200:
                 print(_progress(body, met=True), file=out)
                 return EXIT_MET
@@ -71,11 +74,12 @@ async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
 
 
 async def _poll(
-    http: aiohttp.ClientSession, request: WaitRequest, span: float
+    http: aiohttp.ClientSession, request: WaitRequest, span: float, held: float
 ) -> tuple[int, dict[str, Any]]:
     query = {
         "until": request.until,
         "stable_for": f"{request.stable_for:g}s",
+        "held": f"{held:.3f}s",
         "timeout": f"{span:.3f}s",
     }
     if request.activity:

@@ -7,12 +7,13 @@ it), so at most one read runs and one waits, however many requests there are. Bo
 ``wait.max_fresh_waiting`` requests in line; past that, 503.
 
 ``GET /api/system-status/wait?until=stable|processing&stable_for=30s&timeout=10m&activity=N``
-starts with a fresh read and answers once the condition has held for ``stable_for``. Only
-fresh reads confirm it; every read of the relay's listener (after a hint, or its reconcile)
-triggers one, and a relay state that breaks the condition restarts the clock, so a wait
-never ends early, only perhaps a little late. Answers: 200 ``met``; 408 ``timeout``; 503
-``unknown`` when the last read could not reach the database (it never says stable then);
-429 past ``wait.max_waiters``; 400 for a bad query.
+starts with a fresh read and answers once the condition has held for ``stable_for``
+(``held=12s``: what an earlier round's 408 said in ``held_s``, for clients that ask in short
+rounds). Only fresh reads confirm it; every read of the relay's listener (after a hint, or its
+reconcile) triggers one, and a relay state that breaks the condition restarts the clock, so a
+wait never ends early, only perhaps a little late. Answers: 200 ``met``; 408 ``timeout`` (with
+``held_s``); 503 ``unknown`` when the last read could not reach the database (it never says
+stable then); 429 past ``wait.max_waiters``; 400 for a bad query.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Waits:
     async def handle(self, request: web.Request) -> web.Response:
         """``GET /api/system-status/wait``."""
         try:
-            until, stable_for, timeout, activity = self._parse(request)
+            until, stable_for, timeout, activity, held = self._parse(request)
         except ValueError as error:
             return _error(400, str(error))
         if len(self._waiters) >= self._settings.max_waiters or self._closed:
@@ -109,7 +110,7 @@ class Waits:
         self._waiters.add(waiter)
         started = time.monotonic()
         try:
-            result, body = await self._wait(waiter, stable_for, started + timeout)
+            result, body = await self._wait(waiter, stable_for, started + timeout, held)
         finally:
             self._waiters.discard(waiter)
         status = {"met": 200, "timeout": 408, "unknown": 503}[result]
@@ -123,7 +124,7 @@ class Waits:
         }
         return _json(answer, status)
 
-    def _parse(self, request: web.Request) -> tuple[Until, float, float, str | None]:
+    def _parse(self, request: web.Request) -> tuple[Until, float, float, str | None, float]:
         query = request.query
         until = query.get("until", "stable")
         if until not in ("stable", "processing"):
@@ -132,18 +133,25 @@ class Waits:
         timeout = _duration(query, "timeout", 600.0)
         if timeout > self._settings.max_timeout:
             raise ValueError(f"timeout: at most {self._settings.max_timeout:g}s")
-        if stable_for > timeout:
-            raise ValueError("stable_for: longer than the timeout")
+        if stable_for > self._settings.max_timeout:
+            raise ValueError(f"stable_for: at most {self._settings.max_timeout:g}s")
+        # A round may be shorter than stable_for: its 408 says how long the condition held
+        # (held_s), and the next round starts from there (held).
+        held = min(_duration(query, "held", 0.0), stable_for)
         activity = query.get("activity")
         known = [name for name, _active in self._stability.current.activities]
         if activity is not None and activity not in known:
             raise ValueError(f"activity: one of {', '.join(known)}")
-        return until, stable_for, timeout, activity  # type: ignore[return-value]
+        return until, stable_for, timeout, activity, held  # type: ignore[return-value]
 
     async def _wait(
-        self, waiter: _Waiter, stable_for: float, deadline: float
+        self, waiter: _Waiter, stable_for: float, deadline: float, held: float = 0.0
     ) -> tuple[str, dict[str, Any]]:
+        """``held``: how long the condition already held in the caller's previous round (a
+        client whose proxy cuts long requests asks in short rounds); counted only if this
+        round's first read confirms it."""
         met_since: float | None = None
+        first = True
         body: dict[str, Any] = {}
         while True:
             waiter.changed.clear()
@@ -162,10 +170,14 @@ class Waits:
             if waiter.closing:
                 return "unknown", {"stable": None, "state": "unknown"}
             holds = truth is not None and not waiter.broken and waiter.holds(truth)
+            if holds and first:
+                met_since = now - held
             met_since = (met_since or now) if holds else None
+            first = False
             if met_since is not None and now - met_since >= stable_for:
                 return "met", body
             if now >= deadline:
+                body["held_s"] = round(now - met_since, 3) if met_since is not None else 0.0
                 return ("unknown" if truth is None else "timeout"), body
             wake = min(deadline, now + self._settings.recheck)
             if met_since is not None:

@@ -141,7 +141,8 @@ async def test_timeout_unknown_bad_queries_and_the_waiter_bound(
             {"until": "soon"},
             {"timeout": "forever"},
             {"timeout": "2h"},
-            {"stable_for": "5s", "timeout": "1s"},
+            {"stable_for": "2h"},
+            {"held": "soon"},
             {"activity": "nope"},
         ):
             status, body = await get(url, **bad)
@@ -161,9 +162,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cli_wait(url: str, *args: str) -> subprocess.Popen[str]:
+def cli_wait(url: str, *args: str, round_s: float | None = None) -> subprocess.Popen[str]:
+    """``stability-relay wait`` as a process (with ``round_s``, its rounds that short)."""
+    if round_s is None:
+        command = [sys.executable, "-m", "relay"]
+    else:
+        bootstrap = (
+            f"import sys, relay.waitcli as w; w.ROUND = {round_s}; "
+            "from relay.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
+        command = [sys.executable, "-c", bootstrap]
     return subprocess.Popen(
-        [sys.executable, "-m", "relay", "wait", "--url", url, *args],
+        [*command, "wait", "--url", url, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -270,3 +280,31 @@ async def test_the_cli_refuses_a_stable_for_longer_than_its_timeout() -> None:
         cli_wait("http://127.0.0.1:1", "--stable-for", "5m", "--timeout", "1m")
     )
     assert code == 2 and "--stable-for" in err
+
+
+async def test_a_wait_in_short_rounds_carries_how_long_it_held(db_dsn: str) -> None:
+    """A round shorter than stable_for ends 408 with held_s; the next, given held, ends met
+    once the whole stable_for has held."""
+    async with running_relay(relay_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        url = base_url(relay) + "/api/system-status/wait"
+        status, body = await get(url, until="stable", stable_for="1.5s", timeout="1s")
+        assert (status, body["result"]) == (408, "timeout")
+        assert 0.9 <= body["held_s"] <= 1.2
+        started = time.monotonic()
+        status, body = await get(
+            url, until="stable", stable_for="1.5s", timeout="2s", held=f"{body['held_s']}s"
+        )
+        assert (status, body["result"]) == (200, "met")
+        assert time.monotonic() - started < 1.0  # only what was left of the 1.5 s
+
+
+async def test_the_cli_meets_a_stable_for_longer_than_one_round(db_dsn: str) -> None:
+    async with running_relay(relay_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.state is State.STABLE)
+        started = time.monotonic()
+        process = cli_wait(base_url(relay), "--stable-for", "2s", "--timeout", "10s", round_s=0.5)
+        code, err = await finished(process)
+        took = time.monotonic() - started
+        assert code == 0, err
+        assert 2.0 <= took < 6.0, (took, err)
