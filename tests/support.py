@@ -164,6 +164,18 @@ async def fresh_database(admin_dsn: str, prefix: str = "test") -> AsyncIterator[
             await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
 
 
+# statbus's /api/sse/worker_status framing (as the statbus profile serves it), for feed tests.
+STATBUS_FEED = {
+    "path": "/api/sse/worker_status",
+    "channels": ["worker_status"],
+    "events": "unnamed",
+    "on_connect": "event",
+    "connect_event": "connected",
+    "connect_data": "true",
+    "heartbeat": "event",
+}
+
+
 async def execute(dsn: str, *statements: str) -> None:
     """Run statements in one committed transaction."""
     async with await psycopg.AsyncConnection.connect(dsn) as conn:

@@ -17,6 +17,7 @@ import pytest
 from relay.app import Relay
 from relay.config import Config
 from relay.stability import State
+from tests import support
 from tests.support import (
     Event,
     SseClient,
@@ -27,16 +28,7 @@ from tests.support import (
     sse_connect,
 )
 
-STATBUS_FEED = {
-    "path": "/api/sse/worker_status",
-    "channels": ["worker_status"],
-    "events": "unnamed",
-    "on_connect": "event",
-    "connect_event": "connected",
-    "connect_data": "true",
-    "heartbeat": "event",
-    "heartbeat_interval": "0.3s",
-}
+STATBUS_FEED = {**support.STATBUS_FEED, "heartbeat_interval": "0.3s"}
 
 
 def feed_config(dsn: str, *feeds: dict[str, Any], **sections: Any) -> Config:

@@ -7,6 +7,7 @@ tests can drive the browser with Playwright's synchronous API.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import Callable, Coroutine
@@ -120,6 +121,15 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on a fresh loop in another thread."""
     with ThreadPoolExecutor(1, thread_name_prefix="run-async") as pool:
         return pool.submit(asyncio.run, coroutine).result(60)
+
+
+def answer_details_with(page: Page, details: dict[str, Any]) -> None:
+    """The page's details requests get ``details`` (a shape no live relay state gives)."""
+    body = json.dumps(details)
+    page.route(
+        "**/api/system-status/details",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=body),
+    )
 
 
 def run_sql(dsn: str, *statements: str) -> None:

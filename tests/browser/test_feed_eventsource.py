@@ -12,18 +12,13 @@ import pytest
 pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
 
 from relay.app import Relay
+from tests import support
 from tests.browser.helpers import Tab, browser_config, relay_in_background, run_sql, url_of
 
 pytestmark = pytest.mark.timeout(60)
 
 STATBUS_FEED = {
-    "path": "/api/sse/worker_status",
-    "channels": ["worker_status"],
-    "events": "unnamed",
-    "on_connect": "event",
-    "connect_event": "connected",
-    "connect_data": "true",
-    "heartbeat": "event",
+    **support.STATBUS_FEED,
     "heartbeat_interval": "0.5s",
     "coalesce": {"window": "300ms", "key": "type"},
 }

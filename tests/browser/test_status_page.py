@@ -17,6 +17,7 @@ from relay.embedded import EmbeddedPostgres
 from tests.browser.helpers import (
     PHONE,
     Tab,
+    answer_details_with,
     browser_config,
     open_tab,
     relay_in_background,
@@ -332,11 +333,7 @@ OTHER_PROFILE_DETAILS = {
 def test_details_render_any_profiles_rows_compactly(relay: Relay, tab: Tab) -> None:
     """Rows of other shapes (here procrastinate's), an activity without details, one unknown."""
     page = tab.page
-    body = json.dumps(OTHER_PROFILE_DETAILS)
-    page.route(
-        "**/api/system-status/details",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=body),
-    )
+    answer_details_with(page, OTHER_PROFILE_DETAILS)
     page.goto(url_of(relay) + "/")
     expect_badge(page, "System stable")
     page.get_by_role("button", name="Details").click()

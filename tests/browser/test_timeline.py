@@ -12,7 +12,7 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is mis
 from playwright.sync_api import Locator, Page, Route, expect
 
 from relay.app import Relay
-from tests.browser.helpers import Tab, run_sql, url_of
+from tests.browser.helpers import Tab, answer_details_with, run_sql, url_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -240,11 +240,7 @@ ETA_DETAILS = {
 
 def test_details_show_the_time_left_where_the_relay_estimates_it(relay: Relay, tab: Tab) -> None:
     page = tab.page
-    body = json.dumps(ETA_DETAILS)
-    page.route(
-        "**/api/system-status/details",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=body),
-    )
+    answer_details_with(page, ETA_DETAILS)
     page.goto(url_of(relay) + "/")
     expect_badge(page, "System stable")
     page.get_by_role("button", name="Details").click()
