@@ -49,6 +49,10 @@ class Browser:
             await self.task
 
 
+def _ready(relay: Relay) -> bool:
+    return relay.stability.current.stable is not None and relay.listener.connected.is_set()
+
+
 async def test_three_relays_behind_caddy_share_clients_and_send_each_webhook_once(
     db_dsn: str, tmp_path: Path
 ) -> None:
@@ -66,6 +70,9 @@ async def test_three_relays_behind_caddy_share_clients_and_send_each_webhook_onc
             await relay.start()
             stack.push_async_callback(relay.aclose)
             relays.append(relay)
+        # Caddy's first health check runs at its start: a relay not yet ready then gets no
+        # clients until the next check, and least_conn could not spread them.
+        await eventually(lambda: all(_ready(relay) for relay in relays))
         ports = [relay.port for relay in relays]
         caddy = await stack.enter_async_context(
             running_caddy(tmp_path, ports, health_interval="300ms")
