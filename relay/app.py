@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -208,7 +208,11 @@ class Relay:
         log.info("serving", listen=f"{listen.host}:{self.port}")
 
     async def aclose(self) -> None:
-        """Stop in a fixed order, all of it within ``http.shutdown_timeout``."""
+        """Stop in a fixed order, all of it within one ``http.shutdown_timeout``.
+
+        Each step gets what is left of the deadline; a step that fails or overruns is
+        logged and the next one runs, so one stuck component never keeps the rest open.
+        """
         if self._state in ("closing", "closed"):
             return
         self._state = "closing"
@@ -219,25 +223,43 @@ class Relay:
             return max(0.1, deadline - loop.time())
 
         self.notifier.stopping()
-        if self._site is not None:
-            await self._site.stop()
-        await self.waits.aclose()  # open long polls answer now, not at the runner's cleanup
-        await self.listener.aclose(timeout=remaining())
-        await self.hub.aclose()
-        await self.feeds.aclose()
-        # Drain webhooks while still the leader, so no other relay takes over a delivery
-        # that is still on the wire here.
-        await self.webhooks.aclose(timeout=remaining())
-        await self.history_writer.aclose()
-        await self.leadership.aclose(timeout=remaining())
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self.fresh.aclose()
-        await self.details.aclose(timeout=remaining())
-        await self.notifier.aclose()
+        # Each step is given what is left; those without a timeout of their own are cut off.
+        steps: list[tuple[str, Step]] = [
+            ("stop_accepting", _cut_off(self._stop_accepting)),
+            ("waits", _cut_off(self.waits.aclose)),  # long polls answer now, not at cleanup
+            ("listener", lambda left: self.listener.aclose(timeout=left)),
+            ("sse", _cut_off(self.hub.aclose)),
+            ("feeds", _cut_off(self.feeds.aclose)),
+            # Drain webhooks while still the leader, so no other relay takes over a
+            # delivery that is still on the wire here.
+            ("webhooks", lambda left: self.webhooks.aclose(timeout=left)),
+            ("history", _cut_off(self.history_writer.aclose)),
+            ("leadership", lambda left: self.leadership.aclose(timeout=left)),
+            ("http", self._http_cleanup),
+            ("fresh_reads", _cut_off(self.fresh.aclose)),
+            ("details", lambda left: self.details.aclose(timeout=left)),
+            ("systemd", _cut_off(self.notifier.aclose)),
+        ]
+        for name, step in steps:
+            await _run_step(name, step, remaining())
         self._restore_loop_handler()
         self._state = "closed"
         log.info("stopped")
+
+    async def _stop_accepting(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+
+    async def _http_cleanup(self, timeout: float) -> None:
+        """The runner's cleanup, with its handlers given ``timeout`` rather than the whole
+        ``shutdown_timeout`` again (which is what ``AppRunner.cleanup()`` alone grants)."""
+        if self._runner is None:
+            return
+        server = self._runner.server
+        if server is not None:
+            server.pre_shutdown()  # closes idle keep-alive connections
+            await server.shutdown(timeout)  # handlers get what is left, then are cancelled
+        await self._runner.cleanup()  # no connections left: returns at once
 
     def reload(self, config: Config) -> None:
         """Apply a new config's tokens and webhook targets; other changes need a restart."""
@@ -254,6 +276,27 @@ class Relay:
             update={"auth": config.auth, "webhooks": config.webhooks}
         )
         log.info("reloaded", applied=list(RELOADABLE), needs_restart=ignored)
+
+
+Step = Callable[[float], Awaitable[None]]
+
+
+def _cut_off(close: Callable[[], Awaitable[None]]) -> Step:
+    """A step for a ``close`` with no timeout of its own: cancelled when its time is up."""
+
+    async def step(left: float) -> None:
+        await asyncio.wait_for(close(), timeout=left)
+
+    return step
+
+
+async def _run_step(name: str, step: Step, left: float) -> None:
+    try:
+        await step(left)
+    except TimeoutError:
+        log.error("shutdown_step_overran", step=name, timeout_s=round(left, 2))
+    except Exception as error:  # one failing step must not skip the ones after it
+        log.error("shutdown_step_failed", step=name, error=f"{type(error).__name__}: {error}")
 
 
 def warn_if_unprotected(config: Config) -> None:
