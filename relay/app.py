@@ -38,6 +38,7 @@ from relay.logs import get_logger
 from relay.loopguard import LoopErrors
 from relay.metrics import Metrics
 from relay.sharedread import SharedRead
+from relay.sockets import GuardedSite
 from relay.sse import Capacity, Hub
 from relay.stability import Stability, State
 from relay.systemd import Notifier
@@ -199,7 +200,8 @@ class Relay:
         )
         await self._runner.setup()
         listen = self.config.http.listen
-        self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=4096)
+        # The relay accepts its own connections: per-address limits, a descriptor reserve.
+        self._site = GuardedSite(self._runner, self.config.http, self.metrics, backlog=4096)
         await self._site.start()
         await self.listener.start()
         await self.leadership.start()  # starts the webhook sender once elected

@@ -189,6 +189,10 @@ class HttpConfig(_Section):
     # A connection that has not completed a request (or sits idle between requests) for this
     # long is closed: idle and slow sockets do not hold file descriptors for an hour.
     idle_timeout: PositiveDuration = 15.0
+    # File descriptors kept free below the open-file limit for the database connections,
+    # webhooks, static files and health checks: past limit - fd_reserve, new connections
+    # serve only /healthz, /readyz and /metrics (docs/sockets.md).
+    fd_reserve: int = Field(default=64, ge=16, le=65_536)
 
 
 class DetailsConfig(_Section):

@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from relay.access import add_cors_headers, authenticate, cors, security_headers
+from relay.sockets import reserved_routes
 
 if TYPE_CHECKING:
     from relay.app import Relay
@@ -46,6 +47,7 @@ def build_app(relay: Relay) -> web.Application:
         client_max_size=64 * 1024,
         middlewares=[
             security_headers(),
+            reserved_routes(),  # near the open-file limit: health and metrics only
             cors(relay.config.cors, (*API, *feeds)),
             authenticate(relay.authenticator, (*API, *feeds)),
             relay.address_limit.middleware((LIVE, *feeds)),

@@ -144,6 +144,32 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.http_connections = Gauge(
+            "relay_http_connections",
+            "Open HTTP connections of every kind (streams, keep-alive, idle, refused ones "
+            "still closing), as the relay's own accept counts them.",
+            registry=r,
+        )
+        self.http_refused = Counter(
+            "relay_http_connections_refused",
+            "Connections refused when accepted: per_address (http.max_clients_per_address "
+            "reached) or fd_limit (open descriptors within http.fd_reserve of the limit).",
+            ["reason"],
+            registry=r,
+        )
+        self.accept_paused = Counter(
+            "relay_http_accept_paused",
+            "Times accepting paused because accept() failed for want of descriptors or memory.",
+            registry=r,
+        )
+        self.open_fds = Gauge(
+            "relay_open_fds",
+            "File descriptors open in the relay (its connections counted, the rest sampled).",
+            registry=r,
+        )
+        self.open_fds_limit = Gauge(
+            "relay_open_fds_limit", "The open-file limit (soft RLIMIT_NOFILE).", registry=r
+        )
         self.fresh_reads = Counter(
             "relay_fresh_reads",
             "Fresh reads of the activities (?fresh=1 and waits), shared by the requests in line.",

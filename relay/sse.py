@@ -32,6 +32,7 @@ from aiohttp import web
 from relay.config import HttpConfig
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.sockets import hand_over
 from relay.stability import Snapshot, Stability
 from relay.tasks import report_unexpected_exit
 
@@ -339,6 +340,6 @@ def _detach(request: web.Request, transport: Transport, client: Client) -> None:
     ``tests/test_sse.py`` covers it.
     """
     protocol = request.protocol
-    transport.set_protocol(client)
+    hand_over(transport, client)  # relay/sockets.py: the connection stays counted
     protocol.transport = None
     protocol.connection_lost(None)
