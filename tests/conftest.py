@@ -2,11 +2,16 @@
 
 Set RELAY_TEST_DSN (a superuser DSN) to test against an external server instead of the
 embedded one; tests that must stop and start the server are then skipped.
+
+Every test must clean up after itself: one that leaves asyncio tasks of its own running
+(``no_tasks_left_behind``), or relay connections open in its database (``db_dsn``), fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,6 +23,55 @@ from relay.dbinstall import install
 from relay.embedded import EmbeddedPostgres
 
 EXTERNAL_DSN = os.environ.get("RELAY_TEST_DSN")
+# How long a task cancelled at the very end, or a backend whose client just closed, gets to go.
+GRACE_SECONDS = 1.0
+
+
+@pytest.fixture(autouse=True)
+async def no_tasks_left_behind() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks of its own pending: a relay never closed, a
+    watcher never cancelled. Tasks that existed before it (the loop's, pytest-asyncio's and
+    pytest-aiohttp's) are not its own; set up first, this is torn down after every other
+    fixture of the test, so what their teardowns end is not counted either."""
+    before = asyncio.all_tasks()
+    yield
+    this = asyncio.current_task()
+    left = {t for t in asyncio.all_tasks() - before if t is not this and not t.done()}
+    if left:
+        # One short chance for tasks cancelled just now to finish.
+        await asyncio.wait(left, timeout=GRACE_SECONDS)
+        left = {t for t in left if not t.done()}
+    if not left:
+        return
+    names = sorted(_describe(task) for task in left)
+    for task in left:
+        task.cancel()
+    await asyncio.wait(left, timeout=GRACE_SECONDS)
+    pytest.fail(f"the test left {len(names)} asyncio task(s) pending: {names}", pytrace=False)
+
+
+def _describe(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    where = getattr(coro, "__qualname__", None) or repr(coro)
+    return f"{task.get_name()} ({where})"
+
+
+RELAY_BACKENDS = (
+    "SELECT pid, application_name, state, left(query, 60) FROM pg_stat_activity "
+    "WHERE datname = %s AND backend_type = 'client backend' "
+    "AND application_name LIKE 'stability-relay%%' AND pid <> pg_backend_pid()"
+)
+
+
+async def _relay_backends_left(admin: psycopg.AsyncConnection[object], dbname: str) -> list[object]:
+    """The relay's sessions still in ``dbname``, once closing ones have had time to go."""
+    deadline = time.monotonic() + GRACE_SECONDS
+    while True:
+        cursor = await admin.execute(RELAY_BACKENDS, (dbname,))
+        rows: list[object] = list(await cursor.fetchall())
+        if not rows or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +106,10 @@ async def db_dsn(pg_server: EmbeddedPostgres | None, pg_admin_dsn: str) -> Async
     if pg_server is not None:
         pg_server.start()  # in case the test stopped it
     async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
+        left = await _relay_backends_left(admin, dbname)
         await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+    if left:
+        pytest.fail(f"the test left relay sessions in its database: {left}", pytrace=False)
 
 
 @pytest.fixture

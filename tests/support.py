@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from psycopg import sql
 
 from relay.app import Relay
 from relay.config import Config, load_config
-from relay.stability import State
+from relay.stability import Snapshot, State
 
 
 @dataclass
@@ -127,8 +127,8 @@ def _config_from_tree(tree: dict[str, Any]) -> Config:
 @asynccontextmanager
 async def running_relay(config: Config, **options: Any) -> AsyncIterator[Relay]:
     relay = Relay(config, **options)
-    await relay.start()
     try:
+        await relay.start()  # inside: a start that fails half-way still closes what it opened
         yield relay
     finally:
         await relay.aclose()
@@ -249,3 +249,126 @@ RANDOM_WRITES = [
     "(SELECT id FROM worker.tasks WHERE state <> 'completed' ORDER BY random() LIMIT 1)",
     "INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')",
 ]
+
+
+def sample(relay: Relay, name: str, **labels: str) -> float:
+    """A metric's value as a scrape of the relay's registry reads it (``name`` as exported,
+    e.g. ``relay_reconnects_total``). A counter's labelled child that was never incremented
+    reads 0; a name the registry does not export is an error, never a silent 0."""
+    registry = relay.metrics.registry
+    value = registry.get_sample_value(name, labels)
+    if value is not None:
+        return value
+    for family in registry.collect():
+        if family.type == "counter" and name == f"{family.name}_total":
+            return 0.0
+    raise KeyError(f"the relay exports no sample {name}{labels or ''}")
+
+
+def reads(relay: Relay) -> float:
+    """How many reads of the truth the listener has begun."""
+    return sample(relay, "relay_stability_queries_total")
+
+
+PROBE_HINT = "tests.support: probe"  # a hint no trigger sends
+
+
+async def notify(dsn: str, channel: str, payload: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+async def reads_completed(
+    relay: Relay, count: int = 1, *, hint_dsn: str | None = None, timeout: float = 10.0
+) -> None:
+    """Wait until ``count`` reads of the truth, each begun after this call, are over.
+
+    The listener reads one at a time and counts a read as it begins, so once the count has
+    grown by ``count + 1`` the first ``count`` reads have been answered and applied. Without
+    ``hint_dsn`` only the relay itself makes it read (a poll during a hold or a drain): one
+    that should poll and does not fails here. With ``hint_dsn`` a hint is sent on its
+    stability channel whenever no read has begun for 0.25 s; hints that far apart are each
+    answered at once and never make a relay take a hold (tests/test_hold.py).
+    """
+    target = reads(relay) + count + 1
+    started = last_change = time.monotonic()
+    last = reads(relay)
+    while (current := reads(relay)) < target:
+        now = time.monotonic()
+        if now - started > timeout:
+            raise TimeoutError(f"{count} reads not over within {timeout}s ({current} < {target})")
+        if current != last:
+            last, last_change = current, now
+        elif hint_dsn is not None and now - last_change >= 0.25:
+            await notify(hint_dsn, relay.config.database.channel, PROBE_HINT)
+            last_change = time.monotonic()
+        await asyncio.sleep(0.01)
+
+
+@contextmanager
+def transitions(relay: Relay) -> Iterator[list[Snapshot]]:
+    """Every change of the relay's state while the block runs, in order."""
+    seen: list[Snapshot] = []
+    observer = seen.append
+    relay.stability.subscribe(observer)
+    try:
+        yield seen
+    finally:
+        relay.stability.unsubscribe(observer)
+
+
+class HintLog:
+    """A second listener on the relay's stability channel: it sees every notification the
+    relay is sent, so it can tell when the relay has dispatched all of them."""
+
+    def __init__(self, relay: Relay, dsn: str) -> None:
+        self.relay = relay
+        self.dsn = dsn
+        self.channel = relay.config.database.channel
+        self.payloads: list[str] = []
+        self.arrived = asyncio.Event()
+        self.relay_count_before = 0.0
+
+    def relay_count(self) -> float:
+        return sample(self.relay, "relay_notifications_total", channel=self.channel)
+
+    async def caught_up(self, timeout: float = 10.0) -> None:
+        """Every notification committed before this call has been dispatched by the relay,
+        and a read begun after that is over (its answer applied).
+
+        A marker is sent after them; notifications reach each listener in commit order, so
+        once the relay has counted as many as this log holds up to the marker, the relay has
+        dispatched the marker and everything before it.
+        """
+        marker = f"tests.support: marker {uuid.uuid4().hex}"
+        await notify(self.dsn, self.channel, marker)
+        async with asyncio.timeout(timeout):
+            while marker not in self.payloads:
+                self.arrived.clear()
+                await self.arrived.wait()
+        expected = self.relay_count_before + self.payloads.index(marker) + 1
+        await eventually(lambda: self.relay_count() >= expected, timeout=timeout)
+        await reads_completed(self.relay, 1, hint_dsn=self.dsn, timeout=timeout)
+
+
+@asynccontextmanager
+async def hint_log(relay: Relay, dsn: str) -> AsyncIterator[HintLog]:
+    """A :class:`HintLog` from here on. Enter while no notification is on its way to the
+    relay (it is counted from here, by both)."""
+    log = HintLog(relay, dsn)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(log.channel)))
+        log.relay_count_before = log.relay_count()
+
+        async def collect() -> None:
+            async with aclosing(conn.notifies()) as notifies:
+                async for note in notifies:
+                    log.payloads.append(note.payload)
+                    log.arrived.set()
+
+        task = asyncio.create_task(collect(), name="tests-hint-log")
+        try:
+            yield log
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -7,7 +7,15 @@ import asyncio
 import aiohttp
 
 from relay.embedded import EmbeddedPostgres
-from tests.support import base_url, eventually, execute, relay_config, running_relay, sse_connect
+from tests.support import (
+    base_url,
+    eventually,
+    execute,
+    relay_config,
+    running_relay,
+    sample,
+    sse_connect,
+)
 
 SEED_JOBS = (
     "INSERT INTO public.import_job (slug, state, priority, total_rows, imported_rows, "
@@ -93,7 +101,7 @@ async def test_concurrent_requests_in_one_window_cost_one_round_of_queries(db_ds
 
             statuses = await asyncio.gather(*(get() for _ in range(300)))
         assert statuses == [200] * 300
-        assert relay.metrics.details_queries._value.get() == 1
+        assert sample(relay, "relay_details_queries_total") == 1
 
 
 async def test_details_answers_503_with_json_when_the_database_is_gone(
@@ -156,9 +164,10 @@ async def test_bad_payloads_are_counted_and_dropped_never_a_crash(db_dsn: str) -
             event = await client.next_event()
             assert event.event == "import_job_progress"
             assert event.json == {"ok": True}, "pretty JSON is re-encoded onto one data line"
-        dropped = relay.metrics.notifications_dropped
-        assert dropped.labels("import_job_progress", "not_json")._value.get() == 3
-        assert dropped.labels("import_job_progress", "not_an_object")._value.get() == 1
+        dropped = "relay_notifications_dropped_total"
+        channel = "import_job_progress"
+        assert sample(relay, dropped, channel=channel, reason="not_json") == 3
+        assert sample(relay, dropped, channel=channel, reason="not_an_object") == 1
         assert relay.listener.connected.is_set()
         # The listener lives on: a flip still reaches the state.
         await execute(

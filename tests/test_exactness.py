@@ -21,10 +21,15 @@ from tests.support import (
     RANDOM_WRITES,
     eventually,
     execute,
+    hint_log,
     hints_only_config,
+    reads,
+    reads_completed,
     relay_config,
     running_relay,
+    sample,
     settled,
+    transitions,
     truth,
 )
 
@@ -41,20 +46,28 @@ async def test_concurrent_finish_and_start_ends_processing(db_dsn: str) -> None:
     )
     async with running_relay(hints_only_config(db_dsn)) as relay:
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
-        t1 = await psycopg.AsyncConnection.connect(db_dsn)
-        t2 = await psycopg.AsyncConnection.connect(db_dsn)
-        try:
-            await t1.execute("UPDATE public.import_job SET state = 'finished' WHERE slug = 'old'")
-            await t2.execute(
-                "INSERT INTO public.import_job (slug, state) VALUES ('new', 'preparing_data')"
-            )
-            await t2.commit()
-            await t1.commit()
-        finally:
-            await t1.close()
-            await t2.close()
-        assert await truth(db_dsn) is False
-        await asyncio.sleep(0.5)  # let every notification arrive and be handled
+        async with hint_log(relay, db_dsn) as hints:
+            with transitions(relay) as seen:
+                t1 = await psycopg.AsyncConnection.connect(db_dsn)
+                t2 = await psycopg.AsyncConnection.connect(db_dsn)
+                try:
+                    await t1.execute(
+                        "UPDATE public.import_job SET state = 'finished' WHERE slug = 'old'"
+                    )
+                    await t2.execute(
+                        "INSERT INTO public.import_job (slug, state) "
+                        "VALUES ('new', 'preparing_data')"
+                    )
+                    await t2.commit()
+                    await t1.commit()
+                finally:
+                    await t1.close()
+                    await t2.close()
+                assert await truth(db_dsn) is False
+                # Every notification handled, and the truth read after them.
+                await hints.caught_up()
+        assert '{"table":"import_job"}' in hints.payloads, "the commits hinted"
+        assert seen == [], "the relay left processing (if only for a moment)"
         assert relay.stability.current.state is State.PROCESSING
 
 
@@ -145,19 +158,24 @@ async def _thousand_commit_burst(dsn: str) -> None:
 
 
 def _hints(relay: Relay) -> float:
-    return relay.metrics.notifications.labels("system_stability")._value.get()
+    return sample(relay, "relay_notifications_total", channel="system_stability")
 
 
 async def test_thousand_commit_burst_without_holds_coalesces_hints(db_dsn: str) -> None:
     config = hints_only_config(db_dsn, hold_when_busy=False)
     async with running_relay(config) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
-        before, hints_before = relay.metrics.truth_queries._value.get(), _hints(relay)
+        before, hints_before = reads(relay), _hints(relay)
         await _thousand_commit_burst(db_dsn)
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
         await eventually(lambda: _hints(relay) - hints_before >= 1001)
-        await asyncio.sleep(0.3)
-        queries = relay.metrics.truth_queries._value.get() - before
+        # Every hint is in: at most the read answering the last one is still to begin, and
+        # the relay gets to the end's truth on its own.
+        await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        queries = reads(relay) - before + 1  # + the read that may be still to begin
+        with transitions(relay) as seen:
+            await reads_completed(relay, 2, hint_dsn=db_dsn)
+        assert seen == [], "the state moved after the burst's end was read"
         assert relay.stability.current.state is State.PROCESSING
         assert 1 <= queries <= 100, f"{queries} queries for 1,001 hints"
 
@@ -168,11 +186,16 @@ async def test_thousand_commit_burst_takes_a_hold_and_ends_right(db_dsn: str) ->
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         hints_before = _hints(relay)
         await _thousand_commit_burst(db_dsn)
+        # The relay polls (writers skip their hints): a read begun after the last commit
+        # is over without any hint of ours.
+        await reads_completed(relay, 1)
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
-        assert relay.metrics.hold_changes.labels("taken")._value.get() >= 1
+        assert sample(relay, "relay_hold_changes_total", action="taken") >= 1
         # The bulk of the burst was committed during the hold, without a hint.
         assert _hints(relay) - hints_before < 500
-        await asyncio.sleep(0.3)
+        with transitions(relay) as seen:
+            await reads_completed(relay, 3)
+        assert seen == [], "the state moved after the burst's end was read"
         assert relay.stability.current.state is State.PROCESSING
 
 
@@ -188,8 +211,9 @@ async def test_a_database_installed_with_another_channel_hints_on_it(db_dsn: str
         job = "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')"
         await execute(db_dsn, job)
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
-        assert relay.metrics.notifications.labels("stability_custom")._value.get() >= 1
-        assert relay.metrics.notifications.labels("system_stability")._value.get() == 0
+        notifications = "relay_notifications_total"
+        assert sample(relay, notifications, channel="stability_custom") >= 1
+        assert sample(relay, notifications, channel="system_stability") == 0
 
 
 async def test_an_invalid_channel_is_refused_before_connecting() -> None:

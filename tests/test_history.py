@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from relay.stability import State
-from tests.support import base_url, eventually, execute, relay_config, running_relay
+from tests.support import base_url, eventually, execute, relay_config, running_relay, sample
 
 START = "INSERT INTO public.import_job (slug, state) VALUES ('census-2026', 'processing_data')"
 FINISH = "UPDATE public.import_job SET state = 'finished'"
@@ -27,7 +27,7 @@ async def closed_periods(relay: Any, **params: str) -> list[dict[str, Any]]:
 
 async def test_the_leader_records_each_period_overall_and_per_activity(db_dsn: str) -> None:
     async with running_relay(relay_config(db_dsn)) as relay:
-        await eventually(lambda: relay.metrics.webhook_leader._value.get() == 1)
+        await eventually(lambda: sample(relay, "relay_webhook_leader") == 1)
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         await execute(db_dsn, START)
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)

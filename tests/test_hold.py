@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -22,9 +23,13 @@ from tests.support import (
     RANDOM_WRITES,
     eventually,
     execute,
+    hint_log,
     hints_only_config,
+    reads_completed,
     running_relay,
+    sample,
     settled,
+    transitions,
 )
 
 TABLE_HINTS = {'{"table":"import_job"}', '{"table":"tasks"}', '{"table":"command_registry"}'}
@@ -55,7 +60,16 @@ async def set_hold(dsn: str, held: bool) -> None:
 
 
 def polling(relay: Relay) -> bool:
-    return bool(relay.metrics.polling._value.get())
+    return bool(sample(relay, "relay_polling"))
+
+
+def holds(relay: Relay, action: str) -> float:
+    """Holds the relay took (``taken``) or released (``released``)."""
+    return sample(relay, "relay_hold_changes_total", action=action)
+
+
+def drain_waiting(relay: Relay) -> float:
+    return sample(relay, "relay_drain_waiting")
 
 
 class Hints:
@@ -128,9 +142,15 @@ async def test_a_writer_that_saw_the_hold_and_commits_after_its_release_is_not_m
             await writer.execute("UPDATE public.import_job SET state = 'finished'")
             # The relay sees nothing change and ends the hold; the writer is still open.
             await eventually(lambda: flag_is(db_dsn, 0))
-            assert relay.metrics.hold_changes.labels("released")._value.get() >= 1
-            await asyncio.sleep(0.3)
+            assert holds(relay, "released") >= 1
+            # The drain begins (it waits for the writer) and goes on: the relay keeps reading
+            # on its own, five reads and more, and nothing changes.
+            await eventually(lambda: drain_waiting(relay) >= 1)
+            with transitions(relay) as seen:
+                await reads_completed(relay, 5)
             assert polling(relay), "the relay stopped polling with a skipped commit in flight"
+            assert drain_waiting(relay) >= 1
+            assert seen == []
             assert relay.stability.current.state is State.PROCESSING
             await writer.commit()
         await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
@@ -159,7 +179,8 @@ async def test_a_writer_newer_than_every_finished_transaction_is_waited_for(
         ):
             await writer.execute("UPDATE public.import_job SET state = 'finished'")
             await releaser.execute("SELECT public.system_stability_release_hold()")
-            await asyncio.sleep(0.3)  # the relay reads the flag clear and drains
+            # The relay reads the flag clear and drains: it waits for both transactions.
+            await eventually(lambda: drain_waiting(relay) >= 2)
             await writer.commit()
             await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=3)
             assert polling(relay), "the drain ended with the release still running"
@@ -170,13 +191,20 @@ async def test_a_writer_newer_than_every_finished_transaction_is_waited_for(
 async def test_hints_further_apart_than_reads_take_no_hold(db_dsn: str) -> None:
     async with running_relay(hints_only_config(db_dsn)) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
-        for i in range(4):  # one hint each, 0.3 s apart: each answered at once
-            await execute(
-                db_dsn, f"INSERT INTO public.import_job (slug, state) VALUES ('j{i}', 'failed')"
-            )
-            await asyncio.sleep(0.3)
-        assert relay.metrics.notifications.labels("system_stability")._value.get() >= 4
-        assert relay.metrics.hold_changes.labels("taken")._value.get() == 0
+        await eventually(lambda: not polling(relay))
+        async with hint_log(relay, db_dsn) as hints:
+            for i in range(4):  # one hint each, 0.3 s apart: each answered at once
+                await execute(
+                    db_dsn,
+                    f"INSERT INTO public.import_job (slug, state) VALUES ('j{i}', 'failed')",
+                )
+                await asyncio.sleep(0.3)
+            # Every hint dispatched (a hold is taken right then) and a read begun after them
+            # is over.
+            await hints.caught_up()
+        assert hints.payloads.count('{"table":"import_job"}') == 4
+        assert sample(relay, "relay_notifications_total", channel="system_stability") >= 4
+        assert holds(relay, "taken") == 0
         assert not polling(relay)
 
 
@@ -188,11 +216,15 @@ async def test_a_relay_idle_for_long_gives_a_new_hold_its_full_quiet_period(
     async with running_relay(config) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
         await asyncio.sleep(2)  # idle for longer than the quiet period
+        held_at = time.monotonic()
         await set_hold(db_dsn, True)
         await eventually(lambda: polling(relay))
-        await asyncio.sleep(0.5)
+        await reads_completed(relay, 5)  # polled five times and more: it would release now
         assert await flag(db_dsn) == 1
+        assert holds(relay, "released") == 0
         await eventually(lambda: flag_is(db_dsn, 0), timeout=5)
+        # Not before a full quiet period from when it learnt of the hold (after held_at).
+        assert time.monotonic() - held_at >= 1.5
 
 
 async def test_a_relay_that_connects_during_a_leftover_hold_polls_and_ends_it(
@@ -235,7 +267,7 @@ async def test_a_relay_follows_a_hold_it_did_not_take(db_dsn: str) -> None:
             await eventually(lambda: follower.stability.current.state is State.PROCESSING)
             await execute(db_dsn, "UPDATE worker.tasks SET state = 'completed'")
             await eventually(lambda: follower.stability.current.state is State.STABLE)
-        assert follower.metrics.hold_changes.labels("taken")._value.get() == 0
+        assert holds(follower, "taken") == 0
 
 
 async def _random_transaction(dsn: str, rng: random.Random) -> None:
@@ -296,7 +328,7 @@ async def test_random_transactions_with_holds_coming_and_going_settle_to_the_tru
             for relay in relays:
                 await settled(relay, db_dsn)
         # Holds came and went throughout: the relays took some, the third party ended many.
-        taken = sum(r.metrics.hold_changes.labels("taken")._value.get() for r in relays)
+        taken = sum(holds(r, "taken") for r in relays)
         assert taken >= 1 and ended >= 5, (taken, ended)
 
 
@@ -329,7 +361,10 @@ async def test_a_relay_that_may_not_hold_stays_exact_and_connected(
 ) -> None:
     async with running_relay(hints_only_config(relay_login_without_holds)) as relay:
         await eventually(lambda: relay.stability.current.state is State.STABLE)
-        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+        async with (
+            hint_log(relay, db_dsn) as hints,
+            await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn,
+        ):
             for i in range(200):  # hints faster than reads: the relay tries to hold
                 state = "approved" if i % 2 == 0 else "finished"
                 await conn.execute(
@@ -337,9 +372,12 @@ async def test_a_relay_that_may_not_hold_stays_exact_and_connected(
                     (f"s{i}", state),
                 )
             await conn.execute("UPDATE public.import_job SET state = 'finished'")
-        await eventually(lambda: relay.stability.current.state is State.STABLE)
-        assert relay.metrics.hold_changes.labels("taken")._value.get() == 0
-        assert relay.metrics.reconnects._value.get() == 0
+            # Every hint dispatched (each try to hold came and went) and the end read.
+            await hints.caught_up()
+        assert hints.payloads.count('{"table":"import_job"}') == 201, "no hint was skipped"
+        assert relay.stability.current.state is State.STABLE
+        assert holds(relay, "taken") == 0
+        assert sample(relay, "relay_reconnects_total") == 0
         assert await flag(db_dsn) != 1
 
 
@@ -408,7 +446,7 @@ async def test_a_relay_draining_behind_a_long_transaction_still_takes_holds(
         await idle.execute("SELECT pg_current_xact_id()")  # an id, then idle in transaction
         async with running_relay(hints_only_config(db_dsn, hold_release_after="60s")) as relay:
             await eventually(lambda: relay.stability.current.state is State.STABLE)
-            await eventually(lambda: relay.metrics.drain_waiting._value.get() >= 1)
+            await eventually(lambda: drain_waiting(relay) >= 1)
             assert polling(relay)
             async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
                 for i in range(60):  # hints across many reads, faster than reads
@@ -417,5 +455,5 @@ async def test_a_relay_draining_behind_a_long_transaction_still_takes_holds(
                         (f"s{i}",),
                     )
                     await asyncio.sleep(0.01)
-            assert relay.metrics.hold_changes.labels("taken")._value.get() >= 1
+            assert holds(relay, "taken") >= 1
         await idle.rollback()

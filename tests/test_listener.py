@@ -17,6 +17,7 @@ from tests.support import (
     execute,
     relay_config,
     running_relay,
+    sample,
     sse_connect,
 )
 
@@ -43,7 +44,7 @@ async def test_reconnects_after_backend_terminated(db_dsn: str) -> None:
             assert back.json["stable"] is True
         new_pid = await _listener_pid(db_dsn)
         assert new_pid != old_pid
-        assert relay.metrics.reconnects._value.get() >= 1
+        assert sample(relay, "relay_reconnects_total") >= 1
         # The re-established LISTEN works: a flip still arrives.
         await execute(
             db_dsn, "INSERT INTO public.import_job (slug, state) VALUES ('x', 'approved')"
@@ -86,7 +87,7 @@ async def test_clients_see_null_during_outage_then_truth_and_readyz_follows(
 
 async def test_missing_schema_keeps_the_state_unknown_and_retries(pg_admin_dsn: str) -> None:
     async with running_relay(relay_config(pg_admin_dsn)) as relay:
-        await eventually(lambda: relay.metrics.reconnects._value.get() >= 1, timeout=5)
+        await eventually(lambda: sample(relay, "relay_reconnects_total") >= 1, timeout=5)
         assert relay.stability.current.state is State.UNKNOWN
         assert not relay.listener.connected.is_set()
 
@@ -94,11 +95,13 @@ async def test_missing_schema_keeps_the_state_unknown_and_retries(pg_admin_dsn: 
 class ForgetfulListener(Listener):
     """Fault injection: the first LISTEN of each session skips the extra channel."""
 
-    skipped = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped = 0  # per listener: a rerun in the same process starts from 0
 
     async def _listen(self, conn: Any, channels: Sequence[str]) -> None:
         if "import_job_progress" in channels and len(channels) > 1:
-            ForgetfulListener.skipped += 1
+            self.skipped += 1
             channels = [c for c in channels if c != "import_job_progress"]
         await super()._listen(conn, channels)
 
@@ -107,7 +110,7 @@ async def test_heartbeat_relistens_a_missing_channel(db_dsn: str) -> None:
     config = relay_config(db_dsn, channels=["import_job_progress"])
     async with running_relay(config) as relay:
         await relay.listener.aclose()
-        relay.listener = ForgetfulListener(
+        relay.listener = forgetful = ForgetfulListener(
             config.database,
             config.stability,
             relay,
@@ -117,7 +120,7 @@ async def test_heartbeat_relistens_a_missing_channel(db_dsn: str) -> None:
         )
         await relay.listener.start()
         await eventually(lambda: relay.listener.connected.is_set())
-        assert ForgetfulListener.skipped == 1
+        assert forgetful.skipped == 1
         async with sse_connect(base_url(relay) + "/api/system-status/live") as client:
             await client.next_event()
 

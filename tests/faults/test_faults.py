@@ -27,6 +27,7 @@ from tests.support import (
     execute,
     relay_config,
     running_relay,
+    sample,
     sse_connect,
     truth,
 )
@@ -106,7 +107,7 @@ async def run_outages(server: EmbeddedPostgres, dsn: str, clients: int, cycles: 
             assert all(w.seen.count(None) >= cycles for w in watchers)
         finally:
             await stop_watchers(session, watchers)
-        return float(relay.metrics.reconnects._value.get())
+        return sample(relay, "relay_reconnects_total")
 
 
 async def test_listener_back_within_two_seconds_after_termination(secret_dsn: str) -> None:
@@ -114,7 +115,7 @@ async def test_listener_back_within_two_seconds_after_termination(secret_dsn: st
     async with running_relay(relay_config(secret_dsn)) as relay:
         await eventually(lambda: relay.listener.connected.is_set())
         for round_ in range(3):
-            reconnects = relay.metrics.reconnects._value.get()
+            reconnects = sample(relay, "relay_reconnects_total")
             await execute(
                 secret_dsn,
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -123,7 +124,7 @@ async def test_listener_back_within_two_seconds_after_termination(secret_dsn: st
             )
             # Counted, not watched: the relay may be back before a check could see it gone.
             await eventually(
-                lambda: relay.metrics.reconnects._value.get() > reconnects,  # noqa: B023
+                lambda: sample(relay, "relay_reconnects_total") > reconnects,  # noqa: B023
                 timeout=2,
             )
             started = time.monotonic()
@@ -234,7 +235,7 @@ async def test_reconnect_storm_of_2000_clients_with_last_event_id(secret_dsn: st
 
             results = await asyncio.gather(*(reconnect() for _ in range(2000)))
         assert results == [False] * 2000, "every client got the newer state"
-        assert relay.metrics.sse_refused._value.get() == 0
+        assert sample(relay, "relay_sse_clients_refused_total") == 0
 
 
 async def test_bad_notifications_are_counted_and_dropped(
@@ -256,17 +257,19 @@ async def test_bad_notifications_are_counted_and_dropped(
                     await noisy.execute("SELECT pg_notify('import_job_progress', %s)", (payload,))
                     await noisy.execute("SELECT pg_notify('nobody_listens_here', 'x')")
                     await noisy.execute("SELECT pg_notify('system_stability', %s)", (payload,))
-            dropped = relay.metrics.notifications_dropped
+            dropped = "relay_notifications_dropped_total"
+            channel = "import_job_progress"
             await eventually(
                 lambda: (
                     sum(
-                        dropped.labels("import_job_progress", r)._value.get()
+                        sample(relay, dropped, channel=channel, reason=r)
                         for r in ("not_json", "not_an_object")
                     )
                     == 300
                 )
             )
-            await eventually(lambda: relay.metrics.notify_queue_usage._value.get() > 0, timeout=15)
+            usage = "relay_notify_queue_usage_ratio"
+            await eventually(lambda: sample(relay, usage) > 0, timeout=15)
         finally:
             await blocker.close()
         assert relay.listener.connected.is_set()
