@@ -45,7 +45,7 @@ browser-deps:
 
 # The operations tests run the real Caddy, promtool/Prometheus and systemd-analyze (Debian's
 # packages). Installed when missing and we are root with apt-get; otherwise those tests skip.
-OPS_TOOLS := caddy:caddy promtool:prometheus prometheus:prometheus systemd-analyze:systemd
+OPS_TOOLS := caddy:caddy promtool:prometheus prometheus:prometheus systemd-analyze:systemd pgbouncer:pgbouncer
 ops-deps:
 	@missing=""; for pair in $(OPS_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \

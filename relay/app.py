@@ -99,7 +99,11 @@ class Relay:
         self.history_writer = self._history_writer()
         # Several relays on one database: only the elected one sends webhooks (and writes
         # the history).
-        self.leadership = Leadership(config.database, self._on_leadership)
+        # Only a relay whose listener knows the state campaigns (never a standby's, a refused
+        # pooler's or one not yet connected).
+        self.leadership = Leadership(
+            config.database, self._on_leadership, eligible=lambda: self.listener.connected.is_set()
+        )
         self.listener = Listener(
             config.database,
             config.stability,

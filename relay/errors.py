@@ -29,3 +29,13 @@ class SchemaMismatch(SchemaMissing):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class DatabaseReadOnly(DatabaseUnavailable):
+    """The server that answered is a standby (in recovery) or read-only: the relay needs the
+    primary. Retried at a short, fixed interval: a promotion is usually seconds away."""
+
+
+class PoolerRefused(DatabaseUnavailable):
+    """The connection goes through a pooler that cannot carry LISTEN (transaction or
+    statement pooling): notifications would be lost and the relay would report late."""

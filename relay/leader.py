@@ -17,16 +17,26 @@ once and the others wait one ``interval``, so leadership does not move for nothi
 A dead lock connection must not keep the lock: the connection asks the server for TCP
 keepalives and ``tcp_user_timeout`` too (``relay.pg``), so a backend whose client vanished
 is reaped in seconds. And a leader that reconnects and finds the lock held by its own
-previous backend (same pid and start time: the server has not noticed the cut yet) ends
-that backend and takes the lock back, where the role may (``pg_terminate_backend``); where
-it may not, it waits for the server to reap it.
+previous backend (same pid and start time, still holding this lock: the server has not
+noticed the cut yet) ends that backend and takes the lock back, where the role may
+(``pg_terminate_backend``); where it may not, it waits for the server to reap it.
+
+Only a relay that knows the state campaigns (``eligible``: its listener reports from the
+primary): one pointed at a standby, refused by a pooler or not yet connected never leads.
+A leader whose listener goes ``unknown`` keeps leading, lazily, as above.
+
+Behind a pooler (docs/poolers.md) a backend is not the relay's own: the pid the connection
+was given is the pooler's, and the server's backend may serve other clients after ours is
+gone. So the relay never ends a backend there, and while leading it checks each interval
+that its own session still holds the lock (a pooler's reset or a transaction pooler would
+lose it): if not, it steps down and campaigns again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +46,7 @@ from psycopg import AsyncConnection
 from relay import pg
 from relay.backoff import Backoff
 from relay.config import DatabaseConfig
-from relay.errors import DatabaseUnavailable
+from relay.errors import DatabaseReadOnly, DatabaseUnavailable
 from relay.logs import describe_dsn, get_logger
 from relay.tasks import report_unexpected_exit
 
@@ -48,17 +58,32 @@ LOCK_KEY = int.from_bytes(
 )
 
 OnChange = Callable[[bool], Awaitable[None]]
+ELIGIBILITY_POLL = 0.1
+Params = Sequence[Any] | Mapping[str, Any] | None
 
 # This backend's identity: a pid alone may be reused by an unrelated backend.
 IDENTIFY = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-# Ends the backend identified, only if it still holds an advisory lock; waits for it to exit.
-END_PREVIOUS = """
-SELECT pg_terminate_backend(a.pid, %s)
-  FROM pg_stat_activity a
- WHERE a.pid = %s AND a.backend_start = %s
-   AND EXISTS (SELECT 1 FROM pg_locks l
-                WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)
+# A bigint advisory lock in pg_locks: the key's high and low 32 bits, objsubid 1.
+HOLDS_KEY = """
+SELECT 1 FROM pg_locks l
+ WHERE l.pid = {pid} AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.classid = %(classid)s::bigint::oid AND l.objid = %(objid)s::bigint::oid
 """
+# Ends the backend identified, only if it still holds this lock; waits for it to exit.
+END_PREVIOUS = f"""
+SELECT pg_terminate_backend(a.pid, %(wait_ms)s)
+  FROM pg_stat_activity a
+ WHERE a.pid = %(pid)s AND a.backend_start = %(started)s
+   AND EXISTS ({HOLDS_KEY.format(pid="a.pid")})
+"""
+# This session holds the lock (and which backend answers: a pooler's pid is its own).
+STILL_HELD = f"SELECT EXISTS ({HOLDS_KEY.format(pid='pg_backend_pid()')}), pg_backend_pid()"
+
+
+def lock_ids(key: int) -> dict[str, int]:
+    """The key as pg_locks shows a bigint advisory lock."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
 
 
 async def connect(settings: DatabaseConfig) -> AsyncConnection[Any]:
@@ -84,9 +109,11 @@ class Leadership:
         *,
         key: int = LOCK_KEY,
         interval: float | None = None,
+        eligible: Callable[[], bool] | None = None,
     ) -> None:
         self._settings = settings
         self._on_change = on_change
+        self._eligible = eligible or (lambda: True)
         self._key = key
         self._interval = interval if interval is not None else settings.heartbeat_interval
         self._backoff = Backoff(
@@ -96,6 +123,7 @@ class Leadership:
         self._change_failed = False
         self._campaigned = False
         self._holder: tuple[int, datetime] | None = None  # the backend that last held the lock
+        self._pooled = False  # the lock's connection goes through a pooler
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -119,56 +147,95 @@ class Leadership:
 
     async def _run(self) -> None:
         while not self._closed:
+            brief = False
+            farewell: pg.Farewell | None = None
             try:
                 async with await connect(self._settings) as conn:
+                    farewell = pg.Farewell(conn)
                     self._backoff.healthy()
                     await self._campaign(conn)
             except (psycopg.Error, OSError, DatabaseUnavailable) as error:
+                brief = isinstance(error, DatabaseReadOnly) or pg.is_read_only(error)
                 log.warning(
                     "leader_connection_lost",
-                    error=pg.describe_error(error),
+                    error=farewell.describe(error) if farewell else pg.describe_error(error),
                     leading=self.is_leader,
                 )
             except Exception:  # a bug must not end the election: log it, reconnect, go on
                 log.exception("leader_session_failed", leading=self.is_leader)
-            await asyncio.sleep(self._backoff.delay())
+            # A standby about to be promoted: try again soon, not after the climbing backoff.
+            await asyncio.sleep(self._backoff.brief() if brief else self._backoff.delay())
 
     async def _campaign(self, conn: AsyncConnection[Any]) -> None:
         """Try for the lock until this connection holds it, then prove it alive each interval."""
         # Checks often enough that a DBA's idle_session_timeout does not end the session
         # (and hand the lock on) between two of them.
         interval = pg.within_idle_limit(self._interval, await pg.idle_limit(conn))
+        row = await self._query(conn, "SELECT pg_backend_pid()")
+        # A pooler answers the startup with a pid of its own: the backend is not ours to end.
+        self._pooled = row is None or int(row[0]) != conn.info.backend_pid
+        if self._pooled:
+            self._holder = None
         if self._campaigned and not self.is_leader:
             await asyncio.sleep(interval)  # after a reconnect the previous leader goes first
         self._campaigned = True
-        while not await self._try_lock(conn):
-            await self._set(False)
-            await asyncio.sleep(interval)
+        while True:
+            # A relay that does not know the state does not campaign; a (lazy) leader tries
+            # at once, to find out whether another relay took over.
+            if self.is_leader or self._eligible():
+                if await self._try_lock(conn):
+                    break
+                await self._set(False)
+                await asyncio.sleep(interval)
+            elif not await self._until_eligible(interval):
+                await self._query(conn, "SELECT 1")  # keeps the session (idle_session_timeout)
         row = await self._query(conn, IDENTIFY)
-        self._holder = (int(row[0]), row[1]) if row else None
+        self._holder = (int(row[0]), row[1]) if row and not self._pooled else None
         await self._set(True)
         # Held. Each check is a round trip, so a dead connection is noticed within one
         # interval plus the heartbeat timeout (and PostgreSQL frees the lock on its side).
+        ids = lock_ids(self._key)
         while True:
             await asyncio.sleep(interval)
-            await self._query(conn, "SELECT 1")
+            if not _true(await self._query(conn, STILL_HELD, ids)):
+                log.warning(
+                    "leader_lock_lost",
+                    reason="this session no longer holds the lock (a pooler's reset, or a "
+                    "transaction pooler moved the session to another backend)",
+                )
+                await self._set(False)
+                return
             await self._set(True)  # repeats a callback that failed; otherwise nothing
+
+    async def _until_eligible(self, timeout: float) -> bool:
+        """Whether this relay became eligible within ``timeout`` (looked at every 0.1 s, so
+        it campaigns as soon as its listener knows the state)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._eligible():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(ELIGIBILITY_POLL, left))
+        return True
 
     async def _try_lock(self, conn: AsyncConnection[Any]) -> bool:
         lock = "SELECT pg_try_advisory_lock(%s)"
-        if _true(await self._query(conn, lock, self._key)):
+        if _true(await self._query(conn, lock, [self._key])):
             return True
         if self._holder is None or not await self._end_previous_backend(conn):
             return False
-        return _true(await self._query(conn, lock, self._key))
+        return _true(await self._query(conn, lock, [self._key]))
 
     async def _end_previous_backend(self, conn: AsyncConnection[Any]) -> bool:
         """End this relay's previous lock backend if it still holds the lock (half-open)."""
         assert self._holder is not None
         (pid, started), self._holder = self._holder, None  # one try per lost connection
+        if self._pooled:
+            return False  # never: the backend may be another client's now
         wait_ms = max(1, round(self._settings.heartbeat_timeout * 500))  # within the deadline
+        params = {"wait_ms": wait_ms, "pid": pid, "started": started, **lock_ids(self._key)}
         try:
-            ended = _true(await self._query(conn, END_PREVIOUS, wait_ms, pid, started))
+            ended = _true(await self._query(conn, END_PREVIOUS, params))
         except psycopg.errors.InsufficientPrivilege:
             log.debug("leader_previous_backend_not_ended", backend_pid=pid, reason="no privilege")
             return False
@@ -181,7 +248,7 @@ class Leadership:
         return ended
 
     async def _query(
-        self, conn: AsyncConnection[Any], sql: str, *params: Any
+        self, conn: AsyncConnection[Any], sql: str, params: Params = None
     ) -> tuple[Any, ...] | None:
         """One round trip, or the connection is severed after the heartbeat timeout."""
         return await pg.with_deadline(
@@ -207,9 +274,9 @@ class Leadership:
 
 
 async def _fetch_one(
-    conn: AsyncConnection[Any], sql: str, params: tuple[Any, ...]
+    conn: AsyncConnection[Any], sql: str, params: Params
 ) -> tuple[Any, ...] | None:
-    cursor = await conn.execute(sql, params or None)
+    cursor = await conn.execute(sql, params)
     return await cursor.fetchone()
 
 

@@ -16,7 +16,19 @@ Under load the listener holds (``relay/hold.py``): writers stop hinting and it p
 
 Liveness: TCP keepalives and ``tcp_user_timeout`` on the socket, plus a same-session
 heartbeat (the probe below, with a deadline) every ``heartbeat_interval``. Any failure
-closes the connection, reports ``unknown`` and reconnects with jittered backoff.
+closes the connection, reports ``unknown`` and reconnects with jittered backoff; the log
+line carries the server's own last word when it sent one (``terminating connection due to
+idle-session timeout``). Sessions that keep ending before ``reconnect_reset_after`` (so the
+backoff never resets) are reported once per streak (``reconnect_backoff_stuck``).
+
+Refusals (never a wrong or late state; ``refusal`` says why, ``/readyz`` stays 503):
+
+- a standby or read-only server (LISTEN needs the primary): retried every second or so, not
+  with the climbing backoff, so a promotion is followed promptly (docs/failover.md);
+- a pooler that cannot carry LISTEN (transaction or statement pooling, docs/poolers.md):
+  detected when the backend's pid differs from the one the connection was given (a pooler
+  sits in between) and a notification sent from another connection does not arrive, or
+  when the channels vanish after LISTEN.
 
 Bound: notifications that arrive during a read wait in psycopg's backlog, which has no limit
 of its own; it holds at most what arrives within one read (``heartbeat_timeout`` at worst),
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +53,7 @@ from relay.activities.check import verify_installed
 from relay.activities.spec import Activity
 from relay.backoff import Backoff
 from relay.config import DatabaseConfig, StabilityConfig
-from relay.errors import DatabaseUnavailable, SchemaMissing
+from relay.errors import DatabaseReadOnly, DatabaseUnavailable, PoolerRefused, SchemaMissing
 from relay.hold import HOLD_ANNOUNCED, Hold, Step
 from relay.holdflag import HoldFlag
 from relay.logs import describe_dsn, get_logger
@@ -62,6 +75,22 @@ PROBE = (
 # lists every transaction that began before it and still runs (pg_snapshot_xip() leaves out
 # running ids at or above the horizon).
 COMMIT_AN_XID = "SELECT pg_current_xact_id()::text"
+# Which backend answers, and whether it is a standby.
+SERVER = "SELECT pg_backend_pid(), pg_is_in_recovery()"
+
+POOLER_FIX = (
+    "point the relay at PostgreSQL directly or at a session-pooling pool (PgBouncer: "
+    "pool_mode = session for the relay's database or user); see docs/poolers.md"
+)
+STANDBY_FIX = (
+    "point the relay at the primary: a multi-host DSN with target_session_attrs=read-write "
+    "follows a promotion; see docs/failover.md"
+)
+STUCK_CAUSES = (
+    "something ends every session before reconnect_reset_after: the server's "
+    "idle_session_timeout, a pooler's server_idle_timeout or client_idle_timeout, a proxy's "
+    "or load balancer's idle timeout, or a DBA's job terminating backends"
+)
 
 
 class ListenerEvents(Protocol):
@@ -123,6 +152,13 @@ class Listener:
         self._conn: AsyncConnection[Any] | None = None
         self._closed = False
         self.connected = asyncio.Event()
+        # Why the relay refuses the server it reached (a transaction pooler, a standby), with
+        # the fix; None while it reports. `refusal_kind`: "pooler" or "standby".
+        self.refusal: str | None = None
+        self.refusal_kind: str | None = None
+        # Whether the last session went through a pooler (pid mismatch); None before one.
+        self.pooled: bool | None = None
+        self._stuck_reported = 0
 
     async def start(self) -> None:
         if self._closed:
@@ -158,13 +194,18 @@ class Listener:
             try:
                 conn = await self._connect()
             except DatabaseUnavailable as error:
-                await self._wait_before_retry(str(error))
+                self._refused(error)
+                await self._wait_before_retry(str(error), brief=isinstance(error, DatabaseReadOnly))
                 continue
             self._conn = conn
+            farewell = pg.Farewell(conn)
+            brief = False
             try:
                 await self._session(conn)
             except (psycopg.Error, DatabaseUnavailable, SchemaMissing, OSError) as error:
-                reason = pg.describe_error(error)
+                reason = farewell.describe(error)
+                self._refused(error)
+                brief = isinstance(error, DatabaseReadOnly) or pg.is_read_only(error)
             except Exception as error:
                 # A bug or an undecodable payload must not end the loop with the last state
                 # frozen: report it, go unknown, reconnect, and re-read the truth.
@@ -180,40 +221,95 @@ class Listener:
                     await conn.close()
             if self._closed:
                 return
-            await self._wait_before_retry(reason)
+            await self._wait_before_retry(reason, brief=brief)
 
-    async def _wait_before_retry(self, reason: str) -> None:
+    def _refused(self, error: BaseException) -> None:
+        """Record (and log, once per kind) why the relay refuses the server it reached."""
+        if isinstance(error, PoolerRefused):
+            kind, fix = "pooler", POOLER_FIX
+        elif isinstance(error, DatabaseReadOnly) or pg.is_read_only(error):
+            kind, fix = "standby", STANDBY_FIX
+        else:
+            return
+        reason = pg.describe_error(error)
+        if kind != self.refusal_kind:
+            log.error("database_refused", kind=kind, reason=reason, fix=fix)
+        self.refusal_kind, self.refusal = kind, f"{reason}; fix: {fix}"
+
+    async def _wait_before_retry(self, reason: str, *, brief: bool = False) -> None:
         self._events.on_disconnected()
-        delay = self._backoff.delay()
+        delay = self._backoff.brief() if brief else self._backoff.delay()
         log.warning(
             "database_disconnected",
             reason=reason,
             attempt=self._backoff.attempt,
             retry_in_s=round(delay, 2),
         )
+        if self._backoff.stuck_total > self._stuck_reported:  # once per streak
+            self._stuck_reported = self._backoff.stuck_total
+            log.warning(
+                "reconnect_backoff_stuck",
+                short_sessions=self._backoff.short_sessions,
+                last_session_s=round(self._backoff.last_session_s or 0.0, 2),
+                reconnect_reset_after_s=self._backoff.reset_after,
+                last_reason=reason,
+                likely_causes=STUCK_CAUSES,
+            )
         await asyncio.sleep(delay)
+
+    @property
+    def backoff_stuck(self) -> bool:
+        """Sessions keep ending before ``reconnect_reset_after``: the backoff never resets."""
+        return self._backoff.stuck
+
+    @property
+    def backoff_stuck_total(self) -> int:
+        """How many times a streak of short sessions was detected (a counter)."""
+        return self._backoff.stuck_total
+
+    @property
+    def short_sessions(self) -> int:
+        """Sessions in a row that ended before ``reconnect_reset_after``."""
+        return self._backoff.short_sessions
 
     async def _connect(self) -> AsyncConnection[Any]:
         target = describe_dsn(self._settings.dsn)
         try:
-            conn = await pg.connect(self._settings, self._settings.application_name)
+            return await pg.connect(self._settings, self._settings.application_name)
+        except DatabaseReadOnly as error:
+            raise DatabaseReadOnly(f"cannot connect to {target}: {error}") from None
         except DatabaseUnavailable as error:
             raise DatabaseUnavailable(f"cannot connect to {target}: {error}") from None
-        log.info("database_connected", target=target, backend_pid=conn.info.backend_pid)
-        return conn
 
     async def _session(self, conn: AsyncConnection[Any]) -> None:
+        pid, in_recovery = await self._server(conn)
+        if in_recovery:
+            raise DatabaseReadOnly(
+                "the server is a standby (in recovery): LISTEN and the hold need the primary"
+            )
+        # A pooler answers the startup with a backend pid of its own making.
+        self.pooled = pid != conn.info.backend_pid
         # Nothing is reported until the activities fit the database (never a wrong state).
         await self._deadline(conn, verify_installed(conn, self._activities, self._profile))
         tick = await self._session_tick(conn)
         # LISTEN first, then read the state: a commit between the two is caught by
         # the read, a commit after it by a notification. Never the reverse.
         await self._listen(conn, self._channels)
+        if self.pooled:
+            await self._check_delivery(conn)
         self._flag.new_session()
         hold = Hold(self._release_after, time.monotonic(), polling=self._uses_triggers)
         await self._refresh(conn, hold)
+        self.refusal = self.refusal_kind = None
         self.connected.set()
         self._backoff.healthy()
+        # Only now: the state is known and comes from a session that can carry it.
+        log.info(
+            "database_connected",
+            target=describe_dsn(self._settings.dsn),
+            backend_pid=pid,
+            pooled=self.pooled,
+        )
         last_read = time.monotonic()
         hinted = answered_hint = False
         while not self._closed:
@@ -247,6 +343,51 @@ class Listener:
             may_take = self._take_holds and not hold.polling and self._flag.can_take(now)
             if busy and may_take and await self._flag.take(conn, now):
                 hold.taken(time.monotonic())
+
+    async def _server(self, conn: AsyncConnection[Any]) -> tuple[int, bool]:
+        cursor = await self._deadline(conn, conn.execute(SERVER))
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0]), bool(row[1])
+
+    async def _check_delivery(self, conn: AsyncConnection[Any]) -> None:
+        """Behind a pooler: a notification sent from another connection must reach this one
+        while it is idle. Under transaction pooling the backend that LISTENs is back in the
+        pool by then and the pooler drops what it sends (measured with PgBouncer 1.18)."""
+        channel = f"stability_relay_probe_{secrets.token_hex(8)}"
+        token = secrets.token_hex(8)
+        await self._listen(conn, [channel])
+        sender = await pg.connect(
+            self._settings, f"{self._settings.application_name} (pooler check)"
+        )
+        try:
+            await pg.with_deadline(
+                sender,
+                sender.execute("SELECT pg_notify(%s, %s)", [channel, token]),
+                self._settings.heartbeat_timeout,
+                name="relay-listener-pooler-check",
+            )
+        finally:
+            await sender.close()
+        deadline = time.monotonic() + self._settings.heartbeat_timeout
+        received = False
+        while not received and (left := deadline - time.monotonic()) > 0:
+            async with contextlib.aclosing(conn.notifies(timeout=left, stop_after=1)) as batch:
+                async for note in batch:
+                    if note.channel == channel:
+                        received = note.payload == token
+                    else:  # the read that follows answers any hint
+                        self._dispatch(note.channel, note.payload)
+        await self._deadline(
+            conn, conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+        )
+        if not received:
+            raise PoolerRefused(
+                "notifications do not reach the relay: a pooler in transaction (or statement) "
+                "pooling mode sits between it and PostgreSQL, and LISTEN needs a session of "
+                f"its own (a notification sent from another connection did not arrive within "
+                f"{self._settings.heartbeat_timeout:g}s)"
+            )
 
     async def _session_tick(self, conn: AsyncConnection[Any]) -> float:
         """The heartbeat, shortened to keep the session under a DBA's idle_session_timeout."""
@@ -282,6 +423,13 @@ class Listener:
                 hold.drain_below(int(row[0]))
         probe = await self._probe(conn)
         missing = [c for c in self._channels if c not in probe.channels]
+        if missing and self.pooled:
+            # Another backend answered: the pooler moves this client between backends.
+            raise PoolerRefused(
+                f"the channels {missing} vanished after LISTEN: a pooler in transaction (or "
+                "statement) pooling mode sits between the relay and PostgreSQL, and LISTEN "
+                "needs a session of its own"
+            )
         if missing:
             log.warning("channels_missing_relistening", channels=missing)
             await self._listen(conn, missing)

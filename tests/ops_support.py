@@ -153,3 +153,71 @@ async def running_caddy(
         front = Caddy(f"http://{app_address}", f"http://{status_address}", process, log)
         await wait_for_http(front.status_url + "/healthz", process, log)
         yield front
+
+
+# PgBouncer (Debian's), with its own ini and user list, in front of a test PostgreSQL.
+
+
+@dataclass
+class PgBouncer:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def dsn(self, dsn: str) -> str:
+        """``dsn`` (a database of the server behind it), through this PgBouncer."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(dsn, host="127.0.0.1", port=self.port)
+
+    def output(self) -> str:
+        return _read(self.log)
+
+
+@asynccontextmanager
+async def running_pgbouncer(
+    tmp_path: Path,
+    server_port: int,
+    *,
+    pool_mode: str,
+    users: tuple[str, ...] = ("postgres",),
+    settings: dict[str, str] | None = None,
+) -> AsyncIterator[PgBouncer]:
+    """Stock PgBouncer (no ``ignore_startup_parameters``) on a free loopback port, every
+    database of the server on 127.0.0.1:``server_port`` behind it, trust authentication."""
+    pgbouncer = require_tool("pgbouncer", "pgbouncer")
+    home = tmp_path / f"pgbouncer-{uuid.uuid4().hex[:8]}"
+    home.mkdir()
+    port = free_port()
+    userlist = home / "userlist.txt"
+    userlist.write_text("".join(f'"{user}" ""\n' for user in users))
+    lines = {
+        "listen_addr": "127.0.0.1",
+        "listen_port": str(port),
+        "unix_socket_dir": "",
+        "auth_type": "trust",
+        "auth_file": str(userlist),
+        "pool_mode": pool_mode,
+        **(settings or {}),
+    }
+    ini = home / "pgbouncer.ini"
+    ini.write_text(
+        f"[databases]\n* = host=127.0.0.1 port={server_port}\n\n[pgbouncer]\n"
+        + "".join(f"{key} = {value}\n" for key, value in lines.items())
+    )
+    # PgBouncer will not run as root: it reads its files, then becomes PostgreSQL's user.
+    args = [pgbouncer, *(["-u", "embedded_postgres"] if os.geteuid() == 0 else []), str(ini)]
+    log = home / "pgbouncer.log"
+    with background(args, log) as process:
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"pgbouncer exited {process.returncode}:\n{_read(log)}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pgbouncer did not listen:\n{_read(log)}") from None
+                await asyncio.sleep(0.05)
+        yield PgBouncer(port, process, log)
