@@ -107,7 +107,9 @@ class AddressLimit:
 
     Behind a proxy listed in ``trusted_proxies`` the client is the right-most address of
     ``X-Forwarded-For`` that is not itself a trusted proxy; otherwise the socket's peer.
-    Policy when full: 429 with ``Retry-After``.
+    Policy when full: 429 with ``Retry-After``. Every connection of a peer that is not a
+    trusted proxy is also counted against the same limit, at the socket level, before HTTP
+    (``relay/sockets.py``): there, idle and half-sent sockets count too.
     """
 
     def __init__(self, settings: HttpConfig, metrics: Metrics) -> None:

@@ -5,6 +5,10 @@ handler (``socket.accept() out of system resource``, with a traceback), thousand
 second. This handler logs each kind of message at most once per ``every`` seconds, without the
 traceback, with how many were folded in, and counts them all in
 ``relay_loop_errors_total{kind}``.
+
+The relay's HTTP listener no longer goes through asyncio's accept loop (``relay/sockets.py``
+accepts, and pauses by itself at the limit); this stays for whatever else the loop reports,
+and for the plain-TCPSite fallback.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ pauses for ``ACCEPT_PAUSE`` and connections wait in the listen backlog.
 
 Refusals are counted (``relay_http_connections_refused_total{reason}``) and logged at most once
 per ``LOG_EVERY`` with the counts. Open descriptors are this module's own count of connections
-plus the others (database, files, the loop's own), sampled from ``/proc/self/fd`` every few
-seconds, twice a second near the limit.
+plus the others (database, files, the loop's own), sampled from ``/proc/self/fd`` in a thread
+every 2 s, twice a second near the limit.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from aiohttp.typedefs import Middleware
 from relay.config import HttpConfig
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.tasks import report_unexpected_exit
 
 log = get_logger("relay.sockets")
 
@@ -62,7 +63,7 @@ LINGER = 1.0  # a refused connection is kept this long at most for its answer to
 ACCEPT_PAUSE = 0.5  # after accept() failed for want of descriptors
 ACCEPT_BATCH = 256  # accepts per readiness event, as asyncio (which uses the backlog)
 LOG_EVERY = 10.0
-SAMPLE_EVERY = 5.0  # /proc/self/fd read this often...
+SAMPLE_EVERY = 2.0  # /proc/self/fd read this often (in a thread)...
 SAMPLE_EVERY_NEAR = 0.5  # ...and this often within twice the reserve of the limit
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 PROC_FD = "/proc/self/fd"
@@ -86,15 +87,19 @@ FD_LIMIT = _answer("503 Service Unavailable", 5, "too many open connections")
 
 
 class Descriptors:
-    """How many file descriptors are open, and how many may be."""
+    """How many file descriptors are open, and how many may be.
+
+    Open: the relay's connections (counted exactly, as they are accepted and closed) plus
+    the others, sampled from ``/proc/self/fd`` in a thread: listing it takes tens of
+    milliseconds at 20,000 descriptors, too long for the event loop.
+    """
 
     def __init__(self, reserve: int) -> None:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.limit: int | None = None if soft == resource.RLIM_INFINITY or soft < 0 else soft
         self.reserve = reserve
-        self._proc = os.path.isdir(PROC_FD)
+        self._proc = os.path.isdir(PROC_FD) and self.limit is not None
         self._others = OTHERS_WITHOUT_PROC
-        self._sampled = -SAMPLE_EVERY
         self._near = False
 
     @property
@@ -102,27 +107,46 @@ class Descriptors:
         """Descriptors open at most before connections go to the reserve."""
         return None if self.limit is None else self.limit - self.reserve
 
-    def used(self, connections: int, *, now: float | None = None) -> int:
+    def used(self, connections: int) -> int:
         """Open descriptors, ``connections`` of them the relay's HTTP connections."""
-        now = time.monotonic() if now is None else now
-        if now - self._sampled >= (SAMPLE_EVERY_NEAR if self._near else SAMPLE_EVERY):
-            self._sample(connections, now)
         used = self._others + connections
         budget = self.budget
         self._near = budget is not None and used > budget - self.reserve
         return used
 
-    def _sample(self, connections: int, now: float) -> None:
-        self._sampled = now
-        if not self._proc or self.limit is None:
+    def sample(self, connections: int) -> None:
+        """Read the others now (at start, while there are few)."""
+        if self._proc:
+            self._update(_count_open(), connections, connections)
+
+    async def watch(self, connections: Callable[[], int]) -> None:
+        """Sample the others every ``SAMPLE_EVERY`` (``SAMPLE_EVERY_NEAR`` near the limit)."""
+        if not self._proc:
             return
-        try:
-            count = len(os.listdir(PROC_FD)) - 1  # less the one listdir opened
-        except OSError:
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY_NEAR if self._near else SAMPLE_EVERY)
+            before = connections()
+            try:
+                count = await asyncio.to_thread(_count_open)
+            except RuntimeError:  # no thread to be had: keep the last estimate
+                continue
+            self._update(count, before, connections())
+
+    def _update(self, count: int | None, before: int, after: int) -> None:
+        if count is None:
             # Not even one descriptor to read the directory with: the limit is reached.
+            assert self.limit is not None
             self._others = self.limit
-            return
-        self._others = max(0, count - connections)
+        else:
+            self._others = max(0, count - (before + after) // 2)
+        self.used(after)
+
+
+def _count_open() -> int | None:
+    try:
+        return len(os.listdir(PROC_FD)) - 1  # less the one listdir opened
+    except OSError:
+        return None
 
 
 class Connection(asyncio.Protocol):
@@ -239,12 +263,20 @@ class Gate:
         self._refusals: set[_Refusal] = set()
         self._pending: set[asyncio.Task[Any]] = set()
         self._report = _Report(self)
+        self._watch: asyncio.Task[None] | None = None
         for reason in ("per_address", "fd_limit"):
             metrics.http_refused.labels(reason)
         metrics.http_connections.set_function(lambda: float(self.connections))
         metrics.open_fds.set_function(self._open_fds)
         if self.fds.limit is not None:
             metrics.open_fds_limit.set(self.fds.limit)
+
+    def start(self) -> None:
+        self.fds.sample(self.connections)
+        self._watch = self._loop.create_task(
+            self.fds.watch(lambda: self.connections), name="relay-descriptors"
+        )
+        self._watch.add_done_callback(report_unexpected_exit)
 
     def _open_fds(self) -> float:
         return float(self.fds.used(self.connections))
@@ -363,6 +395,8 @@ class Gate:
         self._report.add("accept_paused", error=f"{type(error).__name__}: {error}")
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         self._report.flush()
         for refusal in list(self._refusals):
             if refusal.transport is not None:
@@ -558,8 +592,9 @@ class GuardedSite(web.TCPSite):
         await web.BaseSite.start(self)  # registers the site with its runner
         self._server = listening  # where runner.addresses and BaseSite.stop() look
         self.listening = listening
-        listening.start()
         gate = listening._gate
+        gate.start()
+        listening.start()
         log.info(
             "http_descriptors",
             fd_limit=gate.fds.limit,

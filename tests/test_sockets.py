@@ -213,14 +213,14 @@ class Flood:
                     sock.close()
                     sock = self.sockets[n] = None
                 if sock is None:
-                    sock = socket.socket()
+                    sock = self.sockets[n] = socket.socket()  # closed on exit even if cancelled
                     sock.setblocking(False)
                     try:
                         await loop.sock_connect(sock, ("127.0.0.1", self.port))
                     except OSError:
                         sock.close()
+                        self.sockets[n] = None
                         continue
-                    self.sockets[n] = sock
                     self.opened += 1
                     if n % 2:
                         with suppress(OSError):
