@@ -194,7 +194,7 @@ async def test_thousand_commit_burst_takes_a_hold_and_ends_right(db_dsn: str) ->
         # The bulk of the burst was committed during the hold, without a hint.
         assert _hints(relay) - hints_before < 500
         with transitions(relay) as seen:
-            await reads_completed(relay, 3)
+            await reads_completed(relay, 3, hint_dsn=db_dsn)
         assert seen == [], "the state moved after the burst's end was read"
         assert relay.stability.current.state is State.PROCESSING
 

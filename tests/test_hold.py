@@ -219,12 +219,18 @@ async def test_a_relay_idle_for_long_gives_a_new_hold_its_full_quiet_period(
         held_at = time.monotonic()
         await set_hold(db_dsn, True)
         await eventually(lambda: polling(relay))
-        await reads_completed(relay, 5)  # polled five times and more: it would release now
-        assert await flag(db_dsn) == 1
-        assert holds(relay, "released") == 0
+        # Polled a few times: a relay that ended fresh holds at once would have ended this
+        # one. Each check below holds only if made within the quiet period (never flaky: a
+        # slow machine makes it vacuous, not wrong); the release decision comes 1.5 s after
+        # the relay learnt of the hold, which was after held_at.
+        await reads_completed(relay, 3)
+        early = time.monotonic() - held_at < 1.5
+        assert not (early and holds(relay, "released")), "a fresh hold ended at once"
+        value = await flag(db_dsn)
+        assert value == 1 or time.monotonic() - held_at >= 1.5
         await eventually(lambda: flag_is(db_dsn, 0), timeout=5)
-        # Not before a full quiet period from when it learnt of the hold (after held_at).
-        assert time.monotonic() - held_at >= 1.5
+        assert time.monotonic() - held_at >= 1.5, "released before a full quiet period"
+        assert holds(relay, "released") >= 1
 
 
 async def test_a_relay_that_connects_during_a_leftover_hold_polls_and_ends_it(
