@@ -10,6 +10,7 @@ Every test must clean up after itself: one that leaves asyncio tasks of its own 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
@@ -28,11 +29,19 @@ GRACE_SECONDS = 1.0
 
 
 @pytest.fixture(autouse=True)
-async def no_tasks_left_behind() -> AsyncIterator[None]:
-    """Fail a test that leaves asyncio tasks of its own pending: a relay never closed, a
-    watcher never cancelled. Tasks that existed before it (the loop's, pytest-asyncio's and
-    pytest-aiohttp's) are not its own; set up first, this is torn down after every other
-    fixture of the test, so what their teardowns end is not counted either."""
+def no_tasks_left_behind(request: pytest.FixtureRequest) -> None:
+    """Fail an async test that leaves asyncio tasks of its own pending: a relay never closed,
+    a watcher never cancelled. Sync tests are left alone (no loop of pytest-asyncio's may run
+    under them: Playwright's sync API runs its own)."""
+    if inspect.iscoroutinefunction(getattr(request.node, "obj", None)):
+        request.getfixturevalue("_no_tasks_left_behind")
+
+
+@pytest.fixture
+async def _no_tasks_left_behind() -> AsyncIterator[None]:
+    """Tasks that existed before the test (the loop's, pytest-asyncio's and pytest-aiohttp's)
+    are not its own; set up first, this is torn down after every other fixture of the test,
+    so what their teardowns end is not counted either."""
     before = asyncio.all_tasks()
     yield
     this = asyncio.current_task()
