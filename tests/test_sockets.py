@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import resource
 import socket
@@ -140,7 +141,7 @@ def _limit_files() -> None:  # runs in the relay's process, before exec
 @asynccontextmanager
 async def _relay_process(
     tmp_path: Path, dsn: str, **http: object
-) -> AsyncIterator[tuple[str, Path]]:
+) -> AsyncIterator[tuple[str, Path, int]]:
     port = free_port()
     config = tmp_path / "relay.yaml"
     config.write_text(
@@ -163,7 +164,7 @@ async def _relay_process(
     with background(command, log, cwd=REPO, preexec_fn=_limit_files) as process:
         url = f"http://127.0.0.1:{port}"
         await wait_for_http(url + "/readyz", process, log)
-        yield url, log
+        yield url, log, process.pid
 
 
 async def _flip(dsn: str, client: SseClient, to_processing: bool) -> float:
@@ -268,7 +269,7 @@ LIMIT_LINE = re.compile(r"refused|accept|Too many open files|event_loop_error|ou
 async def test_at_the_open_file_limit_health_metrics_and_streams_keep_working(
     db_dsn: str, tmp_path: Path
 ) -> None:
-    async with _relay_process(tmp_path, db_dsn, idle_timeout="120s") as (url, log):
+    async with _relay_process(tmp_path, db_dsn, idle_timeout="120s") as (url, log, _pid):
         async with sse_connect(url + "/api/system-status/live") as stream:
             await stream.next_event()
             baseline = await _flips(db_dsn, stream)
@@ -319,3 +320,41 @@ async def test_at_the_open_file_limit_health_metrics_and_streams_keep_working(
         f"{len(lines)} log lines, {len(about_the_limit)} about the limit"
     )
     assert ratio < 5, (baseline, loaded)
+
+
+def _lowest_free_descriptor(pid: int) -> int:
+    taken = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(taken) + 1) if n not in taken)
+
+
+async def test_when_accept_fails_anyway_the_relay_pauses_says_so_once_and_recovers(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """The limit lowered under the relay's feet (``prlimit``): its own count cannot see it
+    coming, so accept() itself fails. It pauses accepting instead of reporting each try."""
+    async with _relay_process(tmp_path, db_dsn) as (url, log, pid):
+        port = int(url.rsplit(":", 1)[1])
+        # Not one descriptor left: the next one the relay opens would be numbered past it.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_descriptor(pid), NOFILE))
+        waiting = [await _open_idle(port) for _ in range(20)]  # in the listen backlog
+
+        def paused() -> bool:
+            return any("accept_paused" in line for line in log.read_text().splitlines())
+
+        try:
+            await eventually(paused, timeout=10)
+            await asyncio.sleep(2)  # four pauses and retries: still one line
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+        for sock in waiting:
+            sock.close()
+        await eventually(lambda: _answers_200(url, "/api/system-status", attempts=1), timeout=10)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/metrics") as response:
+                metrics = await response.text()
+        assert _metric(metrics, "relay_http_accept_paused_total") >= 2
+        lines = log.read_text().splitlines()
+    about_the_limit = [line for line in lines if LIMIT_LINE.search(line)]
+    assert 1 <= len(about_the_limit) <= 3, about_the_limit
+    line = json.loads(next(line for line in about_the_limit if "accept_paused" in line))
+    assert "Too many open files" in line["accept_error"]
