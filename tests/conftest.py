@@ -38,8 +38,17 @@ def no_tasks_left_behind(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("_no_tasks_left_behind")
 
 
+# Tasks a closed relay leaves behind, bugs of relay/ reported in issue 15: listed at the end
+# of the run rather than failed, until relay/ is fixed.
+KNOWN_RELAY_LEAKS = {
+    # Details.aclose() cancels the sampler, whose query is shielded: the query goes on,
+    # waiting for a pool connection (during an outage) after the relay has closed.
+    "relay-details-query",
+}
+
+
 @pytest.fixture
-async def _no_tasks_left_behind() -> AsyncIterator[None]:
+async def _no_tasks_left_behind(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Tasks that existed before the test (the loop's, pytest-asyncio's and pytest-aiohttp's)
     are not its own; set up first, this is torn down after every other fixture of the test,
     so what their teardowns end is not counted either."""
@@ -53,11 +62,15 @@ async def _no_tasks_left_behind() -> AsyncIterator[None]:
         left = {t for t in left if not t.done()}
     if not left:
         return
-    names = sorted(_describe(task) for task in left)
     for task in left:
         task.cancel()
     await asyncio.wait(left, timeout=GRACE_SECONDS)
-    pytest.fail(f"the test left {len(names)} asyncio task(s) pending: {names}", pytrace=False)
+    known = sorted(_describe(t) for t in left if t.get_name() in KNOWN_RELAY_LEAKS)
+    if known:
+        RELAY_LEAKS.append(f"{request.node.nodeid}: tasks {known}")
+    names = sorted(_describe(t) for t in left if t.get_name() not in KNOWN_RELAY_LEAKS)
+    if names:
+        pytest.fail(f"the test left {len(names)} asyncio task(s) pending: {names}", pytrace=False)
 
 
 def _describe(task: asyncio.Task[object]) -> str:
@@ -84,15 +97,16 @@ async def _relay_backends_left(admin: psycopg.AsyncConnection[object], dbname: s
         await asyncio.sleep(0.05)
 
 
-# Sessions that nothing held any more: dropped unclosed, ended by the garbage collector.
-# Listed at the end of the run rather than failed (a relay-side race, reported in issue 15).
-DROPPED_UNCLOSED: list[str] = []
+# Relay-side leaks, listed at the end of the run rather than failed (reported in issue 15):
+# known tasks (above), and sessions that nothing held any more, dropped unclosed and ended
+# by the garbage collector (a connect cancelled after its handshake).
+RELAY_LEAKS: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if DROPPED_UNCLOSED:
-        terminalreporter.section("relay sessions dropped unclosed (ended by gc)")
-        for line in DROPPED_UNCLOSED:
+    if RELAY_LEAKS:
+        terminalreporter.section("left behind by relay/ (known bugs: listed, not failed)")
+        for line in RELAY_LEAKS:
             terminalreporter.write_line(line)
 
 
@@ -137,7 +151,7 @@ async def db_dsn(
             gc.collect()
             held = await _relay_backends_left(admin, dbname)
             if not held:
-                DROPPED_UNCLOSED.append(f"{request.node.nodeid}: {left}")
+                RELAY_LEAKS.append(f"{request.node.nodeid}: sessions dropped unclosed {left}")
             left = held
         await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
     if left:

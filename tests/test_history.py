@@ -60,11 +60,17 @@ async def test_two_relays_show_one_history_and_it_survives_a_restart_of_both(
 ) -> None:
     config = relay_config(db_dsn)
     async with running_relay(config) as one, running_relay(config) as two:
+        relays = (one, two)
+        # One of them leads (and writes the history) before the first period begins.
+        await eventually(lambda: sum(sample(r, "relay_webhook_leader") for r in relays) == 1)
         for _round in range(2):
             await execute(db_dsn, START)
-            await eventually(lambda: two.stability.current.state is State.PROCESSING)
+            # Both see each period, whichever leads: none is missed between two reads.
+            await eventually(
+                lambda: all(r.stability.current.state is State.PROCESSING for r in relays)
+            )
             await execute(db_dsn, FINISH, "DELETE FROM public.import_job")
-            await eventually(lambda: two.stability.current.state is State.STABLE)
+            await eventually(lambda: all(r.stability.current.state is State.STABLE for r in relays))
         await eventually(lambda: _count_closed(one, 2))
         seen_by_one = await closed_periods(one)
         assert seen_by_one == await closed_periods(two)
@@ -86,16 +92,18 @@ async def test_periods_older_than_the_retention_are_deleted(db_dsn: str) -> None
     async with running_relay(relay_config(db_dsn, history={"retention": "30d"})) as relay:
         await execute(db_dsn, START)
         await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+        # Two periods may be there before either change (the old one trimmed, the open one
+        # written): wait for what is asserted.
+        await eventually(lambda: _open_flags_are(relay, [True, False]))
         _status, body = await history(relay, since="365d")
-        await eventually(lambda: _count_all(relay, 2))
-        _status, body = await history(relay, since="365d")
+        assert len(body["periods"]) == 2
         assert [p["open"] for p in body["periods"]] == [True, False]
         assert body["summary"]["last_7d"] == {"count": 1, "median_s": 300.0, "p90_s": 300.0}
 
 
-async def _count_all(relay: Any, count: int) -> bool:
+async def _open_flags_are(relay: Any, flags: list[bool]) -> bool:
     _status, body = await history(relay, since="365d")
-    return len(body["periods"]) == count
+    return [p["open"] for p in body["periods"]] == flags
 
 
 async def test_bad_history_queries_get_400(db_dsn: str) -> None:
