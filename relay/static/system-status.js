@@ -14,6 +14,8 @@
  *   heartbeat-timeout   seconds without a byte on the live stream before reconnecting (default 45,
  *                       three times the relay's default 15 s heartbeat)
  *   inline-hint         show the explanatory sentence under the badge instead of as a tooltip
+ *   hidden-grace        seconds a hidden page keeps the live stream open before letting go of it
+ *                       (default 30); it reconnects, with the current state, when shown again
  *   timeline            also show the last 24 hours under the badge (for a status page; embedded
  *                       badges stay small without it): a bar from 24 h ago to now with each
  *                       processing period on it (hover or focus one for its start, end, duration
@@ -43,6 +45,24 @@
  * ourselves, every byte proves the connection alive, and any failure (refused, 503, 429, a stream
  * that ends or goes silent) leads to the same capped, jittered backoff: 1 s doubling to 30 s,
  * never giving up, with the server's `retry:` and `Retry-After` as minimums.
+ *
+ * One stream per origin, however many tabs (docs/browser-tabs.md). The elements that read the
+ * same stream URL, in all the tabs of one origin, elect a leader with the Web Locks API (a lock
+ * named after the URL, held for as long as the leader leads); the leader alone reads the stream
+ * and rebroadcasts what it reads (states, progress, "the stream is down") on a BroadcastChannel
+ * of the same name; the others render from the channel, and a newcomer asks the leader for the
+ * current state, so it shows at once. When the leader's tab closes, the lock passes to a tab
+ * still waiting for it, which opens the stream: the relay sends the current state on every new
+ * connection. Without navigator.locks (an insecure context, an older browser) or
+ * BroadcastChannel, every element reads a stream of its own, as before.
+ *
+ * Hidden pages: each tab decides for itself. A hidden tab stops waiting for the lock at once
+ * (it keeps listening on the channel); a hidden leader keeps the stream for `hidden-grace`
+ * seconds, then closes it and lets the lock go, to a visible tab if one is waiting. So the
+ * stream stays open while any tab of the origin is visible, and closes `hidden-grace` seconds
+ * after the last one was hidden; the first tab shown again reconnects. Without sharing, each
+ * tab pauses its own stream the same way. A page put in the back/forward cache or frozen lets
+ * go at once.
  */
 (() => {
   "use strict";
@@ -66,6 +86,10 @@
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
   const DEFAULT_HEARTBEAT_TIMEOUT_S = 45;
+  const DEFAULT_HIDDEN_GRACE_S = 30;
+  // The lock and the channel are named after the stream's URL; "v1" is the protocol of the
+  // channel's messages, so that tabs running another version of this script keep to themselves.
+  const SHARE_PREFIX = "system-status/v1 ";
   // After the stream drops, the last known state is kept this long before "Status unavailable":
   // a relay restart or a proxy reload should not flash the badge grey.
   const GRACE_MS = 3000;
@@ -512,6 +536,25 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     );
   }
 
+  /** Whether tabs can share one stream: the Web Locks API (secure contexts only) and
+   * BroadcastChannel. */
+  function sharingAvailable() {
+    try {
+      return (
+        typeof BroadcastChannel === "function" &&
+        typeof navigator !== "undefined" &&
+        !!navigator.locks &&
+        typeof navigator.locks.request === "function"
+      );
+    } catch (_error) {
+      return false;
+    }
+  }
+
+  function pageVisible() {
+    return document.visibilityState !== "hidden";
+  }
+
   function retryAfterMs(response) {
     const value = response.headers.get("Retry-After");
     if (!value) return 0;
@@ -560,6 +603,25 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._reconnectTimer = 0;
       this._watchdogTimer = 0;
       this._graceTimer = 0;
+
+      // Sharing one stream among the tabs of an origin (see the top of this file).
+      this._shared = false; // this element takes part in an election (else: a stream of its own)
+      this._shareName = ""; // the lock's and the channel's name
+      this._channel = null;
+      this._lockAbort = null; // while waiting for the lock: withdraws the request
+      this._releaseLock = null; // while leading: lets the lock go
+      this._live = false; // this element reads the stream now (as the leader, or on its own)
+      this._linkUp = false; // ...and the stream has delivered a state since it (re)connected
+      this._lastData = null; // the last state event, for a newcomer's request
+      this._syncId = ""; // the newcomer's request that the leader's answer must name
+      this._hiddenTimer = 0;
+      this._onVisibility = () => this._followVisibility();
+      this._onPageHide = (event) => {
+        if (event.type === "freeze" || event.persisted) this._letGo();
+      };
+      this._onPageShow = (event) => {
+        if (event.type === "resume" || event.persisted) this._followVisibility();
+      };
 
       this._detailsController = null;
       this._detailsGeneration = 0;
@@ -640,13 +702,23 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     connectedCallback() {
       this._running = true;
       if (this._state === null) this._render("connecting");
-      this._start();
+      document.addEventListener("visibilitychange", this._onVisibility);
+      document.addEventListener("freeze", this._onPageHide);
+      document.addEventListener("resume", this._onPageShow);
+      window.addEventListener("pagehide", this._onPageHide);
+      window.addEventListener("pageshow", this._onPageShow);
+      this._join();
       this._startTimeline();
     }
 
     disconnectedCallback() {
       this._running = false;
-      this._stop();
+      document.removeEventListener("visibilitychange", this._onVisibility);
+      document.removeEventListener("freeze", this._onPageHide);
+      document.removeEventListener("resume", this._onPageShow);
+      window.removeEventListener("pagehide", this._onPageHide);
+      window.removeEventListener("pageshow", this._onPageShow);
+      this._leave();
       this._stopTimeline();
       if (this._dialog.open) this._dialog.close();
     }
@@ -654,10 +726,12 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     attributeChangedCallback(name, oldValue, newValue) {
       // Called for every attribute already present when the element upgrades, before
       // connectedCallback: only a later change of `src` means a new connection.
-      // (heartbeat-timeout is read each time the watchdog is armed.)
+      // (heartbeat-timeout is read each time the watchdog is armed, hidden-grace each time the
+      // page is hidden.)
       if (!this._running || oldValue === newValue) return;
       if (name === "src") {
-        this._start();
+        this._leave(); // another URL: another election
+        this._join();
         this._scheduleHistory(0);
       } else if (name === "timeline") {
         if (newValue === null) {
@@ -678,8 +752,6 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._loadDetails(false);
     }
 
-    // ---- the live stream ----------------------------------------------------------------------
-
     _url(path) {
       const base = (this.getAttribute("src") || "").trim().replace(/\/+$/, "");
       return base + path;
@@ -689,6 +761,220 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       const seconds = Number(this.getAttribute("heartbeat-timeout"));
       return (Number.isFinite(seconds) && seconds > 0 ? seconds : DEFAULT_HEARTBEAT_TIMEOUT_S) * 1000;
     }
+
+    _hiddenGraceMs() {
+      const value = this.getAttribute("hidden-grace");
+      const seconds = value === null || value.trim() === "" ? NaN : Number(value);
+      return (Number.isFinite(seconds) && seconds >= 0 ? seconds : DEFAULT_HIDDEN_GRACE_S) * 1000;
+    }
+
+    // ---- one stream for all the tabs of the origin --------------------------------------------
+
+    /** Starts reading the state: as a candidate for the lock, or, without sharing, on our own. */
+    _join() {
+      let url = this._url(LIVE_PATH);
+      try {
+        url = new URL(url, document.baseURI).href; // "" and the page's origin are one stream
+      } catch (_error) {
+        // not a URL: the fetch will fail and retry, each element on its own name
+      }
+      this._shareName = SHARE_PREFIX + url;
+      this._shared = sharingAvailable();
+      if (this._shared) {
+        try {
+          this._channel = new BroadcastChannel(this._shareName);
+        } catch (_error) {
+          this._shared = false;
+        }
+      }
+      if (!this._shared) {
+        this._openStream();
+        this._followVisibility();
+        return;
+      }
+      this._channel.onmessage = (event) => this._onShared(event.data);
+      this._askForState();
+      // A page opened in the background takes the lock only if no tab holds it (then it reads
+      // the stream for its grace period); otherwise it listens until it is shown.
+      this._stand(!pageVisible());
+      this._followVisibility();
+    }
+
+    /** Stops reading the state (removed from the page, or another `src`). */
+    _leave() {
+      clearTimeout(this._hiddenTimer);
+      this._hiddenTimer = 0;
+      this._sit();
+      this._closeStream();
+      if (this._channel) {
+        this._channel.onmessage = null;
+        this._channel.close();
+      }
+      this._channel = null;
+      this._shared = false;
+      this._lastData = null;
+      this._syncId = "";
+    }
+
+    /** Waits for the lock (or, with `ifFree`, takes it only if no tab holds it), then leads. */
+    _stand(ifFree) {
+      if (!this._shared || this._lockAbort || this._releaseLock) return;
+      const abort = new AbortController();
+      abort.queued = !ifFree; // a request in the lock's queue, which a hidden tab withdraws
+      this._lockAbort = abort;
+      const options = ifFree ? { ifAvailable: true } : { signal: abort.signal };
+      let request;
+      try {
+        request = navigator.locks.request(this._shareName, options, (lock) => {
+          if (this._lockAbort !== abort || abort.signal.aborted) return undefined; // withdrawn
+          this._lockAbort = null;
+          if (lock === null) {
+            // Held by another tab: we listen to it (and queue, if we were shown meanwhile).
+            if (pageVisible()) this._stand(false);
+            return undefined;
+          }
+          return new Promise((release) => {
+            this._releaseLock = release;
+            this._lead();
+          });
+        });
+      } catch (error) {
+        request = Promise.reject(error);
+      }
+      request.catch(() => {
+        if (this._lockAbort !== abort) return; // withdrawn (an AbortError), or already leading
+        // Locks refused (an opaque origin, say): a stream of our own, as without sharing.
+        this._lockAbort = null;
+        this._leave();
+        this._openStream();
+        this._followVisibility();
+      });
+    }
+
+    /** Stops waiting for the lock, or, while leading, closes the stream and lets the lock go. */
+    _sit() {
+      if (this._lockAbort) {
+        this._lockAbort.abort();
+        this._lockAbort = null;
+      }
+      if (this._releaseLock) {
+        const release = this._releaseLock;
+        this._releaseLock = null;
+        this._closeStream();
+        release();
+      }
+    }
+
+    _lead() {
+      this._openStream();
+      this._followVisibility(); // granted while hidden: the grace period runs from now
+    }
+
+    get _leading() {
+      return this._releaseLock !== null;
+    }
+
+    _openStream() {
+      this._live = true;
+      this._linkUp = false;
+      this._start();
+    }
+
+    _closeStream() {
+      this._live = false;
+      this._linkUp = false;
+      this._stop();
+    }
+
+    /** Shown: read the state again (lead, or queue for the lock). Hidden: let go (a leader, or a
+     * stream of its own, after the grace period; a tab waiting for the lock at once). */
+    _followVisibility() {
+      if (!this._running) return;
+      if (pageVisible()) {
+        clearTimeout(this._hiddenTimer);
+        this._hiddenTimer = 0;
+        if (!this._shared) {
+          if (!this._live) this._openStream();
+        } else if (!this._leading && !this._lockAbort) {
+          this._askForState(); // in case messages were missed while frozen
+          this._stand(false);
+        }
+        return;
+      }
+      if (this._shared && this._lockAbort && this._lockAbort.queued) this._sit(); // hidden tabs do not queue
+      if (this._live && !this._hiddenTimer) {
+        this._hiddenTimer = setTimeout(() => {
+          this._hiddenTimer = 0;
+          if (!pageVisible()) this._letGo();
+        }, this._hiddenGraceMs());
+      }
+    }
+
+    /** Closes the stream now (hidden long enough, frozen, or into the back/forward cache). */
+    _letGo() {
+      clearTimeout(this._hiddenTimer);
+      this._hiddenTimer = 0;
+      if (this._shared) this._sit();
+      else this._closeStream();
+    }
+
+    /** Sends to the other tabs, when we read the stream for them. */
+    _post(message) {
+      if (!this._channel || !this._leading) return;
+      try {
+        this._channel.postMessage(message);
+      } catch (_error) {
+        // a closed channel: nobody left to tell
+      }
+    }
+
+    /** A newcomer (or a tab shown again) asks the leader for the current state. */
+    _askForState() {
+      if (!this._channel) return;
+      this._syncId = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+      try {
+        this._channel.postMessage({ type: "sync", id: this._syncId });
+      } catch (_error) {
+        // closed meanwhile
+      }
+    }
+
+    _onShared(message) {
+      if (!this._running || !isRecord(message) || typeof message.type !== "string") return;
+      if (message.type === "sync") {
+        if (this._leading && typeof message.id === "string") {
+          this._post({
+            type: "snapshot",
+            to: message.id,
+            shown: this._state,
+            up: this._linkUp,
+            data: this._lastData,
+          });
+        }
+        return;
+      }
+      if (this._leading) return; // the leader believes its own stream
+      if (message.type === "state" && isRecord(message.data)) {
+        this._lastData = message.data;
+        this._onState(message.data);
+      } else if (message.type === "progress" && isRecord(message.data)) {
+        this._onProgress(message.data);
+      } else if (message.type === "down") {
+        this._onDown(message.refused === true);
+      } else if (message.type === "snapshot" && message.to === this._syncId && this._syncId) {
+        this._syncId = "";
+        const shown = message.shown;
+        if ((shown === "stable" || shown === "processing" || shown === "unknown") && isRecord(message.data)) {
+          this._lastData = message.data;
+          this._onState(message.data);
+          if (message.up !== true) this._markLost();
+        } else if (shown === "unreachable" || shown === "unauthorized") {
+          this._onDown(shown === "unauthorized");
+        }
+      }
+    }
+
+    // ---- the live stream ----------------------------------------------------------------------
 
     _start() {
       this._stop();
@@ -749,6 +1035,18 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     _scheduleReconnect(minDelayMs, refused) {
+      this._linkUp = false;
+      this._post({ type: "down", refused });
+      this._onDown(refused);
+      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt);
+      this._attempt = Math.min(this._attempt + 1, 16);
+      const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
+      const delay = Math.min(BACKOFF_MAX_MS, Math.max(jittered, minDelayMs, this._serverRetryMs));
+      this._reconnectTimer = setTimeout(() => this._connect(), delay);
+    }
+
+    /** The stream is down: refused (401/403), or lost (the last state is kept for a moment). */
+    _onDown(refused) {
       if (refused) {
         clearTimeout(this._graceTimer);
         this._graceTimer = 0;
@@ -756,11 +1054,6 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       } else {
         this._markLost();
       }
-      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt);
-      this._attempt = Math.min(this._attempt + 1, 16);
-      const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
-      const delay = Math.min(BACKOFF_MAX_MS, Math.max(jittered, minDelayMs, this._serverRetryMs));
-      this._reconnectTimer = setTimeout(() => this._connect(), delay);
     }
 
     _markLost() {
@@ -813,8 +1106,15 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         return; // not ours; the stream stays up
       }
       if (data === null || typeof data !== "object") return;
-      if (type === "message") this._onState(data);
-      else if (type === "import_job_progress") this._onProgress(data);
+      if (type === "message") {
+        this._linkUp = true;
+        this._lastData = data;
+        this._post({ type: "state", data });
+        this._onState(data);
+      } else if (type === "import_job_progress") {
+        this._post({ type: "progress", data });
+        this._onProgress(data);
+      }
     }
 
     _onState(data) {

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
@@ -25,7 +26,7 @@ from relay.config import Config
 from tests.support import relay_config, running_relay
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Page
+    from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
 
 CHROMIUM = Path(os.environ.get("RELAY_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -172,6 +173,12 @@ class Tab:
 
 
 def open_tab(browser: Browser, viewport: dict[str, int] = DESKTOP) -> Tab:
+    return tab_in(new_context(browser, viewport))
+
+
+def new_context(browser: Browser, viewport: dict[str, int] = DESKTOP) -> BrowserContext:
+    """A fresh browser profile (cookies, storage, locks: one origin's tabs share them) whose
+    pages record the states the component shows (see :meth:`Tab.history`)."""
     context = browser.new_context(
         viewport={"width": viewport["width"], "height": viewport["height"]},
         locale="en-US",
@@ -188,6 +195,11 @@ def open_tab(browser: Browser, viewport: dict[str, int] = DESKTOP) -> Tab:
         " if (history[history.length - 1] !== event.detail.state)"
         " history.push(event.detail.state); });"
     )
+    return context
+
+
+def tab_in(context: BrowserContext) -> Tab:
+    """A new tab of ``context``; what it reports (script errors, CSP, requests) is recorded."""
     page = context.new_page()
     page.set_default_timeout(10_000)
     tab = Tab(page)
@@ -200,3 +212,42 @@ def open_tab(browser: Browser, viewport: dict[str, int] = DESKTOP) -> Tab:
     page.on("pageerror", lambda error: tab.problems.append(f"page error: {error}"))
     page.on("request", lambda request: tab.requests.append(request.url))
     return tab
+
+
+def wait_until(
+    check: Callable[[], bool], what: str, timeout: float = 10.0, page: Page | None = None
+) -> float:
+    """Polls ``check`` (every 20 ms) until it holds; returns the seconds it took. For what the
+    page cannot wait for by itself, such as the relay's count of clients. With ``page``, it
+    waits through Playwright, which meanwhile delivers the browser's events (the requests that
+    :meth:`Tab.requested` counts): a plain sleep would not."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        if page is not None:
+            page.wait_for_timeout(20)
+        else:
+            time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def live_clients(relay: Relay) -> int:
+    """How many browsers hold the relay's live stream (/api/system-status/live) open."""
+    return len(relay.hub)
+
+
+# Headless Chromium says every page is visible, whatever is in front, and offers no CDP command
+# to say otherwise: the page's document reports the state given here (visibilityState, hidden)
+# and gets the `visibilitychange` event a browser fires when a tab goes to the background.
+EMULATE_VISIBILITY = """(hidden) => {
+  Object.defineProperty(document, "visibilityState", {
+    configurable: true, get: () => (hidden ? "hidden" : "visible") });
+  Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def set_hidden(page: Page, hidden: bool) -> None:
+    """As if the tab went to the background (``True``) or came to the front again."""
+    page.evaluate(EMULATE_VISIBILITY, hidden)
