@@ -188,6 +188,30 @@ def test_a_tab_opened_later_shows_the_state_at_once_from_the_leader(
         assert late.problems == []
 
 
+def test_a_followers_details_dialog_moves_with_the_leaders_progress_events(
+    relay: Relay, db_dsn: str, browser: Browser
+) -> None:
+    run_sql(
+        db_dsn,
+        "INSERT INTO public.import_job (slug, state, total_rows, imported_rows, "
+        "import_completed_pct) VALUES ('census-2026', 'processing_data', 1000, 250, 25)",
+    )
+    with app_tabs(browser, relay, 2) as tabs:
+        expect_state(tabs, "processing")
+        leader_of(tabs)
+        follower = next(tab for tab in tabs if not tab.requested(LIVE))
+        follower.page.locator("#main").get_by_role("button", name="Details").click()
+        rows = follower.page.locator("#main li[data-job-id] .rows")
+        expect(rows).to_have_text("250 of 1,000 rows (25%)")
+        run_sql(
+            db_dsn, "UPDATE public.import_job SET imported_rows = 600, import_completed_pct = 60"
+        )
+        expect(rows).to_have_text("600 of 1,000 rows (60%)", timeout=2000)
+        # The bar moved with the relayed progress event, not with a second fetch.
+        assert follower.requested("/api/system-status/details") == 1
+        assert follower.requested(LIVE) == 0
+
+
 def test_hidden_tabs_let_go_of_the_stream_after_the_grace_and_resync_when_shown(
     relay: Relay, db_dsn: str, browser: Browser
 ) -> None:
