@@ -226,14 +226,16 @@ class Listener:
     def _refused(self, error: BaseException) -> None:
         """Record (and log, once per kind) why the relay refuses the server it reached."""
         if isinstance(error, PoolerRefused):
-            kind, fix = "pooler", POOLER_FIX
+            kind, fix, level = "pooler", POOLER_FIX, log.error
         elif isinstance(error, DatabaseReadOnly) or pg.is_read_only(error):
-            kind, fix = "standby", STANDBY_FIX
+            # Also every failover's first seconds: a warning, and retried briefly.
+            kind, fix, level = "standby", STANDBY_FIX, log.warning
         else:
+            self.refusal = self.refusal_kind = None  # another cause now: not a refusal
             return
         reason = pg.describe_error(error)
         if kind != self.refusal_kind:
-            log.error("database_refused", kind=kind, reason=reason, fix=fix)
+            level("database_refused", kind=kind, reason=reason, fix=fix)
         self.refusal_kind, self.refusal = kind, f"{reason}; fix: {fix}"
 
     async def _wait_before_retry(self, reason: str, *, brief: bool = False) -> None:
