@@ -1,6 +1,6 @@
 # stability-relay container image. See README, "Operations" → "Docker".
 #
-#   docker build -t stability-relay .
+#   docker build -t stability-relay .   (podman/buildah: add --format docker, or no HEALTHCHECK)
 #   docker run -d --name stability-relay -p 127.0.0.1:8080:8080 \
 #     -v /srv/stability-relay/config.yaml:/etc/stability-relay/config.yaml:ro \
 #     -v stability-relay-state:/var/lib/stability-relay \
@@ -10,9 +10,13 @@
 # not reachable from outside it. The health check below asks 127.0.0.1:8080/healthz.
 
 ARG PYTHON_VERSION=3.11
+# Both stages start from this image. Any Debian bookworm image with `python` (3.11+, with
+# venv and pip) and useradd will do: tests/test_image.py builds on a local debootstrap base
+# when Docker Hub is out of reach (docs/docker.md).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
 
 # Build: a virtualenv with the relay and its dependencies (wheels only, no compiler needed).
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -22,7 +26,7 @@ RUN python -m venv /opt/stability-relay \
     && /opt/stability-relay/bin/pip install .
 
 # Run: the virtualenv on a clean slim image, as an unprivileged user.
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 relay \
     && useradd --system --uid 10001 --gid relay --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin relay \

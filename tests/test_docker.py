@@ -1,5 +1,6 @@
 """The Dockerfile, checked without a Docker engine: what the image runs is what the README says,
-it runs unprivileged, and its health check works against a real relay."""
+it runs unprivileged, and its health check works against a real relay. tests/test_image.py
+builds the image with podman and runs it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,23 @@ def instructions() -> list[tuple[str, str]]:
             keyword, _, rest = line.partition(" ")
             found.append((keyword.upper(), rest.strip()))
     return found
+
+
+def build_args() -> dict[str, str]:
+    """The global ARGs' defaults (before the first FROM), ${NAME} of earlier ones expanded."""
+    found: dict[str, str] = {}
+    for keyword, arguments in instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = arguments.partition("=")
+            found[name] = re.sub(r"\$\{(\w+)\}", lambda m: found[m.group(1)], default)
+    return found
+
+
+def base_image() -> str:
+    """What both stages start from unless `--build-arg BASE_IMAGE=...` says otherwise."""
+    return build_args()["BASE_IMAGE"]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -59,7 +77,10 @@ def test_image_runs_the_command_the_readme_documents() -> None:
 def test_image_is_multi_stage_slim_and_unprivileged() -> None:
     froms = [arguments for keyword, arguments in instructions() if keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage: build, then a clean runtime image"
-    assert all("-slim" in line for line in froms)
+    assert all(line.split()[0] == "${BASE_IMAGE}" for line in froms), froms
+    assert base_image() == "python:3.11-slim-bookworm"
+    docker_section = (REPO / "README.md").read_text().partition("### Docker")[2]
+    assert f"`{base_image()}`" in docker_section.partition("\n### ")[0]
     stage = final_stage()
     user = last(stage, "USER").split(":")[0]
     assert user not in ("root", "0"), "the relay must not run as root"
