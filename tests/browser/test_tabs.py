@@ -44,8 +44,9 @@ TABS = 10
 GRACE_S = 1.0
 LIVE = "/api/system-status/live"
 
-# An app's page on the relay's origin: a badge in the header and one in the page, one without
-# `src` and one with the page's origin written out: the same stream, so one leader for both.
+# An app's page on the relay's origin (answered by the browser context's route; the script and
+# the streams are the relay's own): a badge in the header and one in the page, one without `src`
+# and one with the page's origin written out: the same stream, so one leader for both.
 APP_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>an app</title>
 <script src="/static/system-status.js" defer></script></head><body>
 <header><system-status id="header" hidden-grace="{grace}"></system-status></header>
