@@ -63,12 +63,16 @@ class ChannelRelay:
             )
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")  # Python reads it; JSON.parse does not
+
+
 def _validate(payload: str) -> tuple[str | None, str, dict[str, Any]]:
     """``(None, data, parsed)`` for a relayable payload, else ``(reason, "", {})``."""
     if len(payload.encode()) >= MAX_PAYLOAD_BYTES:
         return "too_large", "", {}
     try:
-        parsed = json.loads(payload)
+        parsed = json.loads(payload, parse_constant=_not_json)
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         return "not_json", "", {}
     if not isinstance(parsed, dict):

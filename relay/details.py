@@ -90,6 +90,8 @@ class Details:
                 "stability-relay-details",
                 server_options=f"-c statement_timeout={timeout_ms}",
             ),
+            # Gets past a pooler that refuses `options` (relay/pg.py), as every relay connection.
+            connection_class=pg.RelayConnection,
             check=AsyncConnectionPool.check_connection,
             open=False,
             name="relay-details",
@@ -105,6 +107,9 @@ class Details:
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
+        if self._inflight is not None:  # shielded from its callers, not from the close
+            self._inflight.cancel()
+            await asyncio.gather(self._inflight, return_exceptions=True)
         await self._indicators.aclose()
         if self._pool is not None:
             await self._pool.close(timeout=timeout)

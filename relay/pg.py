@@ -126,20 +126,48 @@ async def connect(
     """Connect within ``connect_timeout``; any failure is a :class:`DatabaseUnavailable`
     (:class:`DatabaseReadOnly` when the hosts that answered are all read-only)."""
     options = connect_options(settings, application_name, server_options=server_options)
+    connecting = asyncio.ensure_future(RelayConnection.connect(settings.dsn, **options))
     try:
         return await asyncio.wait_for(
-            RelayConnection.connect(settings.dsn, **options),
+            asyncio.shield(connecting),
             # Each host of a multi-host DSN has connect_timeout, and a pooler that refuses
             # `options` costs a second handshake.
             timeout=2 * hosts(settings.dsn) * settings.connect_timeout + 1,
         )
-    except psycopg.ProgrammingError:
+    except BaseException as error:
+        _discard(connecting)
+        if isinstance(error, psycopg.Error | OSError | TimeoutError):
+            raise _unavailable(error) from None
+        raise
+
+
+def _discard(connecting: asyncio.Future[RelayConnection]) -> None:
+    """Close a connection whose caller gave up, once its handshake ends.
+
+    Not cancelled: psycopg abandons a cancelled handshake without closing it, and a server
+    that had already accepted it keeps the session until the garbage collector finds it.
+    The handshake is bounded by libpq's own ``connect_timeout``.
+    """
+
+    def close(done: asyncio.Future[RelayConnection]) -> None:
+        _abandoned.discard(done)
+        if not done.cancelled() and done.exception() is None:
+            done.result().pgconn.finish()  # synchronous: nothing more to await
+
+    _abandoned.add(connecting)
+    connecting.add_done_callback(close)
+
+
+_abandoned: set[asyncio.Future[RelayConnection]] = set()  # the loop keeps only weak refs
+
+
+def _unavailable(error: BaseException) -> DatabaseUnavailable:
+    if isinstance(error, psycopg.ProgrammingError):
         # libpq quotes the offending part of an unparsable DSN, which may be the password.
-        raise DatabaseUnavailable("the DSN cannot be parsed: check its syntax") from None
-    except (psycopg.Error, OSError, TimeoutError) as error:
-        if is_read_only(error):
-            raise DatabaseReadOnly(describe_error(error)) from None
-        raise DatabaseUnavailable(describe_error(error)) from None
+        return DatabaseUnavailable("the DSN cannot be parsed: check its syntax")
+    if is_read_only(error):
+        return DatabaseReadOnly(describe_error(error))
+    return DatabaseUnavailable(describe_error(error))
 
 
 def hosts(dsn: str) -> int:

@@ -10,7 +10,6 @@ Every test must clean up after itself: one that leaves asyncio tasks of its own 
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import os
 import time
@@ -39,17 +38,8 @@ def no_tasks_left_behind(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("_no_tasks_left_behind")
 
 
-# Tasks a closed relay leaves behind, bugs of relay/ reported in issue 15: listed at the end
-# of the run rather than failed, until relay/ is fixed.
-KNOWN_RELAY_LEAKS = {
-    # Details.aclose() cancels the sampler, whose query is shielded: the query goes on,
-    # waiting for a pool connection (during an outage) after the relay has closed.
-    "relay-details-query",
-}
-
-
 @pytest.fixture
-async def _no_tasks_left_behind(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+async def _no_tasks_left_behind() -> AsyncIterator[None]:
     """Tasks that existed before the test (the loop's, pytest-asyncio's and pytest-aiohttp's)
     are not its own; set up first, this is torn down after every other fixture of the test,
     so what their teardowns end is not counted either."""
@@ -66,12 +56,8 @@ async def _no_tasks_left_behind(request: pytest.FixtureRequest) -> AsyncIterator
     for task in left:
         task.cancel()
     await asyncio.wait(left, timeout=GRACE_SECONDS)
-    known = sorted(_describe(t) for t in left if t.get_name() in KNOWN_RELAY_LEAKS)
-    if known:
-        RELAY_LEAKS.append(f"{request.node.nodeid}: tasks {known}")
-    names = sorted(_describe(t) for t in left if t.get_name() not in KNOWN_RELAY_LEAKS)
-    if names:
-        pytest.fail(f"the test left {len(names)} asyncio task(s) pending: {names}", pytrace=False)
+    names = sorted(_describe(t) for t in left)
+    pytest.fail(f"the test left {len(names)} asyncio task(s) pending: {names}", pytrace=False)
 
 
 def _describe(task: asyncio.Task[object]) -> str:
@@ -100,19 +86,6 @@ async def _relay_backends_left(
         await asyncio.sleep(0.05)
 
 
-# Relay-side leaks, listed at the end of the run rather than failed (reported in issue 15):
-# known tasks (above), and sessions that nothing held any more, dropped unclosed and ended
-# by the garbage collector (a connect cancelled after its handshake).
-RELAY_LEAKS: list[str] = []
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if RELAY_LEAKS:
-        terminalreporter.section("left behind by relay/ (known bugs: listed, not failed)")
-        for line in RELAY_LEAKS:
-            terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres | None]:
     if EXTERNAL_DSN:
@@ -131,9 +104,7 @@ def pg_admin_dsn(pg_server: EmbeddedPostgres | None) -> str:
 
 
 @pytest.fixture
-async def db_dsn(
-    request: pytest.FixtureRequest, pg_server: EmbeddedPostgres | None, pg_admin_dsn: str
-) -> AsyncIterator[str]:
+async def db_dsn(pg_server: EmbeddedPostgres | None, pg_admin_dsn: str) -> AsyncIterator[str]:
     """A fresh database with the demo schema, the relay's SQL and its role; dropped afterwards."""
     dbname = f"test_{uuid.uuid4().hex}"
     name = sql.Identifier(dbname)
@@ -147,17 +118,9 @@ async def db_dsn(
     if pg_server is not None:
         pg_server.start()  # in case the test stopped it
     async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
+        # Any session of the relay's still there is a leak, one that only the garbage
+        # collector would end included (a connection dropped unclosed).
         left = await _relay_backends_left(admin, dbname)
-        if left:
-            # A session that never ran a query is a connect cancelled after its handshake
-            # and dropped unclosed (a relay bug, reported): listed, not failed. So is one
-            # that only the garbage collector ends. Any other is a leak.
-            gc.collect()
-            held = await _relay_backends_left(admin, dbname)
-            dropped = [row for row in left if row not in held or row[3] == ""]
-            if dropped:
-                RELAY_LEAKS.append(f"{request.node.nodeid}: sessions dropped unclosed {dropped}")
-            left = [row for row in held if row[3] != ""]
         await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
     if left:
         pytest.fail(f"the test left relay sessions in its database: {left}", pytrace=False)
