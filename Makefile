@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot ops-deps
+.PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot ops-deps \
+        image-deps image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,8 +67,30 @@ test: browser-deps ops-deps lint typecheck pytest
 screenshot: install browser-deps
 	$(BIN)/python docs/screenshot.py
 
-soak: install
+# The image test (tests/test_image.py) builds the Dockerfile with Debian's podman: runc (crun
+# cannot run in hybrid-cgroup sandboxes), slirp4netns (the container's network), debootstrap (a
+# local base when Docker Hub is out of reach). Installed when missing and we are root with apt-get.
+IMAGE_TOOLS := podman:podman runc:runc slirp4netns:slirp4netns debootstrap:debootstrap
+image-deps:
+	@missing=""; for pair in $(IMAGE_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "image-deps: installing$$missing with apt-get for the image test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null; } \
+	  || echo "image-deps: could not install$$missing: the image test will skip"; \
+	else \
+	  echo "image-deps: missing$$missing (and not root with apt-get): the image test will skip"; \
+	fi
+
+soak: install ops-deps image-deps
 	$(BIN)/pytest -q -m soak
+
+# The image on a cached base (made by `make soak` when missing): about a minute.
+image-test: install image-deps
+	RELAY_IMAGE_TEST=1 $(BIN)/pytest -q tests/test_image.py
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -11,7 +11,9 @@ proxy), passed as `--build-arg BASE_IMAGE=...`. Either way the image is the real
 Two variants. `make soak` (marked soak) makes the base when missing and builds without cache:
 ~2 min on an idle 2-core machine (debootstrap 61 s, import 13 s, build 30 s), 5.5 min under
 load. `make test` runs the same test only when a base is already here (20-60 s, the build's
-layer cache helps), and otherwise skips saying so. Both skip, with the error, where podman
+layer cache helps) when `make image-test` asks for it (RELAY_IMAGE_TEST=1; left out of the
+fast suite so that a machine's container store never decides whether CI passes), and otherwise
+skips saying so. Both skip, with the error, where podman
 cannot run containers. docs/docker.md has what works in which sandbox and why.
 """
 
@@ -295,6 +297,8 @@ def eventually_healthy(container: str, timeout: float = 90) -> None:
 def test_image_builds_runs_healthy_and_unprivileged(
     fresh: bool, db_dsn: str, tmp_path: Path
 ) -> None:
+    if not fresh and os.environ.get("RELAY_IMAGE_TEST") != "1":
+        pytest.skip("the image is built by `make image-test` (cached base) and `make soak`")
     require_podman()
     base = choose_base(make_if_missing=fresh, workdir=tmp_path)
     runner = engine(base)
