@@ -113,6 +113,11 @@ class Relay:
             profile=config.profile,
             extra_channels=(*config.channels, *self.feeds.channels),
         )
+        self.metrics.watch_database(
+            lambda: self.listener.refusal_kind,
+            lambda: self.listener.pooled,
+            lambda: self.listener.backoff_stuck,
+        )
         self._runner: web.AppRunner | None = None
         self._restore_loop_handler: Callable[[], None] = lambda: None
         self._site: web.TCPSite | None = None
@@ -183,7 +188,7 @@ class Relay:
         if self._state != "new":
             raise RuntimeError(f"relay cannot start: it is {self._state}")
         self._state = "starting"
-        warn_if_fd_limit_low(self.config.http.max_clients)
+        warn_if_fd_limit_low(self.config.http.max_clients, self.config.http.fd_reserve)
         self._restore_loop_handler = LoopErrors(self.metrics.loop_errors).install(
             asyncio.get_running_loop()
         )
@@ -315,13 +320,14 @@ def warn_if_unprotected(config: Config) -> None:
         )
 
 
-def warn_if_fd_limit_low(max_clients: int) -> None:
+def warn_if_fd_limit_low(max_clients: int, reserve: int) -> None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < max_clients + 64:
+    if soft != resource.RLIM_INFINITY and soft < max_clients + reserve:
         log.warning(
             "open_file_limit_low",
             limit=soft,
             max_clients=max_clients,
+            fd_reserve=reserve,
             hint="raise LimitNOFILE (systemd) or ulimit -n, or lower http.max_clients",
         )
 

@@ -102,9 +102,13 @@ def _readyz(relay: Relay) -> Handler:
     async def readyz(_request: web.Request) -> web.Response:
         known = relay.stability.current.stable is not None
         ready = known and relay.listener.connected.is_set()
-        return web.json_response(
-            {"ready": ready, "database_connected": relay.listener.connected.is_set()},
-            status=200 if ready else 503,
-        )
+        answer: dict[str, object] = {
+            "ready": ready,
+            "database_connected": relay.listener.connected.is_set(),
+        }
+        if relay.listener.refusal is not None:  # a pooler or a standby: the reason and fix
+            answer["refused"] = relay.listener.refusal_kind
+            answer["reason"] = relay.listener.refusal
+        return web.json_response(answer, status=200 if ready else 503)
 
     return readyz

@@ -249,6 +249,7 @@ class Listener:
         )
         if self._backoff.stuck_total > self._stuck_reported:  # once per streak
             self._stuck_reported = self._backoff.stuck_total
+            self._metrics.backoff_stuck_streaks.inc()
             log.warning(
                 "reconnect_backoff_stuck",
                 short_sessions=self._backoff.short_sessions,

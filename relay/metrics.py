@@ -39,6 +39,30 @@ class Metrics:
             "1 while the listener's PostgreSQL connection is up and the state is known.",
             registry=r,
         )
+        self.database_refused = Gauge(
+            "relay_database_refused",
+            "1 while the relay refuses the server it reached: kind=pooler (a transaction "
+            "pooler, where LISTEN cannot work) or kind=standby (read-only); see /readyz.",
+            ["kind"],
+            registry=r,
+        )
+        self.database_pooled = Gauge(
+            "relay_database_pooled",
+            "1 when a pooler sits between the relay and PostgreSQL (session pooling works), "
+            "0 when not, NaN before the first connection.",
+            registry=r,
+        )
+        self.backoff_stuck = Gauge(
+            "relay_reconnect_backoff_stuck",
+            "1 while sessions keep ending before database.reconnect_reset_after (the backoff "
+            "never resets: an idle or proxy timeout, or a job ending the relay's sessions).",
+            registry=r,
+        )
+        self.backoff_stuck_streaks = Counter(
+            "relay_reconnect_backoff_stuck_streaks",
+            "Streaks of short sessions detected (each logged once as reconnect_backoff_stuck).",
+            registry=r,
+        )
         self.sse_clients = Gauge(
             "relay_sse_clients", "Connected Server-Sent Events clients.", registry=r
         )
@@ -221,6 +245,20 @@ class Metrics:
             )
         stability.subscribe(self._count_transition)
 
+    def watch_database(
+        self,
+        refusal_kind: Callable[[], str | None],
+        pooled: Callable[[], bool | None],
+        stuck: Callable[[], bool],
+    ) -> None:
+        """The listener's view of the server it reached, computed at scrape time."""
+        for kind in REFUSAL_KINDS:
+            self.database_refused.labels(kind).set_function(
+                functools.partial(lambda k: 1.0 if refusal_kind() == k else 0.0, kind)
+            )
+        self.database_pooled.set_function(lambda: _flag(pooled()))
+        self.backoff_stuck.set_function(lambda: 1.0 if stuck() else 0.0)
+
     def _count_transition(self, snapshot: Snapshot) -> None:
         if not snapshot.new_state:
             return
@@ -228,6 +266,13 @@ class Metrics:
         previous, self._previous = self._previous, snapshot
         if snapshot.state is State.STABLE and previous and previous.state is State.PROCESSING:
             self.processing_duration.observe(max(0.0, snapshot.since - previous.since))
+
+
+REFUSAL_KINDS = ("pooler", "standby")
+
+
+def _flag(value: bool | None) -> float:
+    return math.nan if value is None else 1.0 if value else 0.0
 
 
 def _activity_value(stability: Stability, name: str) -> float:

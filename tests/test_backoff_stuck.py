@@ -79,9 +79,12 @@ async def test_sessions_that_never_last_are_reported_once_with_the_likely_causes
                 listener = relay.listener
                 await eventually(lambda: listener.short_sessions >= STUCK_AFTER, 30)
                 assert listener.backoff_stuck
+                registry = relay.metrics.registry
+                assert registry.get_sample_value("relay_reconnect_backoff_stuck") == 1
                 # Reported once per streak, however long it lasts.
                 await eventually(lambda: listener.short_sessions >= STUCK_AFTER + 2, 30)
                 assert listener.backoff_stuck_total == 1
+                assert registry.get_sample_value("relay_reconnect_backoff_stuck_streaks_total") == 1
             finally:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -211,7 +211,16 @@ async def test_a_relay_pointed_only_at_a_standby_never_connects_nor_leads(pair: 
             async with aiohttp.ClientSession() as session:
                 async with session.get(base_url(relay) + "/readyz") as response:
                     assert response.status == 503
-                    assert (await response.json())["database_connected"] is False
+                    answer = await response.json()
+                    assert answer["database_connected"] is False
+                    assert answer["refused"] == "standby"
+                    assert "target_session_attrs=read-write" in answer["reason"]
+            assert (
+                relay.metrics.registry.get_sample_value(
+                    "relay_database_refused", {"kind": "standby"}
+                )
+                == 1
+            )
             assert relay.listener.refusal_kind == "standby"
             assert relay.listener.refusal is not None
             assert "target_session_attrs=read-write" in relay.listener.refusal

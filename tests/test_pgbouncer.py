@@ -91,6 +91,13 @@ async def test_transaction_pooling_is_refused_clearly_and_nothing_is_reported(
                 async with aiohttp.ClientSession() as session:
                     async with session.get(base_url(relay) + "/readyz") as response:
                         assert response.status == 503
+                        answer = await response.json()
+                        assert answer["refused"] == "pooler"
+                        assert "session-pooling pool" in answer["reason"]
+                registry = relay.metrics.registry
+                assert registry.get_sample_value("relay_database_refused", {"kind": "pooler"}) == 1
+                assert registry.get_sample_value("relay_database_refused", {"kind": "standby"}) == 0
+                assert registry.get_sample_value("relay_database_pooled") == 1
         (refused,) = events(logs, "database_refused")
         assert refused["log_level"] == "error"
         assert (
