@@ -36,10 +36,12 @@ async def test_silent_and_slow_sockets_are_closed_after_the_idle_timeout(db_dsn:
                 await asyncio.sleep(0.3)
 
         dripping = asyncio.create_task(trickle())
-        closed = await asyncio.wait_for(
-            asyncio.gather(*(reader.read() for reader, _writer in opened)), timeout=10
-        )
-        dripping.cancel()
+        try:
+            closed = await asyncio.wait_for(
+                asyncio.gather(*(reader.read() for reader, _writer in opened)), timeout=10
+            )
+        finally:
+            dripping.cancel()
         assert all(data in (b"",) or data.startswith(b"HTTP/1.1 4") for data in closed)
         for _reader, writer in opened:
             writer.close()
