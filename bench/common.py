@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import psycopg
 
-from relay.embedded import EmbeddedPostgres
+from relay.devtools.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = Path(os.environ.get("BENCH_LOG_DIR", "/tmp/relay-bench-logs"))
@@ -91,7 +91,7 @@ class Database:
 
 @contextlib.contextmanager
 def database(name: str = "bench") -> Iterator[Database]:
-    from relay.dbinstall import install
+    from relay.source.install import install
 
     with EmbeddedPostgres() as server:
         dsn = server.create_database(name)

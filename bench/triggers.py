@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from bench.common import Child, Database, cpu_seconds, median, server_cpu_seconds
-from relay.embedded import pgbench_path
+from relay.devtools.embedded import pgbench_path
 
 SQL = Path(__file__).parent / "sql"
 # Each variant: the triggers enabled, and which relay listens (None: no relay at all).

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import psycopg
 
 from bench.common import median, percentile
-from relay.activities.profiles import load_profile
 from relay.app import Relay
 from relay.config import Config
-from relay.dbinstall import install
-from relay.stability import State
+from relay.source.activities.profiles import load_profile
+from relay.source.install import install
+from relay.state.stability import State
 from tests import statbus_driver as sb
 
 KINDS = ("hinted", "raw insert", "delete")

@@ -21,8 +21,8 @@ from playwright.async_api import ViewportSize, async_playwright
 
 from relay.app import Relay
 from relay.config import Config
-from relay.dbinstall import install
-from relay.embedded import EmbeddedPostgres
+from relay.source.install import install
+from relay.devtools.embedded import EmbeddedPostgres
 
 OUTPUT = Path(__file__).resolve().parent / "status-page.png"
 CHROMIUM = os.environ.get("RELAY_CHROMIUM", "/usr/bin/chromium")

@@ -1,14 +1,15 @@
-"""Wiring: builds every component from the config and runs them in a fixed order.
+"""The wiring: the one place components meet (docs/architecture.md has the picture).
 
-    NOTIFY → Listener → Stability → observers: Hub (SSE), Metrics, webhooks
-                     └→ ChannelRelay → Hub (named events), Feeds (SSE routes of their own)
-    HTTP → access (CORS, auth, limits) → routes (stream, snapshot, Details, metrics, page)
+    NOTIFY → source.Listener → state.Stability → observers, in this order: systemd, the SSE
+    hub, metrics, waits, and while leading the history writer and the webhooks
+                          └→ source.ChannelRelay → the hub (named events), the feeds
+    HTTP → http.sockets (accept) → http.access (CORS, auth, limits) → http.routes
 
-Startup: metrics → SSE hub → HTTP (serving ``unknown``) → listener → leader election
-(webhooks start once this relay is elected) → systemd ``READY=1``.
-Shutdown, bounded: ``STOPPING=1`` → stop accepting → stop the listener → close SSE streams →
-leave the election → drain webhooks (requests on the wire get ``http.shutdown_timeout``) →
-HTTP cleanup.
+Startup: SSE hub, feeds, details → HTTP (serving ``unknown``) → listener → leader election
+(history and webhooks start once elected) → systemd ``READY=1``.
+Shutdown, within one ``http.shutdown_timeout``: ``STOPPING=1`` → stop accepting → waits
+answer → listener → SSE streams end → webhooks drain (still leader) → history → leave the
+election → HTTP handlers → details → systemd. Each step gets what is left of the deadline.
 """
 
 from __future__ import annotations
@@ -23,27 +24,27 @@ from typing import Any
 from aiohttp import web
 
 from relay import logs
-from relay.access import AddressLimit
-from relay.auth import Authenticator
-from relay.channels import ChannelRelay
 from relay.config import Config
-from relay.details import Details
 from relay.errors import ConfigError
-from relay.feeds import Feeds
-from relay.history import History, HistoryWriter
-from relay.http import build_app
-from relay.leader import Leadership
-from relay.listener import Listener
+from relay.fanout.feeds import Feeds
+from relay.fanout.sse import Capacity, Hub
+from relay.fanout.systemd import Notifier
+from relay.fanout.webhooks import WebhookSender
+from relay.fanout.webhooks.leader import Leadership
+from relay.http.access import AddressLimit
+from relay.http.auth import Authenticator
+from relay.http.loopguard import LoopErrors
+from relay.http.routes import Served, build_app
+from relay.http.sockets import GuardedSite
 from relay.logs import get_logger
-from relay.loopguard import LoopErrors
 from relay.metrics import Metrics
-from relay.sharedread import SharedRead
-from relay.sockets import GuardedSite
-from relay.sse import Capacity, Hub
-from relay.stability import Stability, State
-from relay.systemd import Notifier
-from relay.waits import Waits
-from relay.webhooks import WebhookSender
+from relay.source.channels import ChannelRelay
+from relay.source.listener import Listener
+from relay.state.details import Details
+from relay.state.history import History, HistoryWriter
+from relay.state.sharedread import SharedRead
+from relay.state.stability import Snapshot, Stability, State
+from relay.state.waits import Waits
 
 log = get_logger("relay.app")
 
@@ -58,7 +59,7 @@ class Relay:
         self.config = config
         self.stability = Stability({a.name: a.label for a in config.activities})
         self.notifier = notifier or Notifier()  # systemd; a no-op without $NOTIFY_SOCKET
-        self.notifier.watch(self.stability)
+        self.notifier.follow(self.stability)
         self.metrics = Metrics()
         # One limit on open streams for the live stream and every feed.
         self.capacity = Capacity(config.http.max_clients)
@@ -118,10 +119,34 @@ class Relay:
             lambda: self.listener.pooled,
             lambda: self.listener.backoff_stuck,
         )
+        # Who hears a transition, in the order they are told.
+        for observer in (
+            self.notifier.on_transition,  # systemd: STATUS= (READY=1 once the state is known)
+            self.hub.publish_state,  # the live stream
+            self.metrics.count_transition,
+            self.waits.on_change,  # long polls whose condition now holds
+            self._leader_hears,  # while this relay leads: the history, then the webhooks
+        ):
+            self.stability.subscribe(observer)
         self._runner: web.AppRunner | None = None
         self._restore_loop_handler: Callable[[], None] = lambda: None
         self._site: web.TCPSite | None = None
         self._state = "new"
+
+    def _served(self) -> Served:
+        return Served(
+            cors=self.config.cors,
+            authenticator=self.authenticator,
+            address_limit=self.address_limit,
+            stability=self.stability,
+            listener=self.listener,
+            hub=self.hub,
+            feeds=self.feeds,
+            details=self.details,
+            waits=self.waits,
+            history=self.history,
+            registry=self.metrics.registry,
+        )
 
     def _webhook_sender(self) -> WebhookSender:
         return WebhookSender(
@@ -135,6 +160,12 @@ class Relay:
 
     def _history_writer(self) -> HistoryWriter:
         return HistoryWriter(self.stability, self.details, self.config.history.retention)
+
+    def _leader_hears(self, snapshot: Snapshot) -> None:
+        """The leader's observers, whichever instances run now (each ignores a transition
+        until it is started, i.e. until this relay is elected)."""
+        self.history_writer.observe(snapshot)
+        self.webhooks.on_change(snapshot)
 
     async def _on_leadership(self, leading: bool) -> None:
         """Elected: send webhooks, write the history. Another relay leads now: stop, and be
@@ -197,7 +228,7 @@ class Relay:
         await self.feeds.start()
         await self.details.start()
         self._runner = web.AppRunner(
-            build_app(self),
+            build_app(self._served()),
             handler_cancellation=True,  # a client that goes away cancels its SSE handler
             access_log=None,
             max_line_size=self.config.http.max_header_size,

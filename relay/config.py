@@ -28,9 +28,9 @@ from pydantic import (
     model_validator,
 )
 
-from relay.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
-from relay.activities.spec import Activity
 from relay.errors import ConfigError
+from relay.source.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
+from relay.source.activities.spec import Activity
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -351,7 +351,7 @@ class WebhookConfig(_Section):
         return base64.b64decode(self.secret.removeprefix("whsec_"))
 
 
-# -- feeds: NOTIFY channels relayed on SSE routes of their own (relay/feeds.py) ---------------
+# -- feeds: NOTIFY channels relayed on SSE routes of their own (relay/fanout/feeds.py) -----
 
 EVENT_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 # Routes the relay serves itself: a feed may not take one over.

@@ -14,7 +14,6 @@ from typing import Any, TextIO
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
-from psycopg.conninfo import conninfo_to_dict
 
 from relay.config import LoggingConfig
 
@@ -125,19 +124,6 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
-
-
-def describe_dsn(dsn: str) -> str:
-    """Where a DSN points, for log lines: ``user@host:port/dbname``, never the password."""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except Exception:
-        return "<unparsable DSN>"
-    host = parts.get("host") or "localhost"
-    port = parts.get("port") or 5432
-    user = parts.get("user") or ""
-    dbname = parts.get("dbname") or ""
-    return f"{user}@{host}:{port}/{dbname}" if user else f"{host}:{port}/{dbname}"
 
 
 def get_logger(name: str) -> Any:

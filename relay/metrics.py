@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from relay.stability import Snapshot, Stability, State
+from relay.state.stability import Snapshot, Stability, State
 
 
 class Metrics:
@@ -243,7 +243,6 @@ class Metrics:
             self.activity_active.labels(name).set_function(
                 functools.partial(_activity_value, stability, name)
             )
-        stability.subscribe(self._count_transition)
 
     def watch_database(
         self,
@@ -259,7 +258,7 @@ class Metrics:
         self.database_pooled.set_function(lambda: _flag(pooled()))
         self.backoff_stuck.set_function(lambda: 1.0 if stuck() else 0.0)
 
-    def _count_transition(self, snapshot: Snapshot) -> None:
+    def count_transition(self, snapshot: Snapshot) -> None:
         if not snapshot.new_state:
             return
         self.transitions.labels(snapshot.state.value).inc()

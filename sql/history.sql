@@ -2,7 +2,7 @@
 -- generated activities (it calls their system_stability_slugs()).
 --
 -- One row per period during which an activity (or, with activity '', the system as a whole)
--- was active. Only the relay elected leader writes (relay/history.py), through
+-- was active. Only the relay elected leader writes (relay/state/history.py), through
 -- system_stability_record(); every relay reads, so several relays show one history and a
 -- restart loses nothing. Rows that ended longer ago than the retention are deleted as new
 -- ones are written.

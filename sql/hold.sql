@@ -1,6 +1,6 @@
 -- stability-relay: the hold and the hint triggers' function. Idempotent: apply it again after
 -- every upgrade. `db install` applies it first, then the SQL it generates from the config's
--- activities (relay/activities/sql.py: the reads, the details and the triggers themselves).
+-- activities (relay/source/activities/sql.py: the reads, the details and the triggers themselves).
 -- The NOTIFY channel below, system_stability, is database.channel: `db install` writes it in.
 --
 -- Why the triggers send hints, not answers

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.dbinstall import install
-from relay.embedded import EmbeddedPostgres
+from relay.devtools.embedded import EmbeddedPostgres
+from relay.source.install import install
 
 EXTERNAL_DSN = os.environ.get("RELAY_TEST_DSN")
 # How long a task cancelled at the very end, or a backend whose client just closed, gets to go.

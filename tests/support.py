@@ -18,7 +18,7 @@ from psycopg import sql
 
 from relay.app import Relay
 from relay.config import Config, load_config
-from relay.stability import Snapshot, State
+from relay.state.stability import Snapshot, State
 
 
 @dataclass

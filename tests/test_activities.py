@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from relay.activities.spec import Activity
-from relay.activities.sql import fingerprint, install_script
-from relay.cli import startup_problems
-from relay.dbinstall import install
+from relay.cli.main import startup_problems
+from relay.source.activities.spec import Activity
+from relay.source.activities.sql import fingerprint, install_script
+from relay.source.install import install
 from tests.support import execute, fresh_database, relay_config
 
 TABLE_ACTIVITY = {

@@ -14,9 +14,9 @@ import pytest
 import structlog
 
 from relay.backoff import STUCK_AFTER
-from relay.dbinstall import install
-from relay.embedded import EmbeddedPostgres
-from relay.stability import State
+from relay.devtools.embedded import EmbeddedPostgres
+from relay.source.install import install
+from relay.state.stability import State
 from tests.support import eventually, relay_config, running_relay
 
 

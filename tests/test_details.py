@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from relay.embedded import EmbeddedPostgres
+from relay.devtools.embedded import EmbeddedPostgres
 from tests.support import (
     base_url,
     eventually,

@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay import eta
-from relay.eta import ProgressTracker, from_history
-from relay.stability import State
+from relay.state import eta
+from relay.state.eta import ProgressTracker, from_history
+from relay.state.stability import State
 from tests.support import base_url, eventually, execute, relay_config, running_relay
 
 

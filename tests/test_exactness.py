@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from relay.app import Relay
-from relay.dbinstall import install
 from relay.errors import RelayError
-from relay.stability import State
+from relay.source.install import install
+from relay.state.stability import State
 from tests.support import (
     HINTS_ONLY,
     RANDOM_WRITES,

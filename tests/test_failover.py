@@ -29,9 +29,9 @@ import pytest
 import structlog
 
 from relay.app import Relay
-from relay.dbinstall import install
-from relay.embedded import EmbeddedPostgres
-from relay.stability import State
+from relay.devtools.embedded import EmbeddedPostgres
+from relay.source.install import install
+from relay.state.stability import State
 from tests.ops_support import free_port
 from tests.support import base_url, eventually, relay_config, running_relay
 

@@ -16,7 +16,7 @@ import pytest
 
 from relay.app import Relay
 from relay.config import Config
-from relay.stability import State
+from relay.state.stability import State
 from tests import support
 from tests.support import (
     Event,

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from relay.stability import State
+from relay.state.stability import State
 from tests.support import base_url, eventually, execute, relay_config, running_relay, sample
 
 START = "INSERT INTO public.import_job (slug, state) VALUES ('census-2026', 'processing_data')"

@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from relay.app import Relay
-from relay.stability import State
+from relay.state.stability import State
 from tests.support import (
     RANDOM_WRITES,
     eventually,

@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from relay.app import Relay
-from relay.stability import State
+from relay.state.stability import State
 from tests.support import eventually, execute, relay_config, running_relay
 
 

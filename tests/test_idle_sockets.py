@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from relay import loopguard
-from relay.loopguard import LoopErrors
+from relay.http import loopguard
+from relay.http.loopguard import LoopErrors
 from tests.support import eventually, relay_config, running_relay
 
 

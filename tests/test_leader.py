@@ -12,10 +12,10 @@ import pytest
 import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from relay import leader
 from relay.config import DatabaseConfig
-from relay.embedded import EmbeddedPostgres
-from relay.leader import LOCK_KEY, Leadership
+from relay.devtools.embedded import EmbeddedPostgres
+from relay.fanout.webhooks import leader
+from relay.fanout.webhooks.leader import LOCK_KEY, Leadership
 from tests.faults.proxy import SilentProxy
 from tests.support import eventually, relay_config
 

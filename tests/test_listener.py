@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from relay.embedded import EmbeddedPostgres
-from relay.listener import Listener
-from relay.stability import State
+from relay.devtools.embedded import EmbeddedPostgres
+from relay.source.listener import Listener
+from relay.state.stability import State
 from tests.support import (
     base_url,
     eventually,

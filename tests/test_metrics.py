@@ -8,7 +8,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.metrics import Metrics
-from relay.stability import Stability, State
+from relay.state.stability import Stability, State
 from tests.support import base_url, eventually, execute, relay_config, running_relay, sse_connect
 
 EXPORTED = [

@@ -17,9 +17,9 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from relay import pg
-from relay.leader import Leadership
-from relay.stability import State
+from relay.fanout.webhooks.leader import Leadership
+from relay.source import pg
+from relay.state.stability import State
 from tests.ops_support import PROCESSING, STABLE, running_pgbouncer
 from tests.support import (
     base_url,

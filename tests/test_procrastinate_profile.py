@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.activities.profiles import load_profile
-from relay.dbinstall import install
-from relay.stability import State
+from relay.source.activities.profiles import load_profile
+from relay.source.install import install
+from relay.state.stability import State
 from tests import procrastinate_support as pq
 from tests.support import eventually, fresh_database, relay_config, running_relay
 

@@ -59,9 +59,12 @@ async def test_schema_has_the_table_and_enum_the_profile_names(procrastinate_dsn
         assert await busy_truth(conn) is False
 
 
+REPO = Path(__file__).parent.parent
+
+
 async def test_the_profile_reads_what_the_schema_has(procrastinate_dsn: str) -> None:
     profile = yaml.safe_load(
-        (Path(__file__).parent.parent / "relay/profiles/procrastinate.yaml").read_text()
+        (REPO / "relay/source/activities/profiles/procrastinate.yaml").read_text()
     )
     (activity,) = profile["activities"]
     assert tuple(activity["active_states"]) == ACTIVE_STATES

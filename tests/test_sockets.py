@@ -25,7 +25,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from relay.sockets import GuardedSite, guard_available
+from relay.http.sockets import GuardedSite, guard_available
 from tests.ops_support import PROCESSING, REPO, STABLE, background, free_port, wait_for_http
 from tests.support import (
     SseClient,

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.dbinstall import InstallRefused, install, sql_dir
 from relay.errors import DatabaseUnavailable, RelayError
+from relay.source.install import InstallRefused, install, sql_dir
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 HintsAfter = Callable[..., Awaitable[list[str]]]

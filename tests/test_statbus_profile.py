@@ -23,11 +23,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.activities.profiles import load_profile
 from relay.app import Relay
-from relay.cli import startup_problems
-from relay.dbinstall import InstallRefused, install
-from relay.stability import State
+from relay.cli.main import startup_problems
+from relay.source.activities.profiles import load_profile
+from relay.source.install import InstallRefused, install
+from relay.state.stability import State
 from tests import statbus_driver as sb
 from tests.support import (
     base_url,

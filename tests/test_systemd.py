@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.systemd import Notifier, watchdog_interval
+from relay.fanout.systemd import Notifier, watchdog_interval
 from tests.support import execute, relay_config, running_relay
 
 REPO = Path(__file__).resolve().parent.parent

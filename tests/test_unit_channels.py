@@ -1,4 +1,5 @@
-"""relay/channels.py on its own: which payloads are relayed, how, and what a dropped one costs.
+"""relay/source/channels.py on its own: which payloads are relayed, how, and what a dropped
+one costs.
 
 No database: ``ChannelRelay`` is fed payloads as the listener would; what it publishes is
 recorded, what it drops is read from a real ``Metrics`` registry, and its clock is a test's.
@@ -17,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from relay.channels import LOG_EVERY_SECONDS, MAX_PAYLOAD_BYTES, ChannelRelay
 from relay.metrics import Metrics
+from relay.source.channels import LOG_EVERY_SECONDS, MAX_PAYLOAD_BYTES, ChannelRelay
 
 
 class Harness:
@@ -190,6 +191,10 @@ def test_any_small_json_object_is_relayed_once_on_one_line(
     assert h.dropped_on == []
 
 
+def _strict(constant: str) -> None:
+    raise ValueError(constant)
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     payload=st.one_of(st.text(max_size=200), st.text(alphabet='[]{}",:0123456789 \n', max_size=60))
@@ -199,7 +204,7 @@ def test_any_text_is_relayed_or_dropped_for_one_reason_never_a_crash(payload: st
     h.relay("ch", payload)
     drops = {r: h.dropped("ch", r) for r in REASONS}
     try:
-        parsed = json.loads(payload)
+        parsed = json.loads(payload, parse_constant=_strict)  # JSON as a browser reads it
     except ValueError:
         parsed = None
         expected = "not_json"

@@ -1,4 +1,5 @@
-"""relay/hold.py on its own: when a relay polls, when it ends a hold, and what a drain waits for.
+"""relay/source/hold.py on its own: when a relay polls, when it ends a hold, and what a drain
+waits for.
 
 No database: ``Hold`` is bookkeeping fed what each read saw. The scenarios follow the module's
 docstring; the properties check its two promises over random sequences of reads: a hold is
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.hold import HOLD_ANNOUNCED, Hold, Step
+from relay.source.hold import HOLD_ANNOUNCED, Hold, Step
 
 R = 2.0  # release_after in these tests
 

@@ -1,4 +1,4 @@
-"""relay/pg.py against a real PostgreSQL: what a relay connection is (its options, as the
+"""relay/source/pg.py against a real PostgreSQL: what a relay connection is (its options, as the
 server sees them), how connecting fails, and ``with_deadline`` severing a hung query."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay import pg
 from relay.config import DatabaseConfig
 from relay.errors import DatabaseReadOnly, DatabaseUnavailable
+from relay.source import pg
 from tests.support import eventually, execute
 
 NAME = "tests-unit-pg"  # not the relay's application_name: the leftover check is for relays

@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.dbinstall import install
 from relay.errors import DatabaseUnavailable
-from relay.sharedread import SharedRead
-from relay.stability import State
+from relay.source.install import install
+from relay.state.sharedread import SharedRead
+from relay.state.stability import State
 from tests.support import (
     HINTS_ONLY,
     base_url,
@@ -168,8 +168,8 @@ def cli_wait(url: str, *args: str, round_s: float | None = None) -> subprocess.P
         command = [sys.executable, "-m", "relay"]
     else:
         bootstrap = (
-            f"import sys, relay.waitcli as w; w.ROUND = {round_s}; "
-            "from relay.cli import main; sys.exit(main(sys.argv[1:]))"
+            f"import sys, relay.cli.wait as w; w.ROUND = {round_s}; "
+            "from relay.cli.main import main; sys.exit(main(sys.argv[1:]))"
         )
         command = [sys.executable, "-c", bootstrap]
     return subprocess.Popen(

@@ -6,7 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from relay.webhooks.delivery import Outcome, classify, origin, parse_retry_after
+from relay.fanout.webhooks.delivery import Outcome, classify, origin, parse_retry_after
 
 NOW = 1_800_000_000.0
 

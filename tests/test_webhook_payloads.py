@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from relay.stability import State
-from relay.webhooks.payloads import Transition, encode, encode_test, human_duration
+from relay.fanout.webhooks.payloads import Transition, encode, encode_test
+from relay.state.eta import human_duration
+from relay.state.stability import State
 
 SINCE = 1764462301.123  # 2025-11-30T00:25:01.123Z
 PROCESSING_ENDED = Transition(State.STABLE, State.PROCESSING, SINCE, 252.4, 42)

@@ -137,6 +137,11 @@ async def test_state_changed_while_down_is_sent_on_start_unchanged_is_not(
                 for line in relay.lines()[before:]
             )
         )
+        # The sender starts once this relay is elected, which it is only after its first
+        # read: a change before that would come with its previous period's length unknown.
+        await eventually(
+            lambda: any(line["event"] == "webhooks_started" for line in relay.lines()[before:])
+        )
         await execute(db_dsn, FINISH)  # ...so the next request is this transition
         await ci.wait_for(3)
         assert await relay.stop() == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from relay.webhooks.signing import new_message_id, sign, signature_headers
+from relay.fanout.webhooks.signing import new_message_id, sign, signature_headers
 from tests.webhook_receiver import SECRET, verify_signature
 
 # The published test vector (Standard Webhooks reference libraries, e.g. svix's tests).

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import structlog
 
-from relay.stability import State
-from relay.webhooks.payloads import Transition
-from relay.webhooks.statefile import Mark, Pending, StateFile, TargetRecord, parse
+from relay.fanout.webhooks.payloads import Transition
+from relay.fanout.webhooks.statefile import Mark, Pending, StateFile, TargetRecord, parse
+from relay.state.stability import State
 from tests.support import eventually
 
 RECORD = TargetRecord(

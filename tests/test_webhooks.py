@@ -18,8 +18,8 @@ import pytest
 import structlog
 
 from relay.app import Relay
-from relay.stability import State
-from relay.webhooks import WebhookSender
+from relay.fanout.webhooks import WebhookSender
+from relay.state.stability import State
 from tests.support import (
     base_url,
     eventually,

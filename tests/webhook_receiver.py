@@ -21,7 +21,7 @@ SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef-test-key").decode()
 
 
 def verify_signature(secret: str, headers: Mapping[str, str], body: bytes) -> bool:
-    """The Standard Webhooks check as a receiver writes it, independent of relay.webhooks."""
+    """The Standard Webhooks check as a receiver writes it, independent of relay.fanout.webhooks."""
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()

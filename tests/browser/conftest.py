@@ -16,8 +16,8 @@ import pytest
 from psycopg import sql
 
 from relay.app import Relay
-from relay.dbinstall import install
-from relay.embedded import EmbeddedPostgres
+from relay.devtools.embedded import EmbeddedPostgres
+from relay.source.install import install
 from tests.browser.helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,

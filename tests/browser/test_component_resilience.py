@@ -21,7 +21,7 @@ import jwt
 from aiohttp import web
 from playwright.sync_api import Page, expect
 
-from relay.http import PAGE_HEADERS, STATIC
+from relay.http.routes import PAGE_HEADERS, STATIC
 from tests.browser.helpers import (
     Background,
     Tab,

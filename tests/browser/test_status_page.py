@@ -13,7 +13,7 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is mis
 from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from relay.app import Relay
-from relay.embedded import EmbeddedPostgres
+from relay.devtools.embedded import EmbeddedPostgres
 from tests.browser.helpers import (
     PHONE,
     Tab,
@@ -39,7 +39,7 @@ FINISH_ALL = (
     "UPDATE public.import_job SET state = 'finished'",
     "UPDATE worker.tasks SET state = 'completed'",
 )
-# The seed profile's activities (relay/profiles/seed.yaml), in config order.
+# The seed profile's activities (relay/source/activities/profiles/seed.yaml), in config order.
 IMPORTING = "Importing data"
 ANALYTICS = "Deriving statistics"
 

@@ -16,8 +16,8 @@ import aiohttp
 import psycopg
 
 from relay.app import Relay
-from relay.embedded import EmbeddedPostgres
-from relay.stability import State
+from relay.devtools.embedded import EmbeddedPostgres
+from relay.state.stability import State
 from tests.faults.conftest import SECRETS, TOKEN
 from tests.faults.proxy import SilentProxy
 from tests.support import (

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from relay.embedded import EmbeddedPostgres
+from relay.devtools.embedded import EmbeddedPostgres
 from tests.faults.test_faults import run_chaos, run_outages
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]

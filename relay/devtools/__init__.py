@@ -1,0 +1,1 @@
+"""Development tools (demo, embedded PostgreSQL, workload); never imported by the daemon."""

@@ -1,0 +1,1 @@
+"""Who hears a transition: SSE streams and feeds, metrics, systemd, webhooks."""

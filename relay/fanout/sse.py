@@ -1,0 +1,344 @@
+"""Server-Sent Events fan-out: every event encoded once, the same bytes written to every client.
+
+Wire format (the seed's ``useSystemStability`` hook reads ``onmessage``): stability events
+are *unnamed* (``id: <seq>`` + ``data: {"stable": ..., "state": ..., "since": ..., "seq": ...}``);
+relayed channels are named events without an id, so ``Last-Event-ID`` always names the
+last stability event a client saw.
+
+Hot path, hand-rolled on purpose (``docs/benchmarks.md`` has the figures):
+
+- Frames go straight to each client's transport, with the HTTP chunk framing pre-encoded
+  once per event, instead of through ``StreamResponse.write()`` (an awaited call per client
+  per event). No task and no queue per client.
+- Once its headers and first event are out (in one write), a stream is taken over from
+  aiohttp: a :class:`Client` becomes the socket's protocol and aiohttp forgets the
+  connection (see :func:`_detach`).
+  An open stream then costs its transport and one small object, about 2 KB, instead of
+  aiohttp's request, response, writer, parser, protocol, timer and two tasks (about 12 KB).
+
+Bound: a client whose unsent bytes exceed ``http.client_buffer`` is disconnected (policy:
+drop the slow client; its EventSource reconnects with ``Last-Event-ID`` and resyncs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from asyncio import Transport
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+
+from relay.config import HttpConfig
+from relay.http.sockets import hand_over
+from relay.logs import get_logger
+from relay.metrics import Metrics
+from relay.state.stability import Snapshot, Stability
+from relay.tasks import report_unexpected_exit
+
+log = get_logger("relay.fanout.sse")
+
+HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+PING = b": ping\n\n"
+END_OF_STREAM = b"0\r\n\r\n"  # the last chunk of a chunked HTTP/1.1 body
+
+# What a middleware holds for the life of a stream (a per-address slot, say) it releases
+# through this key. When the hub keeps the stream open past the handler, it takes the
+# callback out of the request and calls it when the stream ends; whatever is still in the
+# request when the handler returns is the middleware's to call.
+ON_STREAM_END = web.RequestKey[Callable[[], None]]("on_stream_end")
+
+
+class Frame:
+    """One event, encoded once: the raw bytes and their HTTP/1.1 chunked form."""
+
+    __slots__ = ("chunked", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.chunked = b"%x\r\n%b\r\n" % (len(raw), raw)
+
+    def for_client(self, client: Client) -> bytes:
+        return self.chunked if client.chunked else self.raw
+
+
+def stability_frame(snapshot: Snapshot) -> Frame:
+    data = json.dumps(snapshot.as_json(), separators=(",", ":"))
+    return Frame(f"id: {snapshot.seq}\ndata: {data}\n\n".encode())
+
+
+def named_frame(event: str, data: str) -> Frame:
+    return Frame(f"event: {event}\ndata: {data}\n\n".encode())
+
+
+class Capacity:
+    """The one limit on open streams (``http.max_clients``), shared by the live stream and
+    every feed: they draw on the same file descriptors. Policy when full: 429."""
+
+    __slots__ = ("admitting", "limit", "open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.admitting = 0
+
+    @property
+    def full(self) -> bool:
+        return self.open + self.admitting >= self.limit
+
+
+class Client(asyncio.Protocol):
+    """One open stream, after its handshake: the protocol of its socket from then on.
+
+    ``keys``: what a feed's client filter asked for (None: everything).
+    """
+
+    __slots__ = ("chunked", "fanout", "keys", "on_end", "transport")
+
+    def __init__(
+        self,
+        fanout: Fanout,
+        transport: Transport,
+        chunked: bool,
+        on_end: Callable[[], None] | None,
+        keys: frozenset[str] | None = None,
+    ) -> None:
+        self.fanout = fanout
+        self.transport = transport
+        self.chunked = chunked
+        self.on_end = on_end
+        self.keys = keys
+
+    def data_received(self, data: bytes) -> None:
+        """Nothing is expected from a client on an event stream: whatever comes is dropped."""
+
+    def eof_received(self) -> bool:
+        return False  # the client has hung up: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fanout.forget(self)
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
+
+
+class Fanout:
+    """A set of open streams and the one place that writes to them: the live stream (Hub)
+    and each feed (relay/fanout/feeds.py) are one each."""
+
+    def __init__(
+        self,
+        settings: HttpConfig,
+        metrics: Metrics,
+        capacity: Capacity,
+        *,
+        name: str,
+        heartbeat: float | None = None,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._capacity = capacity
+        self._name = name
+        self._heartbeat = heartbeat or settings.heartbeat
+        self._clients: set[Client] = set()
+        self._admitting = 0
+        self._retry = Frame(b"retry: %d\n\n" % round(settings.retry * 1000))
+        self._ping = Frame(PING)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._logged_count = 0
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"a closed {self._name} cannot be started again")
+        if self._task is None:
+            self._task = asyncio.create_task(self._heartbeats(), name=f"relay-{self._name}-beat")
+            self._task.add_done_callback(report_unexpected_exit)
+
+    async def aclose(self) -> None:
+        """Tell every client to come back (a final ``retry:``) and end every stream."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.broadcast(self._retry)
+        count = len(self._clients)
+        for client in list(self._clients):
+            transport = client.transport
+            if client.chunked and not transport.is_closing():
+                transport.write(END_OF_STREAM)
+            transport.close()  # once the unsent bytes are out; then connection_lost
+        log.info("sse_closed", stream=self._name, clients=count)
+
+    def forget(self, client: Client) -> None:
+        if client in self._clients:
+            self._clients.remove(client)
+            self._capacity.open -= 1
+
+    def broadcast(self, frame: Frame, clients: Iterable[Client] | None = None) -> None:
+        """Write ``frame`` to every client (or to ``clients``, all of this fan-out's)."""
+        limit = self._settings.client_buffer
+        chunked, raw = frame.chunked, frame.raw
+        behind: list[Client] = []
+        # The hot loop: no allocation per client; a transport writes at once when it can.
+        for client in self._clients if clients is None else clients:
+            transport = client.transport
+            if transport.is_closing():
+                continue
+            transport.write(chunked if client.chunked else raw)
+            if transport.get_write_buffer_size() > limit:
+                behind.append(client)
+        for client in behind:
+            # Policy when a client's buffer is full: drop it; it reconnects and resyncs.
+            self._metrics.sse_dropped.inc()
+            client.transport.abort()
+        if behind:
+            log.warning(
+                "sse_clients_dropped",
+                stream=self._name,
+                count=len(behind),
+                reason="unsent buffer full",
+            )
+
+    def heartbeat_frame(self) -> Frame:
+        """What keeps an idle stream open: an SSE comment, unless a feed says otherwise."""
+        return self._ping
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                self.broadcast(self.heartbeat_frame())
+            except Exception:  # without pings proxies cut idle streams: never stop sending
+                log.exception("sse_heartbeat_failed", stream=self._name)
+            if len(self._clients) != self._logged_count:
+                self._logged_count = len(self._clients)
+                log.info("sse_clients", stream=self._name, count=self._logged_count)
+
+    def greeting(self, request: web.Request) -> Frame | None:
+        """What a new client gets after ``retry:``, in the same write."""
+        return None
+
+    def mark(self) -> object:
+        """Where the stream stands when a greeting is written (see ``since``)."""
+        return None
+
+    def since(self, mark: object) -> Frame | None:
+        """What changed after ``mark`` while the greeting was written (sent before joining)."""
+        return None
+
+    def joined(self, client: Client) -> None:
+        """A client is in: a feed indexes it by its filter."""
+
+    async def open_stream(
+        self, request: web.Request, keys: frozenset[str] | None = None
+    ) -> web.StreamResponse:
+        """Admit a client (the shared limit), send the headers, ``retry:`` and the greeting
+        in one write, then take the socket over from aiohttp."""
+        if self._closed:
+            raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"})
+        if self._capacity.full:
+            self._metrics.sse_refused.inc()
+            raise web.HTTPTooManyRequests(
+                headers={"Retry-After": "5"}, text="too many live clients\n"
+            )
+        self._capacity.admitting += 1
+        try:
+            response = _EventStream(headers=HEADERS)
+            await response.prepare(request)
+            if request.method == "HEAD":
+                return response
+            # The headers leave with the first bytes: one write for both.
+            mark, sent = self.mark(), self.greeting(request)
+            try:
+                await response.write(self._retry.raw + sent.raw if sent else self._retry.raw)
+            except ConnectionError:
+                return response  # the client left during the handshake
+        finally:
+            self._capacity.admitting -= 1
+        transport = request.transport
+        if transport is None or transport.is_closing() or self._closed:
+            return response
+        chunked = response.headers.get("Transfer-Encoding") == "chunked"
+        client = Client(self, transport, chunked, request.pop(ON_STREAM_END, None), keys)
+        missed = self.since(mark)
+        if missed is not None:
+            # A change landed while the first write waited (it never does unless the socket
+            # was already full): send it, so the client ends up current.
+            transport.write(missed.for_client(client))
+        # No await from the check above to joining the set: no later event is missed.
+        self._clients.add(client)
+        self._capacity.open += 1
+        self.joined(client)
+        _detach(request, transport, client)
+        return response
+
+
+class Hub(Fanout):
+    """The live stream: stability events (unnamed, with ids) and the relayed channels."""
+
+    def __init__(
+        self, stability: Stability, settings: HttpConfig, metrics: Metrics, capacity: Capacity
+    ) -> None:
+        super().__init__(settings, metrics, capacity, name="live")
+        self._stability = stability
+        self._current = stability_frame(stability.current)
+
+    def publish_state(self, snapshot: Snapshot) -> None:
+        self._current = stability_frame(snapshot)
+        self.broadcast(self._current)
+
+    def publish_event(self, event: str, data: str) -> None:
+        self.broadcast(named_frame(event, data))
+
+    def greeting(self, request: web.Request) -> Frame | None:
+        """The current state, unless ``Last-Event-ID`` says the client has it."""
+        if request.headers.get("Last-Event-ID") == str(self._stability.current.seq):
+            return None
+        return self._current
+
+    def mark(self) -> object:
+        return self._current
+
+    def since(self, mark: object) -> Frame | None:
+        return None if self._current is mark else self._current
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/system-status/live``: the stream, from the current state on."""
+        return await self.open_stream(request)
+
+
+class _EventStream(web.StreamResponse):
+    """A stream whose headers go out with its first bytes rather than on their own.
+
+    One ``send()`` per connection saved. The switch is a private class attribute of aiohttp's
+    (its ``Response`` sets it the same way); if it ever goes, headers are simply sent alone.
+    """
+
+    _send_headers_immediately = False
+
+
+def _detach(request: web.Request, transport: Transport, client: Client) -> None:
+    """Take the socket over from aiohttp: from now on ``client`` is its protocol.
+
+    aiohttp's protocol is told the connection is gone, with its ``transport`` cleared first
+    so it neither writes to nor closes the socket: it then forgets the connection and ends
+    the handler as for a client that went away, which frees the request, the response, its
+    writer, the parser, the keep-alive timer and both tasks. Only public attributes and
+    protocol methods are used, but this relies on aiohttp finishing a handler quietly when
+    its connection is lost (``handler_cancellation=True`` in ``relay/app.py``);
+    ``tests/test_sse.py`` covers it.
+    """
+    protocol = request.protocol
+    hand_over(transport, client)  # relay/http/sockets.py: the connection stays counted
+    protocol.transport = None
+    protocol.connection_lost(None)

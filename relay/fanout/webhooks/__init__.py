@@ -1,0 +1,26 @@
+"""Webhooks: every stability transition POSTed to Slack and CI endpoints, signed, retried,
+deduplicated, and not lost across restarts.
+
+| module | job |
+|---|---|
+| ``sender``    | per-target hysteresis, filter, mailbox and delivery task; start/stop |
+| ``delivery``  | one HTTP attempt and what its answer means (retry, fail, disable) |
+| ``payloads``  | the Standard Webhooks JSON envelope and the Slack message |
+| ``signing``   | Standard Webhooks ids and HMAC-SHA256 signatures |
+| ``statefile`` | the small JSON file that carries delivery state across restarts |
+"""
+
+from relay.fanout.webhooks.delivery import Outcome, Result, send_test
+from relay.fanout.webhooks.payloads import Transition
+from relay.fanout.webhooks.sender import Target, WebhookSender
+from relay.fanout.webhooks.signing import sign
+
+__all__ = [
+    "Outcome",
+    "Result",
+    "Target",
+    "Transition",
+    "WebhookSender",
+    "send_test",
+    "sign",
+]

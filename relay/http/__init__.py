@@ -1,0 +1,1 @@
+"""What the relay serves: routes, access (CORS, auth, limits), sockets, static."""

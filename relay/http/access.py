@@ -1,0 +1,175 @@
+"""Who may reach what: CORS, authentication, per-address stream limits, security headers.
+
+Each is one aiohttp middleware, applied in the order ``build_app`` lists them.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from relay.config import CorsConfig, HttpConfig
+from relay.fanout.sse import ON_STREAM_END
+from relay.http.auth import Authenticator, unauthorized
+from relay.metrics import Metrics
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+PREFLIGHT_MAX_AGE = "600"
+CORS_ORIGIN = web.RequestKey[str]("relay.cors_origin")
+ALLOWED_HEADERS = "Authorization, Last-Event-ID, Cache-Control"
+
+
+def security_headers() -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:
+            error.headers.setdefault("X-Content-Type-Options", "nosniff")
+            raise
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return middleware
+
+
+def cors(settings: CorsConfig, api_paths: Collection[str]) -> Middleware:
+    """Only listed origins, with credentials; preflight answered for the API routes."""
+    allowed = frozenset(settings.allow_origins)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        listed = origin is not None and origin in allowed
+        if request.method == "OPTIONS" and request.path in api_paths:
+            if not listed:
+                return web.Response(status=403, text="origin not allowed\n")
+            assert origin is not None
+            return web.Response(
+                status=204,
+                headers={
+                    **_cors_headers(origin),
+                    "Access-Control-Allow-Methods": "GET, HEAD",
+                    "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+                    "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
+                },
+            )
+        if origin is not None and listed and request.path in api_paths:
+            # Headers are added when the response is prepared (see `add_cors_headers`):
+            # the live stream prepares its own response before the handler returns.
+            request[CORS_ORIGIN] = origin
+        return await handler(request)
+
+    return middleware
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: CORS headers for a request the middleware accepted."""
+    origin = request.get(CORS_ORIGIN)
+    if origin is not None:
+        response.headers.update(_cors_headers(origin))
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+
+
+def authenticate(authenticator: Authenticator, protected: Collection[str]) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "OPTIONS":
+            if request.path in protected:
+                denial = authenticator.check(request)
+            elif request.path == "/metrics":
+                denial = authenticator.check_metrics(request)
+            else:
+                denial = None
+            if denial is not None:
+                return unauthorized(denial)
+        return await handler(request)
+
+    return middleware
+
+
+class AddressLimit:
+    """At most ``limit`` concurrent streams per client address (off when ``limit`` is None).
+
+    Behind a proxy listed in ``trusted_proxies`` the client is the right-most address of
+    ``X-Forwarded-For`` that is not itself a trusted proxy; otherwise the socket's peer.
+    Policy when full: 429 with ``Retry-After``. Every connection of a peer that is not a
+    trusted proxy is also counted against the same limit, at the socket level, before HTTP
+    (``relay/http/sockets.py``): there, idle and half-sent sockets count too.
+    """
+
+    def __init__(self, settings: HttpConfig, metrics: Metrics) -> None:
+        self._limit = settings.max_clients_per_address
+        self._trusted = settings.trusted_proxies
+        self._metrics = metrics
+        self._open: Counter[str] = Counter()
+
+    def client_address(self, request: web.Request) -> str:
+        peer = _parse(request.remote)
+        if peer is None or not self._is_trusted(peer):
+            return str(peer or request.remote or "unknown")
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            address = _parse(hop)
+            if address is None:
+                return hop  # a garbled hop: count it as its own client, never trust past it
+            if not self._is_trusted(address):
+                return str(address)
+        return str(peer)
+
+    def _is_trusted(self, address: Address) -> bool:
+        return any(address in network for network in self._trusted)
+
+    def middleware(self, paths: Collection[str]) -> Middleware:
+        """Counts the streams of ``paths`` (the live stream and every feed) per address."""
+        streams = frozenset(paths)
+
+        @web.middleware
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if self._limit is None or request.path not in streams or request.method != "GET":
+                return await handler(request)
+            address = self.client_address(request)
+            if self._open[address] >= self._limit:
+                self._metrics.sse_refused.inc()
+                raise web.HTTPTooManyRequests(
+                    headers={"Retry-After": "10"}, text="too many live streams from one address\n"
+                )
+            self._open[address] += 1
+            # The hub takes this over when it keeps the stream open past the handler.
+            release: Callable[[], None] = functools.partial(self._release, address)
+            request[ON_STREAM_END] = release
+            try:
+                return await handler(request)
+            finally:
+                if request.pop(ON_STREAM_END, None) is not None:
+                    release()
+
+        return middleware
+
+    def _release(self, address: str) -> None:
+        self._open[address] -= 1
+        if self._open[address] <= 0:
+            del self._open[address]
+
+
+def _parse(text: str | None) -> Address | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None

@@ -1,0 +1,138 @@
+"""HTTP routes: the live stream, the JSON snapshot, health, readiness and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from relay.config import CorsConfig
+from relay.fanout.feeds import Feeds
+from relay.fanout.sse import Hub
+from relay.http.access import AddressLimit, add_cors_headers, authenticate, cors, security_headers
+from relay.http.auth import Authenticator
+from relay.http.sockets import reserved_routes
+from relay.source.listener import Listener
+from relay.state.details import Details
+from relay.state.history import History
+from relay.state.stability import Stability
+from relay.state.waits import Waits
+
+LIVE = "/api/system-status/live"
+SNAPSHOT = "/api/system-status"
+
+DETAILS = "/api/system-status/details"
+INDICATORS = "/api/system-status/indicators"
+WAIT = "/api/system-status/wait"
+HISTORY = "/api/system-status/history"
+STATIC = Path(__file__).parent / "static"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The page loads only its own script and style and may not be framed elsewhere.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT, HISTORY)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the routes serve, handed over by the wiring (``relay/app.py``)."""
+
+    cors: CorsConfig
+    authenticator: Authenticator
+    address_limit: AddressLimit
+    stability: Stability
+    listener: Listener
+    hub: Hub
+    feeds: Feeds
+    details: Details
+    waits: Waits
+    history: History
+    registry: CollectorRegistry
+
+
+def build_app(relay: Served) -> web.Application:
+    feeds = relay.feeds.paths
+    app = web.Application(
+        client_max_size=64 * 1024,
+        middlewares=[
+            security_headers(),
+            reserved_routes(),  # near the open-file limit: health and metrics only
+            cors(relay.cors, (*API, *feeds)),
+            authenticate(relay.authenticator, (*API, *feeds)),
+            relay.address_limit.middleware((LIVE, *feeds)),
+        ],
+    )
+    app.router.add_get(LIVE, relay.hub.handle)
+    for feed in relay.feeds.feeds:
+        app.router.add_get(feed.config.path, feed.handle)
+    app.router.add_get(SNAPSHOT, _snapshot(relay))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz(relay))
+    app.router.add_get(DETAILS, relay.details.handle)
+    app.router.add_get(INDICATORS, relay.details.indicators)
+    app.router.add_get(WAIT, relay.waits.handle)
+    app.router.add_get(HISTORY, relay.history.handle)
+    app.router.add_get("/metrics", make_aiohttp_handler(relay.registry))
+    app.router.add_get("/", _page)
+    app.router.add_static("/static/", STATIC, append_version=False)
+    app.on_response_prepare.append(_static_headers)
+    app.on_response_prepare.append(add_cors_headers)
+    return app
+
+
+async def _page(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/static/"):
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-cache"
+        # The web component may be embedded by any site: allow cross-origin script loads.
+        response.headers["Access-Control-Allow-Origin"] = "*"
+
+
+def _snapshot(relay: Served) -> Handler:
+    async def snapshot(request: web.Request) -> web.Response:
+        body = relay.stability.current.as_json()
+        body["database_connected"] = relay.listener.connected.is_set()
+        if not request.query:
+            return web.json_response(body, headers={"Cache-Control": "no-store"})
+        return await relay.waits.snapshot(request, body)
+
+    return snapshot
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _readyz(relay: Served) -> Handler:
+    async def readyz(_request: web.Request) -> web.Response:
+        known = relay.stability.current.stable is not None
+        ready = known and relay.listener.connected.is_set()
+        answer: dict[str, object] = {
+            "ready": ready,
+            "database_connected": relay.listener.connected.is_set(),
+        }
+        if relay.listener.refusal is not None:  # a pooler or a standby: the reason and fix
+            answer["refused"] = relay.listener.refusal_kind
+            answer["reason"] = relay.listener.refusal
+        return web.json_response(answer, status=200 if ready else 503)
+
+    return readyz

@@ -1,0 +1,643 @@
+"""Connections at the socket level: a per-address limit on every connection, and a reserve of
+file descriptors that keeps the database, /healthz, /readyz and /metrics working at the limit.
+
+The relay accepts its own connections (:class:`GuardedSite`) instead of leaving that to
+asyncio's server, whose accept loop, at the open-file limit, reports every failed ``accept()``
+(thousands of lines a second, issue 14) and has no say on who gets a socket. Each accepted
+socket is, in this order:
+
+1. from an address that already holds ``http.max_clients_per_address`` connections (of any
+   kind: streams, keep-alive, idle, half-sent): answered 429 JSON with ``Retry-After`` and
+   closed. Trusted proxies are exempt here; their clients are counted by ``X-Forwarded-For``
+   in ``relay/http/access.py`` (live streams and feeds, as before).
+2. while the open descriptors are within ``http.fd_reserve`` of the open-file limit: a
+   *reserve* connection, served for ``/healthz``, ``/readyz`` and ``/metrics`` only (other
+   paths 503), one request, closed if no request came within ``RESERVE_DEADLINE``. At most
+   ``fd_reserve // 8`` of them; a newcomer displaces the oldest that has sent no request
+   yet (idle sockets do not lock health checks out). With no slot: 503 JSON with
+   ``Retry-After``, closed at once (the descriptor is free again before the next accept).
+3. otherwise served as usual.
+
+The rest of the reserve is for what the relay opens itself: the listener's reconnect, the
+election, the details pool, webhook deliveries, static files. If ``accept()`` itself fails
+(EMFILE, ENFILE, ENOBUFS, ENOMEM: another process took the system's files, say), accepting
+pauses for ``ACCEPT_PAUSE`` and connections wait in the listen backlog.
+
+Refusals are counted (``relay_http_connections_refused_total{reason}``) and logged at most once
+per ``LOG_EVERY`` with the counts. Open descriptors are this module's own count of connections
+plus the others (database, files, the loop's own), sampled from ``/proc/self/fd`` in a thread
+every 2 s, twice a second near the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import json
+import os
+import resource
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
+from contextlib import suppress
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from relay.config import HttpConfig
+from relay.logs import get_logger
+from relay.metrics import Metrics
+from relay.tasks import report_unexpected_exit
+
+log = get_logger("relay.http.sockets")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# What a reserve connection may ask for.
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+RESERVE_DEADLINE = 2.0  # a reserve connection without a request is closed after this
+LINGER = 1.0  # a refused connection is kept this long at most for its answer to arrive
+ACCEPT_PAUSE = 0.5  # after accept() failed for want of descriptors
+ACCEPT_BATCH = 256  # accepts per readiness event, as asyncio (which uses the backlog)
+LOG_EVERY = 10.0
+SAMPLE_EVERY = 2.0  # /proc/self/fd read this often (in a thread)...
+SAMPLE_EVERY_NEAR = 0.5  # ...and this often within twice the reserve of the limit
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+PROC_FD = "/proc/self/fd"
+OTHERS_WITHOUT_PROC = 32  # descriptors assumed open besides connections where /proc is absent
+
+
+def _answer(status: str, retry_after: int, error: str) -> bytes:
+    body = json.dumps({"error": error}).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {retry_after}\r\n"
+        "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+TOO_MANY_FROM_ADDRESS = _answer(
+    "429 Too Many Requests", 10, "too many connections from one address"
+)
+FD_LIMIT = _answer("503 Service Unavailable", 5, "too many open connections")
+
+
+class Descriptors:
+    """How many file descriptors are open, and how many may be.
+
+    Open: the relay's connections (counted exactly, as they are accepted and closed) plus
+    the others, sampled from ``/proc/self/fd`` in a thread: listing it takes tens of
+    milliseconds at 20,000 descriptors, too long for the event loop.
+    """
+
+    def __init__(self, reserve: int) -> None:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.limit: int | None = None if soft == resource.RLIM_INFINITY or soft < 0 else soft
+        self.reserve = reserve
+        self._proc = os.path.isdir(PROC_FD) and self.limit is not None
+        self._others = OTHERS_WITHOUT_PROC
+        self._near = False
+
+    @property
+    def budget(self) -> int | None:
+        """Descriptors open at most before connections go to the reserve."""
+        return None if self.limit is None else self.limit - self.reserve
+
+    def used(self, connections: int) -> int:
+        """Open descriptors, ``connections`` of them the relay's HTTP connections."""
+        used = self._others + connections
+        budget = self.budget
+        self._near = budget is not None and used > budget - self.reserve
+        return used
+
+    def sample(self, connections: int) -> None:
+        """Read the others now (at start, while there are few)."""
+        if self._proc:
+            self._update(_count_open(), connections, connections)
+
+    async def watch(self, connections: Callable[[], int]) -> None:
+        """Sample the others every ``SAMPLE_EVERY`` (``SAMPLE_EVERY_NEAR`` near the limit)."""
+        if not self._proc:
+            return
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY_NEAR if self._near else SAMPLE_EVERY)
+            before = connections()
+            try:
+                count = await asyncio.to_thread(_count_open)
+            except RuntimeError:  # no thread to be had: keep the last estimate
+                continue
+            self._update(count, before, connections())
+
+    def _update(self, count: int | None, before: int, after: int) -> None:
+        if count is None:
+            # Not even one descriptor to read the directory with: the limit is reached.
+            assert self.limit is not None
+            self._others = self.limit
+        else:
+            self._others = max(0, count - (before + after) // 2)
+        self.used(after)
+
+
+def _count_open() -> int | None:
+    try:
+        return len(os.listdir(PROC_FD)) - 1  # less the one listdir opened
+    except OSError:
+        return None
+
+
+class Connection(asyncio.Protocol):
+    """One accepted socket: its protocol until it closes, passing everything to ``inner``
+    (aiohttp's request handler, then an event stream's client after ``hand_over``)."""
+
+    __slots__ = (
+        "_timer",
+        "address",
+        "gate",
+        "inner",
+        "released",
+        "requested",
+        "reserve",
+        "transport",
+    )
+
+    def __init__(
+        self, gate: Gate, inner: asyncio.Protocol, address: str | None, reserve: bool
+    ) -> None:
+        self.gate = gate
+        self.inner = inner
+        self.address = address  # None: not counted per address (a trusted proxy, or no limit)
+        self.reserve = reserve
+        self.requested = False
+        self.released = False
+        self.transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if self.reserve:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(RESERVE_DEADLINE, self._expire, transport)
+        self.inner.connection_made(transport)
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        self._timer = None
+        if not self.requested and isinstance(transport, asyncio.Transport):
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.gate.release(self)  # before the inner protocol: its slot is free when it knows
+        self.inner.connection_lost(exc)
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers a refused connection and closes it once the client has read the answer (its
+    EOF), or after ``LINGER``: closing at once would reset a request still arriving, and the
+    client would never see why."""
+
+    def __init__(self, gate: Gate, answer: bytes) -> None:
+        self._gate = gate
+        self._answer = answer
+        self._timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        """The request is read and dropped."""
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._gate.release_refusal(self)
+
+
+class Gate:
+    """Decides about each accepted socket (see the module docstring) and counts connections."""
+
+    def __init__(
+        self,
+        settings: HttpConfig,
+        metrics: Metrics,
+        factory: Callable[[], asyncio.Protocol],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._limit = settings.max_clients_per_address
+        self._trusted = settings.trusted_proxies
+        self._metrics = metrics
+        self._factory = factory
+        self._loop = loop
+        self.fds = Descriptors(settings.fd_reserve)
+        self.reserve_slots = max(2, settings.fd_reserve // 8)
+        self.connections = 0  # every accepted socket still open, refused ones included
+        self._per_address: Counter[str] = Counter()
+        self._trusted_cache: dict[str, bool] = {}
+        self._reserve: dict[Connection, None] = {}  # oldest first
+        self._refusals: set[_Refusal] = set()
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._report = _Report(self)
+        self._watch: asyncio.Task[None] | None = None
+        for reason in ("per_address", "fd_limit"):
+            metrics.http_refused.labels(reason)
+        metrics.http_connections.set_function(lambda: float(self.connections))
+        metrics.open_fds.set_function(self._open_fds)
+        if self.fds.limit is not None:
+            metrics.open_fds_limit.set(self.fds.limit)
+
+    def start(self) -> None:
+        self.fds.sample(self.connections)
+        self._watch = self._loop.create_task(
+            self.fds.watch(lambda: self.connections), name="relay-descriptors"
+        )
+        self._watch.add_done_callback(report_unexpected_exit)
+
+    def _open_fds(self) -> float:
+        return float(self.fds.used(self.connections))
+
+    def admit(self, sock: socket.socket, peer: Any) -> None:
+        """A socket ``accept()`` returned: serve it, give it a reserve slot, or refuse it."""
+        self.connections += 1
+        try:
+            sock.setblocking(False)
+        except OSError:
+            self._close_now(sock, None)
+            return
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        address = host if isinstance(host, str) and self._limited(host) else None
+        budget = self.fds.budget
+        full = budget is not None and self.fds.used(self.connections) > budget
+        if address is not None and self._per_address[address] >= (self._limit or 0):
+            self.refused("per_address")
+            if full:
+                self._close_now(sock, TOO_MANY_FROM_ADDRESS)
+            else:
+                refusal = _Refusal(self, TOO_MANY_FROM_ADDRESS)
+                self._refusals.add(refusal)
+                self._connect(sock, refusal)
+            return
+        if full and not self._reserve_slot():
+            self.refused("fd_limit")
+            self._close_now(sock, FD_LIMIT)
+            return
+        connection = Connection(self, self._factory(), address, full)
+        if address is not None:
+            self._per_address[address] += 1
+        if full:
+            self._reserve[connection] = None
+        self._connect(sock, connection)
+
+    def _limited(self, host: str) -> bool:
+        """Whether connections from ``host`` count against the per-address limit."""
+        if self._limit is None:
+            return False
+        trusted = self._trusted_cache.get(host)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(address in network for network in self._trusted)
+            if len(self._trusted_cache) > 10_000:
+                self._trusted_cache.clear()
+            self._trusted_cache[host] = trusted
+        return not trusted
+
+    def _reserve_slot(self) -> bool:
+        if len(self._reserve) < self.reserve_slots:
+            return True
+        for connection in self._reserve:
+            transport = connection.transport
+            if not connection.requested and isinstance(transport, asyncio.Transport):
+                del self._reserve[connection]
+                transport.abort()
+                return True
+        return False
+
+    def _connect(self, sock: socket.socket, protocol: asyncio.Protocol) -> None:
+        task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: protocol, sock))
+        self._pending.add(task)
+        task.add_done_callback(lambda done: self._connected(done, sock, protocol))
+
+    def _connected(
+        self, task: asyncio.Task[Any], sock: socket.socket, protocol: asyncio.Protocol
+    ) -> None:
+        self._pending.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            # No transport (the client left at once, say): nothing will report the end.
+            sock.close()
+            if isinstance(protocol, Connection):
+                self.release(protocol)
+            elif isinstance(protocol, _Refusal) and protocol in self._refusals:
+                self.release_refusal(protocol)
+
+    def _close_now(self, sock: socket.socket, answer: bytes | None) -> None:
+        """Refuse without keeping the descriptor: what has arrived is read (so closing sends a
+        FIN rather than a reset), the answer sent in one non-blocking write, the socket closed."""
+        if answer is not None:
+            with suppress(OSError):
+                sock.recv(65536)
+            with suppress(OSError):
+                sock.send(answer)
+        sock.close()
+        self.connections -= 1
+
+    def release(self, connection: Connection) -> None:
+        if connection.released:
+            return
+        connection.released = True
+        self.connections -= 1
+        self._reserve.pop(connection, None)
+        address = connection.address
+        if address is not None:
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+
+    def release_refusal(self, refusal: _Refusal) -> None:
+        if refusal in self._refusals:
+            self._refusals.remove(refusal)
+            self.connections -= 1
+
+    def refused(self, reason: str) -> None:
+        self._metrics.http_refused.labels(reason).inc()
+        self._report.add(reason)
+
+    def paused(self, error: OSError) -> None:
+        self._metrics.accept_paused.inc()
+        self._report.add("accept_paused", error=f"{type(error).__name__}: {error}")
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._report.flush()
+        for refusal in list(self._refusals):
+            if refusal.transport is not None:
+                refusal.transport.abort()
+
+
+class _Report:
+    """The refusals, logged at most once per ``LOG_EVERY`` with how many there were."""
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._counts: Counter[str] = Counter()
+        self._error: str | None = None
+        self._last = -LOG_EVERY
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, reason: str, error: str | None = None) -> None:
+        self._counts[reason] += 1
+        self._error = error or self._error
+        now = time.monotonic()
+        if now - self._last >= LOG_EVERY:
+            self.flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._last + LOG_EVERY - now, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._counts:
+            return
+        self._last = time.monotonic()
+        gate = self._gate
+        log.warning(
+            "http_connections_refused",
+            counts=dict(self._counts),
+            accept_error=self._error,
+            connections=gate.connections,
+            open_fds=gate.fds.used(gate.connections),
+            fd_limit=gate.fds.limit,
+            fd_reserve=gate.fds.reserve,
+            note=f"logged at most every {LOG_EVERY:g} s; see relay_http_connections_refused_total",
+        )
+        self._counts.clear()
+        self._error = None
+
+
+class Listening(asyncio.AbstractServer):
+    """The listening sockets and the accept loop over them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, gate: Gate) -> None:
+        self._loop = loop
+        self._gate = gate
+        self._sockets: list[socket.socket] = []
+        self._paused: set[socket.socket] = set()
+        self._serving = False
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    async def bind(self, host: str, port: int, backlog: int) -> None:
+        """Every address ``host`` resolves to, as asyncio's ``create_server`` binds them."""
+        infos = await self._loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        seen: set[tuple[Any, ...]] = set()
+        try:
+            for family, kind, proto, _name, address in infos:
+                if (family, address) in seen:
+                    continue
+                seen.add((family, address))
+                sock = socket.socket(family, kind, proto)
+                self._sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(backlog)
+                sock.setblocking(False)
+        except OSError:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        self._serving = True
+        for sock in self._sockets:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:
+                if error.errno in RESOURCE_ERRORS:
+                    self._pause(sock, error)
+                    return
+                raise  # the loop logs it (folded, relay/http/loopguard.py) and calls again
+            self._gate.admit(conn, peer)
+
+    def _pause(self, sock: socket.socket, error: OSError) -> None:
+        """No descriptor for accept(): stop reading this socket for a moment (Linux keeps
+        reporting it readable), then try again."""
+        self._loop.remove_reader(sock.fileno())
+        self._paused.add(sock)
+        self._gate.paused(error)
+        self._loop.call_later(ACCEPT_PAUSE, self._resume, sock)
+
+    def _resume(self, sock: socket.socket) -> None:
+        self._paused.discard(sock)
+        if self._serving:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    # asyncio.AbstractServer
+    def close(self) -> None:
+        if self._serving:
+            for sock in self._sockets:
+                if sock not in self._paused:
+                    self._loop.remove_reader(sock.fileno())
+        self._serving = False
+        for sock in self._sockets:
+            sock.close()
+        self._gate.close()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    async def start_serving(self) -> None:
+        if not self._serving:
+            self.start()
+
+    async def serve_forever(self) -> None:
+        raise NotImplementedError("the relay runs the loop itself")
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+def guard_available() -> bool:
+    """Whether aiohttp still keeps a site's server where its runner and ``stop()`` look for it
+    (``BaseSite._server``, a slot): all that :class:`GuardedSite` relies on of its internals.
+    ``tests/test_sockets.py`` fails when it changes."""
+    return "_server" in getattr(web.BaseSite, "__slots__", ())
+
+
+class GuardedSite(web.TCPSite):
+    """aiohttp's TCP site, but the relay accepts the connections (see the module docstring).
+
+    Where aiohttp no longer keeps the server in ``BaseSite._server`` (:func:`guard_available`),
+    it falls back to a plain ``TCPSite`` (asyncio accepts; its reports are folded by
+    ``relay/http/loopguard.py``) and logs ``socket_guard_unavailable``.
+    """
+
+    def __init__(
+        self, runner: web.BaseRunner, settings: HttpConfig, metrics: Metrics, *, backlog: int
+    ) -> None:
+        super().__init__(runner, settings.listen.host, settings.listen.port, backlog=backlog)
+        self._guarded_runner = runner
+        self._guarded_backlog = backlog
+        self._settings = settings
+        self._metrics = metrics
+        self.listening: Listening | None = None
+
+    @property
+    def port(self) -> int:
+        if self.listening is not None and self.listening.sockets:
+            return int(self.listening.sockets[0].getsockname()[1])
+        return super().port
+
+    async def start(self) -> None:
+        if not guard_available():
+            log.warning(
+                "socket_guard_unavailable",
+                note="this aiohttp keeps its server elsewhere: no per-address connection "
+                "limit and no descriptor reserve",
+            )
+            await super().start()
+            return
+        loop = asyncio.get_running_loop()
+        server = self._guarded_runner.server
+        assert server is not None
+        listening = Listening(loop, Gate(self._settings, self._metrics, server, loop))
+        listen = self._settings.listen
+        await listening.bind(listen.host, listen.port, self._guarded_backlog)
+        await web.BaseSite.start(self)  # registers the site with its runner
+        self._server = listening  # where runner.addresses and BaseSite.stop() look
+        self.listening = listening
+        gate = listening._gate
+        gate.start()
+        listening.start()
+        log.info(
+            "http_descriptors",
+            fd_limit=gate.fds.limit,
+            fd_reserve=gate.fds.reserve,
+            reserve_connections=gate.reserve_slots,
+            max_clients_per_address=self._settings.max_clients_per_address,
+        )
+
+
+def hand_over(transport: asyncio.BaseTransport, protocol: asyncio.Protocol) -> None:
+    """Make ``protocol`` the socket's protocol from now on (an event stream taking over from
+    aiohttp), keeping the :class:`Connection` in between so the connection stays counted."""
+    current = transport.get_protocol()
+    if isinstance(current, Connection):
+        current.inner = protocol
+    else:
+        transport.set_protocol(protocol)
+
+
+def reserved_routes(paths: Collection[str] = RESERVED_PATHS) -> Middleware:
+    """On a reserve connection: only ``paths``, one request, then the connection closes."""
+    allowed = frozenset(paths)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        connection = transport.get_protocol() if transport is not None else None
+        if not isinstance(connection, Connection) or not connection.reserve:
+            return await handler(request)
+        connection.requested = True
+        if request.path not in allowed:
+            connection.gate.refused("fd_limit")
+            refusal = web.json_response(
+                {"error": "too many open connections"}, status=503, headers={"Retry-After": "5"}
+            )
+            refusal.force_close()
+            return refusal
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:
+            error.force_close()
+            raise
+        response.force_close()
+        return response
+
+    return middleware

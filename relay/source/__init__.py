@@ -1,0 +1,1 @@
+"""PostgreSQL → truth: the listener, its hold, the activities, the plumbing."""

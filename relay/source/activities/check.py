@@ -1,0 +1,319 @@
+"""No silent wrongness: the activities checked against the database, every problem listed.
+
+Run by ``db install`` (as the installing role, which will own the functions) and by the
+relay at the start of every listener session (for the role that owns the installed
+functions). Each problem names its key path and, where the database can be put right,
+the statement that does it. What is checked:
+
+* every table exists, and the reading role may SELECT it;
+* a table activity's state column exists, and each active state is a value of its enum;
+* row-level security: the reading role sees every row (it owns the table without FORCE,
+  is superuser or BYPASSRLS, or a permissive ``USING (true)`` policy covers it and no
+  restrictive one does). Otherwise the functions would count no rows and say "stable";
+* at install only, each SQL snippet compiles in the functions' ``search_path`` (and an
+  expression is boolean): planned, never executed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+
+from relay.errors import SchemaMismatch, SchemaMissing
+from relay.source.activities.profiles import CUSTOM
+from relay.source.activities.spec import Activity, split_name
+from relay.source.activities.sql import (
+    FINGERPRINT,
+    active_condition,
+    details_source,
+    fingerprint,
+    qualified,
+)
+
+BOOLEAN_OID = 16
+JSON_OIDS = (114, 3802)  # json, jsonb
+SEARCH_PATH = "SET LOCAL search_path = pg_catalog, pg_temp"
+UNRESOLVED_HINT = (
+    " (name every object with its schema: the functions run with search_path pg_catalog, pg_temp)"
+)
+
+# Tables are found by name in the catalog, not with to_regclass(): the relay's own role has
+# no USAGE on the data system's schemas, and needs none.
+_RELATION = """
+    SELECT c.oid FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS ns ON ns.oid = c.relnamespace
+    WHERE ns.nspname = %(schema)s AND c.relname = %(name)s
+      AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+"""
+
+_TABLE = f"""
+SELECT c.oid IS NOT NULL AS found,
+       coalesce(c.relrowsecurity, false) AS rls,
+       coalesce(c.relforcerowsecurity, false) AS forced,
+       pg_catalog.pg_get_userbyid(c.relowner) AS owner,
+       r.rolsuper OR r.rolbypassrls AS bypasses,
+       pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE') AS owns,
+       pg_catalog.has_table_privilege(r.oid, c.oid, 'SELECT') AS can_select,
+       EXISTS (
+           SELECT FROM pg_catalog.pg_policy AS p
+           WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('r', '*')
+             AND pg_catalog.pg_get_expr(p.polqual, p.polrelid) = 'true'
+             AND EXISTS (SELECT FROM unnest(p.polroles) AS pr
+                         WHERE pr = 0 OR pg_catalog.pg_has_role(r.oid, pr, 'USAGE'))
+       ) AS open_policy,
+       EXISTS (
+           SELECT FROM pg_catalog.pg_policy AS p
+           WHERE p.polrelid = c.oid AND NOT p.polpermissive AND p.polcmd IN ('r', '*')
+             AND EXISTS (SELECT FROM unnest(p.polroles) AS pr
+                         WHERE pr = 0 OR pg_catalog.pg_has_role(r.oid, pr, 'USAGE'))
+       ) AS restricted
+FROM pg_catalog.pg_roles AS r
+LEFT JOIN pg_catalog.pg_class AS c ON c.oid = ({_RELATION})
+WHERE r.rolname = %(role)s
+"""
+
+_COLUMN = f"""
+SELECT ty.typtype = 'e' AS is_enum,
+       pg_catalog.format_type(a.atttypid, NULL) AS type_name,
+       array(SELECT e.enumlabel::text FROM pg_catalog.pg_enum AS e
+             WHERE e.enumtypid = a.atttypid ORDER BY e.enumsortorder) AS labels
+FROM pg_catalog.pg_attribute AS a
+JOIN pg_catalog.pg_type AS ty ON ty.oid = a.atttypid
+WHERE a.attrelid = ({_RELATION}) AND a.attname = %(column)s
+  AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+INSTALLED = """
+SELECT public.system_stability_activities(),
+       pg_catalog.obj_description(
+           'public.system_stability_activities()'::pg_catalog.regprocedure, 'pg_proc')
+"""
+
+OWNER_OF_FUNCTIONS = """
+SELECT pg_catalog.pg_get_userbyid(p.proowner)
+FROM pg_catalog.pg_proc AS p
+WHERE p.oid = pg_catalog.to_regprocedure('public.system_stability_activities()')
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """How problems name an activity: its key path, and the profile it came from."""
+
+    index: int
+    profile: str | None
+
+    def path(self, key: str) -> str:
+        named = self.profile not in (None, CUSTOM)
+        origin = f' (profile "{self.profile}")' if named else ""
+        return f"activities[{self.index}].{key}{origin}"
+
+
+async def check_activities(
+    conn: AsyncConnection[Any],
+    activities: Sequence[Activity],
+    *,
+    role: str,
+    profile: str | None = None,
+    snippets: bool = False,
+) -> list[str]:
+    """Every problem, as ``key.path: message`` lines; empty when the config is right."""
+    problems: list[str] = []
+    for index, activity in enumerate(activities):
+        where = Where(index, profile)
+        missing = await _check_tables(conn, activity, where, role, problems)
+        if activity.table is not None and activity.table not in missing:
+            await _check_states(conn, activity, where, problems)
+        if snippets and not missing:
+            await _check_snippets(conn, activity, where, problems)
+    return problems
+
+
+async def verify_installed(
+    conn: AsyncConnection[Any], activities: Sequence[Activity], profile: str | None
+) -> None:
+    """At a relay's start: the installed functions are this config's, and their owner sees
+    everything the activities read.
+
+    Raises :class:`SchemaMissing` when nothing is installed, :class:`SchemaMismatch` with
+    every problem otherwise. (Every read checks the activities' names again:
+    ``relay/source/listener.py``.)
+    """
+    owner = await functions_owner(conn)
+    if owner is None:
+        raise SchemaMissing(
+            "public.system_stability_activities() is missing: run `stability-relay db install`"
+        )
+    problems = await _installed_config(conn, activities)
+    problems += await check_activities(conn, activities, role=owner, profile=profile)
+    if problems:
+        raise SchemaMismatch(problems)
+
+
+async def _installed_config(
+    conn: AsyncConnection[Any], activities: Sequence[Activity]
+) -> list[str]:
+    """The installed SQL was generated from these activities: same names, same fingerprint."""
+    cursor = await conn.execute(INSTALLED)
+    row = await cursor.fetchone()
+    answer, comment = row if row else (None, None)
+    installed = sorted(answer) if isinstance(answer, dict) else []
+    configured = sorted(activity.name for activity in activities)
+    if installed != configured:
+        return [
+            f"activities: the database has {installed or 'none'} installed, this config has "
+            f"{configured}: run `stability-relay db install` with this config"
+        ]
+    found = FINGERPRINT.search(comment or "")
+    if found is None or found.group(1) != fingerprint(activities):
+        return [
+            "activities: the installed SQL was generated from another definition of them (or "
+            "by an older relay): run `stability-relay db install` with this config"
+        ]
+    return []
+
+
+async def functions_owner(conn: AsyncConnection[Any]) -> str | None:
+    """The role the installed functions run as; None when they are not installed."""
+    cursor = await conn.execute(OWNER_OF_FUNCTIONS)
+    row = await cursor.fetchone()
+    return str(row[0]) if row else None
+
+
+def _table_key(activity: Activity, table: str) -> str:
+    if table == activity.table:
+        return "table"
+    if table in activity.tables:
+        return f"tables[{activity.tables.index(table)}]"
+    return "details.table"
+
+
+async def _check_tables(
+    conn: AsyncConnection[Any], activity: Activity, where: Where, role: str, problems: list[str]
+) -> set[str]:
+    missing: set[str] = set()
+    for table in activity.read_tables:
+        key = where.path(_table_key(activity, table))
+        schema, name = split_name(table)
+        cursor = await conn.execute(_TABLE, {"schema": schema, "name": name, "role": role})
+        row = await cursor.fetchone()
+        if row is None:
+            problems.append(f'{key}: role "{role}" does not exist')
+            continue
+        found, rls, forced, owner, bypasses, owns, can_select, open_policy, restricted = row
+        if not found:
+            missing.add(table)
+            problems.append(f"{key}: table {table} does not exist")
+            continue
+        if not can_select:
+            problems.append(
+                f'{key}: role "{role}" may not read {table}: '
+                f'GRANT SELECT ON {table} TO "{role}" (or install as its owner "{owner}")'
+            )
+        if rls and not _sees_every_row(forced, bypasses, owns, open_policy, restricted):
+            problems.append(_rls_problem(key, table, role, owner, forced, owns))
+    return missing
+
+
+def _sees_every_row(
+    forced: bool, bypasses: bool, owns: bool, open_policy: bool, restricted: bool
+) -> bool:
+    if bypasses or (owns and not forced):
+        return True
+    return open_policy and not restricted
+
+
+def _rls_problem(key: str, table: str, role: str, owner: str, forced: bool, owns: bool) -> str:
+    why = (
+        "it owns the table, but FORCE ROW LEVEL SECURITY applies the policies to it too"
+        if owns and forced
+        else "it neither owns the table nor has BYPASSRLS, and no policy shows it every row"
+    )
+    fixes = [
+        f'install as the table\'s owner "{owner}" (db install --dsn with that role)'
+        if not owns
+        else f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY",
+        f'ALTER ROLE "{role}" BYPASSRLS',
+        f'CREATE POLICY stability_relay_read_all ON {table} FOR SELECT TO "{role}" USING (true)',
+    ]
+    return (
+        f'{key}: {table} has row-level security and the relay\'s functions run as "{role}": '
+        f"{why}, so they would count too few rows and could report stable while work runs. "
+        f"Fix one of: {'; or '.join(fixes)}"
+    )
+
+
+async def _check_states(
+    conn: AsyncConnection[Any], activity: Activity, where: Where, problems: list[str]
+) -> None:
+    assert activity.table is not None
+    schema, name = split_name(activity.table)
+    params = {"schema": schema, "name": name, "column": activity.state_column}
+    cursor = await conn.execute(_COLUMN, params)
+    row = await cursor.fetchone()
+    if row is None:
+        problems.append(
+            f'{where.path("state_column")}: column "{activity.state_column}" of '
+            f"{activity.table} does not exist"
+        )
+        return
+    is_enum, type_name, labels = row
+    if not is_enum:
+        return
+    for position, state in enumerate(activity.active_states):
+        if state not in labels:
+            problems.append(
+                f'{where.path(f"active_states[{position}]")}: "{state}" is not a value of '
+                f"{type_name} (its values: {', '.join(labels)})"
+            )
+
+
+async def _check_snippets(
+    conn: AsyncConnection[Any], activity: Activity, where: Where, problems: list[str]
+) -> None:
+    if activity.expression is not None:
+        query = f"SELECT ({activity.expression}) LIMIT 0"
+        described = await _plan(conn, query, where.path("expression"), problems)
+        if described is not None and described != BOOLEAN_OID:
+            problems.append(
+                f"{where.path('expression')}: must be boolean; add ::boolean if it is text "
+                "such as ->>'active'"
+            )
+    if activity.indicator is not None:
+        described = await _plan(
+            conn, f"SELECT ({activity.indicator}) LIMIT 0", where.path("indicator"), problems
+        )
+        if described is not None and described not in JSON_OIDS:
+            problems.append(f"{where.path('indicator')}: must be json or jsonb")
+    if activity.table is not None and activity.filter:
+        query = f"SELECT FROM {qualified(activity.table)} AS t WHERE {active_condition(activity)}"
+        await _plan(conn, query + " LIMIT 0", where.path("filter"), problems)
+    details = activity.details
+    if details is not None:
+        source, condition = details_source(activity, details)
+        fields = ", ".join(f"({expression})" for expression in details.fields.values())
+        order = f" ORDER BY {details.order_by}" if details.order_by else ""
+        query = f"SELECT {fields} FROM {source} AS t WHERE {condition}{order} LIMIT 0"
+        await _plan(conn, query, where.path("details"), problems)
+
+
+async def _plan(
+    conn: AsyncConnection[Any], query: str, key: str, problems: list[str]
+) -> int | None:
+    """Plan ``query`` in the functions' search_path; the first column's type, or None."""
+    try:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute(SEARCH_PATH)
+            cursor = await conn.execute(query.encode())
+    except psycopg.Error as error:
+        message = error.diag.message_primary or str(error)
+        unresolved = error.sqlstate in ("42883", "42P01", "42704")
+        hint = UNRESOLVED_HINT if unresolved else ""
+        problems.append(f"{key}: {message}{hint}")
+        return None
+    description = cursor.description
+    return description[0].type_code if description else None

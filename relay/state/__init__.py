@@ -1,0 +1,1 @@
+"""The truth as the relay holds it: stability, details, history, waits, ETA."""

@@ -1,0 +1,197 @@
+"""Honest estimates of the time left: a range, where it came from, or none.
+
+* An import job with ``total_rows``: from its own progress, sampled while it runs (the
+  details, every ``SAMPLE_INTERVAL``), over the last ``WINDOW``: the rate over the whole
+  window and over each half give the range. Fewer than ``MIN_SAMPLES`` samples, less than
+  ``MIN_SPAN`` of them, or no progress: no estimate.
+* An activity without progress (and the system as a whole): from the history of its busy
+  periods (the last 7 days): the median and the 90th percentile, less the time it has run.
+  Fewer than ``MIN_PERIODS`` periods, or already past the 90th percentile: no estimate.
+
+A bad estimate is worse than none. Bound: samples of at most ``MAX_TRACKED`` jobs, each at
+most ``WINDOW / SAMPLE_INTERVAL`` samples (older ones and finished jobs are dropped).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+SAMPLE_INTERVAL = 5.0
+WINDOW = 120.0
+MIN_SAMPLES = 3
+MIN_SPAN = 10.0
+MIN_PERIODS = 3
+MAX_TRACKED = 1000
+
+Estimate = dict[str, Any]
+
+
+class ProgressTracker:
+    """Recent (time, rows done) of each import job seen in the details."""
+
+    def __init__(self, window: float = WINDOW, min_span: float | None = None) -> None:
+        self._window = window
+        self._min_span = MIN_SPAN if min_span is None else min_span
+        self._samples: dict[str, deque[tuple[float, float]]] = {}
+
+    def observe(self, key: str, done: float, now: float) -> None:
+        samples = self._samples.get(key)
+        if samples is None:
+            if len(self._samples) >= MAX_TRACKED:
+                return  # policy when full: new jobs get no estimate until others finish
+            samples = self._samples[key] = deque(maxlen=int(self._window) + 1)
+        if samples and done < samples[-1][1]:
+            samples.clear()  # restarted (a new phase counts again): start over
+        if not samples or now > samples[-1][0]:
+            samples.append((now, done))
+        while samples and now - samples[0][0] > self._window:
+            samples.popleft()
+
+    def forget_all_but(self, keys: set[str]) -> None:
+        for key in [k for k in self._samples if k not in keys]:
+            del self._samples[key]
+
+    def estimate(self, key: str, total: float) -> Estimate | None:
+        samples = list(self._samples.get(key, ()))
+        if len(samples) < MIN_SAMPLES:
+            return None
+        span = samples[-1][0] - samples[0][0]
+        if span < self._min_span:
+            return None
+        half = len(samples) // 2
+        rates = [_rate(samples), _rate(samples[: half + 1]), _rate(samples[half:])]
+        if min(rates) <= 0:
+            return None  # stalled in part of the window: the data cannot support a range
+        remaining = max(0.0, total - samples[-1][1])
+        return {
+            "low_s": round(remaining / max(rates), 1),
+            "high_s": round(remaining / min(rates), 1),
+            "source": f"its progress over the last {human_duration(span)}",
+        }
+
+
+def _rate(samples: list[tuple[float, float]]) -> float:
+    (t0, d0), (t1, d1) = samples[0], samples[-1]
+    return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def from_history(typical: Mapping[str, Any] | None, now: float) -> Estimate | None:
+    """From ``system_stability_typical()``'s entry for one activity."""
+    if not typical or typical.get("count", 0) < MIN_PERIODS or not typical.get("open_since"):
+        return None
+    median, p90 = typical.get("median_s"), typical.get("p90_s")
+    if median is None or p90 is None:
+        return None
+    started = datetime.fromisoformat(str(typical["open_since"])).timestamp()
+    elapsed = max(0.0, now - started)
+    high = float(p90) - elapsed
+    if high <= 0:
+        return None  # longer than usual already: no honest estimate
+    return {
+        "low_s": round(max(0.0, float(median) - elapsed), 1),
+        "high_s": round(high, 1),
+        "source": (
+            f"the last {typical['count']} periods: median {human_duration(float(median))}, "
+            f"90% within {human_duration(float(p90))}"
+        ),
+    }
+
+
+class Estimates:
+    """Puts estimates into a details answer (and keeps the progress samples)."""
+
+    def __init__(self, tracker: ProgressTracker | None = None) -> None:
+        self.tracker = tracker or ProgressTracker()
+
+    def annotate(
+        self, details: dict[str, Any], typical: Mapping[str, Any], now: float | None = None
+    ) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        seen: set[str] = set()
+        activities = details.get("activities") or {}
+        for name, group in activities.items():
+            if not isinstance(group, dict):
+                continue
+            estimates = []
+            for item in group.get("items") or []:
+                estimate = self._item_estimate(name, item, now, seen)
+                if estimate is not None:
+                    item["eta"] = estimate
+                    estimates.append(estimate)
+            if not group.get("active"):
+                group["eta"] = None
+            elif estimates:
+                group["eta"] = _widest(estimates)
+            else:
+                group["eta"] = from_history(typical.get(name), now)
+        self.tracker.forget_all_but(seen)
+        overall = None if details.get("system_stable") else from_history(typical.get(""), now)
+        details["eta"] = overall
+        _copy_to_seed_lists(details)
+        return details
+
+    def _item_estimate(
+        self, activity: str, item: Any, now: float, seen: set[str]
+    ) -> Estimate | None:
+        if not isinstance(item, dict):
+            return None
+        total, done = item.get("total_rows"), item.get("imported_rows")
+        if not isinstance(total, int | float) or not isinstance(done, int | float) or total <= 0:
+            return None
+        key = f"{activity}:{item.get('id')}:{item.get('state')}"
+        seen.add(key)
+        self.tracker.observe(key, float(done), now)
+        return self.tracker.estimate(key, float(total))
+
+
+def _widest(estimates: list[Estimate]) -> Estimate:
+    """The activity is done when its slowest job is: the latest of the ranges."""
+    latest = max(estimates, key=lambda e: e["high_s"])
+    return {
+        "low_s": max(e["low_s"] for e in estimates),
+        "high_s": latest["high_s"],
+        "source": latest["source"],
+    }
+
+
+def _copy_to_seed_lists(details: dict[str, Any]) -> None:
+    """The seed's lists hold the same rows (as copies): give them the same estimates."""
+    by_id = {
+        (item.get("id"), item.get("state")): item["eta"]
+        for group in (details.get("activities") or {}).values()
+        if isinstance(group, dict)
+        for item in group.get("items") or []
+        if isinstance(item, dict) and "eta" in item
+    }
+    for key in ("import_jobs", "analytics_tasks"):
+        for item in details.get(key) or []:
+            estimate = (
+                by_id.get((item.get("id"), item.get("state"))) if isinstance(item, dict) else None
+            )
+            if estimate is not None:
+                item["eta"] = estimate
+
+
+def human_duration(seconds: float) -> str:
+    """``"4 min 12 s"``, ``"2 h 3 min"``, ``"3 d 4 h"``: the two largest units, whole numbers."""
+    total = int(seconds)
+    if total < 1:
+        return "less than a second"
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")]
+    first = next(i for i, (value, _unit) in enumerate(parts) if value)
+    shown = [f"{value} {unit}" for value, unit in parts[first : first + 2] if value]
+    return " ".join(shown)
+
+
+def eta_text(estimate: dict[str, Any]) -> str:
+    """``about 4 min to 6 min left``, or ``about 5 min left`` when the range rounds to one."""
+    low = human_duration(float(estimate.get("low_s", 0)))
+    high = human_duration(float(estimate.get("high_s", 0)))
+    return f"about {low} left" if low == high else f"about {low} to {high} left"

@@ -1,0 +1,185 @@
+"""The history of busy periods: written by the elected leader, read by every relay.
+
+Writer: the leader (``relay/fanout/webhooks/leader.py``, the same election as the webhooks)
+tells the database each change of what runs, per activity and overall, with its time
+(``system_stability_record``). Bound: one pending write, the latest state (policy: a newer
+state supersedes an older one not yet written, so a long outage costs one write, and the
+periods in between are lost rather than queued); a failed write is retried every few seconds.
+While the state is unknown nothing is written: periods stay open until the truth is read.
+
+Reader: ``GET /api/system-status/history?since=24h|<ISO time>&activity=NAME&limit=100``:
+the periods (start, end, duration, import job slugs) and a summary (count, median and p90
+duration over the last 24 h and 7 d), from the relay's details pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from relay.config import parse_duration
+from relay.errors import DatabaseUnavailable
+from relay.logs import get_logger
+from relay.source import pg
+from relay.state.details import Details
+from relay.state.stability import Snapshot, Stability, State
+from relay.tasks import report_unexpected_exit
+
+log = get_logger("relay.state.history")
+
+RECORD = "SELECT public.system_stability_record(%s, %s, %s, make_interval(secs => %s))"
+READ = (
+    "SELECT public.system_stability_history(%s, %s, %s)::text, "
+    "public.system_stability_history_summary(%s)::text"
+)
+RETRY_AFTER = 5.0
+REFRESH = 30.0
+OVERALL = ""  # the system as a whole, in the table
+
+
+class HistoryWriter:
+    """Runs while this relay leads. ``start()`` then ``aclose()``; not reopenable."""
+
+    def __init__(self, stability: Stability, details: Details, retention: float) -> None:
+        self._stability = stability
+        self._details = details
+        self._retention = retention
+        self._latest: Snapshot | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("a closed history writer cannot be started again")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="relay-history")
+            self._task.add_done_callback(report_unexpected_exit)
+            self.observe(self._stability.current)  # the state at election: catch up
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def observe(self, snapshot: Snapshot) -> None:
+        """A transition; heard only while this writer runs (on the leader)."""
+        if self._task is None or self._closed or snapshot.state is State.UNKNOWN:
+            return
+        self._latest = snapshot  # supersedes a write not yet made
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            # While processing, the state is written again every REFRESH: import jobs that
+            # start within a period get their slugs recorded too.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFRESH):
+                    await self._wake.wait()
+            if not self._wake.is_set():
+                current = self._stability.current
+                if current.state is State.PROCESSING:
+                    self._latest = self._latest or current
+            self._wake.clear()
+            snapshot, self._latest = self._latest, None
+            if snapshot is None:
+                continue
+            try:
+                await self._record(snapshot)
+            except (DatabaseUnavailable, psycopg.Error) as error:
+                reason = pg.describe_error(error)
+                log.warning("history_write_failed", reason=reason, retry_in_s=RETRY_AFTER)
+                if self._latest is None:
+                    self._latest = snapshot
+                await asyncio.sleep(RETRY_AFTER)
+                self._wake.set()
+
+    async def _record(self, snapshot: Snapshot) -> None:
+        running = [name for name, active in snapshot.activities if active]
+        if running:
+            running.append(OVERALL)
+        known = [name for name, active in snapshot.activities if active is not None]
+        known.append(OVERALL)
+        at = datetime.fromtimestamp(snapshot.at, UTC)
+        pool = self._details.pool
+        async with pool.connection() as conn:
+            await conn.execute(RECORD, (running, known, at, self._retention))
+
+
+class History:
+    """``GET /api/system-status/history``."""
+
+    def __init__(self, details: Details, activities: list[str]) -> None:
+        self._details = details
+        self._activities = activities
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            since, activity, limit = self._parse(request)
+        except ValueError as error:
+            return web.json_response({"error": str(error)}, status=400)
+        try:
+            periods, summary = await self._read(since, activity, limit)
+        except (DatabaseUnavailable, psycopg.Error, TimeoutError) as error:
+            log.warning("history_unavailable", reason=pg.describe_error(error))
+            return web.json_response(
+                {"error": "the history is unavailable: the database cannot be reached"},
+                status=503,
+                headers={"Retry-After": "5", "Cache-Control": "no-store"},
+            )
+        body: dict[str, Any] = {"activity": activity, "since": since.isoformat()}
+        body.update(summary=summary, periods=periods)
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    def _parse(self, request: web.Request) -> tuple[datetime, str | None, int]:
+        query = request.query
+        since = _since(query.get("since", "24h"))
+        activity = query.get("activity")
+        if activity is not None and activity not in self._activities:
+            raise ValueError(f"activity: one of {', '.join(self._activities)}")
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            raise ValueError("limit: a whole number") from None
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit: 1 to 1000")
+        return since, activity, limit
+
+    async def _read(
+        self, since: datetime, activity: str | None, limit: int
+    ) -> tuple[list[Any], dict[str, Any]]:
+        pool = self._details.pool
+        async with asyncio.timeout(10), pool.connection() as conn:
+            cursor = await conn.execute(READ, (since, activity, limit, activity))
+            row = await cursor.fetchone()
+        assert row is not None
+        return json.loads(row[0]), json.loads(row[1])
+
+
+MAX_SINCE = 3650 * 86400.0
+
+
+def _since(text: str) -> datetime:
+    """``24h`` (that long ago, at most ten years) or an ISO 8601 time."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        if not seconds <= MAX_SINCE:
+            raise ValueError("since: at most 3650d ago")
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError('since: a duration like "24h" or an ISO 8601 time') from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,95 @@
+"""The package layout that docs/architecture.md describes: stages as sub-packages, imports in
+one direction, no cycles (type-only ones included), development tools kept off the daemon."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.ops_support import REPO
+
+PACKAGE = REPO / "relay"
+STAGES = ("source", "state", "fanout", "http")
+# Imports that go against the data path on purpose (docs/architecture.md says why).
+UPSTREAM_ALLOWED = {
+    ("relay.fanout.sse", "relay.http.sockets"),  # a stream taken over stays counted
+}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """Every relay module ``path`` imports, under ``TYPE_CHECKING`` or in a function too."""
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("relay"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                targets.add(full if full in known else node.module)
+        elif isinstance(node, ast.Import):
+            targets.update(a.name for a in node.names if a.name.startswith("relay"))
+    return {t for t in targets if t in known}
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(path, known) for name, path in known.items()}
+
+
+def stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in STAGES else None
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str], done: set[str]) -> None:
+        for target in sorted(edges[module]):
+            if target in path:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in done:
+                done.add(target)
+                visit(target, [*path, target], done)
+
+    for module in sorted(edges):
+        visit(module, [module], set())
+    # A package's __init__ re-exporting its own submodules is not a cycle of behaviour.
+    real = [c for c in cycles if not all(m.startswith(c[0]) or c[0].startswith(m) for m in c)]
+    assert real == [], real
+
+
+def test_imports_follow_the_data_path() -> None:
+    upstream = []
+    for module, targets in graph().items():
+        for target in targets:
+            here, there = stage(module), stage(target)
+            against = here and there and STAGES.index(there) > STAGES.index(here)
+            if against and (module, target) not in UPSTREAM_ALLOWED:
+                upstream.append((module, target))
+    assert upstream == [], upstream
+
+
+def test_the_daemon_never_imports_the_development_tools() -> None:
+    offenders = [
+        (module, target)
+        for module, targets in graph().items()
+        for target in targets
+        if target.startswith("relay.devtools")
+        and not module.startswith(("relay.devtools", "relay.cli"))
+    ]
+    assert offenders == [], offenders
+
+
+def test_architecture_doc_names_every_sub_package() -> None:
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    missing = [name for name in packages if f"{name}/" not in doc]
+    assert missing == [], f"docs/architecture.md does not describe {missing}"
