@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             print("fan-out")
             results["fanout"] = []
             for n in clients:
-                for kind in ("relay", "baseline", "floor"):
+                for kind in ("relay", "relay-public", "baseline", "floor"):
                     result = run_fanout(db, swarm, kind, n, 10 if quick else 20)
                     results["fanout"].append(result)
                     s = result.summary()

@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -105,7 +105,9 @@ def database(name: str = "bench") -> Iterator[Database]:
 class Child:
     """A Python child process driven by JSON lines on stdin/stdout; stderr goes to a log file."""
 
-    def __init__(self, name: str, module: str, *args: str) -> None:
+    def __init__(
+        self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.name = name
         self._log: IO[bytes] = (LOGS / f"{name}.log").open("wb")
@@ -117,6 +119,7 @@ class Child:
             cwd=ROOT,
             text=True,
             bufsize=1,
+            env={**os.environ, **(env or {})},
         )
 
     @property

@@ -13,6 +13,9 @@ from bench.common import Child, Database, percentile, rss_kib
 FLIP_SLUG = "bench-flip"
 SERVERS = {
     "relay": "bench.serve_relay",
+    # The same relay with its streams kept in their aiohttp handlers (relay/fanout/takeover.py),
+    # as on an aiohttp the canary has not passed on.
+    "relay-public": "bench.serve_relay",
     "baseline": "bench.baseline_relay",
     "floor": "bench.floor_server",  # one pre-encoded write per client per NOTIFY, nothing else
 }
@@ -73,7 +76,8 @@ def prepare(dsn: str) -> None:
 
 
 def start_server(kind: str, dsn: str, name: str | None = None, *extra: str) -> tuple[Child, int]:
-    child = Child(name or kind, SERVERS[kind], "--dsn", dsn, *extra)
+    env = {"RELAY_SSE_TAKEOVER": "off"} if kind == "relay-public" else {}
+    child = Child(name or kind, SERVERS[kind], "--dsn", dsn, *extra, env=env)
     port = int(child.read(60)["port"])
     return child, port
 

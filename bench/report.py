@@ -40,6 +40,7 @@ def plot(fanout: list[FanoutResult], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     styles = {
         "relay": ("tab:blue", "stability-relay"),
+        "relay-public": ("tab:cyan", "stability-relay, public path"),
         "baseline": ("tab:red", "naive baseline"),
         "floor": ("tab:gray", "floor (writes only)"),
     }
@@ -128,7 +129,12 @@ def _fanout_section(fanout: list[FanoutResult]) -> list[str]:
         "| p50 (ms) | p99 (ms) | max (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = {"relay": "**relay**", "baseline": "baseline (naive)", "floor": "floor (writes only)"}
+    names = {
+        "relay": "**relay**",
+        "relay-public": "relay, public path (streams in their handlers)",
+        "baseline": "baseline (naive)",
+        "floor": "floor (writes only)",
+    }
     order = list(names)
     for r in sorted(fanout, key=lambda r: (r.clients, order.index(r.server))):
         s = r.summary()

@@ -66,6 +66,12 @@ class Metrics:
         self.sse_clients = Gauge(
             "relay_sse_clients", "Connected Server-Sent Events clients.", registry=r
         )
+        self.sse_takeover = Gauge(
+            "relay_sse_takeover",
+            "1 when open streams are taken over from aiohttp (the fast path), 0 when they stay "
+            "in their handlers (the public path: an untested aiohttp, or RELAY_SSE_TAKEOVER=off).",
+            registry=r,
+        )
         self.sse_clients_limit = Gauge(
             "relay_sse_clients_limit",
             "The configured http.max_clients (for alerts on relay_sse_clients near it).",

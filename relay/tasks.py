@@ -17,3 +17,10 @@ def report_unexpected_exit(task: asyncio.Task[Any]) -> None:
     error = task.exception()
     if error is not None:
         log.error("task_died", task=task.get_name(), exc_info=error)
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has finished; its outcome is not raised."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -12,7 +12,7 @@ PACKAGE = REPO / "relay"
 STAGES = ("source", "state", "fanout", "http")
 # Imports that go against the data path on purpose (docs/architecture.md says why).
 UPSTREAM_ALLOWED = {
-    ("relay.fanout.sse", "relay.http.sockets"),  # a stream taken over stays counted
+    ("relay.fanout.takeover", "relay.http.sockets"),  # a stream taken over stays counted
 }
 
 

@@ -11,10 +11,11 @@ Hot path, hand-rolled on purpose (``docs/benchmarks.md`` has the figures):
   once per event, instead of through ``StreamResponse.write()`` (an awaited call per client
   per event). No task and no queue per client.
 - Once its headers and first event are out (in one write), a stream is taken over from
-  aiohttp: a :class:`Client` becomes the socket's protocol and aiohttp forgets the
-  connection (see :func:`_detach`).
-  An open stream then costs its transport and one small object, about 2 KB, instead of
-  aiohttp's request, response, writer, parser, protocol, timer and two tasks (about 12 KB).
+  aiohttp where that is known to work (``relay/fanout/takeover.py``): a :class:`Client`
+  becomes the socket's protocol and aiohttp forgets the connection. An open stream then
+  costs its transport and one small object, about 2 KB, instead of aiohttp's request,
+  response, writer, parser, protocol, timer and two tasks (about 12 KB). Elsewhere the
+  handler stays and the same frames go to the same documented transport.
 
 Bound: a client whose unsent bytes exceed ``http.client_buffer`` is disconnected (policy:
 drop the slow client; its EventSource reconnects with ``Last-Event-ID`` and resyncs).
@@ -30,11 +31,11 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 
 from relay.config import HttpConfig
-from relay.http.sockets import hand_over
+from relay.fanout import takeover
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.stability import Snapshot, Stability
-from relay.tasks import report_unexpected_exit
+from relay.tasks import cancel_and_wait, report_unexpected_exit
 
 log = get_logger("relay.fanout.sse")
 
@@ -77,14 +78,18 @@ def named_frame(event: str, data: str) -> Frame:
 
 class Capacity:
     """The one limit on open streams (``http.max_clients``), shared by the live stream and
-    every feed: they draw on the same file descriptors. Policy when full: 429."""
+    every feed: they draw on the same file descriptors. Policy when full: 429.
 
-    __slots__ = ("admitting", "limit", "open")
+    ``takeover``: whether streams are taken over from aiohttp (``relay/fanout/takeover.py``).
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("admitting", "limit", "open", "takeover")
+
+    def __init__(self, limit: int, *, takeover: bool = True) -> None:
         self.limit = limit
         self.open = 0
         self.admitting = 0
+        self.takeover = takeover
 
     @property
     def full(self) -> bool:
@@ -167,9 +172,7 @@ class Fanout:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         self.broadcast(self._retry)
         count = len(self._clients)
         for client in list(self._clients):
@@ -243,7 +246,7 @@ class Fanout:
         self, request: web.Request, keys: frozenset[str] | None = None
     ) -> web.StreamResponse:
         """Admit a client (the shared limit), send the headers, ``retry:`` and the greeting
-        in one write, then take the socket over from aiohttp."""
+        in one write, then hold the stream (``relay/fanout/takeover.py``)."""
         if self._closed:
             raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"})
         if self._capacity.full:
@@ -279,7 +282,10 @@ class Fanout:
         self._clients.add(client)
         self._capacity.open += 1
         self.joined(client)
-        _detach(request, transport, client)
+        if self._capacity.takeover:
+            takeover.detach(request, transport, client)
+        else:
+            await takeover.hold_open(client)
         return response
 
 
@@ -321,24 +327,8 @@ class _EventStream(web.StreamResponse):
     """A stream whose headers go out with its first bytes rather than on their own.
 
     One ``send()`` per connection saved. The switch is a private class attribute of aiohttp's
-    (its ``Response`` sets it the same way); if it ever goes, headers are simply sent alone.
+    (its ``Response`` sets it the same way), pinned by ``tests/test_aiohttp_canary.py``; if
+    it ever goes, headers are simply sent alone.
     """
 
     _send_headers_immediately = False
-
-
-def _detach(request: web.Request, transport: Transport, client: Client) -> None:
-    """Take the socket over from aiohttp: from now on ``client`` is its protocol.
-
-    aiohttp's protocol is told the connection is gone, with its ``transport`` cleared first
-    so it neither writes to nor closes the socket: it then forgets the connection and ends
-    the handler as for a client that went away, which frees the request, the response, its
-    writer, the parser, the keep-alive timer and both tasks. Only public attributes and
-    protocol methods are used, but this relies on aiohttp finishing a handler quietly when
-    its connection is lost (``handler_cancellation=True`` in ``relay/app.py``);
-    ``tests/test_sse.py`` covers it.
-    """
-    protocol = request.protocol
-    hand_over(transport, client)  # relay/http/sockets.py: the connection stays counted
-    protocol.transport = None
-    protocol.connection_lost(None)

@@ -58,6 +58,7 @@ from relay.source.activities.check import verify_installed
 from relay.source.activities.spec import Activity
 from relay.source.hold import HOLD_ANNOUNCED, Hold, Step
 from relay.source.holdflag import HoldFlag
+from relay.tasks import report_unexpected_exit
 
 log = get_logger("relay.source.listener")
 T = TypeVar("T")
@@ -165,6 +166,7 @@ class Listener:
             raise RuntimeError("a closed listener cannot be started again")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="relay-listener")
+            self._task.add_done_callback(report_unexpected_exit)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         if self._closed:

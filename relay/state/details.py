@@ -28,7 +28,7 @@ from relay.metrics import Metrics
 from relay.source import pg
 from relay.state.eta import SAMPLE_INTERVAL, Estimates
 from relay.state.sharedread import SharedRead
-from relay.tasks import report_unexpected_exit
+from relay.tasks import cancel_and_wait, report_unexpected_exit
 
 log = get_logger("relay.state.details")
 
@@ -105,12 +105,8 @@ class Details:
         if self._closed:
             return
         self._closed = True
-        if self._sampler is not None:
-            self._sampler.cancel()
-            await asyncio.gather(self._sampler, return_exceptions=True)
-        if self._inflight is not None:  # shielded from its callers, not from the close
-            self._inflight.cancel()
-            await asyncio.gather(self._inflight, return_exceptions=True)
+        await cancel_and_wait(self._sampler)
+        await cancel_and_wait(self._inflight)  # shielded from its callers, not from the close
         await self._indicators.aclose()
         if self._pool is not None:
             await self._pool.close(timeout=timeout)

@@ -29,7 +29,7 @@ from relay.logs import get_logger
 from relay.source import pg
 from relay.state.details import Details
 from relay.state.stability import Snapshot, Stability, State
-from relay.tasks import report_unexpected_exit
+from relay.tasks import cancel_and_wait, report_unexpected_exit
 
 log = get_logger("relay.state.history")
 
@@ -67,9 +67,7 @@ class HistoryWriter:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     def observe(self, snapshot: Snapshot) -> None:
         """A transition; heard only while this writer runs (on the leader)."""

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
+from relay.tasks import cancel_and_wait
 
 log = get_logger("relay.state.sharedread")
 T = TypeVar("T")
@@ -93,9 +94,7 @@ class SharedRead(Generic[T]):
             if future is not None and not future.done():
                 future.set_exception(DatabaseUnavailable(f"{self._name}: stopping"))
         self._next = None
-        if self._running is not None:
-            self._running.cancel()
-            await asyncio.gather(self._running, return_exceptions=True)
+        await cancel_and_wait(self._running)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
