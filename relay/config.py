@@ -12,7 +12,7 @@ import binascii
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,8 +21,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,15 +36,12 @@ from relay.source.activities.spec import Activity
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|KB|MB)?\s*$")
-_UNIT_BYTES = {None: 1, "B": 1, "KiB": 1024, "KB": 1000, "MiB": 1024**2, "MB": 1000**2}
+# The spellings sizes accept (units are case-sensitive: KB and MB are 1000-based, KiB and MiB
+# 1024-based); pydantic's ByteSize does the arithmetic. It alone would also take "64k" (64000),
+# "8bit" (1), "0.5B" (0), "64mb" and true (1), none of which a buffer size should mean.
+_SIZE = re.compile(r"^\s*\d+\s*(?:B|KiB|MiB|KB|MB)?\s*$")
+_SIZE_ADAPTER: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-# `${VAR}` as a whole item of a YAML flow collection (`[${TOKEN}]`, `{X-Token: ${T}}`) is not
-# valid YAML ("{" is a flow indicator); quoting it before parsing keeps the natural spelling.
-_FLOW_ENV_REF = re.compile(
-    r"(?:(?<=[\[{])|(?<=, )|(?<=: ))"
-    r"(\s*)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\})(\s*)(?=[\]},])"
-)
 
 
 def parse_duration(value: Any) -> float:
@@ -62,11 +61,11 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_size(value: Any) -> int:
-    """``"64KiB"``, ``"1MiB"`` or a number of bytes, to bytes."""
+    """``"64KiB"``, ``"1MB"`` or a number of bytes, to bytes (by :class:`pydantic.ByteSize`)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and (match := _SIZE.match(value)):
-        return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    if isinstance(value, str) and _SIZE.match(value):
+        return int(_SIZE_ADAPTER.validate_python(value))
     raise ValueError(f'expected a size like "64KiB", got {value!r}')
 
 
@@ -541,9 +540,24 @@ def _url_password(url: str) -> str | None:
     return match.group(1) if match else None
 
 
-def interpolate_env(tree: Any, environ: Mapping[str, str], path: str = "") -> tuple[Any, list[str]]:
-    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree."""
+def interpolate_env(
+    tree: Any,
+    environ: Mapping[str, str],
+    path: str = "",
+    *,
+    literal: Collection[str] = (),
+) -> tuple[Any, list[str]]:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` inside the string values of a parsed tree.
+
+    It runs on what YAML has already parsed, so a substituted value is never YAML: whatever
+    it holds (``#``, ``: ``, quotes, line breaks) stays one string where it was, and
+    comments, keys and non-string scalars stay as written. Values at the key paths in
+    ``literal`` (the command line's) are kept as given. Returns the new tree and one
+    ``key.path: ...`` problem per variable that is not set (naming it, never a value).
+    """
     problems: list[str] = []
+    if path and path in literal:
+        return tree, problems
     if isinstance(tree, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -559,13 +573,13 @@ def interpolate_env(tree: Any, environ: Mapping[str, str], path: str = "") -> tu
     if isinstance(tree, dict):
         result: dict[Any, Any] = {}
         for key, value in tree.items():
-            result[key], sub = interpolate_env(value, environ, _join(path, key))
+            result[key], sub = interpolate_env(value, environ, _join(path, key), literal=literal)
             problems.extend(sub)
         return result, problems
     if isinstance(tree, list):
         items = []
         for index, value in enumerate(tree):
-            item, sub = interpolate_env(value, environ, _join(path, index))
+            item, sub = interpolate_env(value, environ, _join(path, index), literal=literal)
             items.append(item)
             problems.extend(sub)
         return items, problems
@@ -626,7 +640,7 @@ def load_config(
         raise ConfigError([f"<root>: expected a mapping of sections, got {type(tree).__name__}"])
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)  # before interpolation: a flag replaces ${VAR} too
-    tree, problems = interpolate_env(tree, environ)
+    tree, problems = interpolate_env(tree, environ, literal=(overrides or {}).keys())
     database = tree.get("database")
     if isinstance(database, dict) and not database.get("dsn") and environ.get("RELAY_DSN"):
         database["dsn"] = environ["RELAY_DSN"]
@@ -646,15 +660,76 @@ def load_config(
     return config
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so a key like ``on:`` stays "on"."""
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (only true/false, so a key like ``on:`` stays "on")
+    and ``${NAME}`` read as part of a plain scalar in flow collections too.
+
+    In ``[${TOKEN}]`` or ``{X-Token: ${T}}``, "{" and "}" are flow indicators and would end
+    the scalar; here a whole ``${NAME}`` or ``${NAME:-default}`` on one line is taken as
+    scalar text instead, so the natural spelling parses without quotes. Nothing else about
+    the document changes: the text is never rewritten, and the reference is only substituted
+    after parsing (:func:`interpolate_env`).
+    """
+
+    def scan_plain(self) -> yaml.ScalarToken:
+        # PyYAML 6's Scanner.scan_plain, plus the `${...}` skip in flow context.
+        chunks: list[str] = []
+        start_mark = self.get_mark()
+        end_mark = start_mark
+        indent = self.indent + 1
+        spaces: list[str] = []
+        while True:
+            length = 0
+            if self.peek() == "#":
+                break
+            while True:
+                ch = self.peek(length)
+                if self.flow_level and ch == "$" and (skip := self._reference_length(length)):
+                    length += skip
+                    continue
+                if (
+                    ch in _BLANK_OR_END
+                    or (
+                        ch == ":"
+                        and self.peek(length + 1)
+                        in _BLANK_OR_END + (",[]{}" if self.flow_level else "")
+                    )
+                    or (self.flow_level and ch in ",?[]{}")
+                ):
+                    break
+                length += 1
+            if length == 0:
+                break
+            self.allow_simple_key = False
+            chunks.extend(spaces)
+            chunks.append(self.prefix(length))
+            self.forward(length)
+            end_mark = self.get_mark()
+            spaces = self.scan_plain_spaces(indent, start_mark) or []
+            if not spaces or self.peek() == "#" or (not self.flow_level and self.column < indent):
+                break
+        return yaml.ScalarToken("".join(chunks), True, start_mark, end_mark)
+
+    def _reference_length(self, index: int) -> int:
+        """The length of the ``${NAME}`` or ``${NAME:-default}`` at ``index``, else 0."""
+        if self.peek(index + 1) != "{":
+            return 0
+        end = index + 2
+        while (ch := self.peek(end)) != "}" and ch not in _LINE_BREAK_OR_END:
+            end += 1
+        if ch != "}":
+            return 0
+        text: str = self.prefix(end + 1)[index:]
+        return len(text) if _ENV_REF.fullmatch(text) else 0
 
 
-_Yaml12Loader.yaml_implicit_resolvers = {
+_LINE_BREAK_OR_END = "\0\r\n\x85\u2028\u2029"
+_BLANK_OR_END = " \t" + _LINE_BREAK_OR_END
+_ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Yaml12Loader.add_implicit_resolver(
+_ConfigLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
@@ -664,9 +739,8 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError([f"{path}: cannot read the file ({error.strerror})"]) from None
-    text = _FLOW_ENV_REF.sub(r'\1"\2"\3', text)
     try:
-        return yaml.load(text, Loader=_Yaml12Loader) or {}
+        return yaml.load(text, Loader=_ConfigLoader) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay.config import load_config, parse_duration
+from relay.config import _ConfigLoader, load_config, parse_duration, parse_size
 from relay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +57,40 @@ def test_example_config_is_valid_and_documents_every_default() -> None:
 )
 def test_durations(text: object, expected: float) -> None:
     assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, 0),
+        (8190, 8190),
+        ("64KiB", 64 * 1024),
+        ("1MiB", 1024**2),
+        ("64KB", 64_000),
+        ("1MB", 1_000_000),
+        (" 64 KiB ", 64 * 1024),
+        ("64B", 64),
+        ("65536", 65536),
+    ],
+)
+def test_sizes(value: object, expected: int) -> None:
+    assert parse_size(value) == expected
+
+
+# pydantic's ByteSize alone would take each of these (as 64000, 65536, 64000000, 1, 0, 1536, 1,
+# 2**30); a size keeps the documented spellings, case-sensitive, whole numbers of bytes.
+@pytest.mark.parametrize(
+    "value", ["64k", "64kib", "64mb", "8bit", "0.5B", "1.5KiB", True, "1GiB", -1, 1.5, "", "big"]
+)
+def test_sizes_refuse_what_the_config_does_not_document(value: object) -> None:
+    with pytest.raises(ValueError, match='expected a size like "64KiB"'):
+        parse_size(value)
+
+
+def test_sizes_in_the_example_config_keep_their_value() -> None:
+    config = load_config(REPO / "config.example.yaml", environ={"RELAY_DSN": "host=db"})
+    assert config.http.client_buffer == 65536
+    assert config.http.max_header_size == 8190
 
 
 BAD_CONFIGS = [
@@ -161,3 +198,135 @@ def test_unreadable_file_is_a_clean_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "missing.yaml", environ={})
     assert "cannot read the file" in caught.value.problems[0]
+
+
+def test_a_variable_holding_yaml_syntax_stays_one_string(tmp_path: Path) -> None:
+    dsn = "host=db password='p#w: \"x\" [1, {2}] # not a comment\n  evil: 1'"
+    token = "a#b: c\n  evil: 1\n- [x, {y: z}] 'q' \"r\""
+    text = (
+        "database:\n  dsn: ${RELAY_DSN}\n"
+        "webhooks:\n  - {name: a, url: 'https://x', headers: {X-Token: ${TOKEN}}}\n"
+    )
+    config = load_config(write(tmp_path, text), environ={"RELAY_DSN": dsn, "TOKEN": token})
+    assert config.database.dsn == dsn
+    assert config.webhooks[0].headers == {"X-Token": token}
+    assert config.database.channel == "system_stability"  # nothing else came out of them
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # Text that merely looks like a flow item: quoted, or in a block scalar. (Before, the
+        # file was rewritten to quote `${X}` there, giving '["v"]', a YAML error, 'a, "v", b'.)
+        ("'[${X}]'", "[v]"),
+        ('"a, ${X}]"', "a, v]"),
+        ("a, ${X}, b", "a, v, b"),
+        ("'{k: ${X}}'", "{k: v}"),
+    ],
+)
+def test_the_file_is_parsed_as_written(tmp_path: Path, value: str, expected: str) -> None:
+    text = f"feeds:\n  - path: /api/sse/x\n    channels: [c]\n    connect_data: {value}\n"
+    config = load_config(write(tmp_path, text), environ={"X": "v"})
+    assert config.feeds[0].connect_data == expected
+
+
+def test_flow_collections_take_references_without_quotes(tmp_path: Path) -> None:
+    text = (
+        "auth:\n  bearer_tokens: [${TOKEN}, tok-${TOKEN}, ${OTHER:-fallback-0123456789}]\n"
+        "webhooks:\n  - name: a\n    url: https://x\n"
+        "    headers: {X-Token: ${TOKEN}, X-List: '${TOKEN}', X-Default: ${UNSET:-x, y #z}}\n"
+        "    on: [${STATE:-processing}]\n"
+    )
+    config = load_config(write(tmp_path, text), environ={"TOKEN": "t" * 16})
+    assert config.auth is not None
+    assert config.auth.bearer_tokens == ("t" * 16, "tok-" + "t" * 16, "fallback-0123456789")
+    assert config.webhooks[0].headers == {
+        "X-Token": "t" * 16,
+        "X-List": "t" * 16,
+        "X-Default": "x, y #z",
+    }
+    assert config.webhooks[0].on == ("processing",)
+
+
+class _PlainLoader(yaml.SafeLoader):
+    yaml_implicit_resolvers = _ConfigLoader.yaml_implicit_resolvers
+
+
+def _parsed(text: str, loader: type[yaml.SafeLoader]) -> object:
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError:
+        return "<YAML error>"
+
+
+PIECES = [*"ab$ {}[],:#'\"\n-?|", "${X}", "${X:-a b}", "${X:-a,b}", "${X:-a: b #c}", "${X:-", "  "]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=20).map("".join))
+def test_references_in_flow_collections_change_nothing_plain_yaml_accepts(text: str) -> None:
+    """The scanner's one change: a `${...}` in a flow collection is scalar text, where plain
+    YAML would fail on its braces. Any document plain YAML parses comes out the same."""
+    plain = _parsed(text, _PlainLoader)
+    if plain != "<YAML error>":
+        assert _parsed(text, _ConfigLoader) == plain
+
+
+def test_comments_and_keys_are_never_interpolated(tmp_path: Path) -> None:
+    text = (
+        "# dsn: ${COMMENTED_OUT}\n"
+        "database:  # ${IN_A_COMMENT}\n"
+        "  channel: system_stability # ${AFTER_A_VALUE}\n"
+        "webhooks:\n  - name: a\n    url: https://x\n"
+        "    on: [processing]  # [${AFTER_A_FLOW}]\n"
+        "    headers: {'${KEY}': v, X-Ok: ${VALUE}}  # {X: ${IN_A_COMMENT}}\n"
+    )
+    config = load_config(write(tmp_path, text), environ={"KEY": "k", "VALUE": "value"})
+    assert config.webhooks[0].headers == {"${KEY}": "v", "X-Ok": "value"}
+
+
+def test_a_whole_value_variable_validates_as_its_type(tmp_path: Path) -> None:
+    text = (
+        "http:\n  max_clients: ${CLIENTS}\n  listen: 127.0.0.1:${PORT}\n"
+        "  client_buffer: ${BUFFER}\n  heartbeat: ${HEARTBEAT:-20s}\n"
+        "stability:\n  hold_when_busy: ${HOLD}\n"
+        "database:\n  keepalives_count: ${COUNT}\n"
+    )
+    environ = {"CLIENTS": "100", "PORT": "9000", "BUFFER": "1MiB", "HOLD": "false", "COUNT": "7"}
+    config = load_config(write(tmp_path, text), environ=environ)
+    assert config.http.max_clients == 100
+    assert config.http.listen.port == 9000
+    assert config.http.client_buffer == 1024**2
+    assert config.http.heartbeat == 20.0
+    assert config.stability.hold_when_busy is False
+    assert config.database.keepalives_count == 7
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ={**environ, "CLIENTS": "lots"})
+    assert caught.value.problems == [
+        "http.max_clients: input should be a valid integer, unable to parse string as an "
+        "integer, got 'lots'"
+    ]
+
+
+def test_a_missing_variable_is_reported_at_its_key_path(tmp_path: Path) -> None:
+    text = (
+        "auth:\n  bearer_tokens: [${TOKEN_A}, '${TOKEN_B}']\n"
+        "webhooks:\n  - {name: a, url: 'https://x', headers: {X-Token: ${CI_TOKEN}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ={"TOKEN_A": "secret-value-0123456789"})
+    problems = caught.value.problems
+    assert problems[:3] == [
+        "auth.bearer_tokens[1]: environment variable TOKEN_B is not set",
+        "webhooks[0].headers.X-Token: environment variable CI_TOKEN is not set",
+        "auth.bearer_tokens[1]: too short (or its environment variable is empty): use 16+ "
+        "characters",
+    ]
+    assert "secret-value-0123456789" not in "\n".join(problems)
+
+
+def test_a_flag_value_is_taken_as_given(tmp_path: Path) -> None:
+    path = write(tmp_path, "database:\n  dsn: ${RELAY_DSN}\n")
+    dsn = "host=db password=${NOT_A_VARIABLE}"
+    config = load_config(path, overrides={"database.dsn": dsn}, environ={})
+    assert config.database.dsn == dsn
