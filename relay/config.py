@@ -42,6 +42,14 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*\d+\s*(?:B|KiB|MiB|KB|MB)?\s*$")
 _SIZE_ADAPTER: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# An item of a YAML flow collection holding `${VAR}` (`[${TOKEN}]`, `{X-Token: ${T}}`,
+# `[tok-${T}]`) is not valid YAML ("{" is a flow indicator). Only a document that does not
+# parse as written is retried with such items quoted, so a valid one is never rewritten.
+_FLOW_ENV_ITEM = re.compile(
+    r"(?:(?<=[\[{])|(?<=, )|(?<=: ))"
+    r"(\s*)([^\s,\[\]{}'\"#]*\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}[^\s,\[\]{}'\"#]*)(\s*)"
+    r"(?=[\]},])"
+)
 
 
 def parse_duration(value: Any) -> float:
@@ -661,70 +669,9 @@ def load_config(
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans (only true/false, so a key like ``on:`` stays "on")
-    and ``${NAME}`` read as part of a plain scalar in flow collections too.
-
-    In ``[${TOKEN}]`` or ``{X-Token: ${T}}``, "{" and "}" are flow indicators and would end
-    the scalar; here a whole ``${NAME}`` or ``${NAME:-default}`` on one line is taken as
-    scalar text instead, so the natural spelling parses without quotes. Nothing else about
-    the document changes: the text is never rewritten, and the reference is only substituted
-    after parsing (:func:`interpolate_env`).
-    """
-
-    def scan_plain(self) -> yaml.ScalarToken:
-        # PyYAML 6's Scanner.scan_plain, plus the `${...}` skip in flow context.
-        chunks: list[str] = []
-        start_mark = self.get_mark()
-        end_mark = start_mark
-        indent = self.indent + 1
-        spaces: list[str] = []
-        while True:
-            length = 0
-            if self.peek() == "#":
-                break
-            while True:
-                ch = self.peek(length)
-                if self.flow_level and ch == "$" and (skip := self._reference_length(length)):
-                    length += skip
-                    continue
-                if (
-                    ch in _BLANK_OR_END
-                    or (
-                        ch == ":"
-                        and self.peek(length + 1)
-                        in _BLANK_OR_END + (",[]{}" if self.flow_level else "")
-                    )
-                    or (self.flow_level and ch in ",?[]{}")
-                ):
-                    break
-                length += 1
-            if length == 0:
-                break
-            self.allow_simple_key = False
-            chunks.extend(spaces)
-            chunks.append(self.prefix(length))
-            self.forward(length)
-            end_mark = self.get_mark()
-            spaces = self.scan_plain_spaces(indent, start_mark) or []
-            if not spaces or self.peek() == "#" or (not self.flow_level and self.column < indent):
-                break
-        return yaml.ScalarToken("".join(chunks), True, start_mark, end_mark)
-
-    def _reference_length(self, index: int) -> int:
-        """The length of the ``${NAME}`` or ``${NAME:-default}`` at ``index``, else 0."""
-        if self.peek(index + 1) != "{":
-            return 0
-        end = index + 2
-        while (ch := self.peek(end)) != "}" and ch not in _LINE_BREAK_OR_END:
-            end += 1
-        if ch != "}":
-            return 0
-        text: str = self.prefix(end + 1)[index:]
-        return len(text) if _ENV_REF.fullmatch(text) else 0
+    """SafeLoader with YAML 1.2 booleans: only true/false, so a key like ``on:`` stays "on"."""
 
 
-_LINE_BREAK_OR_END = "\0\r\n\x85\u2028\u2029"
-_BLANK_OR_END = " \t" + _LINE_BREAK_OR_END
 _ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -734,13 +681,27 @@ _ConfigLoader.add_implicit_resolver(
 )
 
 
+def _load_yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_ConfigLoader) or {}
+    except yaml.YAMLError:
+        quoted = _FLOW_ENV_ITEM.sub(r'\1"\2"\3', text)
+        if quoted == text:
+            raise
+    try:
+        return yaml.load(quoted, Loader=_ConfigLoader) or {}
+    except yaml.YAMLError:
+        pass
+    return yaml.load(text, Loader=_ConfigLoader) or {}  # raises: the error as written
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError([f"{path}: cannot read the file ({error.strerror})"]) from None
     try:
-        return yaml.load(text, Loader=_ConfigLoader) or {}
+        return _load_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

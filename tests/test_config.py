@@ -265,8 +265,8 @@ PIECES = [*"ab$ {}[],:#'\"\n-?|", "${X}", "${X:-a b}", "${X:-a,b}", "${X:-a: b #
 @settings(max_examples=600, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=20).map("".join))
 def test_references_in_flow_collections_change_nothing_plain_yaml_accepts(text: str) -> None:
-    """The scanner's one change: a `${...}` in a flow collection is scalar text, where plain
-    YAML would fail on its braces. Any document plain YAML parses comes out the same."""
+    """A document is only retried with its flow references quoted when plain YAML fails on
+    it: any document plain YAML parses comes out the same."""
     plain = _parsed(text, _PlainLoader)
     if plain != "<YAML error>":
         assert _parsed(text, _ConfigLoader) == plain
