@@ -44,23 +44,30 @@ browser-deps:
 	  echo "browser-deps: no /usr/bin/chromium (and not root with apt-get): the browser tests will skip"; \
 	fi
 
-# The operations tests run the real Caddy, promtool/Prometheus and systemd-analyze (Debian's
-# packages). Installed when missing and we are root with apt-get; otherwise those tests skip.
-OPS_TOOLS := caddy:caddy promtool:prometheus prometheus:prometheus systemd-analyze:systemd pgbouncer:pgbouncer
-ops-deps:
-	@missing=""; for pair in $(OPS_TOOLS); do \
+# $(call apt_tools,TARGET,TOOL:PACKAGE ...,WHAT SKIPS WITHOUT THEM): install the packages of
+# the tools that are missing, when we are root with apt-get; otherwise, or if that fails, say so
+# (the tests that need them skip and say why).
+define apt_tools
+	@missing=""; for pair in $(2); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  missing="$$(echo $$missing | tr ' ' '\n' | sort -u | xargs)"; \
-	  echo "ops-deps: installing $$missing with apt-get for the operations tests"; \
+	  echo "$(1): installing $$missing with apt-get for $(3)"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      --no-install-recommends $$missing >/dev/null; } \
-	  || echo "ops-deps: could not install $$missing: those operations tests will skip"; \
+	  || echo "$(1): could not install $$missing: $(3) will skip"; \
 	else \
-	  echo "ops-deps: missing$$missing (and not root with apt-get): those operations tests will skip"; \
+	  echo "$(1): missing $$missing (and not root with apt-get): $(3) will skip"; \
 	fi
+endef
+
+# The operations tests run the real Caddy, promtool/Prometheus and systemd-analyze (Debian's
+# packages). Installed when missing and we are root with apt-get; otherwise those tests skip.
+OPS_TOOLS := caddy:caddy promtool:prometheus prometheus:prometheus systemd-analyze:systemd pgbouncer:pgbouncer
+ops-deps:
+	$(call apt_tools,ops-deps,$(OPS_TOOLS),those operations tests)
 
 test: browser-deps ops-deps lint typecheck pytest
 
@@ -72,18 +79,7 @@ screenshot: install browser-deps
 # local base when Docker Hub is out of reach). Installed when missing and we are root with apt-get.
 IMAGE_TOOLS := podman:podman runc:runc slirp4netns:slirp4netns debootstrap:debootstrap
 image-deps:
-	@missing=""; for pair in $(IMAGE_TOOLS); do \
-	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
-	done; \
-	if [ -z "$$missing" ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "image-deps: installing$$missing with apt-get for the image test"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends $$missing >/dev/null; } \
-	  || echo "image-deps: could not install$$missing: the image test will skip"; \
-	else \
-	  echo "image-deps: missing$$missing (and not root with apt-get): the image test will skip"; \
-	fi
+	$(call apt_tools,image-deps,$(IMAGE_TOOLS),the image test)
 
 soak: install ops-deps image-deps
 	$(BIN)/pytest -q -m soak

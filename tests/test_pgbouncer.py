@@ -7,8 +7,6 @@ reports nothing. The election never ends a backend that the pooler gave another 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from relay.fanout.webhooks.leader import Leadership
 from relay.source import pg
 from relay.state.stability import State
+from tests.faults.proxy import SilentProxy
 from tests.ops_support import PROCESSING, STABLE, running_pgbouncer
 from tests.support import (
     base_url,
@@ -127,61 +126,6 @@ async def test_connections_never_prepare_statements_a_pooler_could_move(
                 await conn.close()
 
 
-class ClosingForwarder:
-    """Forwards 127.0.0.1:<port> to a target. ``close_all()`` ends every connection on both
-    sides (the far end sees a clean close); ``hold()`` keeps new ones waiting until
-    ``release()``."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._open = asyncio.Event()
-        self._open.set()
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> ClosingForwarder:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.close_all()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def hold(self) -> None:
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
-
-    def close_all(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        self._writers.clear()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._open.wait()
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers += [writer, up_writer]
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.close()
-
-
 async def backend_pid(conn: psycopg.AsyncConnection[Any]) -> int:
     cursor = await conn.execute("SELECT pg_backend_pid()")
     row = await cursor.fetchone()
@@ -203,7 +147,7 @@ async def test_the_election_never_ends_a_backend_the_pooler_gave_another_client(
 
     async with (
         running_pgbouncer(tmp_path, server_port(db_dsn), pool_mode="session") as bouncer,
-        ClosingForwarder(bouncer.port) as forwarder,
+        SilentProxy(bouncer.port) as forwarder,
     ):
         via_forwarder = make_conninfo(bouncer.dsn(db_dsn), port=forwarder.port)
         settings = relay_config(via_forwarder).database

@@ -7,13 +7,15 @@ import contextlib
 
 
 class SilentProxy:
-    """Forwards 127.0.0.1:<port> to a target, with two faults:
+    """Forwards 127.0.0.1:<port> to a target, with these faults:
 
     - ``pause()`` makes every connection, old and new, silently stop forwarding (no FIN, no
       RST): what a dead peer or a dropped route looks like to both ends;
     - ``cut()`` resets every client connection but leaves its server side open and silent:
       to the server the client just went quiet, and its backend lives on, holding its locks
-      (a half-open connection, as after a network cut).
+      (a half-open connection, as after a network cut);
+    - ``close_all()`` ends every connection on both sides cleanly (the far end sees its
+      client leave), and ``hold()`` keeps new connections waiting until ``release()``.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -21,6 +23,8 @@ class SilentProxy:
         self.port = 0
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._accepting = asyncio.Event()
+        self._accepting.set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
@@ -47,6 +51,18 @@ class SilentProxy:
     def resume(self) -> None:
         self._flowing.set()
 
+    def hold(self) -> None:
+        self._accepting.clear()
+
+    def release(self) -> None:
+        self._accepting.set()
+
+    def close_all(self) -> None:
+        for client, upstream in self._connections:
+            client.close()
+            upstream.close()
+        self._connections.clear()
+
     def cut(self) -> None:
         for client, upstream in self._connections:
             self._abandoned.add(upstream)  # never closed by its pipe: the server hears nothing
@@ -54,6 +70,7 @@ class SilentProxy:
         self._connections.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._accepting.wait()
         await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
