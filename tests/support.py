@@ -251,6 +251,11 @@ RANDOM_WRITES = [
 ]
 
 
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The log lines named ``name`` among those ``structlog.testing.capture_logs()`` caught."""
+    return [entry for entry in logs if entry["event"] == name]
+
+
 def sample(relay: Relay, name: str, **labels: str) -> float:
     """A metric's value as a scrape of the relay's registry reads it (``name`` as exported,
     e.g. ``relay_reconnects_total``). A counter's labelled child that was never incremented

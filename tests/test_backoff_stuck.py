@@ -17,11 +17,7 @@ from relay.backoff import STUCK_AFTER
 from relay.devtools.embedded import EmbeddedPostgres
 from relay.source.install import install
 from relay.state.stability import State
-from tests.support import eventually, relay_config, running_relay
-
-
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [entry for entry in logs if entry["event"] == name]
+from tests.support import events, eventually, relay_config, running_relay
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import psycopg
@@ -33,7 +32,7 @@ from relay.devtools.embedded import EmbeddedPostgres
 from relay.source.install import install
 from relay.state.stability import State
 from tests.ops_support import free_port
-from tests.support import base_url, eventually, relay_config, running_relay
+from tests.support import base_url, events, eventually, relay_config, running_relay, sample
 
 DBNAME = "failover"
 # Wide enough that the climbing backoff would show: 1 s doubling to 10 s.
@@ -100,14 +99,6 @@ async def in_recovery(dsn: str) -> bool:
         row = await cursor.fetchone()
         assert row is not None
         return bool(row[0])
-
-
-def sample(relay: Relay, name: str) -> float:
-    return relay.metrics.registry.get_sample_value(name) or 0.0
-
-
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [entry for entry in logs if entry["event"] == name]
 
 
 @contextlib.asynccontextmanager

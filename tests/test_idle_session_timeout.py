@@ -10,13 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from psycopg import sql
 
-from relay.app import Relay
 from relay.state.stability import State
-from tests.support import eventually, execute, relay_config, running_relay
-
-
-def sample(relay: Relay, name: str) -> float:
-    return relay.metrics.registry.get_sample_value(name) or 0.0
+from tests.support import eventually, execute, relay_config, running_relay, sample
 
 
 @pytest.fixture

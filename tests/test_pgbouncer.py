@@ -22,6 +22,7 @@ from tests.faults.proxy import SilentProxy
 from tests.ops_support import PROCESSING, STABLE, running_pgbouncer
 from tests.support import (
     base_url,
+    events,
     eventually,
     execute,
     hints_only_config,
@@ -32,10 +33,6 @@ from tests.support import (
 
 def server_port(dsn: str) -> int:
     return int(conninfo_to_dict(dsn)["port"])
-
-
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [entry for entry in logs if entry["event"] == name]
 
 
 async def test_session_pooling_connects_through_stock_pgbouncer_and_flips_by_notification(

@@ -35,6 +35,7 @@ from tests.support import (
     fresh_database,
     relay_config,
     running_relay,
+    sample,
     sse_connect,
 )
 
@@ -312,7 +313,7 @@ async def test_a_relay_whose_functions_rls_blinds_refuses_to_start_and_never_say
 
 
 def _reconnects(relay: Relay) -> float:
-    return relay.metrics.registry.get_sample_value("relay_reconnects_total") or 0.0
+    return sample(relay, "relay_reconnects_total")
 
 
 async def test_a_state_that_is_not_in_the_enum_is_refused(statbus_db: str) -> None:
