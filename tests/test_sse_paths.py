@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from relay.app import Relay
 from relay.fanout import takeover
 from tests.support import (
     base_url,
@@ -19,6 +20,13 @@ from tests.support import (
 LIVE = "/api/system-status/live"
 START_JOB = "INSERT INTO public.import_job (slug, state) VALUES ('job-1', 'processing_data')"
 FINISH_JOB = "UPDATE public.import_job SET state = 'finished' WHERE slug = 'job-1'"
+
+
+def aiohttp_connections(relay: Relay) -> int:
+    """Connections aiohttp's server still handles (``web.Server.connections``)."""
+    runner = relay._runner  # the relay's AppRunner: no public accessor, a test may look
+    assert runner is not None and runner.server is not None
+    return len(runner.server.connections)
 
 
 def test_the_fast_path_is_taken_only_on_a_tested_aiohttp() -> None:
@@ -44,6 +52,9 @@ async def test_both_paths_stream_flips_and_end_cleanly(
             for client in (first, second):
                 assert (await client.next_event()).json["state"] == "stable"
             await eventually(lambda: len(relay.hub) == 2)
+            # Which path holds them: taken over, aiohttp has forgotten both connections;
+            # on the public path both are still its own.
+            assert aiohttp_connections(relay) == (0 if path == "takeover" else 2)
             await execute(db_dsn, START_JOB)
             for client in (first, second):
                 assert (await client.next_event()).json["state"] == "processing"

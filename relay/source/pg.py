@@ -158,7 +158,9 @@ def _discard(connecting: asyncio.Future[RelayConnection]) -> None:
     connecting.add_done_callback(close)
 
 
-_abandoned: set[asyncio.Future[RelayConnection]] = set()  # the loop keeps only weak refs
+# Strong refs (the loop keeps weak ones): at most one per connect given up, each gone once its
+# handshake ends (bounded by connect_timeout).
+_abandoned: set[asyncio.Future[RelayConnection]] = set()
 
 
 def _unavailable(error: BaseException) -> DatabaseUnavailable:
