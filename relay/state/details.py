@@ -36,7 +36,10 @@ log = get_logger("relay.state.details")
 # is generated from the activities (relay/source/activities/sql.py); with it, what the estimates of
 # the time left rest on (relay/state/eta.py), which are put in once per round. Bound: at most
 # `details.max_items` rows per activity (each activity also says its `total`).
-QUERY = "SELECT public.system_stability_details(%s)::text, public.system_stability_typical()::text"
+QUERY = (
+    "SELECT public.system_stability_details(%s::integer)::text, "
+    "public.system_stability_typical()::text"
+)
 # Each activity's own JSON (statbus's is_importing() and the deriving ones): what a client
 # re-reads after a feed's connect event: read after each request arrived, shared by the
 # requests in line (relay/state/sharedread.py).

@@ -33,10 +33,13 @@ from relay.tasks import cancel_and_wait, report_unexpected_exit
 
 log = get_logger("relay.state.history")
 
-RECORD = "SELECT public.system_stability_record(%s, %s, %s, make_interval(secs => %s))"
+RECORD = (
+    "SELECT public.system_stability_record(%s::text[], %s::text[], %s::timestamptz, "
+    "pg_catalog.make_interval(secs => %s::double precision))"
+)
 READ = (
-    "SELECT public.system_stability_history(%s, %s, %s)::text, "
-    "public.system_stability_history_summary(%s)::text"
+    "SELECT public.system_stability_history(%s::timestamptz, %s::text, %s::integer)::text, "
+    "public.system_stability_history_summary(%s::text)::text"
 )
 RETRY_AFTER = 5.0
 REFRESH = 30.0
