@@ -13,6 +13,9 @@ import jwt
 from aiohttp import web
 
 from relay.config import AuthConfig, JwtConfig
+from relay.logs import get_logger
+
+log = get_logger("relay.http.auth")
 
 QUERY_TOKEN_NAMES = ("token", "access_token", "jwt", "auth", "bearer")
 REALM = 'Bearer realm="stability-relay"'
@@ -127,7 +130,20 @@ def _check_jwt(token: str, settings: JwtConfig) -> Denial | None:
         return Denial(401, "invalid token")
     if settings.roles:
         role = claims.get(settings.role_claim)
-        roles = {r for r in role if isinstance(r, str)} if isinstance(role, list) else {role}
+        if isinstance(role, str):
+            roles = {role}
+        elif isinstance(role, list):
+            roles = {r for r in role if isinstance(r, str)}
+        else:
+            # Signed by the issuer, yet not a role: an object, a number, null, missing.
+            if role is not None:
+                log.warning(
+                    "jwt_role_claim_malformed",
+                    claim=settings.role_claim,
+                    type=type(role).__name__,
+                    note="expected a string or a list of strings; refused with 403",
+                )
+            roles = set()
         if not roles & set(settings.roles):
             return Denial(403, "role not allowed")
     return None
