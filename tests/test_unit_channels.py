@@ -42,7 +42,7 @@ class Harness:
         return value or 0.0
 
 
-REASONS = ("too_large", "not_json", "not_an_object")
+REASONS = ("too_large", "not_json", "not_an_object", "not_finite")
 
 
 @pytest.fixture
@@ -67,6 +67,12 @@ def warnings_logged() -> Iterator[None]:
         # Python's json reads these; a browser's JSON.parse rejects the event.
         ('{"a": NaN}', "not_json"),
         ('{"a": -Infinity}', "not_json"),
+        # JSON, but Python reads each as a float infinity, which json.dumps writes back as
+        # Infinity: never relayed, whether re-encoded (a line break) or not.
+        ('{"big": 1e999}', "not_finite"),
+        ('{"big":\n1e999}', "not_finite"),
+        ('{"a": {"b": [0, -2.5E+400]}}', "not_finite"),
+        ('{"a": ' + "9" * 310 + ".0}", "not_finite"),
         ("[1, 2]", "not_an_object"),
         ('"a string"', "not_an_object"),
         ("42", "not_an_object"),
@@ -184,7 +190,7 @@ def test_any_small_json_object_is_relayed_once_on_one_line(
     [(channel, data, parsed)] = h.published
     assert channel == "ch"
     assert parsed == obj
-    assert json.loads(data) == obj
+    assert browser_parse(data) == obj
     assert "\n" not in data and "\r" not in data
     if "\n" not in payload and "\r" not in payload:
         assert data == payload, "a one-line payload is relayed byte for byte"
@@ -195,23 +201,69 @@ def _strict(constant: str) -> None:
     raise ValueError(constant)
 
 
+def _strict_float(literal: str) -> float:
+    value = float(literal)
+    if value in (float("inf"), float("-inf")):
+        raise OverflowError(literal)
+    return value
+
+
+def browser_parse(text: str) -> Any:
+    """JSON as a browser's JSON.parse reads it back after a round trip: no NaN or Infinity
+    literals, and no number that only a float infinity can hold (OverflowError)."""
+    return json.loads(text, parse_constant=_strict, parse_float=_strict_float)
+
+
+OVERFLOW = "@@overflow@@"  # longer than any generated string: only ever this placeholder
+overflowing = st.sampled_from(["1e999", "-1e999", "1E+400", "-2.5e309", "9" * 310 + ".5"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    obj=st.dictionaries(
+        st.text(max_size=8), st.one_of(json_values, st.just(OVERFLOW)), min_size=1, max_size=6
+    ).filter(lambda o: OVERFLOW in o.values()),
+    literal=overflowing,
+    indent=st.sampled_from([None, 2]),
+)
+def test_an_object_with_a_number_past_the_float_range_is_dropped(
+    obj: dict[str, Any], literal: str, indent: int | None
+) -> None:
+    payload = json.dumps(obj, indent=indent).replace(json.dumps(OVERFLOW), literal)
+    h = Harness()
+    h.relay("ch", payload)
+    assert h.published == []
+    reason = "too_large" if len(payload.encode()) >= MAX_PAYLOAD_BYTES else "not_finite"
+    assert {r: h.dropped("ch", r) for r in REASONS} == {r: float(r == reason) for r in REASONS}
+    assert h.dropped_on == ["ch"]
+
+
 @settings(max_examples=500, deadline=None)
 @given(
-    payload=st.one_of(st.text(max_size=200), st.text(alphabet='[]{}",:0123456789 \n', max_size=60))
+    payload=st.one_of(
+        st.text(max_size=200),
+        st.text(alphabet='[]{}",:0123456789 \n', max_size=60),
+        st.text(alphabet='{}":0123456789eE.-+ \n', max_size=30),
+    )
 )
 def test_any_text_is_relayed_or_dropped_for_one_reason_never_a_crash(payload: str) -> None:
     h = Harness()
     h.relay("ch", payload)
     drops = {r: h.dropped("ch", r) for r in REASONS}
     try:
-        parsed = json.loads(payload, parse_constant=_strict)  # JSON as a browser reads it
+        parsed = browser_parse(payload)
+    except OverflowError:
+        parsed = None
+        expected = "not_finite"
     except ValueError:
         parsed = None
         expected = "not_json"
     else:
         expected = None if isinstance(parsed, dict) else "not_an_object"
     if expected is None:
-        assert [p for _c, _d, p in h.published] == [parsed]
+        [(_channel, data, relayed)] = h.published
+        assert relayed == parsed
+        assert browser_parse(data) == parsed
         assert sum(drops.values()) == 0
     else:
         assert h.published == []

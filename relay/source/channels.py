@@ -1,8 +1,13 @@
 """Relays further NOTIFY channels (``channels:`` in the config) to SSE clients as named events.
 
-A payload must be a JSON object (PostgreSQL already caps it under 8000 bytes); anything
-else is counted in ``relay_notifications_dropped_total``, logged at most once per channel
-per minute, and dropped. Never a crash: the payload comes from whoever can NOTIFY.
+A payload must be a JSON object (PostgreSQL already caps it under 8000 bytes) whose every
+number is finite; anything else is counted in ``relay_notifications_dropped_total``, logged at
+most once per channel per minute, and dropped. Never a crash: the payload comes from whoever
+can NOTIFY.
+
+Finite, because what is relayed must come back out as JSON a browser's ``JSON.parse`` takes:
+Python reads ``NaN`` and ``Infinity`` (not JSON), and reads ``1e999`` as ``inf``, which
+``json.dumps`` would write back as ``Infinity`` when a payload is re-encoded.
 
 Bound: each relayed notification is one broadcast, encoded once; nothing is queued here. A
 flood of them is bounded per client by ``http.client_buffer`` (a client that falls behind is
@@ -12,6 +17,7 @@ dropped and resyncs) and at the source by PostgreSQL's notification queue.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -63,8 +69,19 @@ class ChannelRelay:
             )
 
 
+class _NotFinite(ValueError):
+    """A number literal that overflows a float (``1e999``, ``-1e999``)."""
+
+
 def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")  # Python reads it; JSON.parse does not
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NotFinite(f"{literal[:20]} is not a finite number")
+    return value
 
 
 def _validate(payload: str) -> tuple[str | None, str, dict[str, Any]]:
@@ -72,7 +89,9 @@ def _validate(payload: str) -> tuple[str | None, str, dict[str, Any]]:
     if len(payload.encode()) >= MAX_PAYLOAD_BYTES:
         return "too_large", "", {}
     try:
-        parsed = json.loads(payload, parse_constant=_not_json)
+        parsed = json.loads(payload, parse_constant=_not_json, parse_float=_finite)
+    except _NotFinite:
+        return "not_finite", "", {}
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         return "not_json", "", {}
     if not isinstance(parsed, dict):
