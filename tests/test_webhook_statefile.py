@@ -73,6 +73,18 @@ async def test_the_final_write_happens_at_close(tmp_path: Path) -> None:
         ' "since": 0}}}}',
         '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": 1,'
         ' "since": NaN}}}}',
+        # Numbers only as JSON numbers: int() and float() would take these.
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": "12",'
+        ' "since": 0}}}}',
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": true,'
+        ' "since": 0}}}}',
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": 2.7,'
+        ' "since": 0}}}}',
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": 1,'
+        ' "since": "\u0663"}}}}',
+        '{"version": 1, "targets": {"ci": {"settled": {"state": "stable", "seq": 1,'
+        ' "since": 1e999}}}}',
+        '{"version": 1, "targets": {"ci": {"filtered_seq": "3"}}}',
     ],
 )
 async def test_a_corrupt_file_is_reported_moved_aside_and_ignored(

@@ -4,13 +4,17 @@
 ``Retry-After`` (seconds or an HTTP date); 410 disables the target; 3xx is a failure
 (redirects are never followed: a moved endpoint must be fixed in the config); other
 4xx are permanent failures.
+
+Nothing a receiver answers can end a delivery early: a ``Retry-After`` that is not exactly
+RFC 9110's grammar is ignored (the target's own retry schedule applies).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import aiohttp
@@ -59,20 +63,67 @@ def classify(status: int, retry_after_header: str | None, now: float) -> Result:
     return Result(Outcome.FAILED, reason, status)
 
 
+# RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds, delay-seconds = 1*DIGIT, and
+# DIGIT is ASCII 0-9 only (str.isdigit() also takes "²", int() and float() take "٣").
+# A delay is read up to this (a day); the sender caps it far lower (sender.RETRY_AFTER_CAP).
+MAX_RETRY_AFTER = 86_400.0
+_DAYS = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
+_LONG_DAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = "|".join(_MONTHS)
+_TIME = "([0-9]{2}):([0-9]{2}):([0-9]{2})"
+_DELAY_SECONDS = re.compile("[0-9]+")
+# RFC 9110 §5.6.7: the IMF-fixdate senders use, and the two obsolete forms recipients read.
+_IMF_FIXDATE = re.compile(rf"(?:{_DAYS}), ([0-9]{{2}}) ({_MONTH}) ([0-9]{{4}}) {_TIME} GMT")
+_RFC850_DATE = re.compile(rf"(?:{_LONG_DAYS}), ([0-9]{{2}})-({_MONTH})-([0-9]{{2}}) {_TIME} GMT")
+_ASCTIME_DATE = re.compile(rf"(?:{_DAYS}) ({_MONTH}) ([0-9 ][0-9]) {_TIME} ([0-9]{{4}})")
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now`` (delay-seconds or an HTTP date); None if unusable."""
+    """``Retry-After`` as seconds from ``now``, in ``[0, MAX_RETRY_AFTER]``; ``None`` for a
+    missing value or anything that is not exactly delay-seconds or an HTTP-date (never raises:
+    the value is the receiver's)."""
     if value is None:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    value = value.strip(" \t")  # optional whitespace (OWS) is spaces and tabs, nothing else
+    if _DELAY_SECONDS.fullmatch(value):
+        digits = value.lstrip("0") or "0"
+        # Past the bound, however many digits (int() refuses 4,300 and more): not converted.
+        return MAX_RETRY_AFTER if len(digits) > 9 else min(float(digits), MAX_RETRY_AFTER)
+    when = http_date(value)
+    if when is None:
+        return None
+    return min(max(0.0, when - now), MAX_RETRY_AFTER)
+
+
+def http_date(value: str) -> float | None:
+    """An RFC 9110 HTTP-date as unix seconds; ``None`` if it is not one, or no such day."""
+    if match := _IMF_FIXDATE.fullmatch(value):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _ASCTIME_DATE.fullmatch(value):
+        month, day, hour, minute, second, year = match.groups()
+    elif match := _RFC850_DATE.fullmatch(value):
+        day, month, short_year, hour, minute, second = match.groups()
+        # A two-digit year more than 50 years ahead is the latest such year in the past.
+        this_year = datetime.now(UTC).year
+        full = this_year - this_year % 100 + int(short_year)
+        year = str(full - 100 if full > this_year + 50 else full)
+    else:
+        return None
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        when = datetime(
+            int(year),
+            _MONTHS.index(month) + 1,
+            int(day),
+            int(hour),
+            int(minute),
+            # A leap second (60) is the last second of its minute here.
+            min(int(second), 59),
+            tzinfo=UTC,
+        )
+    except ValueError:  # 31 Feb, hour 25, year 0000: not a day that exists
         return None
-    if when.tzinfo is None:  # an HTTP date is always GMT
-        return None
-    return max(0.0, when.timestamp() - now)
+    return when.timestamp()
 
 
 async def post(

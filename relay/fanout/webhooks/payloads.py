@@ -6,6 +6,7 @@ Each body is encoded once per delivery; every retry sends the same bytes.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -49,12 +50,27 @@ class Transition:
         return cls(
             state=State(record["state"]),
             previous_state=State(previous) if previous is not None else None,
-            since=float(record["since"]),
-            previous_duration=float(duration) if duration is not None else None,
-            seq=int(record["seq"]),
+            since=record_number(record["since"]),
+            previous_duration=record_number(duration) if duration is not None else None,
+            seq=record_int(record["seq"]),
             running=tuple(str(label) for label in record.get("running", ())),
             eta=record.get("eta") if isinstance(record.get("eta"), dict) else None,
         )
+
+
+def record_int(value: Any) -> int:
+    """An integer as a record holds it: a JSON integer only (``int()`` would also take ``true``,
+    ``2.7`` and the text ``"٣"``)."""
+    if type(value) is not int:
+        raise ValueError(f"expected an integer, got {value!r:.40}")
+    return value
+
+
+def record_number(value: Any) -> float:
+    """A finite JSON number (``1e999`` reads as an infinity; text and ``true`` are refused)."""
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r:.40}")
+    return float(value)
 
 
 def encode(fmt: Format, transition: Transition, public_url: str | None) -> bytes:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.fanout.webhooks.payloads import Transition
+from relay.fanout.webhooks.payloads import Transition, record_int, record_number
 from relay.logs import get_logger
 from relay.state.stability import State
 from relay.tasks import report_unexpected_exit
@@ -53,7 +53,8 @@ class Mark:
     def from_record(cls, record: Any) -> Mark | None:
         if record is None:
             return None
-        return cls(State(record["state"]), int(record["seq"]), float(record["since"]))
+        seq, since = record_int(record["seq"]), record_number(record["since"])
+        return cls(State(record["state"]), seq, since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class TargetRecord:
         return cls(
             settled=Mark.from_record(record.get("settled")),
             delivered=Mark.from_record(record.get("delivered")),
-            filtered_seq=int(filtered) if filtered is not None else None,
+            filtered_seq=record_int(filtered) if filtered is not None else None,
             pending=(
                 Pending(str(pending["id"]), Transition.from_record(pending["transition"]))
                 if pending
