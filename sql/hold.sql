@@ -72,8 +72,10 @@ CREATE SEQUENCE IF NOT EXISTS public.system_stability_hold
 -- waits for the writers that read the flag.
 DO $$
 BEGIN
-    IF (SELECT seqmax FROM pg_catalog.pg_sequence
-        WHERE seqrelid = 'public.system_stability_hold'::pg_catalog.regclass) < 2 THEN
+    IF (SELECT s.seqmax FROM pg_catalog.pg_sequence AS s
+        WHERE s.seqrelid OPERATOR(pg_catalog.=)
+              'public.system_stability_hold'::pg_catalog.regclass::pg_catalog.oid)
+       OPERATOR(pg_catalog.<) 2::pg_catalog.int8 THEN
         ALTER SEQUENCE public.system_stability_hold MAXVALUE 2;
     END IF;
 END;
@@ -133,9 +135,21 @@ $$;
 
 DROP FUNCTION IF EXISTS public.system_stability_set_hold(boolean);
 
+-- They run as their owner: in the transaction that creates them, so no other role can ever
+-- call them (roles.sql grants them to the relay's role).
+REVOKE EXECUTE ON FUNCTION
+    public.system_stability_request_hold(),
+    public.system_stability_confirm_hold(),
+    public.system_stability_release_hold()
+FROM PUBLIC;
+
 -- The writers' trigger function. Deliberately not SECURITY DEFINER and without a SET clause:
 -- both cost every call (13% of a worker's throughput, bench/), and the function reads nothing
--- but the flag, with the writer's own rights. Every name is schema-qualified instead.
+-- but the flag, with the writer's own rights. It runs under each writer's search_path, which
+-- may list a schema that others can create in ahead of pg_catalog, so every function,
+-- operator and type is schema-qualified instead: no overload planted in such a schema can be
+-- chosen (CVE-2018-1058). IS DISTINCT FROM cannot name its operator, hence coalesce (a
+-- syntax, not a function): a flag that cannot be read, NULL, notifies.
 CREATE OR REPLACE FUNCTION public.system_stability_hint()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -143,8 +157,9 @@ AS $$
 BEGIN
     -- pg_sequence_last_value() is what the pg_sequences view calls; unlike a SELECT from the
     -- sequence it runs as a simple expression, which is what keeps this trigger cheap.
-    IF pg_catalog.pg_sequence_last_value('public.system_stability_hold'::pg_catalog.regclass)
-        IS DISTINCT FROM 1 THEN
+    IF coalesce(
+        pg_catalog.pg_sequence_last_value('public.system_stability_hold'::pg_catalog.regclass),
+        0::pg_catalog.int8) OPERATOR(pg_catalog.<>) 1::pg_catalog.int8 THEN
         PERFORM pg_catalog.pg_notify('system_stability', TG_ARGV[0]);
     END IF;
     RETURN NULL;

@@ -46,7 +46,8 @@ FROM PUBLIC;
 
 DO $$
 BEGIN
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO stability_relay', current_database());
+    EXECUTE pg_catalog.format('GRANT CONNECT ON DATABASE %I TO stability_relay',
+        pg_catalog.current_database());
 END;
 $$;
 

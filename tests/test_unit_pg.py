@@ -53,6 +53,7 @@ def test_connect_options_round_and_floor_what_libpq_takes_in_whole_units() -> No
     assert words[-2:] == ["-c", "statement_timeout=2000"], "the caller's come last"
     assert "tcp_keepalives_idle=1" in words and "tcp_user_timeout=1500" in words
     assert "synchronous_commit=local" in words
+    assert "search_path=pg_catalog,pg_temp" in words
 
 
 async def test_a_relay_connection_is_set_up_as_the_options_say(db_dsn: str) -> None:
@@ -65,6 +66,7 @@ async def test_a_relay_connection_is_set_up_as_the_options_say(db_dsn: str) -> N
         assert conn.prepare_threshold is None
         assert conn.info.parameter_status("application_name") == NAME
         assert await server_setting(conn, "synchronous_commit") == "local"
+        assert (await server_setting(conn, "search_path")).replace(" ", "") == "pg_catalog,pg_temp"
         assert await server_setting(conn, "statement_timeout") == "1234"
         # The server watches the peer too: a backend whose relay vanished goes in seconds.
         assert await server_setting(conn, "tcp_keepalives_idle") == "7"
@@ -216,11 +218,13 @@ def test_session_settings_leave_the_server_side_keepalives_to_a_pooler() -> None
     options = pg.connect_options(DatabaseConfig(), "n", server_options="-c statement_timeout=7")
     assert pg.session_settings(options["options"]) == [
         ("synchronous_commit", "local"),
+        ("search_path", "pg_catalog,pg_temp"),
         ("statement_timeout", "7"),
     ]
     assert pg.session_settings("") == []
     statement = pg.set_configs([("a", "1"), ("b", "2")])
-    assert statement == "SELECT set_config(%s, %s, false), set_config(%s, %s, false)"
+    pair = "pg_catalog.set_config(%s::text, %s::text, false)"
+    assert statement == f"SELECT {pair}, {pair}"
 
 
 async def test_set_configs_sets_each_pair_for_the_session(db_dsn: str) -> None:

@@ -246,7 +246,7 @@ def _webhook_test(config: Config, name: str) -> int:
 
 def _db_install(args: argparse.Namespace) -> int:
     from relay import logs
-    from relay.source.install import PARKED, install, scripts
+    from relay.source.install import PARKED, install, printed, scripts
 
     config = _load(args)
     if args.print_sql:
@@ -254,9 +254,7 @@ def _db_install(args: argparse.Namespace) -> int:
             config.activities, channel=config.database.channel, demo_schema=args.demo_schema
         )
         for script in plan:
-            sys.stdout.write(f"-- ==== {script.name} ====\nBEGIN;\n")
-            sys.stdout.write(script.text.decode())
-            sys.stdout.write("\nCOMMIT;\n\n")
+            sys.stdout.write(printed(script))
         return EXIT_OK
     logs.redactor.update(config.secrets())
     applied = asyncio.run(

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -38,13 +39,59 @@ _INSTALL_LOCK_KEY = 0x7374616272656C79
 # Fail rather than queue forever behind a long transaction on the data system's tables (and
 # block every writer queued behind us meanwhile).
 _LOCK_TIMEOUT = "30s"
-_SET_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'".encode()
+
+# Every script runs with names resolved from pg_catalog only. In a database where another
+# role may CREATE in a schema on the installer's search_path (public before PostgreSQL 15,
+# and after pg_upgrade), that role could plant an exact-type overload (public.unnest(text[]),
+# an "=" on an enum's type) that beats the built-in polymorphic one: it would run as the
+# installer, and forever after from a view that bound it (CVE-2018-1058). Our objects are
+# all named with their schema.
+SEARCH_PATH = "pg_catalog, pg_temp"
+_SESSION_SEARCH_PATH = f"SET search_path = {SEARCH_PATH}".encode()
+# What each script's transaction begins with, applied or printed (`db install --print`).
+PREAMBLE = (
+    f"SET LOCAL search_path = {SEARCH_PATH};\n"
+    f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}';\n"
+    f"SELECT pg_catalog.pg_advisory_xact_lock({_INSTALL_LOCK_KEY}::pg_catalog.int8);\n"
+)
 
 # The channel hold.sql notifies on, written there as a literal; install() puts the
 # configured one in its place. The pattern is the config's: no quote can get in.
 DEFAULT_CHANNEL = "system_stability"
 _CHANNEL_LITERAL = f"'{DEFAULT_CHANNEL}'".encode()
 _CHANNEL_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+# Every object `db install` creates has one of these names: functions in public, and
+# relations (views in the activities' schemas; the hold's sequence and the history in public).
+_FOREIGN_OBJECTS = r"""
+WITH RECURSIVE mine (oid) AS (
+    SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user
+    UNION
+    SELECT m.roleid FROM pg_catalog.pg_auth_members AS m JOIN mine ON m.member = mine.oid
+)
+SELECT o.kind, o.name, pg_catalog.pg_get_userbyid(o.owner)
+FROM (
+    SELECT 'function' AS kind, p.oid::pg_catalog.regprocedure::pg_catalog.text AS name,
+           p.proowner AS owner
+    FROM pg_catalog.pg_proc AS p
+    WHERE p.pronamespace = 'public'::pg_catalog.regnamespace
+      AND (p.proname LIKE 'system\_stability\_%' OR p.proname IN (
+           'is_system_stable', 'get_import_jobs_in_progress', 'get_analytics_tasks_in_progress'))
+    UNION ALL
+    SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence' WHEN 'r' THEN 'table'
+                WHEN 'i' THEN 'index' ELSE 'relation' END,
+           c.oid::pg_catalog.regclass::pg_catalog.text, c.relowner
+    FROM pg_catalog.pg_class AS c
+    WHERE c.relname LIKE 'system\_stability\_%'
+      AND c.relnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace,
+                                 'information_schema'::pg_catalog.regnamespace)
+) AS o
+JOIN pg_catalog.pg_roles AS owner ON owner.oid = o.owner
+-- Not pg_has_role(): it says yes to a superuser for every role. A superuser's object is
+-- safe (a superuser could do anything anyway); another login's is not.
+WHERE o.owner NOT IN (SELECT mine.oid FROM mine) AND NOT owner.rolsuper
+ORDER BY o.kind, o.name
+"""
 
 _MISSING_OBJECT = (
     pg_errors.UndefinedTable,
@@ -63,6 +110,11 @@ class InstallRefused(ConfigError):
 class Script:
     name: str
     text: bytes
+
+
+def printed(script: Script) -> str:
+    """One script as ``db install --print`` writes it: the same transaction as applied."""
+    return f"-- ==== {script.name} ====\nBEGIN;\n{PREAMBLE}{script.text.decode()}\nCOMMIT;\n\n"
 
 
 def sql_dir() -> Path:
@@ -148,13 +200,31 @@ async def _refuse_what_does_not_fit(
     row = await cursor.fetchone()
     assert row is not None
     try:
-        problems = await check_activities(
+        problems = await foreign_objects(conn)
+        problems += await check_activities(
             conn, activities, role=str(row[0]), profile=profile, snippets=True
         )
     finally:
         await conn.rollback()
     if problems:
         raise InstallRefused(problems)
+
+
+async def foreign_objects(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    """Objects with the relay's names that the installing role does not own, one problem each.
+
+    ``CREATE OR REPLACE`` by a superuser keeps another owner's function as it is owned, and
+    ``IF NOT EXISTS`` keeps another's sequence or table: that role could then change what the
+    relay reads, or set the hold. An overload of one of our functions (the same name, other
+    argument types) is a trap for any caller whose argument types fit it better. None is
+    ours to drop: the installer looks at who made it, and why."""
+    cursor = await conn.execute(_FOREIGN_OBJECTS)
+    return [
+        f"{kind} {name} is owned by role {owner!r}, not by the installing role: it has one "
+        f"of the relay's names and could change what the relay reads or runs; check who made "
+        f"it and drop it (DROP {kind.upper()} {name}), or install as {owner!r}"
+        for kind, name, owner in await cursor.fetchall()
+    ]
 
 
 async def _prove_it_runs(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
@@ -185,20 +255,29 @@ async def _park(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
 
 async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
     try:
-        return await psycopg.AsyncConnection.connect(conninfo, autocommit=False)
+        conn = await psycopg.AsyncConnection.connect(
+            conninfo, autocommit=False, prepare_threshold=None
+        )
     except psycopg.ProgrammingError:
         # The parser's message quotes the offending part of the string, which may be a password.
         raise RelayError("invalid database connection string") from None
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
+    try:
+        # The session's search_path too: the checks before the scripts, and the proof after.
+        await conn.execute(_SESSION_SEARCH_PATH)
+        await conn.commit()
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 async def _apply(conn: psycopg.AsyncConnection[tuple[object, ...]], script: Script) -> None:
     name = script.name
     try:
         async with conn.transaction():
-            await conn.execute(_SET_LOCK_TIMEOUT)
-            await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+            await conn.execute(PREAMBLE.encode())
             await conn.execute(script.text)
     except _MISSING_OBJECT as exc:
         raise SchemaMissing(f"{name}: {_describe(exc)}") from exc

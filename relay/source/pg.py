@@ -36,7 +36,10 @@ T = TypeVar("T")
 log = get_logger("relay.source.pg")
 
 # Settings of the relay's own sessions; the server-side keepalives come on top, in `options`.
-SESSION_SETTINGS = "-c synchronous_commit=local"
+# search_path: every name the relay's queries use resolves from pg_catalog (ours are named
+# with their schema), so an overload another role plants in a schema of the login's default
+# path cannot run with the relay's rights (CVE-2018-1058; README "What db install protects").
+SESSION_SETTINGS = "-c synchronous_commit=local -c search_path=pg_catalog,pg_temp"
 # DSNs whose pooler refused the `options` startup parameter (this process's memory).
 _options_refused: set[str] = set()
 
@@ -117,7 +120,9 @@ def session_settings(options: str) -> list[tuple[str, str]]:
 
 def set_configs(settings: list[tuple[str, str]]) -> str:
     """One statement that sets every pair for the session (parameters: name, value, ...)."""
-    return "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in settings)
+    # Qualified and typed: it runs before the session's own search_path is set.
+    pair = "pg_catalog.set_config(%s::text, %s::text, false)"
+    return "SELECT " + ", ".join(pair for _ in settings)
 
 
 async def connect(

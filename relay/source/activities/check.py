@@ -62,14 +62,16 @@ SELECT c.oid IS NOT NULL AS found,
            SELECT FROM pg_catalog.pg_policy AS p
            WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('r', '*')
              AND pg_catalog.pg_get_expr(p.polqual, p.polrelid) = 'true'
-             AND EXISTS (SELECT FROM unnest(p.polroles) AS pr
-                         WHERE pr = 0 OR pg_catalog.pg_has_role(r.oid, pr, 'USAGE'))
+             AND EXISTS (SELECT FROM pg_catalog.unnest(p.polroles) AS pr
+                         WHERE pr OPERATOR(pg_catalog.=) 0::pg_catalog.oid
+                            OR pg_catalog.pg_has_role(r.oid, pr, 'USAGE'))
        ) AS open_policy,
        EXISTS (
            SELECT FROM pg_catalog.pg_policy AS p
            WHERE p.polrelid = c.oid AND NOT p.polpermissive AND p.polcmd IN ('r', '*')
-             AND EXISTS (SELECT FROM unnest(p.polroles) AS pr
-                         WHERE pr = 0 OR pg_catalog.pg_has_role(r.oid, pr, 'USAGE'))
+             AND EXISTS (SELECT FROM pg_catalog.unnest(p.polroles) AS pr
+                         WHERE pr OPERATOR(pg_catalog.=) 0::pg_catalog.oid
+                            OR pg_catalog.pg_has_role(r.oid, pr, 'USAGE'))
        ) AS restricted
 FROM pg_catalog.pg_roles AS r
 LEFT JOIN pg_catalog.pg_class AS c ON c.oid = ({_RELATION})
@@ -96,7 +98,8 @@ SELECT public.system_stability_activities(),
 OWNER_OF_FUNCTIONS = """
 SELECT pg_catalog.pg_get_userbyid(p.proowner)
 FROM pg_catalog.pg_proc AS p
-WHERE p.oid = pg_catalog.to_regprocedure('public.system_stability_activities()')
+WHERE p.oid OPERATOR(pg_catalog.=)
+      pg_catalog.to_regprocedure('public.system_stability_activities()')::pg_catalog.oid
 """
 
 

@@ -379,7 +379,7 @@ def _triggers(activities: Sequence[Activity]) -> list[str]:
 
 
 def _array(values: Sequence[str]) -> str:
-    return "ARRAY[" + ", ".join(literal(v) for v in values) + "]::text[]"
+    return "ARRAY[" + ", ".join(literal(v) for v in values) + "]::pg_catalog.text[]"
 
 
 def _drop_stale(activities: Sequence[Activity]) -> str:
@@ -392,26 +392,35 @@ DECLARE
     stale record;
 BEGIN
     FOR stale IN
-        SELECT tg.tgrelid::regclass AS tbl FROM pg_catalog.pg_trigger AS tg
-        WHERE tg.tgname = 'system_stability_hint' AND NOT tg.tgisinternal
-          AND tg.tgrelid <> ALL (SELECT pg_catalog.to_regclass(x) FROM unnest({tables}) AS x
-                                 WHERE pg_catalog.to_regclass(x) IS NOT NULL)
+        SELECT tg.tgrelid::pg_catalog.regclass AS tbl FROM pg_catalog.pg_trigger AS tg
+        WHERE tg.tgname OPERATOR(pg_catalog.=) 'system_stability_hint'::pg_catalog.name
+          AND NOT tg.tgisinternal
+          AND tg.tgrelid OPERATOR(pg_catalog.<>) ALL (
+              SELECT pg_catalog.to_regclass(x)::pg_catalog.oid
+              FROM pg_catalog.unnest({tables}) AS x
+              WHERE pg_catalog.to_regclass(x) IS NOT NULL)
     LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER system_stability_hint ON %s', stale.tbl);
     END LOOP;
     FOR stale IN
-        SELECT c.oid::regclass AS view FROM pg_catalog.pg_class AS c
-        WHERE c.relkind = 'v' AND c.relname LIKE '{VIEW_PREFIX}%'
-          AND pg_catalog.obj_description(c.oid, 'pg_class') LIKE '{MARKER} activity %'
-          AND c.oid <> ALL (SELECT pg_catalog.to_regclass(x) FROM unnest({views}) AS x
-                            WHERE pg_catalog.to_regclass(x) IS NOT NULL)
+        SELECT c.oid::pg_catalog.regclass AS view FROM pg_catalog.pg_class AS c
+        WHERE c.relkind OPERATOR(pg_catalog.=) 'v'::pg_catalog."char"
+          AND c.relname::pg_catalog.text OPERATOR(pg_catalog.~~) '{VIEW_PREFIX}%'::pg_catalog.text
+          AND pg_catalog.obj_description(c.oid, 'pg_class'::pg_catalog.name)
+              OPERATOR(pg_catalog.~~) '{MARKER} activity %'::pg_catalog.text
+          AND c.oid OPERATOR(pg_catalog.<>) ALL (
+              SELECT pg_catalog.to_regclass(x)::pg_catalog.oid
+              FROM pg_catalog.unnest({views}) AS x
+              WHERE pg_catalog.to_regclass(x) IS NOT NULL)
     LOOP
         EXECUTE pg_catalog.format('DROP VIEW %s', stale.view);
     END LOOP;
     FOR stale IN
-        SELECT p.oid::regprocedure AS fn FROM pg_catalog.pg_proc AS p
-        WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE '{ITEMS_PREFIX}%'
-          AND p.proname <> ALL ({items})
+        SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace
+              OPERATOR(pg_catalog.=) 'public'::pg_catalog.regnamespace::pg_catalog.oid
+          AND p.proname::pg_catalog.text OPERATOR(pg_catalog.~~) '{ITEMS_PREFIX}%'::pg_catalog.text
+          AND p.proname::pg_catalog.text OPERATOR(pg_catalog.<>) ALL ({items})
     LOOP
         EXECUTE pg_catalog.format('DROP FUNCTION %s', stale.fn);
     END LOOP;
