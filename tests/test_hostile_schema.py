@@ -34,7 +34,7 @@ from psycopg import sql
 
 from relay.devtools.embedded import pgbench_path
 from relay.source.activities.profiles import load_profile
-from relay.source.install import install, scripts, sql_dir
+from relay.source.install import install, printed, scripts, sql_dir
 from relay.state.stability import State
 from tests.support import base_url, eventually, fresh_database, relay_config, running_relay
 
@@ -484,3 +484,29 @@ async def test_overloads_of_our_own_names_are_refused_at_install_and_never_calle
             await eventually(lambda: _history_has_a_closed_period(http, url), timeout=15)
     assert await _planted_calls(hostile_db) == []
     assert await _what_the_attacker_has(hostile_db, roles) == NOTHING
+
+
+async def test_the_hold_functions_are_never_callable_by_public_even_if_install_stops_early(
+    pg_admin_dsn: str, roles: Roles
+) -> None:
+    """An install that fails after hold.sql (a lock timeout in a later script) used to leave
+    the hold's functions executable by PUBLIC until roles.sql: any role could then set the
+    flag and silence every writer's hint."""
+    hold = scripts(load_profile("seed").activities)[0]
+    assert hold.name == "hold.sql"
+    async with fresh_database(pg_admin_dsn, prefix="hostile") as dsn:
+        async with await psycopg.AsyncConnection.connect(pg_admin_dsn, autocommit=True) as admin:
+            await admin.execute(
+                sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(roles.mallory))
+            )
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(printed(hold).encode())  # as --print has it: its own transaction
+        attacker = psycopg.conninfo.make_conninfo(dsn, user=roles.mallory)
+        async with await psycopg.AsyncConnection.connect(attacker, autocommit=True) as conn:
+            for function in ("request_hold", "confirm_hold", "release_hold"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await conn.execute(f"SELECT public.system_stability_{function}()")
+            cursor = await conn.execute(
+                "SELECT pg_catalog.pg_sequence_last_value('public.system_stability_hold')"
+            )
+            assert await cursor.fetchone() == (0,), "the flag is readable by all, and still 0"
