@@ -3,14 +3,25 @@
 Each round is one long poll of ``/api/system-status/wait`` (which starts with a fresh read, so
 nothing committed before it was asked is missed). A relay restart, a proxy cut or a 5xx is
 survived by asking again, after a short backoff, until the overall timeout. Exit codes: 0 the
-condition was met, 1 timed out, 2 bad usage (or the relay refused the request: 400, 401, 403).
+condition was met, 1 timed out, 2 bad usage (or the relay refused the request: 400, 401, 403),
+3 the answer was not a relay's (a 200 that is not a JSON object saying ``"result": "met"``:
+``--url`` is most likely not the relay's).
+
+The server's answer is read, never trusted: the status decides; every other field that is
+missing or not of its type (``held_s`` not a finite number, ``running`` not a list of strings,
+...) is taken as absent, which only ever makes a wait longer (no ``held_s``: the condition's
+clock starts over). Text from the server is printed with its control characters escaped
+(C0, DEL, C1, so no escape sequence reaches the terminal) and cut to a bounded length.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlencode
@@ -19,9 +30,20 @@ import aiohttp
 
 from relay.state.eta import eta_text, human_duration
 
-EXIT_MET, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2
+EXIT_MET, EXIT_TIMEOUT, EXIT_USAGE, EXIT_INVALID = 0, 1, 2, 3
 ROUND = 60.0  # at most this long per request: proxies cut idle requests
 RETRY = (0.5, 1.0, 2.0, 4.0)
+# An answer longer than this is not read further (a relay's is well under 64 KiB).
+MAX_ANSWER_BYTES = 1 << 20
+# At most this many characters of one string from the server, and this many running labels.
+MAX_TEXT = 200
+MAX_LABELS = 20
+# A duration the server gives (held_s, waited_s, an estimate) is read up to this (10 years).
+MAX_SECONDS = 10 * 365 * 86400.0
+STATES = ("stable", "processing", "unknown")
+# Unicode categories escaped on output: controls (C0, DEL, C1), format characters (bidi
+# overrides among them), line and paragraph separators, and lone surrogates.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +54,65 @@ class WaitRequest:
     timeout: float
     activity: str | None = None
     token: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The fields of a ``/wait`` answer the CLI uses, each ``None`` (or empty) unless valid."""
+
+    result: str | None = None
+    state: str | None = None
+    running: tuple[str, ...] = ()
+    held_s: float | None = None
+    waited_s: float | None = None
+    eta: dict[str, Any] | None = None
+    error: str | None = None
+
+    @classmethod
+    def read(cls, body: dict[str, Any]) -> Answer:
+        running = body.get("running")
+        if not (isinstance(running, list) and all(isinstance(x, str) for x in running)):
+            running = []
+        state = body.get("state")
+        return cls(
+            result=_string(body.get("result")),
+            state=state if state in STATES else None,
+            running=tuple(running),
+            held_s=_seconds(body.get("held_s")),
+            waited_s=_seconds(body.get("waited_s")),
+            eta=_estimate(body.get("eta")),
+            error=_string(body.get("error")),
+        )
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _seconds(value: Any) -> float | None:
+    """A finite, non-negative, bounded number of seconds; ``None`` for anything else."""
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    return float(value) if 0 <= value <= MAX_SECONDS else None
+
+
+def _estimate(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        return None
+    low, high = _seconds(value.get("low_s")), _seconds(value.get("high_s"))
+    if low is None or high is None:
+        return None
+    return {"low_s": low, "high_s": high, "source": _string(value.get("source"))}
+
+
+def printable(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` safe for a terminal: control and format characters escaped (``\\x1b``,
+    ``\\u202e``), at most ``limit`` characters of it kept."""
+    cut = text[:limit]
+    shown = "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in cut
+    )
+    return shown + ("..." if len(text) > limit else "")
 
 
 async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
@@ -50,32 +131,54 @@ async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
             span = min(remaining, ROUND)
             try:
                 status, body = await _poll(http, request, span, held)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            except (aiohttp.ClientError, TimeoutError) as error:
                 failures += 1
-                delay = RETRY[min(failures, len(RETRY)) - 1]
                 print(f"relay unreachable ({type(error).__name__}); retrying", file=out)
-                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                await _pause(RETRY[min(failures, len(RETRY)) - 1], deadline)
+                continue
+            if body is None and status == 200:
+                print(_invalid("HTTP 200 and not a JSON object"), file=out)
+                return EXIT_INVALID
+            if body is None:
+                failures += 1
+                print(f"no answer from the relay (HTTP {status}, not JSON); retrying", file=out)
+                await _pause(RETRY[min(failures, len(RETRY)) - 1], deadline)
                 continue
             failures = 0
-            held = float(body.get("held_s") or 0.0) if status == 408 else 0.0
+            answer = Answer.read(body)
+            # Never more than the condition needs: a larger held_s cannot end a wait sooner.
+            held = min(answer.held_s or 0.0, request.stable_for) if status == 408 else 0.0
             if status == 200:
-                print(_progress(body, met=True), file=out)
+                if answer.result != "met":
+                    print(_invalid('HTTP 200 without "result": "met"'), file=out)
+                    return EXIT_INVALID
+                print(_progress(answer, request, met=True), file=out)
                 return EXIT_MET
             if status in (400, 401, 403):
-                print(f"refused ({status}): {body.get('error', body)}", file=out)
+                reason = printable(answer.error) if answer.error is not None else "no reason given"
+                print(f"refused ({status}): {reason}", file=out)
                 return EXIT_USAGE
-            print(_progress(body, met=False), file=out)
-            if status == 429 or (status >= 500 and body.get("result") != "unknown"):
+            print(_progress(answer, request, met=False), file=out)
+            if status == 429 or (status >= 500 and answer.result != "unknown"):
                 # Too many waiters, or a proxy's error: come back later, not at once.
                 pause = 5.0 if status == 429 else RETRY[min(failures + 1, len(RETRY)) - 1]
-                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                await _pause(pause, deadline)
             elif status != 408 and status != 503:
-                await asyncio.sleep(1.0)
+                await _pause(1.0, deadline)
+
+
+async def _pause(seconds: float, deadline: float) -> None:
+    await asyncio.sleep(min(seconds, max(0.0, deadline - time.monotonic())))
+
+
+def _invalid(what: str) -> str:
+    return f"error: not an answer of the relay's ({what}); is --url the relay's base URL?"
 
 
 async def _poll(
     http: aiohttp.ClientSession, request: WaitRequest, span: float, held: float
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, dict[str, Any] | None]:
+    """The status and the body if it is a JSON object (``None`` if it is not, or too long)."""
     query = {
         "until": request.until,
         "stable_for": f"{request.stable_for:g}s",
@@ -86,24 +189,33 @@ async def _poll(
         query["activity"] = request.activity
     url = f"{request.url.rstrip('/')}/api/system-status/wait?{urlencode(query)}"
     async with http.get(url, timeout=aiohttp.ClientTimeout(total=span + 15)) as response:
-        body = await response.json(content_type=None)
-        if not isinstance(body, dict):
-            raise ValueError("not a JSON object")
-        return response.status, body
+        raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+        status = response.status
+    if len(raw) > MAX_ANSWER_BYTES:
+        return status, None
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested past the limit
+        return status, None
+    return status, body if isinstance(body, dict) else None
 
 
-def _progress(body: dict[str, Any], *, met: bool) -> str:
-    state = body.get("state", "unknown")
-    running = body.get("running") or []
-    what = f": {', '.join(running)}" if running else ""
-    waited = body.get("waited_s")
-    after = f" after {human_duration(float(waited))}" if met and waited else ""
+def _progress(answer: Answer, request: WaitRequest, *, met: bool) -> str:
+    labels = [printable(label) for label in answer.running[:MAX_LABELS]]
+    if len(answer.running) > MAX_LABELS:
+        labels.append(f"{len(answer.running) - MAX_LABELS} more")
+    what = f": {', '.join(labels)}" if labels else ""
+    state = answer.state
     if met:
-        return f"met: {state}{what}{after}"
-    if body.get("result") == "unknown" or state == "unknown":
+        waited = answer.waited_s
+        after = f" after {human_duration(waited)}" if waited else ""
+        return f"met: {state or request.until}{what}{after}"
+    if answer.result == "unknown" or state == "unknown":
         return "state unknown: the relay has no database connection; waiting"
-    estimate = body.get("eta")
+    estimate = answer.eta
     left = ""
-    if isinstance(estimate, dict) and "low_s" in estimate and "high_s" in estimate:
-        left = f", {eta_text(estimate)} (from {estimate.get('source')})"
-    return f"still {state}{what}{left}; waiting"
+    if estimate is not None:
+        source = estimate["source"]
+        left = f", {eta_text(estimate)}" + (f" (from {printable(source)})" if source else "")
+    shown = f"still {state}" if state else f"not yet {request.until}"
+    return f"{shown}{what}{left}; waiting"
