@@ -1,4 +1,5 @@
-"""SIGHUP reloads tokens without dropping SSE clients; an invalid new config is rejected."""
+"""SIGHUP reloads tokens: streams whose token is still accepted stay, those whose token is gone
+end with a last `event: unauthorized`; an invalid new config is rejected."""
 
 from __future__ import annotations
 
@@ -10,17 +11,28 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.test_cli import REPO, free_port
 
 OLD_TOKEN = "old-token-0123456789abcdef"
 NEW_TOKEN = "new-token-0123456789abcdef"
+KEPT_TOKEN = "kept-token-0123456789abcdef"
 
 
 def write_config(path: Path, dsn: str, port: int, token: str) -> None:
     path.write_text(
         f"database:\n  dsn: '{dsn}'\nhttp:\n  listen: 127.0.0.1:{port}\n"
-        f"auth:\n  bearer_tokens: ['{token}']\n"
+        f"auth:\n  bearer_tokens: ['{token}', '{KEPT_TOKEN}']\n"
+    )
+
+
+def open_stream(base: str, token: str) -> Any:
+    return urllib.request.urlopen(
+        urllib.request.Request(
+            base + "/api/system-status/live", headers={"Authorization": f"Bearer {token}"}
+        ),
+        timeout=5,
     )
 
 
@@ -55,32 +67,35 @@ def test_sighup_swaps_tokens_keeps_streams_and_rejects_bad_config(
         text=True,
         cwd=REPO,
     )
-    stream = None
+    stream = removed = None
     try:
         wait_for(lambda: _serving(base))
-        stream = urllib.request.urlopen(
-            urllib.request.Request(
-                base + "/api/system-status/live", headers={"Authorization": f"Bearer {OLD_TOKEN}"}
-            ),
-            timeout=5,
-        )
+        stream = open_stream(base, KEPT_TOKEN)
+        removed = open_stream(base, OLD_TOKEN)
         assert stream.readline().startswith(b"retry:")
+        assert removed.readline().startswith(b"retry:")
         write_config(config, db_dsn, port, NEW_TOKEN)
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: get(base + "/api/system-status", NEW_TOKEN) == 200)
         assert get(base + "/api/system-status", OLD_TOKEN) == 401
+        # The stream of the token the reload removed ends, saying why, as its last event.
+        rest = removed.read()
+        assert rest.endswith(b'event: unauthorized\ndata: {"reason":"invalid token"}\n\n')
         config.write_text("http:\n  heartbeat: fast\n")
         process.send_signal(signal.SIGHUP)
         time.sleep(0.5)
         assert get(base + "/api/system-status", NEW_TOKEN) == 200, "the old config is kept"
         assert process.poll() is None
-        # The stream opened before both reloads is still open and readable.
-        stream.readline()
+        # The stream of the token both configs keep is still open and readable.
+        while (line := stream.readline()) == b"\n":
+            pass
+        assert line.startswith(b"id: "), line
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=10)
     finally:
-        if stream is not None:
-            stream.close()
+        for response in (stream, removed):
+            if response is not None:
+                response.close()
         if process.poll() is None:
             process.kill()
             process.communicate()

@@ -19,14 +19,22 @@ Hot path, hand-rolled on purpose (``docs/benchmarks.md`` has the figures):
 
 Bound: a client whose unsent bytes exceed ``http.client_buffer`` is disconnected (policy:
 drop the slow client; its EventSource reconnects with ``Last-Event-ID`` and resyncs).
+
+A stream lasts only as long as the credential that let it in (:data:`GRANT`, set by the
+authentication middleware): when it expires (one timer per stream whose credential expires,
+nothing per event) or a reload's rules no longer accept it (:meth:`Fanout.recheck`), the
+client gets a last ``event: unauthorized`` with ``data: {"reason": ...}`` and the stream
+ends. A browser's EventSource then reconnects and meets the current rules (a 401 stops it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from asyncio import Transport
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from aiohttp import web
 
@@ -54,6 +62,20 @@ END_OF_STREAM = b"0\r\n\r\n"  # the last chunk of a chunked HTTP/1.1 body
 ON_STREAM_END = web.RequestKey[Callable[[], None]]("on_stream_end")
 
 
+class Grant(Protocol):
+    """What let a stream in (``relay/http/auth.py``'s ``Credential``), as far as a stream
+    cares: when it stops being valid (seconds since the epoch; None: not on its own)."""
+
+    @property
+    def expires(self) -> float | None: ...
+
+
+# Set by the authentication middleware; an open stream keeps it (see the module docstring).
+GRANT = web.RequestKey[Grant]("relay.grant")
+# The last event of a stream whose credential is no longer valid.
+UNAUTHORIZED_EVENT = "unauthorized"
+
+
 class Frame:
     """One event, encoded once: the raw bytes and their HTTP/1.1 chunked form."""
 
@@ -74,6 +96,10 @@ def stability_frame(snapshot: Snapshot) -> Frame:
 
 def named_frame(event: str, data: str) -> Frame:
     return Frame(f"event: {event}\ndata: {data}\n\n".encode())
+
+
+def unauthorized_frame(reason: str) -> Frame:
+    return named_frame(UNAUTHORIZED_EVENT, json.dumps({"reason": reason}, separators=(",", ":")))
 
 
 class Capacity:
@@ -99,10 +125,12 @@ class Capacity:
 class Client(asyncio.Protocol):
     """One open stream, after its handshake: the protocol of its socket from then on.
 
-    ``keys``: what a feed's client filter asked for (None: everything).
+    ``keys``: what a feed's client filter asked for (None: everything); ``grant``: what let
+    it in (None: no authentication middleware ran); ``expiry``: the timer that ends it when
+    the grant expires.
     """
 
-    __slots__ = ("chunked", "fanout", "keys", "on_end", "transport")
+    __slots__ = ("chunked", "expiry", "fanout", "grant", "keys", "on_end", "transport")
 
     def __init__(
         self,
@@ -111,12 +139,15 @@ class Client(asyncio.Protocol):
         chunked: bool,
         on_end: Callable[[], None] | None,
         keys: frozenset[str] | None = None,
+        grant: Grant | None = None,
     ) -> None:
         self.fanout = fanout
         self.transport = transport
         self.chunked = chunked
         self.on_end = on_end
         self.keys = keys
+        self.grant = grant
+        self.expiry: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         """Nothing is expected from a client on an event stream: whatever comes is dropped."""
@@ -176,6 +207,7 @@ class Fanout:
         self.broadcast(self._retry)
         count = len(self._clients)
         for client in list(self._clients):
+            _cancel_expiry(client)
             transport = client.transport
             if client.chunked and not transport.is_closing():
                 transport.write(END_OF_STREAM)
@@ -183,6 +215,7 @@ class Fanout:
         log.info("sse_closed", stream=self._name, clients=count)
 
     def forget(self, client: Client) -> None:
+        _cancel_expiry(client)
         if client in self._clients:
             self._clients.remove(client)
             self._capacity.open -= 1
@@ -211,6 +244,42 @@ class Fanout:
                 count=len(behind),
                 reason="unsent buffer full",
             )
+
+    def recheck(self, judge: Callable[[Grant | None], Grant | str]) -> int:
+        """Judge every open stream's grant again (new rules, on a reload): ``judge`` answers
+        the grant to keep (its expiry perhaps new) or why the stream ends. How many ended."""
+        ended = 0
+        for client in list(self._clients):
+            verdict = judge(client.grant)
+            if isinstance(verdict, str):
+                self.end(client, verdict)
+                ended += 1
+            else:
+                client.grant = verdict
+                self._schedule_expiry(client)
+        return ended
+
+    def end(self, client: Client, reason: str) -> None:
+        """End one stream with a last ``event: unauthorized`` saying ``reason``."""
+        _cancel_expiry(client)
+        transport = client.transport
+        if transport.is_closing():
+            return
+        last = unauthorized_frame(reason).for_client(client)
+        transport.write(last + END_OF_STREAM if client.chunked else last)
+        if transport.get_write_buffer_size() > self._settings.client_buffer:
+            transport.abort()  # a client that does not read gets nothing more, now
+        else:
+            transport.close()  # once the unsent bytes are out; then connection_lost
+
+    def _schedule_expiry(self, client: Client) -> None:
+        _cancel_expiry(client)
+        expires = client.grant.expires if client.grant is not None else None
+        if expires is not None:
+            # One timer per stream whose credential expires: nothing to check per event.
+            delay = max(0.0, expires - time.time())
+            loop = asyncio.get_running_loop()
+            client.expiry = loop.call_later(delay, self.end, client, "token expired")
 
     def heartbeat_frame(self) -> Frame:
         """What keeps an idle stream open: an SSE comment, unless a feed says otherwise."""
@@ -272,7 +341,8 @@ class Fanout:
         if transport is None or transport.is_closing() or self._closed:
             return response
         chunked = response.headers.get("Transfer-Encoding") == "chunked"
-        client = Client(self, transport, chunked, request.pop(ON_STREAM_END, None), keys)
+        on_end = request.pop(ON_STREAM_END, None)
+        client = Client(self, transport, chunked, on_end, keys, request.get(GRANT))
         missed = self.since(mark)
         if missed is not None:
             # A change landed while the first write waited (it never does unless the socket
@@ -282,6 +352,7 @@ class Fanout:
         self._clients.add(client)
         self._capacity.open += 1
         self.joined(client)
+        self._schedule_expiry(client)
         if self._capacity.takeover:
             takeover.detach(request, transport, client)
         else:
@@ -321,6 +392,12 @@ class Hub(Fanout):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/system-status/live``: the stream, from the current state on."""
         return await self.open_stream(request)
+
+
+def _cancel_expiry(client: Client) -> None:
+    if client.expiry is not None:
+        client.expiry.cancel()
+        client.expiry = None
 
 
 class _EventStream(web.StreamResponse):

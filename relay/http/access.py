@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from relay.config import CorsConfig, HttpConfig
-from relay.fanout.sse import ON_STREAM_END
-from relay.http.auth import Authenticator, unauthorized
+from relay.fanout.sse import GRANT, ON_STREAM_END
+from relay.http.auth import Authenticator, Denial, unauthorized
 from relay.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,17 +86,22 @@ def _cors_headers(origin: str) -> dict[str, str]:
 
 
 def authenticate(authenticator: Authenticator, protected: Collection[str]) -> Middleware:
+    """401/403/400 on the ``protected`` paths (and ``/metrics``); a request that passes carries
+    its credential (:data:`~relay.fanout.sse.GRANT`): a stream ends when that stops being
+    valid."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != "OPTIONS":
             if request.path in protected:
-                denial = authenticator.check(request)
+                verdict = authenticator.check(request)
+                if isinstance(verdict, Denial):
+                    return unauthorized(verdict)
+                request[GRANT] = verdict
             elif request.path == "/metrics":
                 denial = authenticator.check_metrics(request)
-            else:
-                denial = None
-            if denial is not None:
-                return unauthorized(denial)
+                if denial is not None:
+                    return unauthorized(denial)
         return await handler(request)
 
     return middleware

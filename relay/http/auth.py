@@ -2,11 +2,16 @@
 
 EventSource cannot set headers, so browsers authenticate with the web app's own session
 cookie (``auth.jwt.cookie``). Tokens in query strings are refused: they end up in proxy logs.
+
+An open stream keeps the :class:`Credential` that let it in: the fan-out ends the stream when
+the credential's ``expires`` passes (a JWT's ``exp`` plus the leeway) and whenever a reload
+replaces the rules and :meth:`Authenticator.recheck` no longer accepts it.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
@@ -29,34 +34,74 @@ class Denial:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a request that passed presented, kept by its stream to be checked again.
+
+    ``token``: None when none was needed (no ``auth`` then); ``cookie``: the cookie's name
+    when it came in one (None: the ``Authorization`` header); ``expires``: when it stops
+    being valid (a JWT's ``exp`` plus ``leeway``, seconds since the epoch; None: never on
+    its own). About the token's length per open stream.
+    """
+
+    token: str | None
+    cookie: str | None = None
+    expires: float | None = None
+
+
+OPEN = Credential(None)  # no auth configured: nothing was presented, nothing expires
+
+
 class Authenticator:
     """Decides whether a request may read the protected routes. ``replace()`` on SIGHUP."""
 
     def __init__(self, settings: AuthConfig | None) -> None:
         self._settings = settings
+        self._followers: list[Callable[[], None]] = []
 
     def replace(self, settings: AuthConfig | None) -> None:
+        """New rules (a reload); then every follower is told (open streams are checked again)."""
         self._settings = settings
+        for follower in self._followers:
+            follower()
+
+    def follow(self, follower: Callable[[], None]) -> None:
+        """Call ``follower`` after every :meth:`replace`."""
+        self._followers.append(follower)
 
     @property
     def enabled(self) -> bool:
         return self._settings is not None
 
-    def check(self, request: web.Request) -> Denial | None:
-        """``None`` when the request may pass."""
+    def check(self, request: web.Request) -> Denial | Credential:
+        """A :class:`Denial`, or the :class:`Credential` the request may pass with."""
         settings = self._settings
         if settings is None:
-            return None
+            return OPEN
         if refused := _query_token(request):
             return refused
-        token = _bearer(request) or _cookie(request, settings.jwt)
-        if token is None:
+        bearer = _bearer(request)
+        if bearer is not None:
+            return _judge(Credential(bearer), settings)
+        cookie = settings.jwt.cookie if settings.jwt is not None else None
+        token = request.cookies.get(cookie) if cookie is not None else None
+        if not token:
             return Denial(401, "authentication required")
-        if _matches_any(token, settings.bearer_tokens):
-            return None
-        if settings.jwt is not None:
-            return _check_jwt(token, settings.jwt)
-        return Denial(401, "invalid token")
+        return _judge(Credential(token, cookie), settings)
+
+    def recheck(self, credential: Credential) -> Denial | Credential:
+        """Whether the current rules still accept what an open stream was let in with (with
+        its new expiry), as they would the same request now."""
+        settings = self._settings
+        if settings is None:
+            return OPEN
+        if credential.token is None:
+            return Denial(401, "authentication required")
+        if credential.cookie is not None and (
+            settings.jwt is None or settings.jwt.cookie != credential.cookie
+        ):
+            return Denial(401, "authentication required")  # that cookie is no longer read
+        return _judge(credential, settings)
 
     def check_metrics(self, request: web.Request) -> Denial | None:
         """``/metrics`` needs ``auth.metrics_token`` when one is set; it is open otherwise."""
@@ -95,10 +140,17 @@ def _bearer(request: web.Request) -> str | None:
     return None
 
 
-def _cookie(request: web.Request, settings: JwtConfig | None) -> str | None:
-    if settings is None or settings.cookie is None:
-        return None
-    return request.cookies.get(settings.cookie) or None
+def _judge(credential: Credential, settings: AuthConfig) -> Denial | Credential:
+    token = credential.token
+    assert token is not None
+    if _matches_any(token, settings.bearer_tokens):
+        return Credential(token, credential.cookie)  # a static token never expires
+    if settings.jwt is not None:
+        verdict = _check_jwt(token, settings.jwt)
+        if isinstance(verdict, Denial):
+            return verdict
+        return Credential(token, credential.cookie, verdict)
+    return Denial(401, "invalid token")
 
 
 def _matches_any(token: str, allowed: tuple[str, ...]) -> bool:
@@ -111,7 +163,8 @@ def _matches_any(token: str, allowed: tuple[str, ...]) -> bool:
     return matched
 
 
-def _check_jwt(token: str, settings: JwtConfig) -> Denial | None:
+def _check_jwt(token: str, settings: JwtConfig) -> Denial | float:
+    """A denial, or when the token stops being valid (``exp`` plus the leeway)."""
     key = settings.secret if settings.secret is not None else settings.public_key
     assert key is not None
     try:
@@ -146,4 +199,5 @@ def _check_jwt(token: str, settings: JwtConfig) -> Denial | None:
             roles = set()
         if not roles & set(settings.roles):
             return Denial(403, "role not allowed")
-    return None
+    # PyJWT checked that exp is a number (not NaN nor infinite).
+    return float(claims["exp"]) + settings.leeway

@@ -12,10 +12,11 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from relay.config import CorsConfig
 from relay.fanout.feeds import Feeds
-from relay.fanout.sse import Hub
+from relay.fanout.sse import Grant, Hub
 from relay.http.access import AddressLimit, add_cors_headers, authenticate, cors, security_headers
-from relay.http.auth import Authenticator
+from relay.http.auth import OPEN, Authenticator, Credential, Denial
 from relay.http.sockets import reserved_routes
+from relay.logs import get_logger
 from relay.source.listener import Listener
 from relay.state.details import Details
 from relay.state.history import History
@@ -32,6 +33,7 @@ HISTORY = "/api/system-status/history"
 STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = get_logger("relay.http.routes")
 
 # The page loads only its own script and style and may not be framed elsewhere.
 PAGE_HEADERS = {
@@ -77,6 +79,7 @@ def build_app(relay: Served) -> web.Application:
             relay.address_limit.middleware((LIVE, *feeds)),
         ],
     )
+    relay.authenticator.follow(_recheck_streams(relay))
     app.router.add_get(LIVE, relay.hub.handle)
     for feed in relay.feeds.feeds:
         app.router.add_get(feed.config.path, feed.handle)
@@ -105,6 +108,30 @@ async def _static_headers(request: web.Request, response: web.StreamResponse) ->
         response.headers["Cache-Control"] = "no-cache"
         # The web component may be embedded by any site: allow cross-origin script loads.
         response.headers["Access-Control-Allow-Origin"] = "*"
+
+
+def _recheck_streams(relay: Served) -> Callable[[], None]:
+    """After a reload: every open stream whose credential the new rules refuse ends (with a
+    last ``event: unauthorized``); the others keep going, their expiry as the rules say now.
+
+    A credential several streams share is judged once; a JWT costs one signature check."""
+    authenticator = relay.authenticator
+
+    def recheck() -> None:
+        verdicts: dict[Credential, Grant | str] = {}
+
+        def judge(grant: Grant | None) -> Grant | str:
+            credential = grant if isinstance(grant, Credential) else OPEN
+            if credential not in verdicts:
+                verdict = authenticator.recheck(credential)
+                verdicts[credential] = verdict.reason if isinstance(verdict, Denial) else verdict
+            return verdicts[credential]
+
+        ended = sum(fanout.recheck(judge) for fanout in (relay.hub, *relay.feeds.feeds))
+        if ended:
+            log.info("streams_ended_on_reload", count=ended, reason="credential no longer valid")
+
+    return recheck
 
 
 def _snapshot(relay: Served) -> Handler:
