@@ -111,7 +111,9 @@ class AddressLimit:
     """At most ``limit`` concurrent streams per client address (off when ``limit`` is None).
 
     Behind a proxy listed in ``trusted_proxies`` the client is the right-most address of
-    ``X-Forwarded-For`` that is not itself a trusted proxy; otherwise the socket's peer.
+    ``X-Forwarded-For`` that is not itself a trusted proxy; otherwise the socket's peer. Every
+    ``X-Forwarded-For`` line counts, in order, as one comma-joined list (RFC 9110 5.3): a
+    proxy that adds a line of its own instead of appending to the client's is read right.
     Policy when full: 429 with ``Retry-After``. Every connection of a peer that is not a
     trusted proxy is also counted against the same limit, at the socket level, before HTTP
     (``relay/http/sockets.py``): there, idle and half-sent sockets count too.
@@ -127,7 +129,8 @@ class AddressLimit:
         peer = _parse(request.remote)
         if peer is None or not self._is_trusted(peer):
             return str(peer or request.remote or "unknown")
-        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        lines = request.headers.getall("X-Forwarded-For", ())
+        hops = [h.strip() for line in lines for h in line.split(",")]
         for hop in reversed([h for h in hops if h]):
             address = _parse(hop)
             if address is None:

@@ -1,0 +1,56 @@
+"""Issue 18, HTTP edges, over real HTTP on loopback: every X-Forwarded-For line counts, /readyz
+names no connection details, every way to the status page carries its security headers, and
+long polls are limited per client address."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from tests.support import relay_config, running_relay
+
+LIVE = "/api/system-status/live"
+WAIT = "/api/system-status/wait"
+PROXY = {"trusted_proxies": ["127.0.0.1/32"]}
+
+
+# -- X-Forwarded-For on several header lines ---------------------------------------------------
+
+
+@asynccontextmanager
+async def raw_stream(port: int, *header_lines: str) -> AsyncIterator[bytes]:
+    """Open the live stream with exactly these header lines; yields the status line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = "".join(f"{line}\r\n" for line in ("Host: relay", *header_lines))
+        writer.write(f"GET {LIVE} HTTP/1.1\r\n{head}\r\n".encode())
+        await writer.drain()
+        yield await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_every_x_forwarded_for_line_counts_toward_the_per_address_limit(
+    db_dsn: str,
+) -> None:
+    """A client sends an X-Forwarded-For of its own making (a new one each time); its proxy
+    adds a line of its own naming the real client. The real client is the one counted."""
+    config = relay_config(db_dsn, http={"max_clients_per_address": 2, **PROXY})
+    async with running_relay(config) as relay:
+
+        def spoofed(n: int) -> tuple[str, str]:
+            return (f"X-Forwarded-For: 198.51.100.{n}", "X-Forwarded-For: 203.0.113.7")
+
+        async with raw_stream(relay.port, *spoofed(1)) as first:
+            async with raw_stream(relay.port, *spoofed(2)) as second:
+                assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200")
+                async with raw_stream(relay.port, *spoofed(3)) as third:
+                    assert third.startswith(b"HTTP/1.1 429"), third
+                # The lines are one list, in order: a trusted proxy's hop is skipped as ever.
+                trailing = (*spoofed(4), "X-Forwarded-For: 127.0.0.1")
+                async with raw_stream(relay.port, *trailing) as fourth:
+                    assert fourth.startswith(b"HTTP/1.1 429"), fourth
+                async with raw_stream(relay.port, "X-Forwarded-For: 203.0.113.8") as other:
+                    assert other.startswith(b"HTTP/1.1 200"), other
