@@ -5,10 +5,15 @@ long polls are limited per client address."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from tests.support import relay_config, running_relay
+import aiohttp
+import psycopg
+
+from relay.source.listener import STANDBY_FIX
+from tests.support import base_url, eventually, relay_config, running_relay
 
 LIVE = "/api/system-status/live"
 WAIT = "/api/system-status/wait"
@@ -54,3 +59,31 @@ async def test_every_x_forwarded_for_line_counts_toward_the_per_address_limit(
                     assert fourth.startswith(b"HTTP/1.1 429"), fourth
                 async with raw_stream(relay.port, "X-Forwarded-For: 203.0.113.8") as other:
                     assert other.startswith(b"HTTP/1.1 200"), other
+
+
+# -- /readyz ------------------------------------------------------------------------------------
+
+
+async def test_readyz_names_the_refusal_and_its_fix_but_no_connection_details(
+    db_dsn: str,
+) -> None:
+    # The only server there is a primary: a DSN that asks for a standby is refused as one.
+    dsn = psycopg.conninfo.make_conninfo(db_dsn, target_session_attrs="standby")
+    parts = psycopg.conninfo.conninfo_to_dict(db_dsn)
+    config = relay_config(dsn)
+    async with running_relay(config) as relay, aiohttp.ClientSession() as http:
+        await eventually(lambda: relay.listener.refusal_kind == "standby")
+        # What the relay logs (and keeps): the server's own words, with where it points.
+        assert relay.listener.refusal is not None and str(parts["dbname"]) in relay.listener.refusal
+        async with http.get(base_url(relay) + "/readyz") as response:
+            assert response.status == 503
+            text = await response.text()
+            answer = await response.json()
+    assert answer["refused"] == "standby"
+    assert answer["fix"] == STANDBY_FIX
+    assert answer["reason"].endswith(f"; fix: {STANDBY_FIX}")
+    assert "standby" in answer["reason"]
+    for detail in (parts["dbname"], parts["host"], parts["port"], f"{parts['user']}@"):
+        assert str(detail) not in text, detail
+    assert not re.search(rf"\b{re.escape(str(parts['user']))}\b", text)
+    assert "hot standby mode" not in text  # libpq's words stay in the log

@@ -17,7 +17,7 @@ from relay.http.access import AddressLimit, add_cors_headers, authenticate, cors
 from relay.http.auth import OPEN, Authenticator, Credential, Denial
 from relay.http.sockets import reserved_routes
 from relay.logs import get_logger
-from relay.source.listener import Listener
+from relay.source.listener import POOLER_FIX, STANDBY_FIX, Listener
 from relay.state.details import Details
 from relay.state.history import History
 from relay.state.stability import Stability
@@ -48,6 +48,19 @@ PAGE_HEADERS = {
 
 
 API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT, HISTORY)
+
+# What /readyz says of a refused server: its kind and the fix, never the server's own words
+# (they name the user, host and database; the log line ``database_refused`` has them).
+REFUSALS = {
+    "pooler": (
+        "the server reached is a transaction or statement pooler: LISTEN cannot work through it",
+        POOLER_FIX,
+    ),
+    "standby": (
+        "the server reached is a standby or read-only: LISTEN needs the primary",
+        STANDBY_FIX,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -157,9 +170,12 @@ def _readyz(relay: Served) -> Handler:
             "ready": ready,
             "database_connected": relay.listener.connected.is_set(),
         }
-        if relay.listener.refusal is not None:  # a pooler or a standby: the reason and fix
-            answer["refused"] = relay.listener.refusal_kind
-            answer["reason"] = relay.listener.refusal
+        kind = relay.listener.refusal_kind
+        if kind is not None:  # a pooler or a standby: what it is and the fix, no more
+            what, fix = REFUSALS.get(kind, (f"the server reached is refused ({kind})", ""))
+            answer["refused"] = kind
+            answer["reason"] = f"{what}; fix: {fix}" if fix else what
+            answer["fix"] = fix or "see the relay's log line database_refused"
         return web.json_response(answer, status=200 if ready else 503)
 
     return readyz
