@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import psycopg
+import pytest
 
 from relay.source.listener import STANDBY_FIX
 from tests.support import base_url, eventually, relay_config, running_relay
@@ -87,3 +88,37 @@ async def test_readyz_names_the_refusal_and_its_fix_but_no_connection_details(
         assert str(detail) not in text, detail
     assert not re.search(rf"\b{re.escape(str(parts['user']))}\b", text)
     assert "hot standby mode" not in text  # libpq's words stay in the log
+
+
+# -- the status page's headers ------------------------------------------------------------------
+
+PAGE_PATHS = ["/", "/static/index.html", "/static/%69ndex.html", "/static/./index.html"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_every_way_to_the_status_page_carries_its_security_headers(
+    method: str, db_dsn: str
+) -> None:
+    async with (
+        running_relay(relay_config(db_dsn)) as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        base = base_url(relay)
+        seen = []
+        for path in PAGE_PATHS:
+            async with http.request(method, base + path) as response:
+                assert response.status == 200, path
+                assert response.content_type == "text/html", path
+                headers = response.headers
+                csp = headers["Content-Security-Policy"]
+                assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, path
+                assert headers["Referrer-Policy"] == "no-referrer", path
+                assert headers["X-Content-Type-Options"] == "nosniff", path
+                seen.append((csp, headers["Referrer-Policy"]))
+        assert len(set(seen)) == 1, "the same headers whichever way"
+        # The script and style too (same policy; the component may be loaded cross-origin).
+        for path in ("/static/system-status.js", "/static/status-page.css"):
+            async with http.request(method, base + path) as response:
+                assert response.status == 200
+                assert response.headers["Content-Security-Policy"] == seen[0][0]
+                assert response.headers["Access-Control-Allow-Origin"] == "*"

@@ -35,7 +35,8 @@ STATIC = Path(__file__).parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = get_logger("relay.http.routes")
 
-# The page loads only its own script and style and may not be framed elsewhere.
+# The page loads only its own script and style and may not be framed elsewhere. Every file
+# served (``/`` and everything under ``/static/``, the page itself included) carries these.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -116,9 +117,10 @@ async def _page(_request: web.Request) -> web.FileResponse:
 
 
 async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # By what is served rather than by path: however a file is reached, it has its headers.
+    if isinstance(response, web.FileResponse) or request.path.startswith("/static/"):
+        response.headers.update(PAGE_HEADERS)
     if request.path.startswith("/static/"):
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Cache-Control"] = "no-cache"
         # The web component may be embedded by any site: allow cross-origin script loads.
         response.headers["Access-Control-Allow-Origin"] = "*"
 
