@@ -214,6 +214,9 @@ class DetailsConfig(_Section):
 class WaitConfig(_Section):
     # GET /api/system-status/wait (and the CLI's `wait`): long polls at once; more get 429.
     max_waiters: int = Field(default=1000, ge=1, le=100_000)
+    # ...of which one client address may hold this many (behind a proxy listed in
+    # http.trusted_proxies: per X-Forwarded-For client); more get 429. Off if null.
+    max_waiters_per_address: int | None = Field(default=100, ge=1)
     max_timeout: PositiveDuration = 3600.0
     # While the condition holds, it is re-read fresh at least this often.
     recheck: PositiveDuration = 5.0

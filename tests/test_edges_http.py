@@ -8,13 +8,15 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import psycopg
 import pytest
 
+from relay.app import Relay
 from relay.source.listener import STANDBY_FIX
-from tests.support import base_url, eventually, relay_config, running_relay
+from tests.support import base_url, eventually, relay_config, running_relay, sample
 
 LIVE = "/api/system-status/live"
 WAIT = "/api/system-status/wait"
@@ -99,10 +101,7 @@ PAGE_PATHS = ["/", "/static/index.html", "/static/%69ndex.html", "/static/./inde
 async def test_every_way_to_the_status_page_carries_its_security_headers(
     method: str, db_dsn: str
 ) -> None:
-    async with (
-        running_relay(relay_config(db_dsn)) as relay,
-        aiohttp.ClientSession() as http,
-    ):
+    async with running_relay(relay_config(db_dsn)) as relay, aiohttp.ClientSession() as http:
         base = base_url(relay)
         seen = []
         for path in PAGE_PATHS:
@@ -122,3 +121,88 @@ async def test_every_way_to_the_status_page_carries_its_security_headers(
                 assert response.status == 200
                 assert response.headers["Content-Security-Policy"] == seen[0][0]
                 assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# -- long polls per address ---------------------------------------------------------------------
+
+
+async def waiting(relay: Relay) -> float:
+    return sample(relay, "relay_waiters")
+
+
+@asynccontextmanager
+async def long_polls(
+    relay: Relay, count: int, headers: dict[str, str] | None = None
+) -> AsyncIterator[list[asyncio.Task[Any]]]:
+    """``count`` long polls that wait for a condition that does not come (the system is
+    stable), open until the block ends."""
+    url = base_url(relay) + WAIT
+    params = {"until": "processing", "timeout": "10m"}
+    before = await waiting(relay)
+    async with aiohttp.ClientSession() as http:
+
+        async def poll() -> int:
+            async with http.get(url, params=params, headers=headers or {}) as response:
+                return response.status
+
+        tasks = [asyncio.create_task(poll(), name=f"tests-poll-{n}") for n in range(count)]
+        try:
+            await eventually(lambda: sample(relay, "relay_waiters") == before + count)
+            yield tasks
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_answer(relay: Relay, headers: dict[str, str] | None = None) -> tuple[Any, ...]:
+    """A long poll's answer when it comes at once (a refusal); a short one otherwise."""
+    params = {"until": "processing", "timeout": "1s"}
+    async with aiohttp.ClientSession() as http:
+        url = base_url(relay) + WAIT
+        async with http.get(url, params=params, headers=headers or {}) as response:
+            return response.status, response.headers, await response.json()
+
+
+async def test_one_address_gets_only_its_share_of_the_long_polls(db_dsn: str) -> None:
+    config = relay_config(
+        db_dsn, wait={"max_waiters": 10, "max_waiters_per_address": 2}, http=PROXY
+    )
+    async with running_relay(config) as relay:
+        await eventually(lambda: relay.stability.current.stable is True)
+        client = {"X-Forwarded-For": "203.0.113.7"}
+        async with long_polls(relay, 2, client):
+            status, headers, body = await wait_answer(relay, client)
+            assert status == 429
+            assert headers["Retry-After"] == "5"
+            assert headers["Content-Type"].startswith("application/json")
+            assert "one address" in body["error"]
+            # Another client (another X-Forwarded-For) still gets a slot.
+            other = {"X-Forwarded-For": "203.0.113.8"}
+            assert (await wait_answer(relay, other))[0] == 408
+        # Once they have ended, the slots are free again.
+        await eventually(lambda: sample(relay, "relay_waiters") == 0)
+        assert (await wait_answer(relay, client))[0] == 408
+
+
+async def test_long_polls_of_a_direct_client_count_against_its_share(db_dsn: str) -> None:
+    config = relay_config(db_dsn, wait={"max_waiters_per_address": 3})
+    async with running_relay(config) as relay:
+        await eventually(lambda: relay.stability.current.stable is True)
+        async with long_polls(relay, 3):
+            assert (await wait_answer(relay))[0] == 429
+
+
+async def test_long_polls_and_streams_share_max_clients_per_address_behind_a_proxy(
+    db_dsn: str,
+) -> None:
+    config = relay_config(db_dsn, http={"max_clients_per_address": 2, **PROXY})
+    async with running_relay(config) as relay, aiohttp.ClientSession() as http:
+        await eventually(lambda: relay.stability.current.stable is True)
+        client = {"X-Forwarded-For": "203.0.113.9"}
+        async with http.get(base_url(relay) + LIVE, headers=client) as stream:
+            assert stream.status == 200
+            async with long_polls(relay, 1, client):
+                status, headers, body = await wait_answer(relay, client)
+                assert status == 429 and headers["Retry-After"]
+                assert "one address" in body["error"]

@@ -17,6 +17,7 @@ from relay.config import CorsConfig, HttpConfig
 from relay.fanout.sse import GRANT, ON_STREAM_END
 from relay.http.auth import Authenticator, Denial, unauthorized
 from relay.metrics import Metrics
+from relay.state.waits import CLIENT_ADDRESS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -108,14 +109,15 @@ def authenticate(authenticator: Authenticator, protected: Collection[str]) -> Mi
 
 
 class AddressLimit:
-    """At most ``limit`` concurrent streams per client address (off when ``limit`` is None).
+    """At most ``limit`` concurrent streams and long polls per client address (off when
+    ``limit`` is None).
 
     Behind a proxy listed in ``trusted_proxies`` the client is the right-most address of
     ``X-Forwarded-For`` that is not itself a trusted proxy; otherwise the socket's peer. Every
     ``X-Forwarded-For`` line counts, in order, as one comma-joined list (RFC 9110 5.3): a
     proxy that adds a line of its own instead of appending to the client's is read right.
-    Policy when full: 429 with ``Retry-After``. Every connection of a peer that is not a
-    trusted proxy is also counted against the same limit, at the socket level, before HTTP
+    Policy when full: 429 (JSON) with ``Retry-After``. Every connection of a peer that is not
+    a trusted proxy is also counted against the same limit, at the socket level, before HTTP
     (``relay/http/sockets.py``): there, idle and half-sent sockets count too.
     """
 
@@ -142,22 +144,35 @@ class AddressLimit:
     def _is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self._trusted)
 
-    def middleware(self, paths: Collection[str]) -> Middleware:
-        """Counts the streams of ``paths`` (the live stream and every feed) per address."""
-        streams = frozenset(paths)
+    def middleware(self, streams: Collection[str], waits: Collection[str] = ()) -> Middleware:
+        """Counts the streams of ``streams`` (the live stream and every feed) and the long
+        polls of ``waits`` per address. A long poll also learns its client's address
+        (:data:`~relay.state.waits.CLIENT_ADDRESS`: ``wait.max_waiters_per_address``)."""
+        stream_paths = frozenset(streams)
+        wait_paths = frozenset(waits)
 
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if self._limit is None or request.path not in streams or request.method != "GET":
+            path = request.path
+            stream = path in stream_paths and request.method == "GET"
+            if path in wait_paths:
+                request[CLIENT_ADDRESS] = self.client_address(request)
+            elif not stream:
                 return await handler(request)
-            address = self.client_address(request)
+            if self._limit is None:
+                return await handler(request)
+            address = request[CLIENT_ADDRESS] if not stream else self.client_address(request)
             if self._open[address] >= self._limit:
-                self._metrics.sse_refused.inc()
-                raise web.HTTPTooManyRequests(
-                    headers={"Retry-After": "10"}, text="too many live streams from one address\n"
+                if stream:
+                    self._metrics.sse_refused.inc()
+                return web.json_response(
+                    {"error": "too many streams and long polls from one address"},
+                    status=429,
+                    headers={"Retry-After": "10", "Cache-Control": "no-store"},
                 )
             self._open[address] += 1
-            # The hub takes this over when it keeps the stream open past the handler.
+            # The hub takes this over when it keeps the stream open past the handler; a long
+            # poll's slot is released when its handler returns.
             release: Callable[[], None] = functools.partial(self._release, address)
             request[ON_STREAM_END] = release
             try:

@@ -90,7 +90,7 @@ def build_app(relay: Served) -> web.Application:
             reserved_routes(),  # near the open-file limit: health and metrics only
             cors(relay.cors, (*API, *feeds)),
             authenticate(relay.authenticator, (*API, *feeds)),
-            relay.address_limit.middleware((LIVE, *feeds)),
+            relay.address_limit.middleware((LIVE, *feeds), waits=(WAIT,)),
         ],
     )
     relay.authenticator.follow(_recheck_streams(relay))

@@ -13,7 +13,9 @@ rounds). Only fresh reads confirm it; every read of the relay's listener (after 
 reconcile) triggers one, and a relay state that breaks the condition restarts the clock, so a
 wait never ends early, only perhaps a little late. Answers: 200 ``met``; 408 ``timeout`` (with
 ``held_s``); 503 ``unknown`` when the last read could not reach the database (it never says
-stable then); 429 past ``wait.max_waiters``; 400 for a bad query.
+stable then); 429 past ``wait.max_waiters``, or past ``wait.max_waiters_per_address`` from one
+client address (:data:`CLIENT_ADDRESS`, which the HTTP layer sets by its trusted-proxy rule),
+so that one client cannot take every slot; 400 for a bad query.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -37,6 +40,11 @@ from relay.state.stability import Snapshot, Stability
 log = get_logger("relay.state.waits")
 
 Until = Literal["stable", "processing"]
+
+# Who asks (``relay/http/access.py``: the socket's peer, or behind a trusted proxy the
+# client named by X-Forwarded-For). A request without it is not limited per address.
+CLIENT_ADDRESS = web.RequestKey[str]("relay.client_address")
+RETRY_AFTER = "5"
 
 
 class Waits:
@@ -56,6 +64,7 @@ class Waits:
         self._settings = settings
         self._metrics = metrics
         self._waiters: set[_Waiter] = set()
+        self._per_address: Counter[str] = Counter()
         self._closed = False
         metrics.waiters.set_function(lambda: float(len(self._waiters)))
 
@@ -104,14 +113,26 @@ class Waits:
         except ValueError as error:
             return _error(400, str(error))
         if len(self._waiters) >= self._settings.max_waiters or self._closed:
-            return _json({"error": "too many waiters"}, 429, {"Retry-After": "5"})
+            return _json({"error": "too many waiters"}, 429, {"Retry-After": RETRY_AFTER})
+        address = request.get(CLIENT_ADDRESS)
+        share = self._settings.max_waiters_per_address
+        if address is not None and share is not None and self._per_address[address] >= share:
+            # Policy past one address's share: 429, so one client cannot take every slot.
+            refusal = f"too many waiters from one address (at most {share})"
+            return _json({"error": refusal}, 429, {"Retry-After": RETRY_AFTER})
         waiter = _Waiter(until, activity)
         self._waiters.add(waiter)
+        if address is not None:
+            self._per_address[address] += 1
         started = time.monotonic()
         try:
             result, body = await self._wait(waiter, stable_for, started + timeout, held)
         finally:
             self._waiters.discard(waiter)
+            if address is not None:
+                self._per_address[address] -= 1
+                if self._per_address[address] <= 0:
+                    del self._per_address[address]
         status = {"met": 200, "timeout": 408, "unknown": 503}[result]
         answer = {
             "result": result,
