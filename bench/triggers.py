@@ -215,8 +215,9 @@ def postmaster_pid(dsn: str) -> int:
     """The server's postmaster: the parent of any backend (the server runs on this machine)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    stat = Path(f"/proc/{row[0]}/stat").read_text()
+        assert row is not None
+        # Read while the backend lives: it exits as soon as the connection closes.
+        stat = Path(f"/proc/{row[0]}/stat").read_text()
     return int(stat.rpartition(")")[2].split()[1])
 
 
