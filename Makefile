@@ -28,39 +28,47 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict relay
 
+# -rs: every skipped test is listed at the end with its reason, so a skip is never silent.
 pytest: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs
 
-# The browser tests drive Debian's Chromium (never a downloaded browser). Installed when missing
-# and we are root with apt-get; otherwise, or if that fails, the browser tests skip and say why.
+# The browser tests drive Debian's Chromium (never a downloaded browser), at this path.
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_TOOLS := $(CHROMIUM):chromium $(CHROMIUM):fonts-liberation
 browser-deps:
-	@if [ -x /usr/bin/chromium ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "browser-deps: installing Chromium with apt-get for the browser tests"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends chromium fonts-liberation >/dev/null; } \
-	  || echo "browser-deps: could not install chromium: the browser tests will skip"; \
-	else \
-	  echo "browser-deps: no /usr/bin/chromium (and not root with apt-get): the browser tests will skip"; \
-	fi
+	$(call apt_tools,browser-deps,$(BROWSER_TOOLS),the browser tests)
 
 # $(call apt_tools,TARGET,TOOL:PACKAGE ...,WHAT SKIPS WITHOUT THEM): install the packages of
-# the tools that are missing, when we are root with apt-get; otherwise, or if that fails, say so
-# (the tests that need them skip and say why).
+# the tools that are missing, when we are root with apt-get (.ci/apt-install waits for another
+# apt-get to finish, up to 10 minutes, instead of failing at once). When a tool is still
+# missing, the tests that need it skip and say why, except under CI (CI set, and not "false"
+# or "0"): there a skip would hide missing coverage, so the target fails, unless
+# ALLOW_MISSING_TOOLS=1 says that this CI runs without them on purpose.
 define apt_tools
 	@missing=""; for pair in $(2); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
-	if [ -z "$$missing" ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  missing="$$(echo $$missing | tr ' ' '\n' | sort -u | xargs)"; \
+	[ -n "$$missing" ] || exit 0; \
+	missing="$$(echo $$missing | tr ' ' '\n' | sort -u | xargs)"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "$(1): installing $$missing with apt-get for $(3)"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends $$missing >/dev/null; } \
-	  || echo "$(1): could not install $$missing: $(3) will skip"; \
+	  if .ci/apt-install $$missing; then \
+	    still=""; for pair in $(2); do \
+	      command -v "$${pair%%:*}" >/dev/null 2>&1 || still="$$still $${pair%%:*}"; \
+	    done; \
+	    [ -n "$$still" ] || exit 0; \
+	    why="installed $$missing, yet still missing:$$still"; \
+	  else \
+	    why="could not install $$missing"; \
+	  fi; \
 	else \
-	  echo "$(1): missing $$missing (and not root with apt-get): $(3) will skip"; \
-	fi
+	  why="missing $$missing (and not root with apt-get)"; \
+	fi; \
+	case "$${CI:-}:$(ALLOW_MISSING_TOOLS)" in \
+	  :*|false:*|0:*|*:1) echo "$(1): $$why: $(3) will skip" ;; \
+	  *) echo "$(1): $$why: under CI (CI=$$CI) $(3) must run, not skip;" \
+	       "set ALLOW_MISSING_TOOLS=1 if this CI runs without them on purpose" >&2; exit 1 ;; \
+	esac
 endef
 
 # The operations tests run the real Caddy, promtool/Prometheus and systemd-analyze (Debian's
@@ -82,11 +90,11 @@ image-deps:
 	$(call apt_tools,image-deps,$(IMAGE_TOOLS),the image test)
 
 soak: install ops-deps image-deps
-	$(BIN)/pytest -q -m soak
+	$(BIN)/pytest -q -rs -m soak
 
 # The image on a cached base (made by `make soak` when missing): about a minute.
 image-test: install image-deps
-	RELAY_IMAGE_TEST=1 $(BIN)/pytest -q tests/test_image.py
+	RELAY_IMAGE_TEST=1 $(BIN)/pytest -q -rs tests/test_image.py
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
