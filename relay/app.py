@@ -1,7 +1,7 @@
 """The wiring: the one place components meet (docs/architecture.md has the picture).
 
     NOTIFY → source.Listener → state.Stability → observers, in this order: systemd, the SSE
-    hub, metrics, waits, and while leading the history writer and the webhooks
+    hub, metrics, waits, details, and while leading the history writer and the webhooks
                           └→ source.ChannelRelay → the hub (named events), the feeds
     HTTP → http.sockets (accept) → http.access (CORS, auth, limits) → http.routes
 
@@ -80,7 +80,7 @@ class Relay:
             config.database,
             config.details,
             self.metrics,
-            busy=lambda: self.stability.current.state is State.PROCESSING,
+            self.stability,
         )
         fresh = SharedRead(
             self.details.read_activities,
@@ -130,6 +130,7 @@ class Relay:
             self.hub.publish_state,  # the live stream
             self.metrics.count_transition,
             self.waits.on_change,  # long polls whose condition now holds
+            self.details.on_change,  # details requests waiting for the state they read
             self._leader_hears,  # while this relay leads: the history, then the webhooks
         ):
             self.stability.subscribe(observer)

@@ -203,7 +203,7 @@ class HttpConfig(_Section):
 
 
 class DetailsConfig(_Section):
-    # Requests within this window share one answer (and one round of queries).
+    # Requests within this window and one state share one answer (and one round of queries).
     cache: Duration = 1.0
     statement_timeout: PositiveDuration = 5.0
     pool_size: int = Field(default=2, ge=1, le=20)

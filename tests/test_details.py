@@ -60,9 +60,13 @@ async def test_details_lists_active_jobs_and_tasks_in_priority_order(db_dsn: str
 
 async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
     async with running_relay(relay_config(db_dsn)) as relay, aiohttp.ClientSession() as http:
+        await eventually(lambda: relay.stability.current.stable is True)
         async with http.get(base_url(relay) + "/api/system-status/details") as response:
             body = await response.json()
+        seq = relay.stability.current.seq
     assert body == {
+        "seq": seq,
+        "ahead": False,
         "import_jobs": [],
         "analytics_tasks": [],
         "system_stable": True,

@@ -5,16 +5,34 @@ The seed's keys (``import_jobs``, ``analytics_tasks``, ``system_stable``) stay a
 
 Queries run on a small pool of their own (never on the listener's connection), with a
 statement timeout. Single flight plus a short cache: however many requests arrive within
-``details.cache``, they cost at most one round of queries (one statement).
+``details.cache``, they cost at most one round of queries (one statement) per state.
+
+Consistent with the state. Every answer says which state it reflects: ``seq``, the number of
+the live stream's event (:attr:`Snapshot.seq`). A round of queries belongs to the state it was
+started in: only requests that arrive while that state is current share it (in flight or
+cached), so a transition ends the cache, and a read started before it is never handed to a
+request that arrived after it. The details read the activities in their own snapshot, which
+is always later than the listener's read of that state; when their verdict differs, the
+database has moved on and the listener has not said so yet. The round then hints the listener
+(a NOTIFY on the stability channel, once per state) and its requests wait, at most
+``SETTLE_WITHIN``, for the next state: if that agrees with the details, the answer carries its
+``seq``; if not, they share a round of the new state (``MAX_ROUNDS`` in all). An answer that
+still disagrees (or one read while the state is unknown) says ``"ahead": true``: the
+database had moved past ``seq`` when it was read, and the stream has yet to say so.
+
+Bound: one round of queries per state and cache window, and at most one hint per state,
+however many requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import psycopg
@@ -28,6 +46,7 @@ from relay.metrics import Metrics
 from relay.source import pg
 from relay.state.eta import SAMPLE_INTERVAL, Estimates
 from relay.state.sharedread import SharedRead
+from relay.state.stability import Snapshot, Stability, State
 from relay.tasks import cancel_and_wait, report_unexpected_exit
 
 log = get_logger("relay.state.details")
@@ -45,6 +64,36 @@ QUERY = (
 # requests in line (relay/state/sharedread.py).
 INDICATORS = "SELECT public.system_stability_indicators()::text"
 ACTIVITIES = "SELECT public.system_stability_activities()::text"
+# The hint a round sends when the details' verdict differs from the relay's state: the
+# listener reads at once (any payload but the hold's announcement is a hint; every relay on
+# the database hears it, and reads once).
+HINT = "SELECT pg_catalog.pg_notify(%s::pg_catalog.text, 'details'::pg_catalog.text)"
+# How long requests wait for the listener to reach the state the details read (it answers a
+# hint within `min_read_interval`, 50 ms, plus its read), and how many rounds they take.
+SETTLE_WITHIN = 1.0
+MAX_ROUNDS = 3
+
+
+@dataclass(eq=False, slots=True)
+class _Round:
+    """One round of queries, started while the state numbered ``seq`` was current."""
+
+    seq: int
+    details: dict[str, Any]
+    verdict: dict[str, Any]  # each activity's ``active``, in the details' own snapshot
+    agrees: bool  # the verdict is the state's
+    at: float  # when it landed (monotonic): the cache window starts then
+    settled: bool = False  # waited for a newer state in vain: later requests do not wait
+    bodies: dict[tuple[int, bool], bytes] = field(default_factory=dict)
+
+    def body(self, seq: int, *, ahead: bool) -> bytes:
+        """Encoded once per (seq, ahead), however many requests it answers."""
+        key = (seq, ahead)
+        body = self.bodies.get(key)
+        if body is None:
+            answer = {**self.details, "seq": seq, "ahead": ahead}
+            body = self.bodies[key] = json.dumps(answer, separators=(",", ":")).encode()
+        return body
 
 
 class Details:
@@ -55,15 +104,19 @@ class Details:
         database: DatabaseConfig,
         settings: DetailsConfig,
         metrics: Metrics,
-        busy: Callable[[], bool] = lambda: False,
+        stability: Stability,
     ) -> None:
         self._database = database
         self._settings = settings
         self._metrics = metrics
+        self._stability = stability
         self._pool: AsyncConnectionPool[Any] | None = None
-        self._cached: bytes | None = None
-        self._cached_at = 0.0
-        self._inflight: asyncio.Future[bytes] | None = None
+        self._cached: _Round | None = None  # served only while its state is current
+        # At most one round in flight per state: one of an earlier state may still be
+        # answering the requests that arrived in it.
+        self._rounds: dict[int, asyncio.Task[_Round]] = {}
+        self._hinted: int | None = None  # the state the last hint was sent in
+        self._moved = asyncio.Event()  # set (and replaced) at every change of state
         self._indicators = SharedRead(
             lambda: self._read(INDICATORS), name="indicators", max_waiting=10_000
         )
@@ -74,7 +127,6 @@ class Details:
         self.latest_eta: dict[str, Any] | None = None
         # While the system is busy, a round every SAMPLE_INTERVAL: each is a progress sample
         # for the estimates, whether or not anyone asks for the details.
-        self._busy = busy
         self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -109,7 +161,8 @@ class Details:
             return
         self._closed = True
         await cancel_and_wait(self._sampler)
-        await cancel_and_wait(self._inflight)  # shielded from its callers, not from the close
+        for round_ in list(self._rounds.values()):
+            await cancel_and_wait(round_)  # shielded from its callers, not from the close
         await self._indicators.aclose()
         if self._pool is not None:
             await self._pool.close(timeout=timeout)
@@ -117,7 +170,7 @@ class Details:
     async def _sample(self) -> None:
         while True:
             await asyncio.sleep(SAMPLE_INTERVAL)
-            if self._busy():
+            if self._stability.current.state is State.PROCESSING:
                 with contextlib.suppress(DatabaseUnavailable):
                     await self.fetch()
 
@@ -128,30 +181,84 @@ class Details:
             raise DatabaseUnavailable("details service is not running")
         return self._pool
 
+    def on_change(self, _snapshot: Snapshot) -> None:
+        """An observer of the state: requests waiting for a newer state look again."""
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
     async def fetch(self) -> bytes:
-        """The JSON body: from the cache, from the query in flight, or from a new query."""
-        if self._cached is not None and time.monotonic() - self._cached_at < self._settings.cache:
-            return self._cached
-        if self._inflight is None:
-            self._inflight = asyncio.create_task(self._query(), name="relay-details-query")
-            self._inflight.add_done_callback(self._landed)
-        # Shielded: a client that goes away must not cancel the query the others wait for.
-        return await asyncio.shield(self._inflight)
+        """The JSON body, consistent with the current state or a newer one (module docstring):
+        from the cache, from the round in flight, or from a new round."""
+        deadline = time.monotonic() + SETTLE_WITHIN
+        for _attempt in range(MAX_ROUNDS):
+            state = self._stability.current
+            read = await self._round(state)
+            if read.agrees or read.settled or state.state is State.UNKNOWN:
+                return read.body(read.seq, ahead=not read.agrees)
+            later = await self._next_state(read.seq, deadline)
+            if later is None:
+                read.settled = True  # the listener did not follow in time: answer as read
+                return read.body(read.seq, ahead=True)
+            if read.verdict == dict(later.activities):
+                return read.body(later.seq, ahead=False)
+        return read.body(read.seq, ahead=True)  # read after `read.seq` began, newer than it
 
-    def _landed(self, future: asyncio.Future[bytes]) -> None:
-        self._inflight = None
-        if not future.cancelled() and future.exception() is None:
-            self._cached, self._cached_at = future.result(), time.monotonic()
+    async def _round(self, state: Snapshot) -> _Round:
+        cached = self._cached
+        if (
+            cached is not None
+            and cached.seq == state.seq
+            and time.monotonic() - cached.at < self._settings.cache
+        ):
+            return cached
+        task = self._rounds.get(state.seq)
+        if task is None:
+            task = asyncio.create_task(self._read_round(state), name="relay-details-query")
+            self._rounds[state.seq] = task
+            task.add_done_callback(functools.partial(self._landed, state.seq))
+        # Shielded: a client that goes away must not cancel the round the others wait for.
+        return await asyncio.shield(task)
 
-    async def _query(self) -> bytes:
+    def _landed(self, seq: int, task: asyncio.Task[_Round]) -> None:
+        del self._rounds[seq]
+        if task.cancelled() or task.exception() is not None:
+            return
+        if self._stability.current.seq == seq:  # a round of an earlier state is not kept
+            self._cached = task.result()
+
+    async def _read_round(self, state: Snapshot) -> _Round:
+        details = await self._query()
+        verdict = {name: _active(details, name) for name, _active_now in state.activities}
+        agrees = verdict == dict(state.activities)
+        if not agrees and state.state is not State.UNKNOWN and self._hinted != state.seq:
+            # The database moved on after the listener's read: have it read now.
+            self._hinted = state.seq
+            log.debug("details_ahead_of_state", seq=state.seq)
+            with contextlib.suppress(DatabaseUnavailable):  # then its reconcile will
+                await self._row(HINT, (self._database.channel,))
+        return _Round(state.seq, details, verdict, agrees, time.monotonic())
+
+    async def _next_state(self, seq: int, deadline: float) -> Snapshot | None:
+        """The first state after ``seq``, or None if none comes by ``deadline``."""
+        while (current := self._stability.current).seq == seq:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._moved.wait()
+        return current
+
+    async def _query(self) -> dict[str, Any]:
         """One round: the details and what estimates rest on; the estimates put in (so each
-        round is one progress sample of every job)."""
+        round is one progress sample of every job, taken when the round began)."""
         self._metrics.details_queries.inc()
+        began = time.time()
         row = await self._row(QUERY, (self._settings.max_items,))
         details, typical = json.loads(row[0]), json.loads(row[1] or "{}")
-        annotated = self._estimates.annotate(details, typical)
+        annotated = self._estimates.annotate(details, typical, now=began)
         self.latest_eta = annotated.get("eta") or _longest(annotated.get("activities"))
-        return json.dumps(annotated, separators=(",", ":")).encode()
+        return annotated
 
     async def read_activities(self) -> dict[str, Any]:
         """Every activity's truth, read now on this pool (a fresh read, relay/state/waits.py)."""
@@ -207,6 +314,13 @@ class Details:
         return web.Response(
             body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
         )
+
+
+def _active(details: dict[str, Any], name: str) -> Any:
+    """An activity's ``active`` as the details read it (None when they do not say)."""
+    groups = details.get("activities")
+    group = groups.get(name) if isinstance(groups, dict) else None
+    return group.get("active") if isinstance(group, dict) else None
 
 
 def _longest(activities: Any) -> dict[str, Any] | None:

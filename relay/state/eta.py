@@ -44,10 +44,11 @@ class ProgressTracker:
             if len(self._samples) >= MAX_TRACKED:
                 return  # policy when full: new jobs get no estimate until others finish
             samples = self._samples[key] = deque(maxlen=int(self._window) + 1)
+        if samples and now <= samples[-1][0]:
+            return  # a round that began before the last sample's landed after it
         if samples and done < samples[-1][1]:
             samples.clear()  # restarted (a new phase counts again): start over
-        if not samples or now > samples[-1][0]:
-            samples.append((now, done))
+        samples.append((now, done))
         while samples and now - samples[0][0] > self._window:
             samples.popleft()
 
