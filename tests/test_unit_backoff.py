@@ -144,3 +144,14 @@ def test_the_brief_retry_ends_a_session_like_a_delay() -> None:
     backoff.brief()
     assert backoff.short_sessions == 1
     assert backoff.last_session_s is not None
+
+
+def test_the_jitter_never_draws_from_the_global_random() -> None:
+    """Its own Random: the process's global one stays untouched (Hypothesis fails a test whose
+    global random state changes while it draws, and a relay may share a process with one)."""
+    before = random.getstate()
+    backoff = Backoff(0.1, 5.0, 60.0)
+    for _ in range(50):
+        backoff.delay()
+        backoff.brief()
+    assert random.getstate() == before
