@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"({d.statement_calls} statement calls), p50 {d.p50_ms:.0f} ms, "
                 f"p99 {d.p99_ms:.0f} ms"
             )
+            for f in d.flips:
+                print(
+                    f"  across a flip, {f.requests:,} requests: {f.states} states, "
+                    f"{f.relay_queries:.0f} queries, {f.stale} stale, {f.ahead} ahead, "
+                    f"{f.wall_s:.2f} s"
+                )
         if "scaleout" in args.only:
             print("three relays")
             s = run_three_relays(db, swarm, clients=3_000 if quick else 10_002, flips=10)

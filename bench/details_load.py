@@ -2,13 +2,21 @@
 
 Counts the database work they cause two ways: the relay's ``relay_details_queries_total``
 and, where the server has it, ``pg_stat_statements`` (calls of the details statement).
+
+Then across flips: half of a burst is sent, a commit flips the state, and the other half is
+sent once the live stream has said so. Each answer names the state it reflects (``seq``);
+the target is one round of queries per state, and no answer to a request sent after the
+stream's flip that says the state before it (``stale``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -31,6 +39,19 @@ class DetailsResult:
     p99_ms: float
     max_ms: float
     wall_s: float
+    flips: list[FlipBurst] = field(default_factory=list)
+
+
+@dataclass
+class FlipBurst:
+    """One burst across a flip: what the relay read, and what the answers said."""
+
+    requests: int
+    states: int  # the states the live stream said during the burst
+    relay_queries: float
+    stale: int  # answers after the stream's flip that said the state before it
+    ahead: int  # answers that said the database had moved past their seq
+    wall_s: float
 
 
 def statement_calls(dsn: str) -> int | None:
@@ -40,7 +61,7 @@ def statement_calls(dsn: str) -> int | None:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             row = conn.execute(
                 "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
-                "WHERE query LIKE '%get_import_jobs_in_progress()%' "
+                "WHERE query LIKE '%system_stability_details(%' "
                 "AND query NOT LIKE '%pg_stat_statements%'"
             ).fetchone()
         except psycopg.Error:
@@ -77,7 +98,80 @@ async def burst(url: str, n: int) -> tuple[list[float], int]:
     return [ms for ms, _ in results], sum(1 for _, ok in results if ok)
 
 
-def run_details(db: Database, *, requests: int = 1000, bursts: int = 3) -> DetailsResult:
+START = (
+    "INSERT INTO public.import_job (slug, state) VALUES ('details-flip', 'processing_data') "
+    "ON CONFLICT (slug) DO UPDATE SET state = 'processing_data'"
+)
+# Every other job and task is finished too, so that the flip is from processing to stable.
+FINISH = (
+    "UPDATE public.import_job SET state = 'finished'",
+    "UPDATE worker.tasks SET state = 'completed'",
+)
+
+
+async def flip_burst(
+    dsn: str, base: str, n: int, queries: Callable[[], float], *, to_stable: bool
+) -> FlipBurst:
+    """n requests: half before a commit that flips the state, half once the stream says so."""
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.get(base + "/api/system-status/live") as stream,
+    ):
+        states: dict[int, bool | None] = {}
+        first = await _next_state(stream)
+        states[first["seq"]] = first["stable"]
+
+        async def one() -> dict[str, Any]:
+            async with session.get(base + DETAILS) as response:
+                body: dict[str, Any] = await response.json()
+                return body
+
+        before_queries = queries()
+        started = time.monotonic()
+        early = [asyncio.create_task(one()) for _ in range(n // 2)]
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            for statement in FINISH if to_stable else (START,):
+                await conn.execute(statement)
+        flip = await _next_state(stream)
+        states[flip["seq"]] = flip["stable"]
+        late = [asyncio.create_task(one()) for _ in range(n - n // 2)]
+        answers = await asyncio.gather(*early, *late)
+        wall = time.monotonic() - started
+        spent = queries() - before_queries
+        with contextlib.suppress(TimeoutError):  # any state the burst itself brought on
+            while True:
+                more = await asyncio.wait_for(_next_state(stream), 0.2)
+                states[more["seq"]] = more["stable"]
+    after = answers[len(early) :]
+    return FlipBurst(
+        requests=n,
+        states=len(states),
+        relay_queries=spent,
+        stale=sum(1 for a in after if a.get("system_stable") != flip["stable"]),
+        ahead=sum(1 for a in answers if a.get("ahead")),
+        wall_s=wall,
+    )
+
+
+async def _next_state(stream: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The next stability event's JSON (an unnamed event; comments and retry lines skipped)."""
+    while True:
+        data, named = "", False
+        while line := (await stream.content.readline()).decode().rstrip("\n"):
+            if line.startswith("event:"):
+                named = True
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+        if data and not named:
+            state: dict[str, Any] = json.loads(data)
+            return state
+
+
+def run_details(
+    db: Database, *, requests: int = 1000, bursts: int = 3, flips: int = 2
+) -> DetailsResult:
     seed_activity(db.dsn)
     server, port = start_server("relay", db.dsn, "relay-details")
     try:
@@ -99,7 +193,7 @@ def run_details(db: Database, *, requests: int = 1000, bursts: int = 3) -> Detai
         calls = None
         if calls_before is not None and calls_after is not None:
             calls = calls_after - calls_before
-        return DetailsResult(
+        result = DetailsResult(
             requests * bursts,
             bursts,
             ok,
@@ -110,9 +204,19 @@ def run_details(db: Database, *, requests: int = 1000, bursts: int = 3) -> Detai
             max(latencies),
             wall,
         )
+        base = f"http://127.0.0.1:{port}"
+
+        def relay_queries() -> float:
+            return float(server.ask({"cmd": "queries"})["details_queries"])
+
+        for flip in range(flips):
+            time.sleep(1.2)  # a new cache window
+            across = flip_burst(db.dsn, base, requests, relay_queries, to_stable=flip % 2 == 0)
+            result.flips.append(asyncio.run(across))
+        return result
     finally:
         server.close()
 
 
 def as_dict(result: DetailsResult) -> dict[str, Any]:
-    return dict(result.__dict__)
+    return {**result.__dict__, "flips": [dict(f.__dict__) for f in result.flips]}

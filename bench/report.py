@@ -318,7 +318,7 @@ def _waiters_section(w: Any) -> list[str]:
 
 def _details_section(d: Any) -> list[str]:
     calls = "n/a" if d.statement_calls is None else str(d.statement_calls)
-    return [
+    lines = [
         "## 3. Details under load",
         "",
         f"{d.bursts} bursts of {d.requests // d.bursts:,} concurrent "
@@ -336,6 +336,31 @@ def _details_section(d: Any) -> list[str]:
         "opening 1,000 connections at once.",
         "",
     ]
+    flips = getattr(d, "flips", None) or []
+    if flips:
+        per = flips[0].requests
+        lines += [
+            f"Across a flip: {len(flips)} bursts of {per:,}, half sent before a commit that "
+            "flips the state and half once the live stream has said so, each in a new cache "
+            "window. Every answer names the state it reflects (`seq`); *stale* counts answers "
+            "to requests sent after the stream's flip that said the state before it.",
+            "",
+            "| burst | states on the stream | details queries | stale answers "
+            "| answers marked ahead | wall (s) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n, f in enumerate(flips, 1):
+            lines.append(
+                f"| {n} | {f.states} | {f.relay_queries:.0f} | {f.stale} | {f.ahead} "
+                f"| {f.wall_s:.2f} |"
+            )
+        met = all(f.relay_queries <= f.states and f.stale == 0 for f in flips)
+        lines += [
+            "",
+            f"Target: at most one round of queries per state, and no stale answer: {_mark(met)}.",
+            "",
+        ]
+    return lines
 
 
 def _scale_section(s: Any, notify: Any) -> list[str]:
