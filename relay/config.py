@@ -34,12 +34,12 @@ from relay.errors import ConfigError
 from relay.source.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
 from relay.source.activities.spec import Activity
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # The spellings sizes accept (units are case-sensitive: KB and MB are 1000-based, KiB and MiB
 # 1024-based); pydantic's ByteSize does the arithmetic. It alone would also take "64k" (64000),
 # "8bit" (1), "0.5B" (0), "64mb" and true (1), none of which a buffer size should mean.
-_SIZE = re.compile(r"^\s*\d+\s*(?:B|KiB|MiB|KB|MB)?\s*$")
+_SIZE = re.compile(r"^\s*\d+\s*(?:B|KiB|MiB|KB|MB)?\s*$", re.ASCII)
 _SIZE_ADAPTER: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # An item of a YAML flow collection holding `${VAR}` (`[${TOKEN}]`, `{X-Token: ${T}}`,

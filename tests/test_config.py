@@ -59,6 +59,14 @@ def test_durations(text: object, expected: float) -> None:
     assert parse_duration(text) == expected
 
 
+@pytest.mark.parametrize("text", ["\u0661\u0662s", "\uff11\uff15s", "1\u00a0s", "\u00b2s"])
+def test_durations_take_ascii_digits_only(text: str) -> None:
+    """They parse HTTP query values too (/wait, /history): other scripts' digits, a
+    superscript or a no-break space is no duration."""
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [

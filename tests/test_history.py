@@ -108,7 +108,13 @@ async def _open_flags_are(relay: Any, flags: list[bool]) -> bool:
 
 async def test_bad_history_queries_get_400(db_dsn: str) -> None:
     async with running_relay(relay_config(db_dsn)) as relay:
-        for bad in ({"since": "yesterday"}, {"activity": "nope"}, {"limit": "0"}, {"limit": "x"}):
+        bad_limits = ("0", "x", "+100", " 1_00 ", "\u0661\u0660\u0660", "1001")
+        for bad in (
+            {"since": "yesterday"},
+            {"since": "\u0661\u0662h"},
+            {"activity": "nope"},
+            *({"limit": limit} for limit in bad_limits),
+        ):
             status, body = await history(relay, **bad)
             assert status == 400 and body["error"], bad
         status, body = await history(relay, since="2026-01-01T00:00:00Z")

@@ -65,6 +65,18 @@ async def test_an_error_answer_exits_1_with_status_and_body(tmp_path: Path) -> N
     assert len(out) < 1000
 
 
+async def test_the_receivers_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
+    hostile = "ok\x1b]0;pwned\x07\x1b[2J\u202egnp.exe\r\x9b31m"
+    async with Receiver(Answer(200, body=hostile)) as ci:
+        config = write(tmp_path, [{"name": "ci", "url": ci.url}])
+        code, out, _err = await cli("webhook", "test", "ci", "--config", config)
+    assert code == 0
+    assert "ok" in out
+    for raw in ("\x1b", "\x07", "\u202e", "\r", "\x9b"):
+        assert raw not in out, repr(raw)
+    assert "\\x1b]0;pwned" in out, "shown escaped, not dropped"
+
+
 async def test_no_answer_exits_1(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/hook"
     config = write(tmp_path, [{"name": "ci", "url": dead, "timeout": "2s"}])

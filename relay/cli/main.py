@@ -222,6 +222,7 @@ def _wait(args: argparse.Namespace) -> int:
 
 def _webhook_test(config: Config, name: str) -> int:
     from relay import logs
+    from relay.cli.wait import printable
     from relay.fanout.webhooks import send_test
     from relay.fanout.webhooks.delivery import BODY_PREVIEW, origin
 
@@ -234,13 +235,15 @@ def _webhook_test(config: Config, name: str) -> int:
     print(f"sending a test event to {name} ({origin(hook.url)}, format {hook.format})")
     result = asyncio.run(send_test(hook, config.http.public_url))
     if result.status is None:
-        print(f"no answer: {logs.redactor.mask(result.reason)}")
+        print(f"no answer: {printable(logs.redactor.mask(result.reason), limit=BODY_PREVIEW)}")
         return EXIT_FAILURE
     redirect = " (redirects are not followed: configure the final URL)"
     print(f"HTTP {result.status}" + (redirect if 300 <= result.status < 400 else ""))
     if result.body:
         truncated = " [truncated]" if len(result.body.encode()) >= BODY_PREVIEW else ""
-        print(logs.redactor.mask(result.body.rstrip()) + truncated)
+        # The receiver's words, escaped: its control characters never reach the terminal.
+        body = logs.redactor.mask(result.body.rstrip())
+        print(printable(body, limit=BODY_PREVIEW) + truncated)
     return EXIT_OK if 200 <= result.status < 300 else EXIT_FAILURE
 
 

@@ -147,10 +147,11 @@ class History:
         activity = query.get("activity")
         if activity is not None and activity not in self._activities:
             raise ValueError(f"activity: one of {', '.join(self._activities)}")
-        try:
-            limit = int(query.get("limit", "100"))
-        except ValueError:
-            raise ValueError("limit: a whole number") from None
+        raw = query.get("limit", "100")
+        # ASCII digits only: int() would also take "+100", " 1_00 " and other scripts' digits.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4):
+            raise ValueError("limit: a whole number")
+        limit = int(raw)
         if not 1 <= limit <= 1000:
             raise ValueError("limit: 1 to 1000")
         return since, activity, limit

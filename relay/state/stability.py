@@ -8,7 +8,7 @@ different set of running activities (``Snapshot.new_state`` tells the two apart)
 
 from __future__ import annotations
 
-import random
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,7 +93,7 @@ class Stability:
         self._clock = clock
         self._labels = dict(labels or {})
         now = clock()
-        start = int(now * 1000) * 1000 + random.randrange(1000)
+        start = int(now * 1000) * 1000 + secrets.randbelow(1000)
         unknown = tuple((name, None) for name in self._labels)
         self._current = Snapshot(State.UNKNOWN, seq=start, since=now, activities=unknown, at=now)
         self._observers: list[Observer] = []
