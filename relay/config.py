@@ -175,7 +175,7 @@ class StabilityConfig(_Section):
     # poll interval during a hold.
     min_read_interval: PositiveDuration = 0.05
     # When hints come faster than reads, ask writers to stop sending them and poll instead
-    # (sql/stability.sql). Holds taken by other relays are followed either way.
+    # (sql/hold.sql). Holds taken by other relays are followed either way.
     hold_when_busy: bool = True
     # A hold ends once the state has not changed for this long.
     hold_release_after: PositiveDuration = 2.0

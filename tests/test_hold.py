@@ -1,7 +1,7 @@
 """The hold: writers skip their hints while a relay polls, and no commit is missed.
 
 The reconcile and heartbeat are pushed far out, so a missed commit would stay missed for a
-minute: what these tests see within seconds is the hold protocol alone (sql/stability.sql).
+minute: what these tests see within seconds is the hold protocol alone (sql/hold.sql).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ TASKS_HINT = '{"table":"tasks"}'
 IMPORT_JOB_HINT = '{"table":"import_job"}'
 COMMAND_REGISTRY_HINT = '{"table":"command_registry"}'
 HOLD_TRUE = '{"hold":true}'
-# The hold flag's values (sql/stability.sql); a flag never set reads NULL.
+# The hold flag's values (sql/hold.sql); a flag never set reads NULL.
 NO_HOLD, HELD, REQUESTED = 0, 1, 2
 # The advisory lock that request, confirm and release take (b"stabhold").
 HOLD_LOCK = 8319381486946970724
@@ -665,7 +665,7 @@ async def test_the_flag_is_not_transactional(
 ) -> None:
     """setval() takes effect at once and survives a rollback; the announcement goes out
     only with a commit. A request rolled back leaves 2, unannounced: writers go on hinting,
-    and relays that read 2 poll (sql/stability.sql)."""
+    and relays that read 2 poll (sql/hold.sql)."""
     write, hint = ONE_WRITE_PER_TABLE[0]
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as relay:
         await relay.execute("BEGIN")
@@ -687,7 +687,7 @@ async def test_a_writer_reads_the_flag_when_its_statement_runs_not_when_it_commi
     db_dsn: str, conn: Conn, hints_after: HintsAfter
 ) -> None:
     """A write made while held and committed after the release is never hinted: why every
-    relay drains after a hold (sql/stability.sql)."""
+    relay drains after a hold (sql/hold.sql)."""
     insert = "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as writer:
         await writer.execute("BEGIN")

@@ -4,7 +4,7 @@ Under load, hints cost writers more than they tell the relay: its reads are at l
 ``min_read_interval`` apart anyway. So a busy relay sets the database's hold flag, writers
 stop notifying, and every relay polls ``is_system_stable()`` every ``min_read_interval``
 until the flag is clear again. The protocol and why it loses no commit are written at the
-top of ``sql/stability.sql``; this module is its bookkeeping, free of I/O:
+top of ``sql/hold.sql``; this module is its bookkeeping, free of I/O:
 
 * **polling**: the flag was seen set (or announced) and not seen clear since;
 * **draining**: the flag was seen clear after polling; commits whose hint was skipped may
