@@ -1063,7 +1063,7 @@ async def test_relay_functions_pin_their_search_path(conn: Conn) -> None:
         hold_function = name in HOLD_FUNCTIONS
         assert config[1:] == (["lock_timeout=1s"] if hold_function else []), name
     # Deliberately neither: both cost every writer's every statement (the benchmark cited in
-    # sql/stability.sql). It runs with the writer's rights and qualifies every name instead.
+    # sql/hold.sql). It runs with the writer's rights and qualifies every name instead.
     assert rows["system_stability_hint"] == (False, None)
 
 
