@@ -2,8 +2,9 @@
 reserve of descriptors that keeps health, readiness, metrics and open streams working at the
 open-file limit (issue 14, "Sockets").
 
-The descriptor test runs the relay as its own process under a lowered ``RLIMIT_NOFILE``, with
-the flood opened from this one.
+The descriptor tests run the relay as its own process under a lowered ``RLIMIT_NOFILE``; the
+flood is a third process (``tests/flood.py``), so that it reconnects as fast as it can without
+slowing this one's probes.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 from aiohttp import web
 
-from relay.http.sockets import GuardedSite, guard_available
+from relay.http.sockets import GuardedSite, asks_for_reserve, guard_available
 from tests.ops_support import PROCESSING, REPO, STABLE, background, free_port, wait_for_http
 from tests.support import (
     SseClient,
@@ -182,72 +185,34 @@ async def _flips(dsn: str, client: SseClient, count: int = 6) -> list[float]:
     return times
 
 
-class Flood:
-    """``count`` sockets held open against ``port``: half send half a request line and then a
-    byte now and then, half send nothing. One the relay closes is opened again."""
-
-    def __init__(self, port: int, count: int) -> None:
-        self.port = port
-        self.count = count
-        self.sockets: list[socket.socket | None] = [None] * count
-        self.opened = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Flood:
-        self._task = asyncio.create_task(self._hold())
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._task
-        for sock in self.sockets:
-            if sock is not None:
-                sock.close()
-
-    async def _hold(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            for n, sock in enumerate(self.sockets):
-                if sock is not None and _closed_by_peer(sock):
-                    sock.close()
-                    sock = self.sockets[n] = None
-                if sock is None:
-                    sock = self.sockets[n] = socket.socket()  # closed on exit even if cancelled
-                    sock.setblocking(False)
-                    try:
-                        await loop.sock_connect(sock, ("127.0.0.1", self.port))
-                    except OSError:
-                        sock.close()
-                        self.sockets[n] = None
-                        continue
-                    self.opened += 1
-                    if n % 2:
-                        with suppress(OSError):
-                            sock.send(b"GET /api/system-sta")
-                elif n % 2:
-                    with suppress(OSError):
-                        sock.send(b"t")
-            await asyncio.sleep(0.5)
-
-    def held(self) -> int:
-        return sum(1 for sock in self.sockets if sock is not None and not _closed_by_peer(sock))
+FLOOD_FROM = "127.0.0.2"  # the flood's address; the probes come from 127.0.0.1
+FLOOD_SOCKETS = 600  # more than the relay's limit, far less than its listen backlog (4096)
+ROUNDS = 20
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    try:
-        data = sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        # Closed, or an answer: the relay refused it and closes it.
-        return not data or b"HTTP/1.1" in data
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+def _lowest_priority() -> None:  # runs in the flood's process, before exec
+    os.nice(19)
+
+
+@contextmanager
+def _flood(port: int, tmp_path: Path) -> Iterator[dict[str, int]]:
+    """``tests/flood.py`` in a process of its own for the length of the block: FLOOD_SOCKETS
+    sockets from FLOOD_FROM reconnecting as fast as they can. What it counted is filled in
+    when the block ends. At the lowest priority: it stands for clients on other machines, so
+    it takes the CPU the relay, PostgreSQL and this test leave (still all of a core here),
+    not theirs."""
+    log = tmp_path / "flood.log"
+    command = [sys.executable, "-m", "tests.flood", str(port), FLOOD_FROM, str(FLOOD_SOCKETS)]
+    stats: dict[str, int] = {}
+    with background([*command, "120"], log, cwd=REPO, preexec_fn=_lowest_priority):
+        yield stats
+    lines = log.read_text().splitlines()
+    assert lines, "the flood said nothing"
+    stats.update(json.loads(lines[-1]))
 
 
 async def _get(url: str, path: str) -> int:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         async with http.get(url + path) as response:
             await response.read()
             return response.status
@@ -263,46 +228,119 @@ async def _answers_200(url: str, path: str, attempts: int = 5) -> bool:
     return False
 
 
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(url + "/metrics") as response:
+            assert response.status == 200, await response.text()
+            return await response.text()
+
+
+async def _sent_while_stopped(pid: int, port: int, source: str, request: bytes) -> bytes:
+    """``request`` on a new connection from ``source``, connected and sent while the relay is
+    stopped (SIGSTOP): it is all there when the relay accepts the connection. The answer, up
+    to the relay closing the connection (``Connection: close`` in ``request``)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        sock.bind((source, 0))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))  # the kernel's handshake
+            await loop.sock_sendall(sock, request)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return await _answer(sock, timeout=10)
+    finally:
+        sock.close()
+
+
 LIMIT_LINE = re.compile(r"refused|accept|Too many open files|event_loop_error|out of system")
+RESERVED = ("/healthz", "/readyz", "/metrics")
+REFUSED = "relay_http_connections_refused_total"
+
+
+@pytest.mark.parametrize(
+    ("head", "verdict"),
+    [
+        (b"", None),
+        (b"GE", None),
+        (b"GET /metrics", None),
+        (b"GET /metrics HTTP/1.1\r\nHost: relay\r\n", None),
+        (b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n", True),
+        (b"HEAD /healthz?verbose=1 HTTP/1.1\r\n\r\n", True),
+        (b"GET /readyz HTTP/1.0\r\n\r\n", True),
+        (b"GET /metricsx HTTP/1.1\r\n\r\n", False),
+        (b"GET /api/system-sta", False),
+        (b"POST /metrics HTTP/1.1\r\n\r\n", False),
+        (b"\x16\x03\x01", False),  # a TLS hello
+        (b"GET /metrics HTTP/1.1\r\nX: " + b"x" * 8200, False),  # a head that never ends
+    ],
+)
+def test_at_the_limit_a_connection_is_judged_by_its_request_head(
+    head: bytes, verdict: bool | None
+) -> None:
+    """A complete request head for a reserved path (True), never one (False), or not yet told
+    (None): what decides at the limit, whatever the order the connections came in."""
+    assert asks_for_reserve(head) is verdict
 
 
 async def test_at_the_open_file_limit_health_metrics_and_streams_keep_working(
     db_dsn: str, tmp_path: Path
 ) -> None:
-    async with _relay_process(tmp_path, db_dsn, idle_timeout="120s") as (url, log, _pid):
+    """A flood from one address that reconnects as fast as it can (its sockets silent, half a
+    request line, other paths, or a probe's request line never finished) keeps the relay at
+    its open-file limit. What the reserve promises, asserted every time:
+
+    - from another address every probe answers 200 at the first try, every round, while the
+      relay refuses the flood: a flood from one address only ever displaces its own waiting
+      sockets;
+    - from the flood's own address, a probe whose request is there when the relay accepts
+      the connection (sent while the relay is stopped) answers 200;
+    - the flood's requests for other paths get 503, a stream open before keeps its flips, and
+      once the flood is gone new clients and streams are served again.
+    """
+    async with _relay_process(tmp_path, db_dsn, idle_timeout="120s") as (url, log, pid):
+        port = int(url.rsplit(":", 1)[1])
         async with sse_connect(url + "/api/system-status/live") as stream:
             await stream.next_event()
             baseline = await _flips(db_dsn, stream)
-            async with Flood(int(url.rsplit(":", 1)[1]), 2 * NOFILE) as flood:
-                # The relay holds what fits below the reserve and refuses the rest.
-                await eventually(lambda: flood.opened > 2 * NOFILE, timeout=20)
-                metrics_text = ""
+            started = time.monotonic()
+            with _flood(port, tmp_path) as flood:
 
-                async def refusing() -> bool:
-                    nonlocal metrics_text
-                    with suppress(aiohttp.ClientError, TimeoutError):
-                        async with aiohttp.ClientSession() as http:
-                            async with http.get(url + "/metrics") as response:
-                                metrics_text = await response.text()
-                        refused = "relay_http_connections_refused_total"
-                        return _metric(metrics_text, refused, reason="fd_limit") > 0
-                    return False
+                async def at_the_limit() -> bool:
+                    metrics = await _metrics(url)  # a probe: it must answer even now
+                    return _metric(metrics, REFUSED, reason="fd_limit") > FLOOD_SOCKETS
 
-                await eventually(refusing, timeout=20)
-                held = flood.held()
-                assert NOFILE // 2 < held < NOFILE, held
-                for path in ("/healthz", "/readyz", "/metrics") * 3:
-                    assert await _answers_200(url, path), path
+                await eventually(at_the_limit, timeout=30)
+                refused_before = _metric(await _metrics(url), REFUSED, reason="fd_limit")
+                failed: list[tuple[int, str, object]] = []
+                for n in range(ROUNDS):
+                    for path in RESERVED:
+                        try:
+                            status = await _get(url, path)
+                        except (aiohttp.ClientError, TimeoutError) as error:
+                            failed.append((n, path, repr(error)))
+                        else:
+                            if status != 200:
+                                failed.append((n, path, status))
+                assert not failed, failed
+                metrics = await _metrics(url)
+                # ...while the relay kept refusing the flood: they were answered at the limit.
+                assert _metric(metrics, REFUSED, reason="fd_limit") > refused_before
+                assert _metric(metrics, "relay_open_fds_limit") == NOFILE
+                assert _metric(metrics, "relay_open_fds") <= NOFILE
+                for path in RESERVED:
+                    request = f"GET {path} HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n"
+                    answer = await _sent_while_stopped(pid, port, FLOOD_FROM, request.encode())
+                    assert answer.startswith(b"HTTP/1.1 200 "), (path, answer[:200])
                 loaded = await _flips(db_dsn, stream)
-                # Only the reserve's paths are served on a reserve connection.
-                refused_stream = 0
-                for _ in range(3):
-                    with suppress(aiohttp.ClientError, TimeoutError):
-                        if await _get(url, "/api/system-status") == 503:
-                            refused_stream += 1
-                assert refused_stream >= 1
-                assert _metric(metrics_text, "relay_open_fds_limit") == NOFILE
-                assert _metric(metrics_text, "relay_open_fds") <= NOFILE
+                # Still the flood's own address after all that: its probes are just slower.
+                own = sum([await _answers_200(url, "/healthz") for _ in range(3)])
+            flooded = time.monotonic() - started
+            assert flood["connects"] > 10 * FLOOD_SOCKETS, flood  # it kept reconnecting
+            # Its complete requests for another path were refused at the limit, as one answer.
+            assert flood.get("HTTP/1.1 503 Service Unavailable", 0) > 0, flood
             # The flood is gone: new clients are served again.
             await eventually(lambda: _answers_200(url, "/api/system-status", attempts=1))
             async with sse_connect(url + "/api/system-status/live") as again:
@@ -310,16 +348,21 @@ async def test_at_the_open_file_limit_health_metrics_and_streams_keep_working(
             assert (await _flip(db_dsn, stream, to_processing=True)) < 10 * max(baseline)
         lines = log.read_text().splitlines()
     about_the_limit = [line for line in lines if LIMIT_LINE.search(line)]
-    assert 1 <= len(about_the_limit) <= 5, about_the_limit
+    # One line per 10 s at most, and the last counts when the relay stops.
+    assert 1 <= len(about_the_limit) <= 2 + flooded / 10, about_the_limit
     refusals = [json.loads(line) for line in about_the_limit if "http_connections_refused" in line]
     assert refusals and sum(r["counts"].get("fd_limit", 0) for r in refusals) > 0
     ratio = statistics.median(loaded) / statistics.median(baseline)
     print(
+        f"flood: {flood['connects']} connections in {flooded:.1f} s; "
         f"flips: baseline median {statistics.median(baseline) * 1000:.1f} ms, "
         f"under the flood {statistics.median(loaded) * 1000:.1f} ms (ratio {ratio:.2f}); "
-        f"{len(lines)} log lines, {len(about_the_limit)} about the limit"
+        f"{len(lines)} log lines, {len(about_the_limit)} about the limit; "
+        f"/healthz from the flood's address: {own} of 3 within 5 tries"
     )
-    assert ratio < 5, (baseline, loaded)
+    # A flood that keeps a core busy being refused: typically 1.5 to 4 times slower here; one
+    # that starved the loop (256 refusals a turn) made it 30 times.
+    assert ratio < 10, (baseline, loaded)
 
 
 def _lowest_free_descriptor(pid: int) -> int:

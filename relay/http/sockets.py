@@ -9,13 +9,19 @@ socket is, in this order:
 1. from an address that already holds ``http.max_clients_per_address`` connections (of any
    kind: streams, keep-alive, idle, half-sent): answered 429 JSON with ``Retry-After`` and
    closed. Trusted proxies are exempt here; their clients are counted by ``X-Forwarded-For``
-   in ``relay/http/access.py`` (live streams and feeds, as before).
-2. while the open descriptors are within ``http.fd_reserve`` of the open-file limit: a
-   *reserve* connection, served for ``/healthz``, ``/readyz`` and ``/metrics`` only (other
-   paths 503), one request, closed if no request came within ``RESERVE_DEADLINE``. At most
-   ``fd_reserve // 8`` of them; a newcomer displaces the oldest that has sent no request
-   yet (idle sockets do not lock health checks out). With no slot: 503 JSON with
-   ``Retry-After``, closed at once (the descriptor is free again before the next accept).
+   in ``relay/http/access.py``.
+2. while the open descriptors are within ``http.fd_reserve`` of the open-file limit: judged by
+   what it asks for, not by when it came. The relay reads the socket itself until it can tell
+   (:func:`asks_for_reserve`): a complete request head for ``/healthz``, ``/readyz`` or
+   ``/metrics`` (GET or HEAD) makes it a *probe*, handed to aiohttp with what was read, for
+   one request, in one of ``fd_reserve // 8`` probe slots that nothing else can take or
+   displace; anything else is answered 503 JSON with ``Retry-After`` and closed at once. A
+   socket that has not said enough yet *waits*, in one of as many waiting slots, at most
+   ``RESERVE_DEADLINE``; when they are all taken, a newcomer takes the slot of the oldest
+   waiting socket of the address that holds the most of them (after reading what that one
+   has sent since: a probe is not dropped for being read late). So a flood from one address,
+   however fast it reconnects, never costs another address's probe its turn; and a probe
+   whose request has arrived when the relay accepts it, from any address, is served.
 3. otherwise served as usual.
 
 The rest of the reserve is for what the relay opens itself: the listener's reconnect, the
@@ -56,12 +62,18 @@ log = get_logger("relay.http.sockets")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# What a reserve connection may ask for.
+# What a reserve connection may ask for, and how.
 RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-RESERVE_DEADLINE = 2.0  # a reserve connection without a request is closed after this
+PROBE_METHODS = ("GET", "HEAD")
+PROBE_HEAD_MAX = 8192  # a longer request head at the limit is not a probe's
+RESERVE_DEADLINE = 2.0  # a socket at the limit without a complete request is closed after this
 LINGER = 1.0  # a refused connection is kept this long at most for its answer to arrive
 ACCEPT_PAUSE = 0.5  # after accept() failed for want of descriptors
-ACCEPT_BATCH = 256  # accepts per readiness event, as asyncio (which uses the backlog)
+ACCEPT_BATCH = 256  # accepts per readiness event, as asyncio (which uses the backlog)...
+# ...but only this many at the limit: each event-loop turn accepts one batch, and a flood that
+# reconnects as fast as the relay refuses it would otherwise have most of every turn, slowing
+# the streams and probes already served (flips took 30 times as long with 256).
+ACCEPT_BATCH_AT_LIMIT = 16
 LOG_EVERY = 10.0
 SAMPLE_EVERY = 2.0  # /proc/self/fd read this often (in a thread)...
 SAMPLE_EVERY_NEAR = 0.5  # ...and this often within twice the reserve of the limit
@@ -84,6 +96,24 @@ TOO_MANY_FROM_ADDRESS = _answer(
     "429 Too Many Requests", 10, "too many connections from one address"
 )
 FD_LIMIT = _answer("503 Service Unavailable", 5, "too many open connections")
+
+_PROBE_LINES = tuple(
+    f"{method} {path}".encode() for method in PROBE_METHODS for path in sorted(RESERVED_PATHS)
+)
+
+
+def asks_for_reserve(head: bytes) -> bool | None:
+    """Whether ``head``, the first bytes of a connection, is a complete request head for a
+    reserved path (``True``), cannot become one (``False``), or may yet (``None``)."""
+    for line in _PROBE_LINES:
+        if len(head) <= len(line):
+            if line.startswith(head):
+                return None
+        elif head.startswith(line) and head[len(line) : len(line) + 1] in (b" ", b"?"):
+            if b"\r\n\r\n" in head:
+                return True
+            return None if len(head) <= PROBE_HEAD_MAX else False
+    return False
 
 
 class Descriptors:
@@ -154,6 +184,7 @@ class Connection(asyncio.Protocol):
     (aiohttp's request handler, then an event stream's client after ``hand_over``)."""
 
     __slots__ = (
+        "_preface",
         "_timer",
         "address",
         "gate",
@@ -165,15 +196,21 @@ class Connection(asyncio.Protocol):
     )
 
     def __init__(
-        self, gate: Gate, inner: asyncio.Protocol, address: str | None, reserve: bool
+        self,
+        gate: Gate,
+        inner: asyncio.Protocol,
+        address: str | None,
+        reserve: bool,
+        preface: bytes = b"",
     ) -> None:
         self.gate = gate
         self.inner = inner
         self.address = address  # None: not counted per address (a trusted proxy, or no limit)
-        self.reserve = reserve
+        self.reserve = reserve  # a probe at the limit: one request, a reserved path
         self.requested = False
         self.released = False
         self.transport: asyncio.BaseTransport | None = None
+        self._preface = preface  # what the gate read before handing the socket over
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,6 +219,9 @@ class Connection(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(RESERVE_DEADLINE, self._expire, transport)
         self.inner.connection_made(transport)
+        if self._preface:
+            preface, self._preface = self._preface, b""
+            self.inner.data_received(preface)
 
     def _expire(self, transport: asyncio.BaseTransport) -> None:
         self._timer = None
@@ -239,6 +279,21 @@ class _Refusal(asyncio.Protocol):
         self._gate.release_refusal(self)
 
 
+class _Waiting:
+    """A socket accepted at the limit that has not sent a complete request head yet. The gate
+    reads it itself (a reader on the descriptor, no transport), so dropping it is one
+    ``close()`` at any moment, even in the accept batch that brought it."""
+
+    __slots__ = ("address", "head", "host", "sock", "timer")
+
+    def __init__(self, sock: socket.socket, host: str | None, address: str | None) -> None:
+        self.sock = sock
+        self.host = host  # whose slots these are when one must go
+        self.address = address  # as Connection.address
+        self.head = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class Gate:
     """Decides about each accepted socket (see the module docstring) and counts connections."""
 
@@ -255,11 +310,13 @@ class Gate:
         self._factory = factory
         self._loop = loop
         self.fds = Descriptors(settings.fd_reserve)
+        # Probes at the limit, and as many sockets waiting to show what they ask for.
         self.reserve_slots = max(2, settings.fd_reserve // 8)
         self.connections = 0  # every accepted socket still open, refused ones included
         self._per_address: Counter[str] = Counter()
         self._trusted_cache: dict[str, bool] = {}
-        self._reserve: dict[Connection, None] = {}  # oldest first
+        self._probes: set[Connection] = set()
+        self._waiting: dict[_Waiting, None] = {}  # oldest first
         self._refusals: set[_Refusal] = set()
         self._pending: set[asyncio.Task[Any]] = set()
         self._report = _Report(self)
@@ -281,16 +338,18 @@ class Gate:
     def _open_fds(self) -> float:
         return float(self.fds.used(self.connections))
 
-    def admit(self, sock: socket.socket, peer: Any) -> None:
-        """A socket ``accept()`` returned: serve it, give it a reserve slot, or refuse it."""
+    def admit(self, sock: socket.socket, peer: Any) -> bool:
+        """A socket ``accept()`` returned: serve it, judge it by its request, or refuse it.
+        Whether the descriptors were at the limit."""
         self.connections += 1
         try:
             sock.setblocking(False)
         except OSError:
             self._close_now(sock, None)
-            return
+            return False
         host = peer[0] if isinstance(peer, tuple) and peer else None
-        address = host if isinstance(host, str) and self._limited(host) else None
+        host = host if isinstance(host, str) else None
+        address = host if host is not None and self._limited(host) else None
         budget = self.fds.budget
         full = budget is not None and self.fds.used(self.connections) > budget
         if address is not None and self._per_address[address] >= (self._limit or 0):
@@ -301,17 +360,14 @@ class Gate:
                 refusal = _Refusal(self, TOO_MANY_FROM_ADDRESS)
                 self._refusals.add(refusal)
                 self._connect(sock, refusal)
-            return
-        if full and not self._reserve_slot():
-            self.refused("fd_limit")
-            self._close_now(sock, FD_LIMIT)
-            return
-        connection = Connection(self, self._factory(), address, full)
+            return full
         if address is not None:
             self._per_address[address] += 1
         if full:
-            self._reserve[connection] = None
-        self._connect(sock, connection)
+            self._judge(_Waiting(sock, host, address))
+        else:
+            self._connect(sock, Connection(self, self._factory(), address, reserve=False))
+        return full
 
     def _limited(self, host: str) -> bool:
         """Whether connections from ``host`` count against the per-address limit."""
@@ -330,16 +386,72 @@ class Gate:
             self._trusted_cache[host] = trusted
         return not trusted
 
-    def _reserve_slot(self) -> bool:
-        if len(self._reserve) < self.reserve_slots:
-            return True
-        for connection in self._reserve:
-            transport = connection.transport
-            if not connection.requested and isinstance(transport, asyncio.Transport):
-                del self._reserve[connection]
-                transport.abort()
-                return True
-        return False
+    # At the limit: what a socket asks for decides.
+
+    def _judge(self, waiting: _Waiting) -> None:
+        """Read what ``waiting`` has sent (at accept, then whenever it is readable) and
+        decide: a probe, refused, or waiting a while longer."""
+        try:
+            chunk = waiting.sock.recv(PROBE_HEAD_MAX + 1 - len(waiting.head))
+        except (BlockingIOError, InterruptedError):
+            chunk = None
+        except OSError:
+            self._drop(waiting, None)
+            return
+        if chunk == b"":  # the client left
+            self._drop(waiting, None)
+            return
+        waiting.head += chunk or b""
+        verdict = asks_for_reserve(waiting.head)
+        if verdict is None:
+            if waiting not in self._waiting:
+                self._wait(waiting)
+            return
+        if not verdict or len(self._probes) >= self.reserve_slots:
+            self.refused("fd_limit")
+            self._drop(waiting, FD_LIMIT)
+            return
+        self._stop_waiting(waiting)
+        connection = Connection(
+            self, self._factory(), waiting.address, reserve=True, preface=waiting.head
+        )
+        self._probes.add(connection)
+        self._connect(waiting.sock, connection)
+
+    def _wait(self, waiting: _Waiting) -> None:
+        """A waiting slot for ``waiting``: a free one, or the one of the oldest waiting socket
+        of the address that holds the most (read once more first: it may be a probe now)."""
+        while len(self._waiting) >= self.reserve_slots:
+            held = Counter(other.host for other in self._waiting)
+            most = max(held.values())
+            victim = next(other for other in self._waiting if held[other.host] == most)
+            self._judge(victim)
+            if victim in self._waiting:
+                self.refused("fd_limit")
+                self._drop(victim, FD_LIMIT)
+        self._waiting[waiting] = None
+        self._loop.add_reader(waiting.sock.fileno(), self._judge, waiting)
+        waiting.timer = self._loop.call_later(RESERVE_DEADLINE, self._expire, waiting)
+
+    def _expire(self, waiting: _Waiting) -> None:
+        waiting.timer = None
+        self._judge(waiting)  # what came last
+        if waiting in self._waiting:
+            self.refused("fd_limit")
+            self._drop(waiting, FD_LIMIT)
+
+    def _stop_waiting(self, waiting: _Waiting) -> None:
+        if waiting in self._waiting:
+            del self._waiting[waiting]
+            self._loop.remove_reader(waiting.sock.fileno())
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+            waiting.timer = None
+
+    def _drop(self, waiting: _Waiting, answer: bytes | None) -> None:
+        self._stop_waiting(waiting)
+        self._forget(waiting.address)
+        self._close_now(waiting.sock, answer)
 
     def _connect(self, sock: socket.socket, protocol: asyncio.Protocol) -> None:
         task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: protocol, sock))
@@ -374,8 +486,10 @@ class Gate:
             return
         connection.released = True
         self.connections -= 1
-        self._reserve.pop(connection, None)
-        address = connection.address
+        self._probes.discard(connection)
+        self._forget(connection.address)
+
+    def _forget(self, address: str | None) -> None:
         if address is not None:
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
@@ -398,6 +512,8 @@ class Gate:
         if self._watch is not None:
             self._watch.cancel()
         self._report.flush()
+        for waiting in list(self._waiting):
+            self._drop(waiting, None)
         for refusal in list(self._refusals):
             if refusal.transport is not None:
                 refusal.transport.abort()
@@ -488,6 +604,7 @@ class Listening(asyncio.AbstractServer):
             self._loop.add_reader(sock.fileno(), self._accept, sock)
 
     def _accept(self, sock: socket.socket) -> None:
+        at_limit = 0
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, peer = sock.accept()
@@ -500,7 +617,10 @@ class Listening(asyncio.AbstractServer):
                     self._pause(sock, error)
                     return
                 raise  # the loop logs it (folded, relay/http/loopguard.py) and calls again
-            self._gate.admit(conn, peer)
+            if self._gate.admit(conn, peer):
+                at_limit += 1
+                if at_limit >= ACCEPT_BATCH_AT_LIMIT:
+                    return  # the rest next turn, after what else is ready
 
     def _pause(self, sock: socket.socket, error: OSError) -> None:
         """No descriptor for accept(): stop reading this socket for a moment (Linux keeps
