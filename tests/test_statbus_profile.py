@@ -328,8 +328,9 @@ async def test_a_state_that_is_not_in_the_enum_is_refused(statbus_db: str) -> No
     with pytest.raises(InstallRefused) as refused:
         await install(statbus_db, activities=[activity], roles=False)
     assert refused.value.problems == [
-        'activities[0].active_states[1]: "importing" is not a value of import_job_state (its '
-        "values: waiting_for_upload, upload_completed, preparing_data, analysing_data, "
+        # The type by its schema: the install's session resolves names from pg_catalog only.
+        'activities[0].active_states[1]: "importing" is not a value of public.import_job_state '
+        "(its values: waiting_for_upload, upload_completed, preparing_data, analysing_data, "
         "waiting_for_review, approved, rejected, processing_data, failed, finished)"
     ]
 
