@@ -37,6 +37,7 @@ IMPORT_JOB_STATES = (
     "failed",
     "finished",
 )
+IMPORT_MODES = ("legal_unit", "establishment_formal", "establishment_informal", "generic_unit")
 TASK_STATES = ("pending", "processing", "interrupted", "waiting", "completed", "failed")
 CHILD_MODES = ("concurrent", "serial")
 
@@ -58,6 +59,21 @@ CHANNELS = (
 )
 
 _DEFAULT_ERROR = "fixture: failed"
+
+# The fixture's stand-in for statbus's built-in definitions: a job's definition unless the
+# caller names one (``definition_id=``, None for none).
+DEFAULT_DEFINITION = "fixture_legal_unit"
+
+# What statbus's /api/sse/import-jobs listener reads for an import_job notification: the row
+# as to_jsonb() gives it, plus four fields of its definition (LEFT JOIN: nulls without one).
+# Read as text, so the caller sees jsonb's own key order and number spelling.
+ENRICHED_IMPORT_JOB = """
+SELECT (to_jsonb(ij.*) || jsonb_build_object('import_definition', jsonb_build_object(
+            'slug', d.slug, 'name', d.name, 'mode', d.mode, 'custom', d.custom)))::text
+FROM public.import_job AS ij
+LEFT JOIN public.import_definition AS d ON ij.definition_id = d.id
+WHERE ij.id = %s
+"""
 
 
 async def apply_statbus_fixture(conn_or_dsn: AsyncConn | str) -> None:
@@ -86,13 +102,20 @@ def _with_error(state: str, cols: dict[str, Any]) -> dict[str, Any]:
     return cols
 
 
-async def add_import_job(
-    conn: AsyncConn, slug: str, state: str = "waiting_for_upload", **cols: Any
+async def add_import_definition(
+    conn: AsyncConn,
+    slug: str,
+    *,
+    name: str | None = None,
+    mode: str = "legal_unit",
+    custom: bool = True,
+    **cols: Any,
 ) -> int:
-    """INSERT an import job directly in ``state`` (statbus's jobs start in waiting_for_upload:
-    a later state skips the state-change triggers). Notifies import_job INSERT."""
-    values = {"slug": slug, "state": state, **_with_error(state, cols)}
-    query = sql.SQL("INSERT INTO public.import_job ({}) VALUES ({}) RETURNING id").format(
+    """INSERT an import definition (notifies nothing); its id. ``name`` defaults to the slug."""
+    if mode not in IMPORT_MODES:
+        raise ValueError(f"not an import_mode: {mode!r}")
+    values = {"slug": slug, "name": name or slug, "mode": mode, "custom": custom, **cols}
+    query = sql.SQL("INSERT INTO public.import_definition ({}) VALUES ({}) RETURNING id").format(
         sql.SQL(", ").join(map(sql.Identifier, values)),
         sql.SQL(", ").join(sql.Placeholder() * len(values)),
     )
@@ -100,6 +123,63 @@ async def add_import_job(
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def update_import_definition(conn: AsyncConn, definition_id: int, **cols: Any) -> None:
+    """UPDATE a definition's columns (notifies nothing: statbus's import_job channel is the
+    job's own)."""
+    query = sql.SQL("UPDATE public.import_definition SET {} WHERE id = {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder()) for name in cols
+        ),
+        sql.Placeholder(),
+    )
+    cur = await conn.execute(query, [*cols.values(), definition_id])
+    if cur.rowcount != 1:
+        raise LookupError(f"no import definition {definition_id}")
+
+
+async def add_import_job(
+    conn: AsyncConn, slug: str, state: str = "waiting_for_upload", **cols: Any
+) -> int:
+    """INSERT an import job directly in ``state`` (statbus's jobs start in waiting_for_upload:
+    a later state skips the state-change triggers). Notifies import_job INSERT.
+
+    Its definition is the fixture's built-in one unless ``definition_id`` is given (None: no
+    definition, which statbus never has)."""
+    values: dict[str, Any] = {"slug": slug, "state": state, **_with_error(state, cols)}
+    columns = [sql.Identifier(name) for name in values]
+    params: list[sql.Composable] = [sql.Placeholder()] * len(values)
+    if "definition_id" not in values:
+        columns.append(sql.Identifier("definition_id"))
+        params.append(
+            sql.SQL("(SELECT id FROM public.import_definition WHERE slug = {})").format(
+                sql.Literal(DEFAULT_DEFINITION)
+            )
+        )
+    query = sql.SQL("INSERT INTO public.import_job ({}) VALUES ({}) RETURNING id").format(
+        sql.SQL(", ").join(columns), sql.SQL(", ").join(params)
+    )
+    cur = await conn.execute(query, list(values.values()))
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def enriched_import_job(conn: AsyncConn, job_id: int) -> str | None:
+    """The job as statbus's import-jobs listener reads it (``ENRICHED_IMPORT_JOB``), as jsonb
+    text; None when there is no such row (the listener then sends nothing)."""
+    cur = await conn.execute(ENRICHED_IMPORT_JOB, (job_id,))
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def report_progress(conn: AsyncConn, job_id: int, **counters: Any) -> None:
+    """A worker's progress step: UPDATE the counters (imported_rows,
+    completed_analysis_steps_weighted, error_count, warning_count, total_rows, …); the BEFORE
+    trigger computes the percentages, the AFTER trigger notifies import_job_progress when one
+    of its columns is in the statement (and import_job, as every UPDATE does)."""
+    await update_import_job(conn, job_id, **counters)
 
 
 async def update_import_job(conn: AsyncConn, job_id: int, **cols: Any) -> None:
@@ -138,6 +218,24 @@ async def _update_job(conn: AsyncConn, job_id: int, cols: dict[str, Any]) -> Non
     cur = await conn.execute(query, [*cols.values(), job_id])
     if cur.rowcount != 1:
         raise LookupError(f"import job {job_id} not updated (missing, or hidden by RLS)")
+
+
+async def notify_import_job(conn: AsyncConn, verb: str, job_id: int) -> None:
+    """pg_notify on import_job with the payload statbus's row trigger sends (same SQL
+    expression, so the same text), without a write: for a verb about a row that is not
+    there, or is not what the verb says."""
+    if verb not in ("INSERT", "UPDATE", "DELETE"):
+        raise ValueError(f"not a trigger verb: {verb!r}")
+    await conn.execute(
+        "SELECT pg_notify('import_job', json_build_object('verb', %s::text, 'id', %s::integer)"
+        "::text)",
+        (verb, job_id),
+    )
+
+
+async def notify_raw(conn: AsyncConn, channel: str, payload: str) -> None:
+    """pg_notify with a payload given as text, byte for byte."""
+    await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
 async def add_user(conn: AsyncConn, email: str) -> int:
@@ -202,6 +300,30 @@ async def start_pipeline(conn: AsyncConn, *, phases: bool = False) -> dict[str, 
         ids[command] = child
     await set_task_state(conn, root, "waiting")
     return ids
+
+
+async def add_task(conn: AsyncConn, command: str, parent_id: int | None = None) -> int:
+    """A pending task through worker.spawn() (a child of ``parent_id``): notifies worker_tasks
+    with its queue, not worker_task_changed (that is for state changes)."""
+    task = await spawn(conn, command, parent_id=parent_id)
+    if task is None:
+        raise LookupError(f"spawn of {command} was a no-op (a pending one exists)")
+    return task
+
+
+async def add_task_family(
+    conn: AsyncConn, children: int, parent_command: str = "derive_statistical_history"
+) -> tuple[int, list[int]]:
+    """A parent task (``parent_command``, no parent of its own) with ``children`` pending
+    children (its child command), as statbus's fan-out steps spawn them."""
+    child_command = {
+        "derive_statistical_history": "derive_statistical_history_period",
+        "derive_statistical_unit_facet": "derive_statistical_unit_facet_partition",
+        "derive_statistical_history_facet": "derive_statistical_history_facet_period",
+    }[parent_command]
+    parent = await add_task(conn, parent_command)
+    kids = [await add_task(conn, child_command, parent_id=parent) for _ in range(children)]
+    return parent, kids
 
 
 async def set_task_state(
