@@ -2,8 +2,8 @@
 -- Apply after hold.sql and the generated activities (stability-relay db install does).
 --
 -- `stability_relay` is a NOLOGIN group role. It may connect, call the nine SECURITY DEFINER
--- functions (the six readers and the hold's request, confirm and release) and LISTEN
--- (LISTEN needs no privilege), and nothing else: it has no privileges on any table. The hold
+-- functions (the six readers and the hold's request, confirm and release), the feeds' enrich
+-- functions when the config has any, and LISTEN (LISTEN needs no privilege), and nothing else: it has no privileges on any table. The hold
 -- flag's sequence is readable by PUBLIC (hold.sql). An operator creates the login role
 -- the relay uses, once per cluster:
 --
@@ -69,3 +69,22 @@ GRANT EXECUTE ON FUNCTION
     public.system_stability_confirm_hold(),
     public.system_stability_release_hold()
 TO stability_relay;
+
+-- The feeds' enrich functions (public.system_stability_enrich_<name>(jsonb)), generated only
+-- for a config whose feeds enrich (the statbus profile's import_job), and revoked from PUBLIC
+-- where they are created: each one there is, and only those.
+DO $$
+DECLARE
+    enrich record;
+BEGIN
+    FOR enrich IN
+        SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace
+              OPERATOR(pg_catalog.=) 'public'::pg_catalog.regnamespace::pg_catalog.oid
+          AND p.proname::pg_catalog.text
+              OPERATOR(pg_catalog.~~) 'system\_stability\_enrich\_%'::pg_catalog.text
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO stability_relay', enrich.fn);
+    END LOOP;
+END;
+$$;

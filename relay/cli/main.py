@@ -254,7 +254,10 @@ def _db_install(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.print_sql:
         plan = scripts(
-            config.activities, channel=config.database.channel, demo_schema=args.demo_schema
+            config.activities,
+            channel=config.database.channel,
+            demo_schema=args.demo_schema,
+            enrichers=config.enrichers,
         )
         for script in plan:
             sys.stdout.write(printed(script))
@@ -267,6 +270,7 @@ def _db_install(args: argparse.Namespace) -> int:
             profile=config.profile,
             demo_schema=args.demo_schema,
             channel=config.database.channel,
+            enrichers=config.enrichers,
         )
     )
     for name in applied:

@@ -19,9 +19,9 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from relay.errors import ConfigError, DatabaseUnavailable, RelayError, SchemaMissing
-from relay.source.activities.check import check_activities
+from relay.source.activities.check import check_activities, check_enrichers
 from relay.source.activities.profiles import DEFAULT_PROFILE, load_profile
-from relay.source.activities.spec import Activity
+from relay.source.activities.spec import Activity, EnrichRead
 from relay.source.activities.sql import install_script
 from relay.source.holdflag import CONFIRM, REQUEST
 
@@ -135,6 +135,7 @@ def scripts(
     channel: str = DEFAULT_CHANNEL,
     demo_schema: bool = False,
     roles: bool = True,
+    enrichers: Sequence[EnrichRead] = (),
 ) -> list[Script]:
     """What an install applies, in order (``db install --print`` writes exactly this)."""
     if not _CHANNEL_PATTERN.fullmatch(channel):
@@ -143,7 +144,7 @@ def scripts(
     result = [Script(DEMO_SCHEMA, (directory / DEMO_SCHEMA).read_bytes())] if demo_schema else []
     hold = (directory / HOLD).read_bytes().replace(_CHANNEL_LITERAL, f"'{channel}'".encode())
     result.append(Script(HOLD, hold))
-    result.append(Script(ACTIVITIES, install_script(activities).encode()))
+    result.append(Script(ACTIVITIES, install_script(activities, enrichers).encode()))
     result.append(Script(HISTORY, (directory / HISTORY).read_bytes()))
     if roles:
         result.append(Script(ROLES, (directory / ROLES).read_bytes()))
@@ -159,6 +160,7 @@ async def install(
     roles: bool = True,
     channel: str = DEFAULT_CHANNEL,
     park: bool = True,
+    enrichers: Sequence[EnrichRead] = (),
 ) -> list[str]:
     """Check, then apply each script in its own transaction; return the names applied.
 
@@ -167,7 +169,8 @@ async def install(
 
     The triggers notify on ``channel`` (``database.channel`` in the relay's config): one
     channel per database, the last install wins. ``profile`` only names the activities'
-    origin in problems.
+    origin in problems. ``enrichers``: the feeds' enrich functions (``Config.enrichers``),
+    generated with the activities; the tables they read are checked like the activities'.
 
     Raises ``InstallRefused`` listing what does not fit (nothing is written then),
     ``DatabaseUnavailable`` when the database cannot be reached, ``SchemaMissing`` when an
@@ -175,12 +178,14 @@ async def install(
     connection string.
     """
     chosen = tuple(activities) if activities is not None else default_activities()
-    plan = scripts(chosen, channel=channel, demo_schema=demo_schema, roles=roles)
+    plan = scripts(
+        chosen, channel=channel, demo_schema=demo_schema, roles=roles, enrichers=enrichers
+    )
     async with await _connect(conninfo) as conn:
         if demo_schema:
             await _apply(conn, plan.pop(0))
         try:
-            await _refuse_what_does_not_fit(conn, chosen, profile)
+            await _refuse_what_does_not_fit(conn, chosen, profile, enrichers)
         except psycopg.Error as exc:
             raise RelayError(f"checking the activities failed: {_describe(exc)}") from exc
         for script in plan:
@@ -195,6 +200,7 @@ async def _refuse_what_does_not_fit(
     conn: psycopg.AsyncConnection[tuple[object, ...]],
     activities: Sequence[Activity],
     profile: str | None,
+    enrichers: Sequence[EnrichRead] = (),
 ) -> None:
     cursor = await conn.execute("SELECT current_user")
     row = await cursor.fetchone()
@@ -203,6 +209,9 @@ async def _refuse_what_does_not_fit(
         problems = await foreign_objects(conn)
         problems += await check_activities(
             conn, activities, role=str(row[0]), profile=profile, snippets=True
+        )
+        problems += await check_enrichers(
+            conn, enrichers, role=str(row[0]), profile=profile, snippets=True
         )
     finally:
         await conn.rollback()

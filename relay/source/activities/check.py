@@ -10,6 +10,7 @@ the statement that does it. What is checked:
 * row-level security: the reading role sees every row (it owns the table without FORCE,
   is superuser or BYPASSRLS, or a permissive ``USING (true)`` policy covers it and no
   restrictive one does). Otherwise the functions would count no rows and say "stable";
+* the same for the tables the feeds' enrich functions read (:func:`check_enrichers`);
 * at install only, each SQL snippet compiles in the functions' ``search_path`` (and an
   expression is boolean): planned, never executed.
 """
@@ -25,7 +26,7 @@ from psycopg import AsyncConnection
 
 from relay.errors import SchemaMismatch, SchemaMissing
 from relay.source.activities.profiles import CUSTOM
-from relay.source.activities.spec import Activity, split_name
+from relay.source.activities.spec import Activity, EnrichRead, split_name
 from relay.source.activities.sql import (
     FINGERPRINT,
     active_condition,
@@ -201,25 +202,66 @@ async def _check_tables(
     missing: set[str] = set()
     for table in activity.read_tables:
         key = where.path(_table_key(activity, table))
-        schema, name = split_name(table)
-        cursor = await conn.execute(_TABLE, {"schema": schema, "name": name, "role": role})
-        row = await cursor.fetchone()
-        if row is None:
-            problems.append(f'{key}: role "{role}" does not exist')
-            continue
-        found, rls, forced, owner, bypasses, owns, can_select, open_policy, restricted = row
-        if not found:
+        if not await _check_table(conn, table, key, role, problems):
             missing.add(table)
-            problems.append(f"{key}: table {table} does not exist")
-            continue
-        if not can_select:
-            problems.append(
-                f'{key}: role "{role}" may not read {table}: '
-                f'GRANT SELECT ON {table} TO "{role}" (or install as its owner "{owner}")'
-            )
-        if rls and not _sees_every_row(forced, bypasses, owns, open_policy, restricted):
-            problems.append(_rls_problem(key, table, role, owner, forced, owns))
     return missing
+
+
+async def _check_table(
+    conn: AsyncConnection[Any], table: str, key: str, role: str, problems: list[str]
+) -> bool:
+    """Whether ``table`` exists; each problem with ``role`` reading all of it, in ``problems``."""
+    schema, name = split_name(table)
+    cursor = await conn.execute(_TABLE, {"schema": schema, "name": name, "role": role})
+    row = await cursor.fetchone()
+    if row is None:
+        problems.append(f'{key}: role "{role}" does not exist')
+        return True
+    found, rls, forced, owner, bypasses, owns, can_select, open_policy, restricted = row
+    if not found:
+        problems.append(f"{key}: table {table} does not exist")
+        return False
+    if not can_select:
+        problems.append(
+            f'{key}: role "{role}" may not read {table}: '
+            f'GRANT SELECT ON {table} TO "{role}" (or install as its owner "{owner}")'
+        )
+    if rls and not _sees_every_row(forced, bypasses, owns, open_policy, restricted):
+        problems.append(_rls_problem(key, table, role, owner, forced, owns))
+    return True
+
+
+async def check_enrichers(
+    conn: AsyncConnection[Any],
+    enrichers: Sequence[EnrichRead],
+    *,
+    role: str,
+    profile: str | None = None,
+    snippets: bool = False,
+) -> list[str]:
+    """The feeds' enrich reads, as the activities are checked: every table they read exists
+    and ``role`` sees every row of it (a function that cannot see a row would send nothing for
+    it, silently); at install, the row expression and the joins compile and give JSON."""
+    problems: list[str] = []
+    named = profile not in (None, CUSTOM)
+    origin = f' (profile "{profile}")' if named else ""
+    for read in enrichers:
+        missing = False
+        for index, table in enumerate(read.tables):
+            part = "table" if index == 0 else f"joins[{index - 1}].table"
+            key = f'enrich read "{read.name}".{part}{origin}'
+            missing |= not await _check_table(conn, table, key, role, problems)
+        if snippets and not missing:
+            joins = "".join(
+                f" LEFT JOIN {qualified(join.table)} AS {join.alias} ON ({join.condition})"
+                for join in read.joins
+            )
+            query = f"SELECT ({read.row}) FROM {qualified(read.table)} AS t{joins} LIMIT 0"
+            key = f'enrich read "{read.name}".row{origin}'
+            described = await _plan(conn, query, key, problems)
+            if described is not None and described not in JSON_OIDS:
+                problems.append(f"{key}: must be json or jsonb")
+    return problems
 
 
 def _sees_every_row(

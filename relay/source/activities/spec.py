@@ -169,3 +169,54 @@ class Activity(_Section):
     @property
     def hint_channels(self) -> tuple[str, ...]:
         return self.hints.channels if self.hints else ()
+
+
+# -- enrich functions: what a feed sends instead of a notification's payload ----------------
+
+ENRICH_PREFIX = "system_stability_enrich_"
+
+
+class Join(_Section):
+    """A further table an enrich read joins to its row (LEFT JOIN: the row is kept without it)."""
+
+    table: QualifiedName
+    alias: Identifier
+    # The join condition over ``t`` (the row) and ``alias``, like "d.id = t.definition_id".
+    condition: Snippet
+
+
+class EnrichRead(_Section):
+    """What ``db install`` generates as ``public.system_stability_enrich_<name>(payloads jsonb)``.
+
+    For each payload (a JSON object), in order: when its ``verb`` is one of ``unread``,
+    ``{verb, <wrap>: {<key>: the payload's <payload_key>}}`` without a read (a deleted row);
+    otherwise the row of ``table`` (alias ``t``) whose ``key`` column equals the payload's
+    ``payload_key``, as ``row`` builds it over ``t`` and the joins, as ``{verb, <wrap>: row}``;
+    no such row: null (nothing is sent). One statement for the whole array.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,38}$")]
+    table: QualifiedName
+    key: Identifier = "id"
+    payload_key: Identifier = "id"
+    joins: tuple[Join, ...] = ()
+    # A jsonb expression over t and the joins' aliases: what is sent of the row.
+    row: Snippet = "pg_catalog.to_jsonb(t.*)"
+    wrap: Identifier
+    verb: Identifier = "verb"
+    unread: tuple[Annotated[PlainText, Field(min_length=1, max_length=63)], ...] = ("DELETE",)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([self.table, *(join.table for join in self.joins)]))
+
+    @model_validator(mode="after")
+    def _aliases(self) -> EnrichRead:
+        aliases = [join.alias for join in self.joins]
+        if "t" in aliases or len(set(aliases)) != len(aliases):
+            raise ValueError('join aliases must be unique and not "t" (the row\'s own)')
+        return self
+
+
+def enrich_function(read: EnrichRead) -> str:
+    return f"public.{ENRICH_PREFIX}{read.name}"

@@ -14,6 +14,7 @@ What it creates (all owned by the installing role, all ``SECURITY DEFINER`` with
 * ``public.system_stability_details(max_items)`` and, for the seed's API,
   ``get_import_jobs_in_progress()`` and ``get_analytics_tasks_in_progress()``;
 * one statement trigger ``system_stability_hint`` per table hinted by triggers;
+* per enrich read of the feeds, ``public.system_stability_enrich_<name>(jsonb)``;
 * and it drops whatever an earlier install created that this config no longer has.
 """
 
@@ -27,9 +28,12 @@ from collections.abc import Sequence
 from relay.source.activities.spec import (
     ALL_EVENTS,
     DOLLAR_TAG,
+    ENRICH_PREFIX,
     Activity,
     ActivityDetails,
+    EnrichRead,
     ListName,
+    enrich_function,
     split_name,
 )
 
@@ -109,12 +113,87 @@ def fingerprint(activities: Sequence[Activity]) -> str:
     return hashlib.sha256(_generated(activities).encode()).hexdigest()[:16]
 
 
-def install_script(activities: Sequence[Activity]) -> str:
+def install_script(activities: Sequence[Activity], enrichers: Sequence[EnrichRead] = ()) -> str:
+    """The activities' SQL (fingerprinted), then the feeds' enrich functions (not: a relay
+    that serves no feed needs none of them, and they do not change what "busy" means)."""
     comment = literal(f"{MARKER} whether each activity is active; config {fingerprint(activities)}")
     return (
         _generated(activities)
-        + f"COMMENT ON FUNCTION public.system_stability_activities() IS {comment};\n"
+        + f"COMMENT ON FUNCTION public.system_stability_activities() IS {comment};\n\n"
+        + enrich_script(enrichers)
     )
+
+
+def enrich_query(read: EnrichRead, payloads: str) -> str:
+    """One statement answering, for each element of the jsonb array ``payloads``, the object
+    to send or null, in order (spec.EnrichRead)."""
+    joins = "".join(
+        f"\n        LEFT JOIN {qualified(join.table)} AS {ident(join.alias)} ON ({join.condition})"
+        for join in read.joins
+    )
+    unread = ", ".join(literal(verb) for verb in read.unread) or "NULL"
+    verb, wrap, key = literal(read.verb), literal(read.wrap), literal(read.payload_key)
+    # The payload's key takes the column's own type through the table's row type: no type is
+    # declared, and a value the type refuses fails the call (the relay then retries alone).
+    match = (
+        f"(pg_catalog.jsonb_populate_record(NULL::{qualified(read.table)}, "
+        f"pg_catalog.jsonb_build_object({literal(read.key)}, p.item -> {key}))).{ident(read.key)}"
+    )
+    return (
+        "    SELECT COALESCE(pg_catalog.jsonb_agg(\n"
+        "        CASE\n"
+        f"            WHEN (p.item ->> {verb}) IN ({unread}) THEN pg_catalog.jsonb_build_object(\n"
+        f"                {verb}, p.item -> {verb}, {wrap},\n"
+        f"                pg_catalog.jsonb_build_object({literal(read.key)}, p.item -> {key}))\n"
+        f"            WHEN r.found THEN pg_catalog.jsonb_build_object({verb}, p.item -> {verb}, "
+        f"{wrap}, r.body)\n"
+        "        END ORDER BY p.n), '[]'::pg_catalog.jsonb)\n"
+        f"    FROM pg_catalog.jsonb_array_elements({payloads}) WITH ORDINALITY AS p (item, n)\n"
+        "    LEFT JOIN LATERAL (\n"
+        f"        SELECT true AS found, ({read.row})::pg_catalog.jsonb AS body\n"
+        f"        FROM {qualified(read.table)} AS t{joins}\n"
+        f"        WHERE t.{ident(read.key)} = {match}\n"
+        "        LIMIT 1\n"
+        f"    ) AS r ON NOT COALESCE((p.item ->> {verb}) IN ({unread}), false)"
+    )
+
+
+def enrich_script(enrichers: Sequence[EnrichRead]) -> str:
+    """Each enrich function, SECURITY DEFINER with a pinned search_path like the others, and
+    revoked from PUBLIC here (roles.sql grants every one to stability_relay); those of an
+    earlier install that this config no longer has are dropped."""
+    parts = []
+    for read in enrichers:
+        name = enrich_function(read)
+        parts.append(
+            _function(
+                name,
+                "payloads jsonb",
+                "jsonb",
+                enrich_query(read, "payloads"),
+                f"enrich {read.name}: for each payload, the object a feed sends, or null.",
+            )
+            + f"\nREVOKE EXECUTE ON FUNCTION {name}(jsonb) FROM PUBLIC;"
+        )
+    keep = _array([enrich_function(read).split(".")[1] for read in enrichers])
+    pattern = ENRICH_PREFIX.replace("_", "\\_") + "%"
+    parts.append(f"""DO $$
+DECLARE
+    stale record;
+BEGIN
+    FOR stale IN
+        SELECT p.oid::pg_catalog.regprocedure AS fn FROM pg_catalog.pg_proc AS p
+        WHERE p.pronamespace
+              OPERATOR(pg_catalog.=) 'public'::pg_catalog.regnamespace::pg_catalog.oid
+          AND p.proname::pg_catalog.text
+              OPERATOR(pg_catalog.~~) '{pattern}'::pg_catalog.text
+          AND p.proname::pg_catalog.text OPERATOR(pg_catalog.<>) ALL ({keep})
+    LOOP
+        EXECUTE pg_catalog.format('DROP FUNCTION %s', stale.fn);
+    END LOOP;
+END;
+$$;""")
+    return "\n\n".join(parts) + "\n"
 
 
 def _generated(activities: Sequence[Activity]) -> str:
