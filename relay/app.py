@@ -28,6 +28,7 @@ from relay import logs
 from relay.config import Config
 from relay.errors import ConfigError
 from relay.fanout import takeover
+from relay.fanout.enrich import pool_call
 from relay.fanout.feeds import Feeds
 from relay.fanout.sse import Capacity, Hub
 from relay.fanout.systemd import Notifier
@@ -69,7 +70,15 @@ class Relay:
         self.metrics.sse_takeover.set(1 if refusal is None else 0)
         self._sse_path_reason = refusal
         self.hub = Hub(self.stability, config.http, self.metrics, self.capacity)
-        self.feeds = Feeds(config.feeds, self.stability, config.http, self.metrics, self.capacity)
+        # Feeds that enrich call their functions on the details pool (built below).
+        self.feeds = Feeds(
+            config.feeds,
+            self.stability,
+            config.http,
+            self.metrics,
+            self.capacity,
+            call=pool_call(lambda: self.details.pool),
+        )
         self.metrics.watch(
             self.stability, lambda: self.capacity.open, lambda: self.listener.connected.is_set()
         )

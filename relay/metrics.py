@@ -158,8 +158,41 @@ class Metrics:
         )
         self.feed_coalesced = Counter(
             "relay_feed_coalesced",
-            "Payloads replaced by a later one within a feed's coalescing window.",
+            "Payloads replaced by a later one within a feed's coalescing window, or merged "
+            "with an identical one waiting for enrichment.",
             ["feed"],
+            registry=r,
+        )
+        self.feed_enrich_calls = Counter(
+            "relay_feed_enrich_calls",
+            "Calls of a feed's enrich function (one per batch of payloads).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_enrich_failures = Counter(
+            "relay_feed_enrich_failures",
+            "Calls of a feed's enrich function that failed or timed out (nothing was sent for "
+            "their payloads; the feed's clients were told to resync).",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_enrich_dropped = Counter(
+            "relay_feed_enrich_dropped",
+            "Payloads dropped because a feed's line to its enrich function was full.",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_replayed = Counter(
+            "relay_feed_replayed",
+            "Events sent again to clients that reconnected with Last-Event-ID.",
+            ["feed"],
+            registry=r,
+        )
+        self.feed_resyncs = Counter(
+            "relay_feed_resyncs",
+            "Times a feed told clients to re-read (reason: reconnected, too_old, other_run, "
+            "enrich_failed, enrich_overflow).",
+            ["feed", "reason"],
             registry=r,
         )
         self.processing_duration = Histogram(

@@ -219,18 +219,20 @@ async def test_feeds_share_the_streams_limit_and_the_authentication(db_dsn: str)
                 assert response.status == 429
 
 
-def test_the_statbus_profile_serves_statbus_s_live_feed() -> None:
+def test_the_statbus_profile_serves_statbus_s_three_routes() -> None:
     config = Config.model_validate({"profile": "statbus"})
-    [feed] = config.feeds
-    assert (feed.path, feed.channels, feed.events) == (
+    feed, jobs, tasks = config.feeds
+    assert (feed.path, feed.channels, feed.events, feed.encode) == (
         "/api/sse/worker_status",
-        ("worker_status",),
+        ("worker_status", "import_job_progress"),
         "unnamed",
+        "compact",
     )
-    assert (feed.on_connect, feed.connect_event, feed.connect_data) == (
+    assert (feed.on_connect, feed.connect_event, feed.connect_data, feed.retry) == (
         "event",
         "connected",
         "true",
+        "none",
     )
     assert (feed.heartbeat, feed.heartbeat_event, feed.heartbeat_interval) == (
         "event",
@@ -238,6 +240,27 @@ def test_the_statbus_profile_serves_statbus_s_live_feed() -> None:
         30.0,
     )
     assert feed.coalesce is not None and (feed.coalesce.window, feed.coalesce.key) == (0.5, "type")
+    progress = feed.rules("import_job_progress").coalesce
+    assert progress is not None and (progress.window, progress.key) == (0.5, "job_id")
+    assert (jobs.path, jobs.on_connect, jobs.retry, jobs.heartbeat_interval) == (
+        "/api/sse/import-jobs",
+        "message",
+        "after_greeting",
+        10.0,
+    )
+    assert jobs.filter is not None and jobs.filter.invalid_body == {
+        "error": "Invalid job ID format"
+    }
+    assert [read.name for read in config.enrichers] == ["import_job"]
+    assert (tasks.path, tasks.heartbeat, tasks.heartbeat_comment) == (
+        "/api/sse/worker-tasks",
+        "comment",
+        "heartbeat",
+    )
+    assert tasks.coalesce is not None and (tasks.coalesce.window, tasks.coalesce.key) == (
+        1.0,
+        "parent_id",
+    )
 
 
 def test_a_feed_may_not_take_over_the_relay_s_own_routes() -> None:

@@ -1,22 +1,36 @@
 """Feeds: NOTIFY channels relayed on SSE routes of their own (``feeds:`` in the config).
 
 Data path: NOTIFY → listener → ``ChannelRelay`` (payload checked: a JSON object under
-8000 bytes) → :meth:`Feeds.publish` → each feed on that channel: coalesced (if set), framed
-once, written to its clients (those whose filter matches). One LISTEN connection serves
-every feed; auth, CORS, the per-address limit, ``http.max_clients``, the per-client buffer and
-the slow-client policy are the live stream's (``relay/fanout/sse.py``).
+8000 bytes) → :meth:`Feeds.publish` → each feed on that channel, per channel
+(``FeedConfig.rules``): coalesced (a trailing debounce per key), enriched (a SQL function,
+in batches, ``relay/fanout/enrich.py``), reshaped (``relay/fanout/shape.py``); then numbered
+(``id:``), kept for replay (``relay/fanout/replay.py``), framed once and written to the
+clients its filter matches. Several channels merge into one stream in the order their events
+are sent. One LISTEN connection serves every feed; auth, CORS, the per-address limit,
+``http.max_clients``, the per-client buffer and the slow-client policy are the live
+stream's (``relay/fanout/sse.py``).
 
-A client never silently misses a change: after every reconnect of the relay to the database
-(notifications sent meanwhile are gone) each feed tells its clients, with its connect event
-again when it has one (statbus's client then re-reads), else with ``event: resync``.
+A client never silently misses an event. One that reconnects with ``Last-Event-ID`` gets what
+it missed (as its filter allows) from the feed's ring, or ``event: resync`` when that is gone
+(too old, or an id of another run: ids carry a per-run epoch); a client dropped as slow comes
+back that way. After every reconnect of the relay to the database (notifications sent
+meanwhile are gone) each feed tells its clients, with its connect event again when it has
+one (statbus's client then re-reads), else with ``event: resync``; so it does when an enrich
+call fails or its line overflows. Each of these is an event of the ring, with its id.
 
 Bounds, per feed: events wait in an outbox at most ``BATCH_INTERVAL`` (50 ms) under a flood
-(at most what arrives meanwhile: PostgreSQL's notification rate is the bound), then go out
-together, one write per client; each client may fall ``http.client_buffer`` behind (then it
-is dropped and reconnects); at most ``coalesce.max_pending`` payloads wait for a coalescing
-window (each under 8000 bytes; when full they are sent at once); a client filter holds at
-most ``filter.max_values`` values. So N clients and a flood of payloads cost at most
-N x (client_buffer + ~2 KiB) + max_pending x 8 KB.
+(unfiltered feeds; then one write per client); each client may fall ``http.client_buffer``
+behind (then it is dropped, and reconnects with Last-Event-ID); at most
+``coalesce.max_pending`` keys wait for their debounce (each payload under 8000 bytes; when
+full, the key that has waited longest is sent at once); at most ``enrich.max_pending``
+payloads wait for the enrich call (when full they are dropped and clients resync); the ring
+keeps ``replay.events`` events and ``replay.bytes`` bytes; a client filter holds at most
+``filter.max_values`` values. So N clients and a flood cost at most
+N x (client_buffer + ~2 KiB) + max_pending x 8 KB x 2 + replay.bytes.
+
+Hot path: each event is encoded once and the same bytes go to every client it is for. A
+heartbeat that names each client (statbus's ``connectionId``) is encoded once per distinct
+value of the other per-client fields and tick, and spliced per client.
 """
 
 from __future__ import annotations
@@ -26,11 +40,16 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from relay.config import FeedConfig, HttpConfig
+from relay import __version__
+from relay.config import PER_CLIENT_VARIABLES, FeedConfig, HttpConfig
+from relay.fanout import shape
+from relay.fanout.enrich import Call, Enricher
+from relay.fanout.replay import Audience, Ring
 from relay.fanout.sse import Capacity, Client, Fanout, Frame, named_frame
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -42,13 +61,69 @@ log = get_logger("relay.fanout.feeds")
 # spell goes at once); events in between are written together, one write per client.
 BATCH_INTERVAL = 0.05
 RESYNC_EVENT = "resync"
-RESYNC_DATA = '{"reason":"reconnected"}'
 
-Pending = tuple[str, str, Mapping[str, Any]]  # channel, data, parsed payload
+
+def resync_data(reason: str) -> str:
+    return json.dumps({"reason": reason}, separators=(",", ":"))
+
+
+class Subscription:
+    """What one client asked of a feed: its filter values and scope, and its connection id."""
+
+    __slots__ = ("connection_id", "inserts", "keys", "scope", "silent", "values")
+
+    def __init__(
+        self,
+        values: list[Any],
+        keys: frozenset[str] | None,
+        *,
+        scope: str | None = None,
+        inserts: bool = False,
+        silent: bool = False,
+    ) -> None:
+        self.values = values  # as listed ($ids)
+        self.keys = keys  # None: every payload
+        self.scope = scope
+        self.inserts = inserts  # also every new row (statbus's default scope)
+        self.silent = silent  # no payload at all (ids_only without ids)
+        self.connection_id = shape.connection_id()
+
+    def wants(self, audience: Audience) -> bool:
+        if audience is None:
+            return True
+        if self.silent:
+            return False
+        if self.keys is None:
+            return True
+        key, insert = audience
+        return (key is not None and key in self.keys) or (insert and self.inserts)
+
+    def variables(self, now: str) -> dict[str, Any]:
+        return {
+            "$version": __version__,
+            "$now": now,
+            "$connection_id": self.connection_id,
+            "$ids": self.values,
+            "$scope": self.scope,
+            "$id_count": len(self.values),
+        }
+
+
+EVERYONE = Subscription([], None)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A coalescing key's last payload and its timer."""
+
+    channel: str
+    data: str
+    first: float
+    timer: asyncio.TimerHandle | None = None
 
 
 class Feed(Fanout):
-    """One feed: its clients, its framing, its coalescing window and its client filter."""
+    """One feed: its clients, its channels' rules, its framing, its ring and its filter."""
 
     def __init__(
         self,
@@ -57,6 +132,7 @@ class Feed(Fanout):
         settings: HttpConfig,
         metrics: Metrics,
         capacity: Capacity,
+        call: Call | None = None,
     ) -> None:
         super().__init__(
             settings, metrics, capacity, name=f"feed {feed.path}", heartbeat=feed.heartbeat_interval
@@ -64,47 +140,149 @@ class Feed(Fanout):
         self.config = feed
         self._stability = stability
         self._label = feed.path
+        self._rules = {channel: feed.rules(channel) for channel in feed.channels}
+        rule = feed.filter
+        self._field = tuple(rule.field.split(".")) if rule else ()
+        self._verb = tuple(rule.scope.verb_field.split(".")) if rule and rule.scope else ()
         self._unfiltered: set[Client] = set()
         self._by_key: dict[str, set[Client]] = {}
-        self._pending: OrderedDict[tuple[str, str], Pending] = OrderedDict()
-        self._flush: asyncio.TimerHandle | None = None
+        self._inserts: set[Client] = set()
+        self._waiting: OrderedDict[tuple[str, str], _Waiting] = OrderedDict()
         # Events for every client, written together at the end of this turn of the loop.
         self._outbox: list[bytes] = []
+        self._outbox_last = 0
         self._drain: asyncio.TimerHandle | None = None
         self._drained_at = 0.0
-        if feed.on_connect == "event":
-            self._connect: Frame | None = named_frame(feed.connect_event, feed.connect_data)
-            self._resync = self._connect
-        else:
-            self._connect = None
-            self._resync = named_frame(RESYNC_EVENT, RESYNC_DATA)
+        self.ring = Ring(feed.replay.events, feed.replay.bytes)
+        self._sent = 0  # the number of the last event written to the clients
+        retry = settings.retry if feed.retry_interval is None else feed.retry_interval
+        self._retry_bytes = b"retry: %d\n\n" % round(retry * 1000)
+        self._comment = Frame(f": {feed.heartbeat_comment}\n\n".encode())
+        self._per_client_beat = feed.heartbeat == "event" and shape.uses(
+            feed.heartbeat_data, PER_CLIENT_VARIABLES
+        )
+        self._enricher: Enricher | None = None
+        enrich = next((r.enrich for r in self._rules.values() if r.enrich is not None), None)
+        if enrich is not None:
+            if call is None:
+                raise ValueError(f"feed {feed.path} enriches but no database call was given")
+            self._enricher = Enricher(
+                feed.path,
+                call,
+                timeout=enrich.timeout,
+                max_pending=enrich.max_pending,
+                deliver=self._deliver,
+                resync=self.resync,
+                metrics=metrics,
+            )
         metrics.feed_clients.labels(feed.path).set_function(lambda: float(len(self)))
 
     # -- the stream ---------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        keys = self._requested_keys(request)
-        return await self.open_stream(request, keys)
+        sub = self._subscription(request)
+        if isinstance(sub, web.Response):
+            return sub
+        return await self.open_stream(request, sub)
 
-    def greeting(self, request: web.Request) -> Frame | None:
-        if self.config.on_connect == "snapshot":
+    def _subscription(self, request: web.Request) -> Subscription | web.Response:
+        rule = self.config.filter
+        if rule is None:
+            return Subscription([], None)
+        raw = request.query.getall(rule.param, [])
+        if not raw and rule.values == "text":
+            values: list[Any] = []
+            keys: frozenset[str] = frozenset()
+        else:
+            try:
+                values, keys = shape.parse_values(raw, rule)
+            except shape.BadFilter as error:
+                body = rule.invalid_body or {"error": str(error)}
+                # As the route a feed replaces answered: its JSON, no charset parameter.
+                return web.Response(
+                    status=400, body=shape.encode(body).encode(), content_type="application/json"
+                )
+        scope = rule.scope
+        if scope is None:
+            return Subscription(values, keys or None)
+        only = request.query.get(scope.param) == scope.ids_only
+        name = scope.ids_only if only else scope.default
+        if not keys:
+            return Subscription(values, None, scope=name, silent=only)
+        return Subscription(values, keys, scope=name, inserts=not only)
+
+    def opening(self, request: web.Request, keys: Any) -> bytes:
+        """The greeting and ``retry:`` in the feed's order, then what a reconnecting client
+        missed (or ``event: resync``)."""
+        sub: Subscription = keys if isinstance(keys, Subscription) else EVERYONE
+        greeting = self._greeting(sub)
+        retry = self.config.retry
+        parts = [self._retry_bytes] if retry == "first" else []
+        parts.append(greeting)
+        if retry == "after_greeting":
+            parts.append(self._retry_bytes)
+        last = request.headers.get("Last-Event-ID")
+        if last:
+            parts.append(self._replay(last, sub))
+        return b"".join(parts)
+
+    def _greeting(self, sub: Subscription) -> bytes:
+        on_connect = self.config.on_connect
+        if on_connect == "snapshot":
             data = json.dumps(self._stability.current.as_json(), separators=(",", ":"))
-            return named_frame("stability", data)
-        return self._connect
+            return named_frame("stability", data).raw
+        if on_connect == "event":
+            return named_frame(self.config.connect_event, self.config.connect_data).raw
+        if on_connect == "message":
+            body = shape.fill(self.config.connect_message, sub.variables(_now()))
+            return f"data: {shape.encode(body)}\n\n".encode()
+        return b""
+
+    def _replay(self, last_event_id: str, sub: Subscription) -> bytes:
+        number = self.ring.position(last_event_id)
+        if number is None:
+            epoch = last_event_id.partition("-")[0]
+            reason = "too_old" if epoch == self.ring.epoch else "other_run"
+            self._metrics.feed_resyncs.labels(self._label, reason).inc()
+            return named_frame(RESYNC_EVENT, resync_data(reason)).raw
+        missed = list(self.ring.after(number, sub.wants, until=self._sent))
+        if missed:
+            self._metrics.feed_replayed.labels(self._label).inc(len(missed))
+        return b"".join(missed)
+
+    def mark(self) -> object:
+        return self._sent
+
+    def since(self, mark: object, keys: Any = None) -> Frame | None:
+        """Events written while the greeting was (they missed the new client)."""
+        assert isinstance(mark, int)
+        if mark == self._sent:
+            return None
+        sub: Subscription = keys if isinstance(keys, Subscription) else EVERYONE
+        if self.ring.position(f"{self.ring.epoch}-{mark}") is None:
+            self._metrics.feed_resyncs.labels(self._label, "too_old").inc()
+            return named_frame(RESYNC_EVENT, resync_data("too_old"))
+        missed = list(self.ring.after(mark, sub.wants, until=self._sent))
+        return Frame(b"".join(missed)) if missed else None
 
     def joined(self, client: Client) -> None:
-        if client.keys is None:
+        sub: Subscription = client.keys if isinstance(client.keys, Subscription) else EVERYONE
+        if sub.silent:
+            return
+        if sub.keys is None:
             self._unfiltered.add(client)
             return
-        for key in client.keys:
+        for key in sub.keys:
             self._by_key.setdefault(key, set()).add(client)
+        if sub.inserts:
+            self._inserts.add(client)
 
     def forget(self, client: Client) -> None:
         super().forget(client)
-        if client.keys is None:
-            self._unfiltered.discard(client)
-            return
-        for key in client.keys:
+        sub = client.keys if isinstance(client.keys, Subscription) else EVERYONE
+        self._unfiltered.discard(client)
+        self._inserts.discard(client)
+        for key in sub.keys or ():
             clients = self._by_key.get(key)
             if clients is not None:
                 clients.discard(client)
@@ -113,65 +291,127 @@ class Feed(Fanout):
 
     def heartbeat_frame(self) -> Frame:
         if self.config.heartbeat == "comment":
-            return super().heartbeat_frame()
-        body = {"type": "heartbeat", "timestamp": iso_timestamp(time.time())}
-        return named_frame(self.config.heartbeat_event, json.dumps(body, separators=(",", ":")))
+            return self._comment
+        body = shape.fill(self.config.heartbeat_data, {"$now": _now(), "$version": __version__})
+        return named_frame(self.config.heartbeat_event, shape.encode(body))
 
-    def _requested_keys(self, request: web.Request) -> frozenset[str] | None:
-        rule = self.config.filter
-        if rule is None or rule.param not in request.query:
-            return None
-        raw = request.query.getall(rule.param)
-        values = [v.strip() for text in raw for v in text.split(",")]
-        if not values or any(not v or len(v) > 200 for v in values):
-            raise _bad_request(f"{rule.param}: expected a comma-separated list of values")
-        if len(values) > rule.max_values:
-            raise _bad_request(f"{rule.param}: at most {rule.max_values} values")
-        return frozenset(values)
+    def heartbeat(self) -> None:
+        if not self._per_client_beat:
+            self.broadcast(self.heartbeat_frame())
+            return
+        # Encoded once per distinct (ids, scope) and tick; each client's id spliced in.
+        now = _now()
+        event = f"event: {self.config.heartbeat_event}\ndata: ".encode()
+        encoded: dict[tuple[Any, ...], list[bytes]] = {}
+        for client in list(self._clients):
+            sub = client.keys if isinstance(client.keys, Subscription) else EVERYONE
+            group = (len(sub.values), sub.scope, tuple(sub.values))
+            pieces = encoded.get(group)
+            if pieces is None:
+                pieces = shape.pieces(self.config.heartbeat_data, sub.variables(now))
+                encoded[group] = pieces
+            raw = event + sub.connection_id.encode().join(pieces) + b"\n\n"
+            self.broadcast(Frame(raw), (client,))
 
     # -- payloads -----------------------------------------------------------------------------
 
     def publish(self, channel: str, data: str, payload: Mapping[str, Any]) -> None:
         """A checked payload of one of this feed's channels."""
-        rule = self.config.coalesce
+        rule = self._rules[channel].coalesce
         if rule is None:
-            self._send(channel, data, payload)
+            self._emit(channel, data)
             return
-        value = payload.get(rule.key) if rule.key is not None else None
-        key = (channel, "" if value is None else str(value))
-        if key in self._pending:
+        value = shape.key_text(payload.get(rule.key)) if rule.key is not None else None
+        key = (channel, value or "")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            # Trailing: the payload waiting is replaced and its key's timer starts again.
             self._metrics.feed_coalesced.labels(self._label).inc()
-            self._pending.move_to_end(key)  # never reorder: it now goes out after the others
-        elif len(self._pending) >= rule.max_pending:
-            self.flush()  # policy when full: send what waits at once
-        self._pending[key] = (channel, data, payload)
-        if self._flush is None:
-            loop = asyncio.get_running_loop()
-            self._flush = loop.call_later(rule.window, self.flush)
+            waiting.data = data
+            if waiting.timer is not None:
+                waiting.timer.cancel()
+        else:
+            if len(self._waiting) >= rule.max_pending:
+                # Policy when full: the key that has waited longest is sent now.
+                oldest = next(iter(self._waiting))
+                self._fire(oldest)
+            waiting = _Waiting(channel, data, now)
+            self._waiting[key] = waiting
+        delay = rule.window
+        if rule.max_wait is not None:
+            delay = max(0.0, min(delay, waiting.first + rule.max_wait - now))
+        waiting.timer = loop.call_later(delay, self._fire, key)
+
+    def _fire(self, key: tuple[str, str]) -> None:
+        waiting = self._waiting.pop(key, None)
+        if waiting is None:
+            return
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+        self._emit(waiting.channel, waiting.data)
 
     def flush(self) -> None:
-        """Send every payload waiting for its coalescing window, in order."""
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        pending, self._pending = self._pending, OrderedDict()
-        for channel, data, payload in pending.values():
-            self._send(channel, data, payload)
+        """Send every payload waiting for its debounce now, oldest first."""
+        for key in list(self._waiting):
+            self._fire(key)
 
-    def _send(self, channel: str, data: str, payload: Mapping[str, Any]) -> None:
-        if self.config.events == "unnamed":
-            raw = f"data: {data}\n\n".encode()
-        else:
-            raw = f"event: {channel}\ndata: {data}\n\n".encode()
-        self._metrics.feed_events.labels(self._label).inc()
+    def _emit(self, channel: str, data: str) -> None:
+        if self._enricher is None:
+            self._deliver(channel, data, None)
+            return
+        enrich = self._rules[channel].enrich
+        self._enricher.submit(channel, data, enrich.function_name if enrich else None)
+
+    def _deliver(self, channel: str, data: str, value: Any) -> None:
+        """An event, as the feed sends it: ``value`` is the enriched object (None: the payload)."""
+        rules = self._rules[channel]
+        needs_object = (
+            value is not None
+            or rules.reshape is not None
+            or self.config.encode == "compact"
+            or self.config.filter is not None
+        )
+        if value is None and needs_object:
+            try:
+                value = shape.parse(data)
+            except ValueError:  # checked already; a number past a double's range, say
+                value = json.loads(data)
+        if rules.reshape is not None:
+            variables = {"$now": _now(), "$version": __version__}
+            value = shape.reshape(value, rules.reshape, variables)
+        if value is not None and (
+            rules.reshape is not None or rules.enrich is not None or self.config.encode == "compact"
+        ):
+            data = shape.encode(value)
+        audience: Audience = None
         if self.config.filter is not None:
+            key = shape.key_text(shape.lookup(value, self._field))
+            insert = bool(self._verb) and shape.lookup(value, self._verb) == (
+                self.config.filter.scope.all_of_verb if self.config.filter.scope else None
+            )
+            audience = (key, insert)
+        name = None if self.config.events == "unnamed" else channel
+        self._send(name, data, audience)
+        self._metrics.feed_events.labels(self._label).inc()
+
+    def _send(self, event: str | None, data: str, audience: Audience) -> None:
+        """Number the event, keep it, and write it to the clients it is for."""
+        number, event_id = self.ring.next_id()
+        head = f"id: {event_id}\n" if event is None else f"id: {event_id}\nevent: {event}\n"
+        raw = f"{head}data: {data}\n\n".encode()
+        self.ring.keep(number, raw, audience)
+        if audience is not None:
             self._drain_outbox()
-            self.broadcast(Frame(raw), self._recipients(payload))
+            self._sent = number
+            self.broadcast(Frame(raw), self._recipients(audience))
             return
         # Hand-rolled batching, for floods: at most one write per client per BATCH_INTERVAL
         # (one frame, one chunk, in order) instead of one write per event; a lone event goes
         # out at once.
         self._outbox.append(raw)
+        self._outbox_last = number
         if self._drain is None:
             loop = asyncio.get_running_loop()
             wait = max(0.0, self._drained_at + BATCH_INTERVAL - loop.time())
@@ -184,26 +424,41 @@ class Feed(Fanout):
         if self._outbox:
             events, self._outbox = self._outbox, []
             self._drained_at = asyncio.get_running_loop().time()
+            self._sent = self._outbox_last
             self.broadcast(Frame(b"".join(events)))
 
-    def _recipients(self, payload: Mapping[str, Any]) -> Iterable[Client]:
-        rule = self.config.filter
-        if rule is None or not self._by_key:
-            return self._unfiltered if rule is not None else self._clients
-        value = payload.get(rule.field)
-        matching = self._by_key.get(str(value)) if value is not None else None
+    def _recipients(self, audience: tuple[str | None, bool]) -> Iterable[Client]:
+        key, insert = audience
+        matching = self._by_key.get(key) if key is not None else None
+        if insert and self._inserts:
+            extra = self._inserts if not matching else self._inserts - matching
+            return [*self._unfiltered, *(matching or ()), *extra]
         if not matching:
             return self._unfiltered
         return [*self._unfiltered, *matching]
 
-    def resync(self) -> None:
-        """The relay reconnected to the database: what was sent meanwhile is gone."""
-        self.flush()
+    def resync(self, reason: str = "reconnected") -> None:
+        """Clients may have missed something (the relay reconnected to the database, an enrich
+        call failed): the connect event again, or ``event: resync``; an event of the ring."""
+        if reason == "reconnected":
+            self.flush()
+        self._metrics.feed_resyncs.labels(self._label, reason).inc()
         self._drain_outbox()
-        self.broadcast(self._resync)
+        if self.config.on_connect == "event":
+            self._send(self.config.connect_event, self.config.connect_data, None)
+        else:
+            self._send(RESYNC_EVENT, resync_data(reason), None)
+        self._drain_outbox()
+
+    async def start(self) -> None:
+        await super().start()
+        if self._enricher is not None:
+            await self._enricher.start()
 
     async def aclose(self) -> None:
         self.flush()
+        if self._enricher is not None:
+            await self._enricher.aclose()
         self._drain_outbox()
         await super().aclose()
 
@@ -218,8 +473,9 @@ class Feeds:
         settings: HttpConfig,
         metrics: Metrics,
         capacity: Capacity,
+        call: Call | None = None,
     ) -> None:
-        self.feeds = [Feed(f, stability, settings, metrics, capacity) for f in feeds]
+        self.feeds = [Feed(f, stability, settings, metrics, capacity, call) for f in feeds]
         self._by_channel: dict[str, list[Feed]] = {}
         for feed in self.feeds:
             for channel in feed.config.channels:
@@ -253,5 +509,5 @@ class Feeds:
             await feed.aclose()
 
 
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+def _now() -> str:
+    return iso_timestamp(time.time())

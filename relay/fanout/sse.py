@@ -34,7 +34,7 @@ import json
 import time
 from asyncio import Transport
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -125,9 +125,9 @@ class Capacity:
 class Client(asyncio.Protocol):
     """One open stream, after its handshake: the protocol of its socket from then on.
 
-    ``keys``: what a feed's client filter asked for (None: everything); ``grant``: what let
-    it in (None: no authentication middleware ran); ``expiry``: the timer that ends it when
-    the grant expires.
+    ``keys``: what a feed's client asked for (its ``Subscription``; None: everything);
+    ``grant``: what let it in (None: no authentication middleware ran); ``expiry``: the timer
+    that ends it when the grant expires.
     """
 
     __slots__ = ("chunked", "expiry", "fanout", "grant", "keys", "on_end", "transport")
@@ -138,7 +138,7 @@ class Client(asyncio.Protocol):
         transport: Transport,
         chunked: bool,
         on_end: Callable[[], None] | None,
-        keys: frozenset[str] | None = None,
+        keys: Any = None,
         grant: Grant | None = None,
     ) -> None:
         self.fanout = fanout
@@ -285,11 +285,15 @@ class Fanout:
         """What keeps an idle stream open: an SSE comment, unless a feed says otherwise."""
         return self._ping
 
+    def heartbeat(self) -> None:
+        """Send the heartbeat (a feed's may differ per client)."""
+        self.broadcast(self.heartbeat_frame())
+
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat)
             try:
-                self.broadcast(self.heartbeat_frame())
+                self.heartbeat()
             except Exception:  # without pings proxies cut idle streams: never stop sending
                 log.exception("sse_heartbeat_failed", stream=self._name)
             if len(self._clients) != self._logged_count:
@@ -300,20 +304,23 @@ class Fanout:
         """What a new client gets after ``retry:``, in the same write."""
         return None
 
+    def opening(self, request: web.Request, keys: Any) -> bytes:
+        """A new client's first bytes: ``retry:`` and the greeting (a feed may say otherwise)."""
+        sent = self.greeting(request)
+        return self._retry.raw + sent.raw if sent else self._retry.raw
+
     def mark(self) -> object:
         """Where the stream stands when a greeting is written (see ``since``)."""
         return None
 
-    def since(self, mark: object) -> Frame | None:
+    def since(self, mark: object, keys: Any = None) -> Frame | None:
         """What changed after ``mark`` while the greeting was written (sent before joining)."""
         return None
 
     def joined(self, client: Client) -> None:
         """A client is in: a feed indexes it by its filter."""
 
-    async def open_stream(
-        self, request: web.Request, keys: frozenset[str] | None = None
-    ) -> web.StreamResponse:
+    async def open_stream(self, request: web.Request, keys: Any = None) -> web.StreamResponse:
         """Admit a client (the shared limit), send the headers, ``retry:`` and the greeting
         in one write, then hold the stream (``relay/fanout/takeover.py``)."""
         if self._closed:
@@ -330,9 +337,9 @@ class Fanout:
             if request.method == "HEAD":
                 return response
             # The headers leave with the first bytes: one write for both.
-            mark, sent = self.mark(), self.greeting(request)
+            mark, first = self.mark(), self.opening(request, keys)
             try:
-                await response.write(self._retry.raw + sent.raw if sent else self._retry.raw)
+                await response.write(first)
             except ConnectionError:
                 return response  # the client left during the handshake
         finally:
@@ -343,7 +350,7 @@ class Fanout:
         chunked = response.headers.get("Transfer-Encoding") == "chunked"
         on_end = request.pop(ON_STREAM_END, None)
         client = Client(self, transport, chunked, on_end, keys, request.get(GRANT))
-        missed = self.since(mark)
+        missed = self.since(mark, keys)
         if missed is not None:
             # A change landed while the first write waited (it never does unless the socket
             # was already full): send it, so the client ends up current.
@@ -386,7 +393,7 @@ class Hub(Fanout):
     def mark(self) -> object:
         return self._current
 
-    def since(self, mark: object) -> Frame | None:
+    def since(self, mark: object, keys: Any = None) -> Frame | None:
         return None if self._current is mark else self._current
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
