@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot ops-deps \
-        image-deps image-test
+        image-deps image-test clients
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,7 +77,30 @@ OPS_TOOLS := caddy:caddy promtool:prometheus prometheus:prometheus systemd-analy
 ops-deps:
 	$(call apt_tools,ops-deps,$(OPS_TOOLS),those operations tests)
 
-test: browser-deps ops-deps lint typecheck pytest
+# The React hook (clients/react): its packages as package-lock.json pins them (`npm ci`, again
+# only when package.json or the lock changes; no install scripts), typechecked (tsc --noEmit) and its example
+# bundled (esbuild), for tests/browser/test_react_hook.py. Node and npm come from the machine,
+# never from apt here. Without them, or when `npm ci` fails, that test skips and says why,
+# except under CI, as for the apt tools above.
+REACT := clients/react
+clients:
+	@why=""; \
+	if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  why="node and npm are missing (Node.js 18 or later)"; \
+	elif [ ! -f $(REACT)/node_modules/.installed ] || \
+	     [ $(REACT)/package-lock.json -nt $(REACT)/node_modules/.installed ] || \
+	     [ $(REACT)/package.json -nt $(REACT)/node_modules/.installed ]; then \
+	  (cd $(REACT) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \
+	    && touch $(REACT)/node_modules/.installed || why="npm ci failed in $(REACT)"; \
+	fi; \
+	if [ -z "$$why" ]; then cd $(REACT) && exec npm run --silent build; fi; \
+	case "$${CI:-}:$(ALLOW_MISSING_TOOLS)" in \
+	  :*|false:*|0:*|*:1) echo "clients: $$why: the React hook's test will skip" ;; \
+	  *) echo "clients: $$why: under CI (CI=$$CI) the React hook's test must run, not skip;" \
+	       "set ALLOW_MISSING_TOOLS=1 if this CI runs without it on purpose" >&2; exit 1 ;; \
+	esac
+
+test: browser-deps ops-deps clients lint typecheck pytest
 
 screenshot: install browser-deps
 	$(BIN)/python docs/screenshot.py
@@ -101,4 +124,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(REACT)/node_modules $(REACT)/dist
