@@ -3,15 +3,17 @@ templates filled in per event or per client, and the client filter's values.
 
 Pure functions over parsed JSON; nothing here touches a socket or the loop.
 
-JSON as ``JSON.stringify`` writes it (the routes a feed replaces parsed the payload and wrote
-it again): no spaces; non-ASCII text as is; a number that is a whole number below 1e21 without
-a fraction (``100.00`` is ``100``, ``12.50`` is ``12.5``). One difference is left: a number
-below 1e-4 that is not whole (Python writes ``1e-05``, JavaScript ``0.00001``).
+JSON as ``JSON.parse`` then ``JSON.stringify`` write it (the routes a feed replaces parsed
+each payload and wrote it again): every number a double in JavaScript's spelling (``100.00``
+is ``100``, ``12.50`` is ``12.5``, ``1e-7`` stays), integer-like keys first, no spaces,
+non-ASCII text as is.
 """
 
 from __future__ import annotations
 
+import decimal
 import json
+import math
 import re
 import secrets
 import string
@@ -28,38 +30,119 @@ _BASE36 = string.digits + string.ascii_lowercase
 # JavaScript's parseInt(text) without a radix: optional sign, then "0x" and hex digits, or
 # decimal digits; whatever follows is ignored ("12abc" is 12); no digit: NaN.
 _PARSE_INT = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))", re.ASCII)
+_INDEX_KEY = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# ECMAScript's WhiteSpace and LineTerminator (Python's strip() also takes U+001C-U+001F and
+# U+0085, and leaves U+FEFF).
+_JS_SPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 
 
 class BadFilter(ValueError):
     """A client's filter values cannot be read: the request is answered 400."""
 
 
-def _number(literal: str) -> int | float:
-    value = float(literal)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{literal[:20]} is not a finite number")
-    if value.is_integer() and abs(value) < 1e21:
-        return int(value)  # JSON.stringify(100.00) is "100"
-    return value
-
-
 def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 
 
+def _double(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:20]} is not a finite number")
+    return value
+
+
 def parse(text: str | bytes) -> Any:
-    """JSON read as JavaScript reads it: every number a double, whole ones written whole."""
-    return json.loads(text, parse_float=_number, parse_constant=_not_json)
+    """JSON read as JavaScript reads it: every number a double."""
+    return json.loads(text, parse_float=_double, parse_int=_double, parse_constant=_not_json)
 
 
 def encode(value: Any) -> str:
-    """Compact JSON, non-ASCII text as is (as JSON.stringify writes it)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): only its escape is UTF-8
-        return json.dumps(value, separators=(",", ":"))
-    return text
+    """``JSON.stringify(value)``: compact; numbers in JavaScript's spelling (100.00 is 100,
+    1e-7 is 1e-7, 12345678901234567890 is 12345678901234567000); an object's integer-like
+    keys first, ascending, then the others in order; text as is, lone surrogates escaped."""
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts)
+
+
+def _write(value: Any, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int | float):
+        number = float(value)
+        out.append(js_number(number) if math.isfinite(number) else "null")
+    elif isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    elif isinstance(value, Mapping):
+        out.append("{")
+        for index, (key, item) in enumerate(_js_order(value)):
+            if index:
+                out.append(",")
+            out.append(_string(str(key)))
+            out.append(":")
+            _write(item, out)
+        out.append("}")
+    else:
+        raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+def _string(text: str) -> str:
+    encoded = json.dumps(text, ensure_ascii=False)
+    if _SURROGATE.search(encoded):  # well-formed JSON.stringify escapes lone surrogates
+        encoded = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
+    return encoded
+
+
+def _js_order(obj: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """JavaScript's own-key order: array-index keys ascending, then the rest as inserted."""
+    items = list(obj.items())
+    index = [(k, v) for k, v in items if _INDEX_KEY.fullmatch(k) and int(k) < 2**32 - 1]
+    if not index:
+        return items
+    rest = [(k, v) for k, v in items if not (_INDEX_KEY.fullmatch(k) and int(k) < 2**32 - 1)]
+    return sorted(index, key=lambda kv: int(kv[0])) + rest
+
+
+def js_number(value: float) -> str:
+    """``Number.prototype.toString`` of a finite double (ECMAScript Number::toString)."""
+    if value == 0:
+        return "0"  # -0 too
+    sign = "-" if value < 0 else ""
+    # repr gives the shortest digits that round-trip, as ECMAScript asks for.
+    _, digit_tuple, exponent = decimal.Decimal(repr(abs(value))).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    assert isinstance(exponent, int)
+    k = len(digits)
+    n = k + exponent  # value = 0.digits x 10^n
+    if k <= n <= 21:
+        return sign + digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return sign + digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return sign + "0." + "0" * (-n) + digits
+    e = n - 1
+    mantissa = digits[0] + ("." + digits[1:] if k > 1 else "")
+    return f"{sign}{mantissa}e{'+' if e >= 0 else '-'}{abs(e)}"
+
+
+def js_trim(text: str) -> str:
+    """``String.prototype.trim``: JavaScript's white space and line terminators only."""
+    return text.strip(_JS_SPACE)
 
 
 def lookup(value: Any, path: Sequence[str]) -> Any:
@@ -77,6 +160,8 @@ def key_text(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int | float):
+        return js_number(float(value)) if math.isfinite(value) else None
     return str(value)
 
 
@@ -141,7 +226,7 @@ def parse_values(raw: Sequence[str], rule: ClientFilter) -> tuple[list[Any], fro
     Raises :class:`BadFilter` with the reason for a list that cannot be read."""
     if rule.values == "positive_integers":
         # As URLSearchParams.get(): the first occurrence only.
-        items = [item.strip() for item in raw[0].split(",")] if raw else []
+        items = [js_trim(item) for item in raw[0].split(",")] if raw else []
         numbers: list[Any] = []
         for item in items:
             if item in ("", "0"):
@@ -154,10 +239,10 @@ def parse_values(raw: Sequence[str], rule: ClientFilter) -> tuple[list[Any], fro
             number = -number if sign == "-" else number
             if number <= 0:
                 raise BadFilter(f"{rule.param}: {item[:20]!r} is not above 0")
-            numbers.append(number)
+            numbers.append(float(number))
         if len(numbers) > rule.max_values:
             raise BadFilter(f"{rule.param}: at most {rule.max_values} values")
-        return numbers, frozenset(str(n) for n in numbers)
+        return numbers, frozenset(js_number(n) for n in numbers)
     values = [v.strip() for text in raw for v in text.split(",")]
     if not values or any(not v or len(v) > 200 for v in values):
         raise BadFilter(f"{rule.param}: expected a comma-separated list of values")
