@@ -251,6 +251,7 @@ class Feed(Fanout):
         return b"".join(missed)
 
     def mark(self) -> object:
+        self._drain_outbox()  # what waits in the outbox is sent now: a replay ends at `_sent`
         return self._sent
 
     def since(self, mark: object, keys: Any = None) -> Frame | None:
