@@ -78,10 +78,11 @@ ops-deps:
 	$(call apt_tools,ops-deps,$(OPS_TOOLS),those operations tests)
 
 # The React hook (clients/react): its packages as package-lock.json pins them (`npm ci`, again
-# only when package.json or the lock changes; no install scripts), typechecked (tsc --noEmit) and its example
-# bundled (esbuild), for tests/browser/test_react_hook.py. Node and npm come from the machine,
-# never from apt here. Without them, or when `npm ci` fails, that test skips and says why,
-# except under CI, as for the apt tools above.
+# only when package.json or the lock changes; no install scripts), typechecked (tsc --noEmit),
+# rendered on the server once (check-ssr.mjs) and its example bundled (esbuild), for
+# tests/browser/test_react_hook.py. Node and npm come from the machine, never from apt here.
+# Without them, or when `npm ci` fails, that test skips and says why, except under CI, as for
+# the apt tools above.
 REACT := clients/react
 clients:
 	@why=""; \

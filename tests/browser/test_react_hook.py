@@ -123,12 +123,20 @@ def app_serving(directory: Path) -> web.Application:
 
 
 @asynccontextmanager
-async def edge(tmp_path: Path, relay_port: int, example: Path) -> AsyncIterator[Caddy]:
+async def edge(
+    tmp_path: Path, relay_port: int, example: Path, read_timeout: str = "60s"
+) -> AsyncIterator[Caddy]:
     """Caddy (deploy/Caddyfile) in front of the app and the relay. Health checks every 300 ms,
     so a relay that comes back is used at once."""
     async with (
         serve_on_loopback(app_serving(example)) as app_port,
-        running_caddy(tmp_path, [relay_port], app_port=app_port, health_interval="300ms") as caddy,
+        running_caddy(
+            tmp_path,
+            [relay_port],
+            app_port=app_port,
+            health_interval="300ms",
+            read_timeout=read_timeout,
+        ) as caddy,
     ):
         yield caddy
 
@@ -168,9 +176,14 @@ def relays(db_dsn: str, request: pytest.FixtureRequest) -> Iterator[Relays]:
 
 
 @pytest.fixture
-def front(relays: Relays, example: Path, tmp_path: Path) -> Iterator[Caddy]:
+def front(
+    relays: Relays, example: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Caddy]:
+    """Caddy, with the options a test parametrizes it with (indirect)."""
     require_tool("caddy", "caddy")
-    with Background(lambda: edge(tmp_path, relays.port, example), name="caddy") as caddy:
+    options = getattr(request, "param", {})
+    edge_of = lambda: edge(tmp_path, relays.port, example, **options)  # noqa: E731
+    with Background(edge_of, name="caddy") as caddy:
         yield caddy
 
 
@@ -283,6 +296,34 @@ def test_follows_commits_and_recovers_by_itself_after_a_relay_restart(
     assert shown[-3:] == [PROCESSING, UNAVAILABLE, STABLE]
 
 
+@pytest.mark.parametrize(
+    ("relays", "front"),
+    [({"http": {"heartbeat": "30s"}}, {"read_timeout": "1500ms"})],
+    indirect=True,
+    ids=["caddy-cuts-quiet-streams"],
+)
+def test_an_own_reconnect_to_the_same_relay_keeps_the_state_it_already_had(
+    relays: Relays, front: Caddy, tab: Tab
+) -> None:
+    """Caddy ends a stream that stays quiet past its read_timeout (here, shorter than the
+    relay's heartbeat). EventSource reconnects with Last-Event-ID naming the current state, and
+    the relay sends nothing: the state the hook had is current again, not unknown for good."""
+    page = open_example(tab, front)
+    expect(badge(page)).to_have_text(STABLE)
+    page.wait_for_function(
+        "window.__es.events.filter(([kind]) => kind === 'open').length >= 3", timeout=15_000
+    )
+    page.wait_for_timeout(4_000)  # longer than the 3 s grace
+    expect(badge(page)).to_have_text(STABLE)
+    expect(field(page, "stale")).to_have_text("false")
+    expect(field(page, "connection")).to_have_text("open")
+    seen = eventsources(page)
+    assert seen["made"] == 1
+    assert [event for event in seen["events"] if event[0] == "message"] == [["message", 1, True]]
+    assert ["error", 1, 0] in seen["events"]  # ended after a 200: EventSource reconnected
+    assert_badge_said_what_the_stream_said(page)
+
+
 def test_retries_with_backoff_after_eventsource_gives_up_on_a_502_or_503(
     relays: Relays, front: Caddy, tab: Tab, db_dsn: str
 ) -> None:
@@ -334,13 +375,14 @@ def test_unauthorized_is_an_error_and_the_hook_retries_until_signed_in(
     page.wait_for_function("window.__es.made >= 3", timeout=10_000)
     assert gave_up(page) >= 2
 
-    # Signed in, with a token that expires in a few seconds.
-    sign_in(page, front, lifetime=4)
-    expect(badge(page)).to_have_text(STABLE, timeout=10_000)
+    # Signed in, with a token that expires in 12 s: the next retry (at most 8 s away, the
+    # fourth step of the backoff) finds it valid.
+    sign_in(page, front, lifetime=12)
+    expect(badge(page)).to_have_text(STABLE, timeout=12_000)
     expect(field(page, "error")).to_have_text("null")
 
     # It expires: the relay's last event says why, and the badge says so at once.
-    expect(badge(page)).to_have_text(SIGN_IN, timeout=10_000)
+    expect(badge(page)).to_have_text(SIGN_IN, timeout=15_000)
     expect(field(page, "unauthorized")).to_have_text("token expired")
     expect(field(page, "isStable")).to_have_text("null")
     # EventSource reconnects, gets 401 and gives up; the hook retries and keeps the reason.

@@ -10,7 +10,7 @@
  * stays until the new one arrives. Several relays behind one proxy number their states
  * apart, so a state whose verdict differs from the answer's also fetches again.
  */
-import { useEffect, useRef, useState } from "react";
+import { useEffect, useId, useRef, useState } from "react";
 import type { SystemStabilityOptions } from "./useSystemStability";
 import { useSystemStability } from "./useSystemStability";
 
@@ -50,6 +50,7 @@ export function SystemStatusModal({ options, detailsUrl = DEFAULT_DETAILS_URL }:
   // Each request: a number that changes to fetch again, and the stream's state when asked.
   const [request, setRequest] = useState({ count: 0, liveSeq: null as number | null });
   const dialog = useRef<HTMLDialogElement>(null);
+  const title = useId();
 
   useEffect(() => {
     const node = dialog.current;
@@ -107,11 +108,11 @@ export function SystemStatusModal({ options, detailsUrl = DEFAULT_DETAILS_URL }:
       <dialog
         ref={dialog}
         className="system-status-dialog"
-        aria-labelledby="system-status-dialog-title"
+        aria-labelledby={title}
         onClose={() => setOpen(false)}
       >
         <header>
-          <h2 id="system-status-dialog-title">System Status Details</h2>
+          <h2 id={title}>System Status Details</h2>
           <button type="button" className="close" aria-label="Close" onClick={() => setOpen(false)}>
             ×
           </button>
