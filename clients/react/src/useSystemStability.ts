@@ -20,11 +20,15 @@
  * How it stays connected. EventSource reconnects by itself when a stream that opened with 200
  * ends (a relay restart, a proxy's cut): the hook keeps that EventSource and lets it. It stops
  * for good after an answer that is not a 200 event stream (401, 429, 503, a proxy's 502 while
- * no relay is up) or a failed first connection: then the hook opens a new one after a jittered
- * backoff (`retry.initialMs` doubling to `retry.maxMs`; at once when the browser comes back
- * online). After a drop, `isStable` keeps the last state for `graceMs` (3 s, as the
- * `<system-status>` component does: a relay restart does not flash the badge) and is `null`
- * after that; `graceMs: 0` makes it `null` at once. Every (re)connect resyncs: the relay sends
+ * no relay is up): then the hook opens a new one after a jittered backoff (`retry.initialMs`
+ * doubling to `retry.maxMs`; at once when the browser comes back online). EventSource does not
+ * say why it gave up, so the hook asks once with `fetch` meanwhile: `error` names the status,
+ * a `Retry-After` is honoured, a 401 or 403 sets `unauthorized`, and a relay that answers 200
+ * again is reconnected to at once.
+ *
+ * After a drop, `isStable` keeps the last state for `graceMs` (3 s, as the `<system-status>`
+ * component does: a relay restart does not flash the badge) and is `null` after that;
+ * `graceMs: 0` makes it `null` at once. Every (re)connect resyncs: the relay sends
  * the current state at once, or nothing when the browser's `Last-Event-ID` already names it
  * (an EventSource's own reconnect to the same relay): then the last state is current again
  * once the stream has been open for `CONFIRM_MS` without a newer one.
