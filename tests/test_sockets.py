@@ -338,7 +338,11 @@ async def test_at_the_open_file_limit_health_metrics_and_streams_keep_working(
                 # Still the flood's own address after all that: its probes are just slower.
                 own = sum([await _answers_200(url, "/healthz") for _ in range(3)])
             flooded = time.monotonic() - started
-            assert flood["connects"] > 10 * FLOOD_SOCKETS, flood  # it kept reconnecting
+            # It kept reconnecting: every socket closed and opened again, on average, more than
+            # once (how many times depends on the machine's speed: 9,000-55,000 connects on a
+            # quiet one, 5,299 in a clean-clone run on a busy one, the flood at nice 19).
+            assert flood["closed"] > FLOOD_SOCKETS, flood
+            assert flood["connects"] > 2 * FLOOD_SOCKETS, flood
             # Its complete requests for another path were refused at the limit, as one answer.
             assert flood.get("HTTP/1.1 503 Service Unavailable", 0) > 0, flood
             # The flood is gone: new clients are served again.
