@@ -5,6 +5,8 @@ each; trigger cost, 5 rounds of 8 s; details, 3 bursts of 1,000; three relays wi
 clients; NOTIFY with 1, 50 and 200 listeners. ``--quick`` (about 3 minutes): 1,000 clients,
 10 flips, 3 rounds of 4 s, three relays with 3,000 clients. ``unhinted``: on statbus's shape,
 how long changes that no channel carries take to reach the relay (12 trials, 5 quick).
+``feeds``: statbus's enriched /api/sse/import-jobs under a burst of 1,000 commits (100 and
+1,000 clients; 100 quick), and a client replayed after 5 s away from a feed at 100 payloads/s.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from bench import report
 from bench.common import ROOT, Child, database, raise_nofile
 from bench.details_load import run_details
 from bench.fanout import run_fanout, run_feed
+from bench.feeds import describe, run_feeds
 from bench.scaleout import run_notify_cost, run_three_relays
 from bench.triggers import VARIANTS, run_triggers
 from bench.unhinted import run_unhinted
 from bench.waiters import run_waiters
 
-PARTS = ("fanout", "triggers", "details", "scaleout", "notify", "unhinted", "waiters")
+PARTS = ("fanout", "triggers", "details", "scaleout", "notify", "unhinted", "waiters", "feeds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         if "waiters" in args.only:
             print("waiters: 1,000 long polls and 100 fresh reads a second")
             results["waiters"] = run_waiters(db, seconds=3 if quick else 5)
+        if "feeds" in args.only:
+            print("feeds: import-jobs under a burst, replay after a disconnect")
+            dsn = db.server.create_database("statbus_feeds")
+            results["feeds"] = run_feeds(dsn, clients=(100,) if quick else (100, 1_000))
+            for line in describe(results["feeds"]):
+                print("  " + line)
         if "notify" in args.only:
             print("NOTIFY cost per listener")
             results["notify"] = run_notify_cost(db, seconds=3 if quick else 5)

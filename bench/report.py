@@ -96,6 +96,8 @@ def write(results: dict[str, Any], command: str, docs: Path) -> Path:
         lines += _waiters_section(results["waiters"])
     if "scaleout" in results or "notify" in results:
         lines += _scale_section(results.get("scaleout"), results.get("notify"))
+    if "feeds" in results:
+        lines += _feeds_section(results["feeds"])
     lines += (Path(__file__).parent / "notes.md").read_text().splitlines()
     path = docs / "benchmarks.md"
     path.write_text("\n".join(lines) + "\n")
@@ -388,4 +390,78 @@ def _scale_section(s: Any, notify: Any) -> list[str]:
         for n in notify:
             lines.append(f"| {n.listeners} | {n.tps:.0f} | {n.latency_ms:.2f} |")
         lines.append("")
+    return lines
+
+
+def _feeds_section(f: Any) -> list[str]:
+    import os
+
+    bursts, r = f.bursts, f.replay
+    updates = bursts[0].updates if bursts else 0
+    lines = [
+        "## 7. Feeds: an enriched feed under a burst, replay after a disconnect",
+        "",
+        "One relay process (`python -m relay run --config`, the statbus profile's three feeds "
+        "and a plain channel feed) on the statbus fixture (`tests/fixtures/statbus.sql`, "
+        "installed with `db install --profile statbus`); the clients of the burst in a process "
+        "of their own (bare asyncio protocols), the replay client and the writers in the "
+        f"benchmark's. Everything, PostgreSQL included, runs on the machine's {os.cpu_count()} "
+        "cores, which other jobs share.",
+        "",
+        f"**Burst.** N clients on `/api/sse/import-jobs` (every other one with `?ids=<job>`), "
+        f"then one `DO` block commits {updates:,} UPDATEs of one job's `imported_rows` (each "
+        "its own transaction, as statbus's import worker reports progress: each notifies "
+        "`import_job` and `import_job_progress`). Every notification asks for the row read by "
+        "`public.system_stability_enrich_import_job(jsonb)`; calls are single flight and "
+        "merge identical payloads. *Queries per payload*: calls of the enrich function "
+        "(pg_stat_statements; the relay's `relay_feed_enrich_calls_total` agrees) over the "
+        "commits. Latency is wall-clock (CLOCK_REALTIME, read by PostgreSQL right after each "
+        "COMMIT and by the clients as they read the bytes): for the final row, from its "
+        "commit to the first event carrying it, per client; for every event, from the commit "
+        "of the row it carries.",
+        "",
+        "| clients | commits took (s) | notifications received | enrich calls (relay) "
+        "| enrich calls (pg_stat_statements) | queries / payload | events sent "
+        "| events / client (min, median, max) | final row p50 (ms) | p99 (ms) | max (ms) "
+        "| every event p50 (ms) | p99 (ms) | ended on the final row | rows in order |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in bursts:
+        calls = "n/a" if b.statement_calls is None else str(b.statement_calls)
+        spread = ", ".join(str(x) for x in b.events_per_client)
+        lines.append(
+            f"| {b.connected:,} | {b.burst_s:.2f} | {b.notified:,.0f} | {b.enrich_calls:.0f} "
+            f"| {calls} | {b.queries_per_payload:.3f} | {b.events:.0f} | {spread} "
+            f"| {_ms(b.final_p50_ms)} | {_ms(b.final_p99_ms)} | {_ms(b.final_max_ms)} "
+            f"| {_ms(b.event_p50_ms)} | {_ms(b.event_p99_ms)} | {b.ended_on_final:,} "
+            f"| {b.ordered:,} |"
+        )
+    ended = all(b.ended_on_final == b.connected == b.clients for b in bursts)
+    lines += [
+        "",
+        f"Checked: every client ends on the final row, its rows never going backwards: "
+        f"{_mark(ended and all(b.ordered == b.connected for b in bursts))}.",
+        "",
+        f"**Replay.** One client on the channel feed while {r.sent:,} payloads (about 200 "
+        f"bytes, each its own commit, each with a sequence number) are NOTIFYed at "
+        f"{r.rate:.0f} a second; {r.disconnect_at:g} s in it disconnects, and {r.gap:g} s "
+        "later it reconnects with `Last-Event-ID` (the ring keeps 1,000 events, 1 MiB). "
+        "*Missed*: payloads committed after the last one it had and before it reconnected; "
+        "*replayed*: what the relay sent again (`relay_feed_replayed_total`); *caught up*: "
+        "from sending the reconnecting request to holding every payload committed before it. "
+        "*Lost* and *duplicated* compare the sequence numbers received, over both "
+        "connections, with those sent.",
+        "",
+        "| payloads | sent at (/s) | away (s) | received before | missed while away "
+        "| replayed | resyncs | reconnect to caught up (ms) | received after | lost "
+        "| duplicated | out of order |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r.sent:,} | {r.send_rate:.0f} | {r.gap:g} | {r.before:,} | {r.missed:,} "
+        f"| {r.replayed:,.0f} | {r.resyncs} | {_ms(r.caught_up_ms)} | {r.after:,} | {r.lost} "
+        f"| {r.duplicated} | {r.out_of_order} |",
+        "",
+        f"Checked: nothing lost, duplicated or out of order, no resync: "
+        f"{_mark(r.lost == r.duplicated == r.out_of_order == r.resyncs == 0)}.",
+        "",
+    ]
     return lines
