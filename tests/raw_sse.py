@@ -69,19 +69,26 @@ def js_stringify(value: Any) -> str:
         number = float(value)
         return js_number(number) if math.isfinite(number) else "null"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _js_string(value)
     if isinstance(value, list):
         return "[" + ",".join(js_stringify(v) for v in value) + "]"
     if isinstance(value, dict):
         return (
             "{"
-            + ",".join(
-                json.dumps(k, ensure_ascii=False) + ":" + js_stringify(v)
-                for k, v in js_key_order(value)
-            )
+            + ",".join(_js_string(k) + ":" + js_stringify(v) for k, v in js_key_order(value))
             + "}"
         )
     raise TypeError(f"not a JSON value: {value!r}")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _js_string(text: str) -> str:
+    """``JSON.stringify`` of a string: as JSON, but a lone surrogate (a pair is one code point
+    once parsed) is written as its \\u escape (ES2019's well-formed JSON.stringify)."""
+    written = json.dumps(text, ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", written)
 
 
 def js_key_order(obj: dict[str, Any]) -> list[tuple[str, Any]]:
