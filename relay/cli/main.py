@@ -81,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _profile_flag(parser: argparse.ArgumentParser) -> None:
+    from relay.source.activities.profiles import DEFAULT_PROFILE, available
+
+    names = ", ".join(f"{n} (default)" if n == DEFAULT_PROFILE else n for n in available())
     parser.add_argument(
         "--profile",
         metavar="NAME",
-        help="the activities that mean busy: seed (default), statbus, procrastinate "
-        "(overrides the config's profile key)",
+        help=f"the activities that mean busy: {names} (overrides the config's profile key)",
     )
 
 
