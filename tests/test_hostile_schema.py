@@ -33,7 +33,7 @@ import pytest
 from psycopg import sql
 
 from relay.devtools.embedded import pgbench_path
-from relay.source.activities.profiles import load_profile
+from relay.source.activities.profiles import available, load_profile
 from relay.source.install import install, printed, scripts, sql_dir
 from relay.state.stability import State
 from tests.support import base_url, eventually, fresh_database, relay_config, running_relay
@@ -117,7 +117,7 @@ def _called_names() -> set[str]:
     calls too), narrowed to pg_catalog's functions in the database."""
     texts = [path.read_text() for path in sql_dir().glob("*.sql")]
     texts += [path.read_text() for path in RELAY_SOURCES.rglob("*.py")]
-    for profile in ("seed", "statbus", "procrastinate"):
+    for profile in available():
         activities = load_profile(profile).activities
         texts += [script.text.decode() for script in scripts(activities)]
     return {name for text in texts for name in CALLED_BY.findall(text)}
