@@ -159,6 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"{args.config}: OK (profile {config.profile}: {', '.join(config.activity_names)}; "
             f"{len(config.webhooks)} webhook(s))"
         )
+        _print_read_scans(asyncio.run(read_scans_if_reachable(config)))
         return EXIT_OK
     if args.command == "run":
         return _run(_load(args), reload=(lambda: _load(args)) if args.config else None)
@@ -249,9 +250,22 @@ def _webhook_test(config: Config, name: str) -> int:
     return EXIT_OK if 200 <= result.status < 300 else EXIT_FAILURE
 
 
+def _print_read_scans(scans: list[Any]) -> None:
+    """One block on stderr: each read that would scan a large table, and its index."""
+    if not scans:
+        return
+    from relay import logs
+
+    reads = "a read" if len(scans) == 1 else f"{len(scans)} reads"
+    lines = [f"warning: {reads} would scan a large table (advice: nothing is refused):"]
+    for scan in scans:
+        lines += ["", *(f"  {line}" if line else "" for line in scan.describe().splitlines())]
+    print(logs.redactor.mask("\n".join(lines)), file=sys.stderr)
+
+
 def _db_install(args: argparse.Namespace) -> int:
     from relay import logs
-    from relay.source.install import PARKED, install, printed, scripts
+    from relay.source.install import PARKED, install, printed, scripts, suggested_indexes
 
     config = _load(args)
     if args.print_sql:
@@ -263,8 +277,10 @@ def _db_install(args: argparse.Namespace) -> int:
         )
         for script in plan:
             sys.stdout.write(printed(script))
+        sys.stdout.write(suggested_indexes(config.activities))
         return EXIT_OK
     logs.redactor.update(config.secrets())
+    scans: list[Any] = []
     applied = asyncio.run(
         install(
             config.database.dsn,
@@ -273,12 +289,41 @@ def _db_install(args: argparse.Namespace) -> int:
             demo_schema=args.demo_schema,
             channel=config.database.channel,
             enrichers=config.enrichers,
+            scans=scans,
         )
     )
     for name in applied:
         print(name if name == PARKED else f"applied {name}")
     print(f"activities ({config.profile}): {', '.join(config.activity_names)}")
+    _print_read_scans(scans)
     return EXIT_OK
+
+
+async def read_scans_if_reachable(config: Config) -> list[Any]:
+    """For ``check``: the reads that would scan a large table, if the database can be reached
+    now with the config's DSN (as its role: the relay's own is judged from the catalog);
+    nothing otherwise, quietly (``check`` validates the file, not the database)."""
+    from relay.errors import DatabaseUnavailable
+    from relay.source import pg
+    from relay.source.activities.check import read_scans
+
+    if not config.database.dsn:
+        return []
+    try:
+        async with asyncio.timeout(config.database.connect_timeout + 1):
+            conn = await pg.connect(config.database, config.database.application_name)
+    except (DatabaseUnavailable, TimeoutError, psycopg.Error):
+        return []
+    try:
+        async with asyncio.timeout(config.database.heartbeat_timeout * 2):
+            return list(await read_scans(conn, config.activities))
+    except (TimeoutError, psycopg.Error) as error:
+        print(
+            f"warning: the reads' cost was not checked: {pg.describe_error(error)}", file=sys.stderr
+        )
+        return []
+    finally:
+        await conn.close()
 
 
 async def startup_problems(config: Config) -> list[str]:
