@@ -7,6 +7,8 @@ clients; NOTIFY with 1, 50 and 200 listeners. ``--quick`` (about 3 minutes): 1,0
 how long changes that no channel carries take to reach the relay (12 trials, 5 quick).
 ``feeds``: statbus's enriched /api/sse/import-jobs under a burst of 1,000 commits (100 and
 1,000 clients; 100 quick), and a client replayed after 5 s away from a feed at 100 payloads/s.
+``readcost``: the seed profile's truth read at 10 million finished tasks (1 million quick),
+without and with the index ``db install`` suggests (a database of its own).
 """
 
 from __future__ import annotations
@@ -24,12 +26,24 @@ from bench.common import ROOT, Child, database, raise_nofile
 from bench.details_load import run_details
 from bench.fanout import run_fanout, run_feed
 from bench.feeds import describe, run_feeds
+from bench.read_cost import describe as describe_read_cost
+from bench.read_cost import run_read_cost
 from bench.scaleout import run_notify_cost, run_three_relays
 from bench.triggers import VARIANTS, run_triggers
 from bench.unhinted import run_unhinted
 from bench.waiters import run_waiters
 
-PARTS = ("fanout", "triggers", "details", "scaleout", "notify", "unhinted", "waiters", "feeds")
+PARTS = (
+    "fanout",
+    "triggers",
+    "details",
+    "scaleout",
+    "notify",
+    "unhinted",
+    "waiters",
+    "feeds",
+    "readcost",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             dsn = db.server.create_database("statbus_feeds")
             results["feeds"] = run_feeds(dsn, clients=(100,) if quick else (100, 1_000))
             for line in describe(results["feeds"]):
+                print("  " + line)
+        if "readcost" in args.only:
+            rows = 1_000_000 if quick else 10_000_000
+            print(f"read cost: the seed profile's truth read at {rows:,} finished tasks")
+            dsn = db.server.create_database("readcost")
+            results["readcost"] = run_read_cost(dsn, rows=rows)
+            for line in describe_read_cost(results["readcost"]):
                 print("  " + line)
         if "notify" in args.only:
             print("NOTIFY cost per listener")

@@ -98,6 +98,8 @@ def write(results: dict[str, Any], command: str, docs: Path) -> Path:
         lines += _scale_section(results.get("scaleout"), results.get("notify"))
     if "feeds" in results:
         lines += _feeds_section(results["feeds"])
+    if "readcost" in results:
+        lines += read_cost_section(results["readcost"])
     lines += (Path(__file__).parent / "notes.md").read_text().splitlines()
     path = docs / "benchmarks.md"
     path.write_text("\n".join(lines) + "\n")
@@ -462,6 +464,45 @@ def _feeds_section(f: Any) -> list[str]:
         "",
         f"Checked: nothing lost, duplicated or out of order, no resync: "
         f"{_mark(r.lost == r.duplicated == r.out_of_order == r.resyncs == 0)}.",
+        "",
+    ]
+    return lines
+
+
+def read_cost_section(r: Any) -> list[str]:
+    without, with_index = r.phases["without"], r.phases["with"]
+    lines = [
+        "## 8. Reads as tables grow: the truth read with and without an index on state",
+        "",
+        f"The seed profile's truth read, `SELECT public.system_stability_activities()` (what "
+        f"the relay runs on every hint and every reconcile), on one connection, with "
+        f"{r.rows:,} finished tasks in `worker.tasks` and {r.active} active analytics tasks "
+        f"appended after them (`bench/read_cost.py`). Loading the finished rows "
+        f"(`INSERT ... SELECT generate_series`, foreign key unchecked) took {r.load_s:.1f} s, "
+        f"`VACUUM ANALYZE` {r.vacuum_s:.1f} s; the table is {r.table_mb:,.0f} MiB. Then "
+        f"the index `db install` names in its warning, built with "
+        f"`CREATE INDEX CONCURRENTLY` in {r.index_s:.1f} s ({r.index_mb:.2f} MiB: it holds "
+        "the active rows only):",
+        "",
+        "```sql",
+        r.create_index,
+        "```",
+        "",
+        "| index on state | plan of the activity's read | reads | p50 (ms) | p99 (ms) | max (ms) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, phase in (("none", without), ("**the suggested one**", with_index)):
+        lines.append(
+            f"| {name} | {phase.plan} | {phase.reads:,} | {phase.p50_ms:.2f} "
+            f"| {phase.p99_ms:.2f} | {phase.max_ms:.2f} |"
+        )
+    warned = f"warns: {r.warned}" if r.warned else "does not warn"
+    lines += [
+        "",
+        f"At this size `db install` (and `check`, and a relay at start) {warned}. Without the "
+        "index every read is a scan of every finished task the system has ever had; with "
+        f"it, {without.p50_ms / max(with_index.p50_ms, 1e-9):,.0f} times faster at the "
+        "median, and flat as the table grows.",
         "",
     ]
     return lines
