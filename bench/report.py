@@ -502,7 +502,8 @@ def read_cost_section(r: Any) -> list[str]:
         f"At this size `db install` (and `check`, and a relay at start) {warned}. Without the "
         "index every read is a scan of every finished task the system has ever had; with "
         f"it, {without.p50_ms / max(with_index.p50_ms, 1e-9):,.0f} times faster at the "
-        "median, and flat as the table grows.",
+        "median (the index holds the active rows only: finished ones do not grow it). Run "
+        "alone: `python -m bench --only readcost` (`--quick`: 1,000,000 rows).",
         "",
     ]
     return lines
