@@ -10,15 +10,18 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from structlog.testing import capture_logs
 
 from relay.cli.main import startup_problems
-from relay.source.activities.check import READ_SCAN_ROWS, ReadScan
+from relay.source.activities.check import READ_SCAN_ROWS, ReadScan, read_scans
+from relay.source.activities.profiles import load_profile
 from relay.source.activities.spec import Activity
 from relay.source.install import install
 from tests.support import events, execute, fresh_database, relay_config, running_relay
@@ -174,3 +177,23 @@ async def test_a_filter_goes_in_the_predicate_when_postgresql_takes_it(
     scans.clear()
     await install(seed_db, activities=[tasks], park=False, scans=scans)
     assert scans == []
+
+
+async def test_the_relays_own_role_is_answered_from_the_catalog(seed_db: str) -> None:
+    """The relay's login may not plan the read (no privilege on the data system's tables):
+    whether an index serves the state column is read from the catalog instead."""
+    await _fill(seed_db, READ_SCAN_ROWS + 1)
+    name = f"relay_readcost_{uuid.uuid4().hex[:8]}"
+    role = sql.Identifier(name)
+    async with await psycopg.AsyncConnection.connect(seed_db, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE stability_relay").format(role))
+        try:
+            relay = psycopg.conninfo.make_conninfo(seed_db, user=name)
+            async with await psycopg.AsyncConnection.connect(relay, autocommit=True) as conn:
+                [scan] = await read_scans(conn, load_profile("seed").activities)
+                assert "judged from the catalog" in scan.plan
+                assert scan.create_index == SEED_INDEX
+                await admin.execute(SEED_INDEX.encode())
+                assert await read_scans(conn, load_profile("seed").activities) == []
+        finally:
+            await admin.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(role, role))
