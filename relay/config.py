@@ -384,11 +384,28 @@ class Coalesce(_Section):
 
     window: PositiveDuration = 0.5
     key: str | None = None
-    # A key that keeps receiving is sent anyway once its first payload has waited this long
-    # (null: never; a steady stream faster than the window then waits for a pause).
+    # A key that keeps receiving is sent anyway once its first payload has waited this long.
+    # Unset: MAX_WAIT_WINDOWS windows, so a steady stream faster than the window is still sent
+    # now and then; null: never (statbus's debounces: a stream that never pauses waits for a
+    # pause).
     max_wait: PositiveDuration | None = None
     # Bound on keys waiting; policy when full: the key that has waited longest is sent now.
     max_pending: int = Field(default=1000, ge=1, le=100_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_wait" not in data:
+            try:
+                window = parse_duration(data.get("window", 0.5))
+            except ValueError:
+                return data  # the field's own validation says what is wrong, with its path
+            return {**data, "max_wait": MAX_WAIT_WINDOWS * window if window > 0 else None}
+        return data
+
+
+# Coalesce.max_wait when unset, in windows.
+MAX_WAIT_WINDOWS = 10
 
 
 # A template value that is filled in when sent: the relay's version, the time (ISO 8601 with

@@ -338,3 +338,16 @@ def test_a_flag_value_is_taken_as_given(tmp_path: Path) -> None:
     dsn = "host=db password=${NOT_A_VARIABLE}"
     config = load_config(path, overrides={"database.dsn": dsn}, environ={})
     assert config.database.dsn == dsn
+
+
+def test_a_coalescing_window_is_bounded_unless_told_otherwise() -> None:
+    """A key whose payloads never pause is still sent every 10 windows by default; a config
+    that wants statbus's unbounded debounce says max_wait: null."""
+    from relay.config import Coalesce
+
+    assert Coalesce.model_validate({"window": "500ms"}).max_wait == 5.0
+    assert Coalesce.model_validate({}).max_wait == 5.0
+    assert Coalesce.model_validate({"window": "1s", "max_wait": "2s"}).max_wait == 2.0
+    assert Coalesce.model_validate({"window": "1s", "max_wait": None}).max_wait is None
+    with pytest.raises(ValueError, match="window"):
+        Coalesce.model_validate({"window": "soon"})
