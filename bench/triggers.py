@@ -113,6 +113,22 @@ def set_up(dsn: str) -> None:
         )
 
 
+def install_for(dsn: str, kind: str) -> None:
+    """The relay's SQL as the relay of ``kind`` reads it: the seed's activities, hinted by our
+    triggers (ours) or by statbus's channels (statbus)."""
+    import asyncio
+
+    from bench.serve_relay import channel_hinted_seed
+    from relay.source.activities.spec import Activity
+    from relay.source.install import install
+
+    activities = None
+    if kind == "statbus":
+        hinted = channel_hinted_seed(STATBUS_CHANNELS.split(","))
+        activities = [Activity.model_validate(a) for a in hinted]
+    asyncio.run(install(dsn, activities=activities, park=False))
+
+
 def select_variant(dsn: str, variant: str) -> None:
     """Enable the variant's triggers on the churned tables and disable all others."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -260,6 +276,10 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
             relay.close()  # ours parks the flag on stop; reset() below clears it
             relay = None
         if relay is None and kind is not None:
+            # The relay refuses SQL generated from other activities than its own (their
+            # fingerprint): install the ones this relay reads (the triggers are switched
+            # after, by select_variant).
+            install_for(db.dsn, kind)
             relay = RelayProbe(db.dsn, kind)
         return relay
 
@@ -271,8 +291,8 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
             shift = r % len(VARIANTS)
             order = VARIANTS[shift:] + VARIANTS[:shift]  # rotate: no variant always goes first
             for variant in order:
-                select_variant(db.dsn, TRIGGERS_OF[variant])
                 probe = use(RELAY_OF[variant])
+                select_variant(db.dsn, TRIGGERS_OF[variant])
                 reset(db.dsn)
                 if variant == "ours-idle":
                     park(db.dsn)
