@@ -10,38 +10,15 @@ the table says: busy exactly when some row is in an active state, overall and pe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import re
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from psycopg import errors as pg_errors
 
-from relay.app import Relay
-from relay.source.activities.profiles import load_profile
-from relay.source.install import install
-from relay.state.stability import State
-from tests.support import (
-    HINTS_ONLY,
-    HintLog,
-    eventually,
-    fresh_database,
-    hint_log,
-    relay_config,
-    running_relay,
-    sample,
-)
+from tests.queue_profiles import Conn, QueueProfile
 
-FIXTURE = Path(__file__).parent / "fixtures" / "oban.sql"
-PROFILE_YAML = (
-    Path(__file__).parent.parent / "relay" / "source" / "activities" / "profiles" / "oban.yaml"
-)
-ACTIVITIES = load_profile("oban").activities
 ENUM = [
     "available",
     "suspended",
@@ -56,33 +33,20 @@ ACTIVE = {"available", "suspended", "scheduled", "executing", "retryable"}
 MAX_ATTEMPTS = 3  # what the tests insert with
 NOW = "timezone('UTC', now())"  # Oban's timestamps: UTC, without a time zone
 
-Conn = psycopg.AsyncConnection[Any]
-HINTED = 2.0  # seconds: a hinted change is seen well within it, an unhinted one is not
+OBAN = QueueProfile(
+    "oban",
+    table="public.oban_jobs",
+    enum_type="public.oban_job_state",
+    active=frozenset(ACTIVE),
+)
+exact = OBAN.exact
+ids_in = OBAN.ids_in
 
 
 @pytest.fixture
 async def oban_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    async with fresh_database(pg_admin_dsn, "oban") as dsn:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            async with conn.transaction():
-                await conn.execute(FIXTURE.read_bytes())
-        await install(dsn, activities=ACTIVITIES, profile="oban")
+    async with OBAN.database(pg_admin_dsn) as dsn:
         yield dsn
-
-
-def config(dsn: str) -> Any:
-    """The hint path alone: heartbeat and reconcile a minute away, and no hold (a hold polls,
-    which would cover a statement our triggers missed)."""
-    return relay_config(
-        dsn,
-        profile="oban",
-        database=HINTS_ONLY,
-        stability={
-            "reconcile_interval": "60s",
-            "hold_when_busy": False,
-            "hold_release_after": "0.2s",  # the poll every session starts with
-        },
-    )
 
 
 # -- Oban's statements, as its Basic engine and notifier send them ----------------------------
@@ -243,62 +207,6 @@ async def prune(conn: Conn) -> None:
     )
 
 
-# -- the truth and the relay ------------------------------------------------------------------
-
-
-async def active_count(conn: Conn) -> int:
-    cursor = await conn.execute(
-        "SELECT count(*) FROM public.oban_jobs WHERE state::text = ANY(%s)", (sorted(ACTIVE),)
-    )
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-async def exact(relay: Relay, conn: Conn, log: HintLog | None = None) -> bool:
-    """With the writers done: the relay comes to say what the rows say, overall and per
-    activity, on the hints the writes sent. On the hint path (``hint_path``), with heartbeat,
-    reconcile and hold out of the way, a hint is answered within a read (50 ms), and nothing
-    else makes the relay read within the bounded wait (its other reads come about 5 s
-    apart here), so a statement our triggers missed fails here.
-    With ``log``, it still says so once every hint committed so far has been read (the log's
-    marker makes it read once more)."""
-    busy = await active_count(conn) > 0
-
-    def agrees() -> bool:
-        current = relay.stability.current
-        return current.state is State.from_truth(not busy) and dict(current.activities) == {
-            "jobs": busy
-        }
-
-    await eventually(agrees, timeout=HINTED)
-    if log is not None:
-        await log.caught_up()
-        assert agrees(), relay.stability.current
-    await hint_path(relay)  # the next writes are seen by their hints, not by a poll
-    return busy
-
-
-async def hint_path(relay: Relay) -> None:
-    """Past any poll (every session starts with one, a hold is one: relay/source/hold.py):
-    from now on only a hint makes the relay read."""
-    await eventually(lambda: relay.listener.connected.is_set())
-    await eventually(lambda: sample(relay, "relay_polling") == 0)
-
-
-async def ids_in(conn: Conn, state: str) -> list[int]:
-    cursor = await conn.execute(
-        "SELECT id FROM public.oban_jobs WHERE state = %s::public.oban_job_state ORDER BY id",
-        (state,),
-    )
-    return [row[0] for row in await cursor.fetchall()]
-
-
-async def started(relay: Relay) -> None:
-    await eventually(lambda: relay.stability.current.state is State.STABLE)
-    await hint_path(relay)
-
-
 # -- the tests --------------------------------------------------------------------------------
 
 
@@ -306,47 +214,28 @@ async def test_the_fixture_has_obans_facts_and_install_adds_one_statement_trigge
     oban_dsn: str,
 ) -> None:
     async with await psycopg.AsyncConnection.connect(oban_dsn, autocommit=True) as conn:
-        cursor = await conn.execute(
-            "SELECT enumlabel::text FROM pg_enum"
-            " WHERE enumtypid = 'public.oban_job_state'::regtype ORDER BY enumsortorder"
-        )
-        assert [row[0] for row in await cursor.fetchall()] == ENUM
-        cursor = await conn.execute(
-            "SELECT indexrelid::regclass::text FROM pg_index AS i JOIN pg_attribute AS a"
-            " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-            " WHERE i.indrelid = 'public.oban_jobs'::regclass AND a.attname = 'state'"
-            " ORDER BY 1"
-        )
-        assert [row[0] for row in await cursor.fetchall()] == [
+        assert await OBAN.enum_labels(conn) == ENUM
+        assert await OBAN.state_indexes(conn) == [
             "oban_jobs_state_cancelled_at_index",
             "oban_jobs_state_discarded_at_index",
             "oban_jobs_state_queue_priority_scheduled_at_id_index",
         ]
         cursor = await conn.execute("SELECT obj_description('public.oban_jobs'::regclass)")
         assert await cursor.fetchone() == ("14",)
-        cursor = await conn.execute(
-            "SELECT tgname, tgtype & 1 = 0 AS per_statement FROM pg_trigger"
-            " WHERE tgrelid = 'public.oban_jobs'::regclass AND NOT tgisinternal"
-        )
-        assert await cursor.fetchall() == [("system_stability_hint", True)]
+        assert await OBAN.triggers(conn) == [("system_stability_hint", True)]
 
 
 def test_the_profile_counts_the_issues_states_and_comments_on_every_one() -> None:
-    (activity,) = ACTIVITIES
+    (activity,) = OBAN.activities
     assert activity.table == "public.oban_jobs"
     assert set(activity.active_states) == ACTIVE
     assert activity.hint_triggers == ("insert", "update", "delete", "truncate")
     assert activity.hint_channels == ()
-    commented = set(re.findall(r"^\s*# - (\w+):", PROFILE_YAML.read_text(), re.MULTILINE))
-    assert commented == set(ENUM)
+    assert OBAN.commented_states() == set(ENUM)
 
 
 async def test_each_step_of_a_jobs_life_is_followed(oban_dsn: str) -> None:
-    async with (
-        await psycopg.AsyncConnection.connect(oban_dsn, autocommit=True) as conn,
-        running_relay(config(oban_dsn)) as relay,
-    ):
-        await started(relay)
+    async with OBAN.session(oban_dsn) as (conn, relay):
         await insert(conn)  # available
         assert await exact(relay, conn) is True
         [(job, attempt)] = await fetch(conn)
@@ -402,11 +291,7 @@ async def test_an_insert_is_seen_with_or_without_obans_own_notification(oban_dsn
     """Oban notifies '<prefix>.oban_insert' for available inserts only, and only through its
     Postgres notifier with insert_trigger on: the profile does not listen to it, our insert
     trigger hints every insert."""
-    async with (
-        await psycopg.AsyncConnection.connect(oban_dsn, autocommit=True) as conn,
-        running_relay(config(oban_dsn)) as relay,
-    ):
-        await started(relay)
+    async with OBAN.session(oban_dsn) as (conn, relay):
         for notify in (True, False):
             await insert(conn, notify=notify)
             assert await exact(relay, conn) is True
@@ -416,84 +301,56 @@ async def test_an_insert_is_seen_with_or_without_obans_own_notification(oban_dsn
         assert await exact(relay, conn) is True
 
 
-async def _writer(dsn: str, seed: int, steps: int) -> None:
-    """One of Oban's nodes: inserts, works, fails, cancels, stages, prunes, at random."""
-    rng = random.Random(seed)
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for _ in range(steps):
-            try:
-                roll = rng.random()
-                if roll < 0.3:
-                    state = rng.choice(["available", "available", "scheduled", "suspended"])
-                    delay = "0.05" if state == "scheduled" else "0"
-                    await insert(
-                        conn,
-                        state=state,
-                        count=rng.randint(1, 3),
-                        delay=delay,
-                        notify=rng.random() < 0.5,
-                    )
-                elif roll < 0.65:
-                    for job, attempt in await fetch(conn, limit=rng.randint(1, 3)):
-                        outcome = rng.choice([complete, complete, error, discard, cancel, snooze])
-                        if outcome is error and attempt >= MAX_ATTEMPTS:
-                            await discard(conn, job)  # the executor discards a spent job
-                        elif outcome is error:
-                            await error(conn, job, backoff="0.02")
-                        elif outcome is snooze:
-                            await snooze(conn, job, seconds="0.02")
-                        else:
-                            await outcome(conn, job)
-                elif roll < 0.75:
-                    await stage(conn)
-                elif roll < 0.82:
-                    await resume(conn)
-                elif roll < 0.9:
-                    cursor = await conn.execute(
-                        "SELECT id FROM public.oban_jobs ORDER BY random() LIMIT 1"
-                    )
-                    row = await cursor.fetchone()
-                    if row is not None:
-                        await (cancel(conn, row[0]) if rng.random() < 0.6 else retry(conn, row[0]))
-                else:
-                    await prune(conn)
-            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
-                pass  # rolled back: Oban's plugins and producers try again on their next tick
-
-
-async def _drain(conn: Conn) -> None:
-    """Work everything off: stage what is due, resume the suspended, finish what executes."""
-    for _ in range(200):
-        await conn.execute(
-            f"UPDATE public.oban_jobs SET scheduled_at = {NOW} - interval '1s'"
-            " WHERE state IN ('retryable', 'scheduled')"
+async def _step(conn: Conn, rng: random.Random) -> None:
+    """One of Oban's nodes (rolled back by a deadlock or a serialization failure, Oban's
+    plugins and producers try again on their next tick): inserts, works, fails, cancels,
+    stages, prunes, at random."""
+    roll = rng.random()
+    if roll < 0.3:
+        state = rng.choice(["available", "available", "scheduled", "suspended"])
+        delay = "0.05" if state == "scheduled" else "0"
+        await insert(
+            conn, state=state, count=rng.randint(1, 3), delay=delay, notify=rng.random() < 0.5
         )
+    elif roll < 0.65:
+        for job, attempt in await fetch(conn, limit=rng.randint(1, 3)):
+            outcome = rng.choice([complete, complete, error, discard, cancel, snooze])
+            if outcome is error and attempt >= MAX_ATTEMPTS:
+                await discard(conn, job)  # the executor discards a spent job
+            elif outcome is error:
+                await error(conn, job, backoff="0.02")
+            elif outcome is snooze:
+                await snooze(conn, job, seconds="0.02")
+            else:
+                await outcome(conn, job)
+    elif roll < 0.75:
         await stage(conn)
+    elif roll < 0.82:
         await resume(conn)
-        jobs = [job for job, _ in await fetch(conn, limit=50)]
-        await conn.execute(
-            f"UPDATE public.oban_jobs SET state = 'completed', completed_at = {NOW}"
-            " WHERE state = 'executing'"
-        )
-        if not jobs and await active_count(conn) == 0:
-            return
-    raise AssertionError("the queue did not drain")
+    elif roll < 0.9:
+        picked = await OBAN.random_id(conn)
+        if picked is not None:
+            await (cancel(conn, picked) if rng.random() < 0.6 else retry(conn, picked))
+    else:
+        await prune(conn)
+
+
+async def _drain_step(conn: Conn) -> bool:
+    """Work everything off: stage what is due, resume the suspended, finish what executes."""
+    await conn.execute(
+        f"UPDATE public.oban_jobs SET scheduled_at = {NOW} - interval '1s'"
+        " WHERE state IN ('retryable', 'scheduled')"
+    )
+    await stage(conn)
+    await resume(conn)
+    jobs = [job for job, _ in await fetch(conn, limit=50)]
+    await conn.execute(
+        f"UPDATE public.oban_jobs SET state = 'completed', completed_at = {NOW}"
+        " WHERE state = 'executing'"
+    )
+    return bool(jobs)
 
 
 async def test_concurrent_writers_settle_on_the_truth(oban_dsn: str) -> None:
-    seen: set[bool] = set()
-    async with (
-        await psycopg.AsyncConnection.connect(oban_dsn, autocommit=True) as conn,
-        running_relay(config(oban_dsn)) as relay,
-    ):
-        await started(relay)
-        async with hint_log(relay, oban_dsn) as log:
-            for round_ in range(6):
-                await asyncio.gather(
-                    *(_writer(oban_dsn, seed=round_ * 10 + w, steps=25) for w in range(5))
-                )
-                seen.add(await exact(relay, conn, log))
-                if round_ % 2:
-                    await _drain(conn)
-                    assert await exact(relay, conn, log) is False
+    seen = await OBAN.writers_settle(oban_dsn, _step, _drain_step)
     assert True in seen  # the writers left work behind at least once; each drain, none

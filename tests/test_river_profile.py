@@ -10,37 +10,14 @@ exactly when some row is in an active state, overall and per activity.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import re
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from psycopg import errors as pg_errors
 
-from relay.app import Relay
-from relay.source.activities.profiles import load_profile
-from relay.source.install import install
-from relay.state.stability import State
-from tests.support import (
-    HINTS_ONLY,
-    HintLog,
-    eventually,
-    fresh_database,
-    hint_log,
-    relay_config,
-    running_relay,
-    sample,
-)
+from tests.queue_profiles import Conn, QueueProfile
 
-FIXTURE = Path(__file__).parent / "fixtures" / "river.sql"
-PROFILE_YAML = (
-    Path(__file__).parent.parent / "relay" / "source" / "activities" / "profiles" / "river.yaml"
-)
-ACTIVITIES = load_profile("river").activities
 ENUM = [
     "available",
     "cancelled",
@@ -54,33 +31,20 @@ ENUM = [
 ACTIVE = {"available", "pending", "retryable", "running", "scheduled"}
 MAX_ATTEMPTS = 3  # what the tests insert with
 
-Conn = psycopg.AsyncConnection[Any]
-HINTED = 2.0  # seconds: a hinted change is seen well within it, an unhinted one is not
+RIVER = QueueProfile(
+    "river",
+    table="public.river_job",
+    enum_type="public.river_job_state",
+    active=frozenset(ACTIVE),
+)
+exact = RIVER.exact
+ids_in = RIVER.ids_in
 
 
 @pytest.fixture
 async def river_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    async with fresh_database(pg_admin_dsn, "river") as dsn:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            async with conn.transaction():
-                await conn.execute(FIXTURE.read_bytes())
-        await install(dsn, activities=ACTIVITIES, profile="river")
+    async with RIVER.database(pg_admin_dsn) as dsn:
         yield dsn
-
-
-def config(dsn: str) -> Any:
-    """The hint path alone: heartbeat and reconcile a minute away, and no hold (a hold polls,
-    which would cover a statement our triggers missed)."""
-    return relay_config(
-        dsn,
-        profile="river",
-        database=HINTS_ONLY,
-        stability={
-            "reconcile_interval": "60s",
-            "hold_when_busy": False,
-            "hold_release_after": "0.2s",  # the poll every session starts with
-        },
-    )
 
 
 # -- River's statements, as its client sends them ---------------------------------------------
@@ -215,62 +179,6 @@ async def clean(conn: Conn) -> None:
     )
 
 
-# -- the truth and the relay ------------------------------------------------------------------
-
-
-async def active_count(conn: Conn) -> int:
-    cursor = await conn.execute(
-        "SELECT count(*) FROM public.river_job WHERE state::text = ANY(%s)", (sorted(ACTIVE),)
-    )
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-async def exact(relay: Relay, conn: Conn, log: HintLog | None = None) -> bool:
-    """With the writers done: the relay comes to say what the rows say, overall and per
-    activity, on the hints the writes sent. On the hint path (``hint_path``), with heartbeat,
-    reconcile and hold out of the way, a hint is answered within a read (50 ms), and nothing
-    else makes the relay read within the bounded wait (its other reads come about 5 s
-    apart here), so a statement our triggers missed fails here.
-    With ``log``, it still says so once every hint committed so far has been read (the log's
-    marker makes it read once more)."""
-    busy = await active_count(conn) > 0
-
-    def agrees() -> bool:
-        current = relay.stability.current
-        return current.state is State.from_truth(not busy) and dict(current.activities) == {
-            "jobs": busy
-        }
-
-    await eventually(agrees, timeout=HINTED)
-    if log is not None:
-        await log.caught_up()
-        assert agrees(), relay.stability.current
-    await hint_path(relay)  # the next writes are seen by their hints, not by a poll
-    return busy
-
-
-async def hint_path(relay: Relay) -> None:
-    """Past any poll (every session starts with one, a hold is one: relay/source/hold.py):
-    from now on only a hint makes the relay read."""
-    await eventually(lambda: relay.listener.connected.is_set())
-    await eventually(lambda: sample(relay, "relay_polling") == 0)
-
-
-async def ids_in(conn: Conn, state: str) -> list[int]:
-    cursor = await conn.execute(
-        "SELECT id FROM public.river_job WHERE state = %s::public.river_job_state ORDER BY id",
-        (state,),
-    )
-    return [row[0] for row in await cursor.fetchall()]
-
-
-async def started(relay: Relay) -> None:
-    await eventually(lambda: relay.stability.current.state is State.STABLE)
-    await hint_path(relay)
-
-
 # -- the tests --------------------------------------------------------------------------------
 
 
@@ -278,44 +186,25 @@ async def test_the_fixture_has_rivers_facts_and_install_adds_one_statement_trigg
     river_dsn: str,
 ) -> None:
     async with await psycopg.AsyncConnection.connect(river_dsn, autocommit=True) as conn:
-        cursor = await conn.execute(
-            "SELECT enumlabel::text FROM pg_enum"
-            " WHERE enumtypid = 'public.river_job_state'::regtype ORDER BY enumsortorder"
-        )
-        assert [row[0] for row in await cursor.fetchall()] == ENUM
-        cursor = await conn.execute(
-            "SELECT indexrelid::regclass::text FROM pg_index AS i JOIN pg_attribute AS a"
-            " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-            " WHERE i.indrelid = 'public.river_job'::regclass AND a.attname = 'state'"
-            " ORDER BY 1"
-        )
-        assert [row[0] for row in await cursor.fetchall()] == [
+        assert await RIVER.enum_labels(conn) == ENUM
+        assert await RIVER.state_indexes(conn) == [
             "river_job_prioritized_fetching_index",
             "river_job_state_and_finalized_at_index",
         ]
-        cursor = await conn.execute(
-            "SELECT tgname, tgtype & 1 = 0 AS per_statement FROM pg_trigger"
-            " WHERE tgrelid = 'public.river_job'::regclass AND NOT tgisinternal"
-        )
-        assert await cursor.fetchall() == [("system_stability_hint", True)]
+        assert await RIVER.triggers(conn) == [("system_stability_hint", True)]
 
 
 def test_the_profile_counts_the_issues_states_and_comments_on_every_one() -> None:
-    (activity,) = ACTIVITIES
+    (activity,) = RIVER.activities
     assert activity.table == "public.river_job"
     assert set(activity.active_states) == ACTIVE
     assert activity.hint_triggers == ("insert", "update", "delete", "truncate")
     assert activity.hint_channels == ()
-    commented = set(re.findall(r"^\s*# - (\w+):", PROFILE_YAML.read_text(), re.MULTILINE))
-    assert commented == set(ENUM)
+    assert RIVER.commented_states() == set(ENUM)
 
 
 async def test_each_step_of_a_jobs_life_is_followed(river_dsn: str) -> None:
-    async with (
-        await psycopg.AsyncConnection.connect(river_dsn, autocommit=True) as conn,
-        running_relay(config(river_dsn)) as relay,
-    ):
-        await started(relay)
+    async with RIVER.session(river_dsn) as (conn, relay):
         await insert(conn)  # available
         assert await exact(relay, conn) is True
         [(job, attempt)] = await fetch(conn)
@@ -370,11 +259,7 @@ async def test_an_insert_is_seen_with_or_without_rivers_own_notification(river_d
     """River's client notifies '<schema>.river_insert' for available inserts, but at most once
     per queue per FetchCooldown and never for scheduled or pending ones: the profile does not
     listen to it, our insert trigger hints every insert."""
-    async with (
-        await psycopg.AsyncConnection.connect(river_dsn, autocommit=True) as conn,
-        running_relay(config(river_dsn)) as relay,
-    ):
-        await started(relay)
+    async with RIVER.session(river_dsn) as (conn, relay):
         for notify in (True, False):
             await insert(conn, notify=notify)
             assert await exact(relay, conn) is True
@@ -384,88 +269,53 @@ async def test_an_insert_is_seen_with_or_without_rivers_own_notification(river_d
         assert await exact(relay, conn) is True
 
 
-async def _writer(dsn: str, seed: int, steps: int) -> None:
-    """One of River's processes: inserts, works, fails, cancels, stages, cleans, at random."""
-    rng = random.Random(seed)
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for _ in range(steps):
-            try:
-                roll = rng.random()
-                if roll < 0.3:
-                    state = rng.choice(["available", "available", "scheduled", "pending"])
-                    delay = "0.05" if state == "scheduled" else "0"
-                    await insert(
-                        conn,
-                        state=state,
-                        count=rng.randint(1, 3),
-                        delay=delay,
-                        notify=rng.random() < 0.5,
-                    )
-                elif roll < 0.65:
-                    outcome = rng.choice(
-                        [
-                            "completed",
-                            "completed",
-                            "retryable",
-                            "discarded",
-                            "cancelled",
-                            "scheduled",
-                        ]
-                    )
-                    for job, attempt in await fetch(conn, limit=rng.randint(1, 3)):
-                        # The completer discards a job that failed its last attempt.
-                        spent = outcome == "retryable" and attempt >= MAX_ATTEMPTS
-                        await finish(conn, [job], "discarded" if spent else outcome, "0.02")
-                elif roll < 0.75:
-                    await schedule(conn)
-                elif roll < 0.82:
-                    await release_pending(conn)
-                elif roll < 0.9:
-                    cursor = await conn.execute(
-                        "SELECT id FROM public.river_job ORDER BY random() LIMIT 1"
-                    )
-                    row = await cursor.fetchone()
-                    if row is not None:
-                        await (cancel(conn, row[0]) if rng.random() < 0.6 else retry(conn, row[0]))
-                else:
-                    await clean(conn)
-            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
-                pass  # rolled back: River's services retry on their next tick
-
-
-async def _drain(conn: Conn) -> None:
-    """Work everything off: stage what is due, release the parked, finish what runs."""
-    for _ in range(200):
-        await conn.execute(
-            "UPDATE public.river_job SET scheduled_at = now() - interval '1s'"
-            " WHERE state IN ('retryable', 'scheduled')"
+async def _step(conn: Conn, rng: random.Random) -> None:
+    """One of River's processes (rolled back by a deadlock or a serialization failure, River's
+    services retry on their next tick): inserts, works, fails, cancels, stages, cleans, at
+    random."""
+    roll = rng.random()
+    if roll < 0.3:
+        state = rng.choice(["available", "available", "scheduled", "pending"])
+        delay = "0.05" if state == "scheduled" else "0"
+        await insert(
+            conn, state=state, count=rng.randint(1, 3), delay=delay, notify=rng.random() < 0.5
         )
+    elif roll < 0.65:
+        outcome = rng.choice(
+            ["completed", "completed", "retryable", "discarded", "cancelled", "scheduled"]
+        )
+        for job, attempt in await fetch(conn, limit=rng.randint(1, 3)):
+            # The completer discards a job that failed its last attempt.
+            spent = outcome == "retryable" and attempt >= MAX_ATTEMPTS
+            await finish(conn, [job], "discarded" if spent else outcome, "0.02")
+    elif roll < 0.75:
         await schedule(conn)
+    elif roll < 0.82:
         await release_pending(conn)
-        jobs = [job for job, _ in await fetch(conn, limit=50)]
-        await conn.execute(
-            "UPDATE public.river_job SET state = 'completed', finalized_at = now()"
-            " WHERE state = 'running'"
-        )
-        if not jobs and await active_count(conn) == 0:
-            return
-    raise AssertionError("the queue did not drain")
+    elif roll < 0.9:
+        picked = await RIVER.random_id(conn)
+        if picked is not None:
+            await (cancel(conn, picked) if rng.random() < 0.6 else retry(conn, picked))
+    else:
+        await clean(conn)
+
+
+async def _drain_step(conn: Conn) -> bool:
+    """Work everything off: stage what is due, release the parked, finish what runs."""
+    await conn.execute(
+        "UPDATE public.river_job SET scheduled_at = now() - interval '1s'"
+        " WHERE state IN ('retryable', 'scheduled')"
+    )
+    await schedule(conn)
+    await release_pending(conn)
+    jobs = [job for job, _ in await fetch(conn, limit=50)]
+    await conn.execute(
+        "UPDATE public.river_job SET state = 'completed', finalized_at = now()"
+        " WHERE state = 'running'"
+    )
+    return bool(jobs)
 
 
 async def test_concurrent_writers_settle_on_the_truth(river_dsn: str) -> None:
-    seen: set[bool] = set()
-    async with (
-        await psycopg.AsyncConnection.connect(river_dsn, autocommit=True) as conn,
-        running_relay(config(river_dsn)) as relay,
-    ):
-        await started(relay)
-        async with hint_log(relay, river_dsn) as log:
-            for round_ in range(6):
-                await asyncio.gather(
-                    *(_writer(river_dsn, seed=round_ * 10 + w, steps=25) for w in range(5))
-                )
-                seen.add(await exact(relay, conn, log))
-                if round_ % 2:
-                    await _drain(conn)
-                    assert await exact(relay, conn, log) is False
+    seen = await RIVER.writers_settle(river_dsn, _step, _drain_step)
     assert True in seen  # the writers left work behind at least once; each drain, none
