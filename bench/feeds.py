@@ -48,6 +48,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import LOGS, ROOT, Child, emit, percentile, raise_nofile, stdin_lines
+from bench.sse_clients import EventStream, connect_clients
 
 IMPORT_JOBS = "/api/sse/import-jobs"
 REPLAY_PATH = "/bench/replay"
@@ -332,7 +333,8 @@ def run_burst(
     )
 
 
-# The swarm (``python -m bench.feeds swarm``): bare asyncio protocols, as bench/sse_clients.py.
+# The swarm (``python -m bench.feeds swarm``): bare asyncio protocols on bench/sse_clients.py's
+# EventStream and connect_clients.
 
 ROW = re.compile(rb'"imported_rows":(\d+)')
 GREETING = b'"type":"connection_established"'
@@ -354,36 +356,16 @@ class JobSwarm:
         self, port: int, paths: list[str], n: int, concurrency: int, timeout: float
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(concurrency)
-        failures: list[str] = []
 
-        async def one(k: int) -> None:
+        def make(k: int) -> JobClient:
             path = paths[k % len(paths)]
             request = (
                 f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 "Accept: text/event-stream\r\n\r\n"
             ).encode()
-            async with gate:
-                client = JobClient(self, request, loop.create_future())
-                try:
-                    await loop.create_connection(lambda: client, "127.0.0.1", port)
-                    await client.ready
-                except (OSError, ConnectionError, RuntimeError) as error:
-                    failures.append(type(error).__name__ + ": " + str(error)[:80])
-                    return
-                self.clients.append(client)
+            return JobClient(self, request, loop.create_future())
 
-        started = time.monotonic()
-        tasks = [asyncio.ensure_future(one(k)) for k in range(n)]
-        _done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        return {
-            "connected": len(self.clients),
-            "seconds": round(time.monotonic() - started, 3),
-            "failed": len(failures) + len(pending),
-            "failures": sorted(set(failures))[:5],
-        }
+        return await connect_clients(self.clients, make, port, n, concurrency, timeout)
 
     def expect(self, final: int) -> dict[str, Any]:
         self.final = final
@@ -444,51 +426,27 @@ class JobSwarm:
         return {"closed": count}
 
 
-class JobClient(asyncio.Protocol):
+class JobClient(EventStream):
     """One import-jobs stream: notes each event's imported_rows and the wall-clock time its
     bytes were read."""
 
-    __slots__ = (
-        "buffer",
-        "headers_ok",
-        "reached",
-        "ready",
-        "request",
-        "rows",
-        "swarm",
-        "times",
-        "transport",
-    )
+    __slots__ = ("reached", "rows", "swarm", "times")
 
     def __init__(self, swarm: JobSwarm, request: bytes, ready: asyncio.Future[None]) -> None:
+        super().__init__(request, ready)
         self.swarm = swarm
-        self.request = request
-        self.ready = ready
-        self.buffer = b""
-        self.headers_ok = False
         self.reached = False
         self.rows: list[int] = []
         self.times: list[float] = []
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         now = time.time()  # CLOCK_REALTIME, as PostgreSQL's clock_timestamp()
-        buffer = self.buffer + data
-        end = buffer.rfind(b"\n\n")  # the last complete event (HTTP chunk framing around it)
-        if end < 0:
-            self.buffer = buffer
+        # Up to the last complete event (HTTP chunk framing around it); a row is never in
+        # the blank line that ends it.
+        complete = self.complete_events(data)
+        if complete is None:
             return
-        self.buffer = buffer[end + 2 :]
-        if not self.headers_ok:
-            if not buffer.startswith(b"HTTP/1.1 200"):
-                if not self.ready.done():
-                    self.ready.set_exception(RuntimeError(buffer[:40].decode(errors="replace")))
-                return
-            self.headers_ok = True
+        buffer, end = complete
         if not self.ready.done() and GREETING in buffer:
             self.ready.set_result(None)
         for match in ROW.finditer(buffer, 0, end):

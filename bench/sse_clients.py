@@ -22,13 +22,92 @@ import asyncio
 import json
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from bench.common import emit, percentile, raise_nofile, stdin_lines
 
 EVENT = re.compile(rb'id: \d+\ndata: \{[^\n]*"state":"(\w+)"')
 FEED_READY = b"event: ready\n"
 FEED_PAYLOAD = re.compile(rb'data: \{"k":(\d+)')
+
+
+class EventStream(asyncio.Protocol):
+    """One bare SSE stream: sends its request, then hands over its events once the answer is
+    a 200 (``ready`` fails if it is not)."""
+
+    __slots__ = ("buffer", "headers_ok", "ready", "request", "transport")
+
+    def __init__(self, request: bytes, ready: asyncio.Future[None]) -> None:
+        self.request = request
+        self.ready = ready
+        self.buffer = b""
+        self.headers_ok = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def complete_events(self, data: bytes) -> tuple[bytes, int] | None:
+        """The buffer up to its last complete event (and that end), once the answer is a 200;
+        None while no event is complete (or the answer was not a 200)."""
+        buffer = self.buffer + data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self.buffer = buffer
+            return None
+        self.buffer = buffer[end + 2 :]
+        if not self.headers_ok:
+            if not buffer.startswith(b"HTTP/1.1 200"):
+                if not self.ready.done():
+                    self.ready.set_exception(RuntimeError(buffer[:40].decode(errors="replace")))
+                return None
+            self.headers_ok = True
+        return buffer, end + 2
+
+
+Client = TypeVar("Client", bound=EventStream)
+
+
+async def connect_clients(
+    clients: list[Client],
+    make: Callable[[int], Client],
+    port: int,
+    n: int,
+    concurrency: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """Connects ``n`` clients, the k-th made by ``make(k)``, to 127.0.0.1:``port``, at most
+    ``concurrency`` at a time in the handshake, for ``timeout`` seconds at most; each one
+    appended to ``clients`` once ``ready``."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(concurrency)
+    failures: list[str] = []
+
+    async def one(k: int) -> None:
+        async with gate:
+            client = make(k)
+            try:
+                await loop.create_connection(lambda: client, "127.0.0.1", port)
+                await client.ready
+            except (OSError, ConnectionError, RuntimeError) as error:
+                failures.append(type(error).__name__ + ": " + str(error)[:80])
+                return
+            clients.append(client)
+
+    started = time.monotonic()
+    tasks = [asyncio.ensure_future(one(k)) for k in range(n)]
+    _done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    seconds = time.monotonic() - started
+    return {
+        "connected": len(clients),
+        "seconds": round(seconds, 3),
+        "failed": len(failures) + len(pending),
+        "failures": sorted(set(failures))[:5],
+    }
 
 
 class Swarm:
@@ -55,40 +134,16 @@ class Swarm:
         """``sample``: clients of a feed (``path``), recording the arrival of every payload
         whose ``k`` is a multiple of it."""
         loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(concurrency)
         request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
         ).encode()
-        make = (
-            (lambda: FeedClient(self, request, loop.create_future(), sample))
-            if sample
-            else (lambda: SseClient(self, request, loop.create_future()))
-        )
-        failures: list[str] = []
 
-        async def one() -> None:
-            async with gate:
-                client = make()
-                try:
-                    await loop.create_connection(lambda: client, "127.0.0.1", port)
-                    await client.ready
-                except (OSError, ConnectionError, RuntimeError) as error:
-                    failures.append(type(error).__name__ + ": " + str(error)[:80])
-                    return
-                self.clients.append(client)
+        def make(_k: int) -> SseClient:
+            if sample:
+                return FeedClient(self, request, loop.create_future(), sample)
+            return SseClient(self, request, loop.create_future())
 
-        started = time.monotonic()
-        tasks = [asyncio.ensure_future(one()) for _ in range(n)]
-        _done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        seconds = time.monotonic() - started
-        return {
-            "connected": len(self.clients),
-            "seconds": round(seconds, 3),
-            "failed": len(failures) + len(pending),
-            "failures": sorted(set(failures))[:5],
-        }
+        return await connect_clients(self.clients, make, port, n, concurrency, timeout)
 
     async def wait(self, flip: int, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -148,52 +203,17 @@ class Swarm:
         return {"closed": count}
 
 
-class SseClient(asyncio.Protocol):
+class SseClient(EventStream):
     """One stream. Parses only what the benchmark needs: each event's id and state."""
 
-    __slots__ = (
-        "buffer",
-        "changes",
-        "headers_ok",
-        "open",
-        "ready",
-        "request",
-        "state",
-        "swarm",
-        "transport",
-    )
+    __slots__ = ("changes", "open", "state", "swarm")
 
     def __init__(self, swarm: Swarm, request: bytes, ready: asyncio.Future[None]) -> None:
+        super().__init__(request, ready)
         self.swarm = swarm
-        self.request = request
-        self.ready = ready
-        self.buffer = b""
         self.open = False
-        self.headers_ok = False
         self.state = b""
         self.changes = 0
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
-        transport.write(self.request)
-
-    def complete_events(self, data: bytes) -> tuple[bytes, int] | None:
-        """The buffer up to its last complete event (and that end), once the answer is a 200;
-        None while no event is complete (or the answer was not a 200)."""
-        buffer = self.buffer + data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self.buffer = buffer
-            return None
-        self.buffer = buffer[end + 2 :]
-        if not self.headers_ok:
-            if not buffer.startswith(b"HTTP/1.1 200"):
-                if not self.ready.done():
-                    self.ready.set_exception(RuntimeError(buffer[:40].decode(errors="replace")))
-                return None
-            self.headers_ok = True
-        return buffer, end + 2
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
