@@ -46,15 +46,18 @@ from relay.state.stability import State
 from tests import statbus_driver as sb
 from tests.raw_sse import (
     CID,
-    STR,
     TS,
     RawFrame,
     RawStream,
     expect_frame,
     js_json,
-    js_parse,
-    js_stringify,
     open_raw,
+)
+from tests.statbus_messages import (
+    deleted_message,
+    established,
+    job_message,
+    reshaped_progress,
 )
 from tests.support import (
     base_url,
@@ -76,14 +79,6 @@ RETRY_3000 = b"retry: 3000\n\n"
 INVALID_IDS = b'{"error":"Invalid job ID format"}'
 DEFAULT_SCOPE = "updates_and_all_inserts"
 IDS_ONLY = "updates_for_ids_only"
-PROGRESS_KEYS = (
-    "job_id",
-    "state",
-    "total_rows",
-    "analysis_completed_pct",
-    "imported_rows",
-    "import_completed_pct",
-)
 # Heartbeats fast enough to see several in a test (the real ones are 30 s, 10 s, 30 s).
 FAST_BEAT = {"heartbeat_interval": "0.3s"}
 
@@ -158,12 +153,7 @@ async def past_connected(stream: RawStream) -> None:
 
 
 def connection_established(job_ids: Iterable[int], scope: str) -> str:
-    return (
-        'data: {"type":"connection_established","jobIds":'
-        + js_stringify([float(i) for i in job_ids])
-        + f',"scope":"{scope}","timestamp":"{TS}","connectionId":"{CID}",'
-        + f'"serverInfo":{{"version":"{STR}","environment":"{STR}"}}}}\n\n'
-    )
+    return f"data: {established(job_ids, scope)}\n\n"
 
 
 async def past_established(
@@ -181,24 +171,11 @@ def unnamed(payload_json: str) -> bytes:
 
 def job_event(verb: str, enriched: str) -> str:
     """statbus's import-jobs event for ``enriched`` (the row as its listener read it)."""
-    return f'data: {{"verb":"{verb}","import_job":{js_json(enriched)},"timestamp":"{TS}"}}\n\n'
+    return f"data: {job_message(verb, enriched)}\n\n"
 
 
 def deleted_event(job_id: int) -> str:
-    return f'data: {{"verb":"DELETE","import_job":{{"id":{job_id}}},"timestamp":"{TS}"}}\n\n'
-
-
-def reshaped_progress(raw: str) -> str:
-    """What statbus's worker_status route sends for an import_job_progress payload."""
-    payload = js_parse(raw)
-    out: dict[str, Any] = {"type": "import_job_progress"}
-    for key in PROGRESS_KEYS:
-        if key in payload:
-            out[key] = payload[key]
-    for key in ("error_count", "warning_count"):
-        value = payload.get(key)
-        out[key] = 0.0 if value is None else value
-    return js_stringify(out)
+    return f"data: {deleted_message(job_id)}\n\n"
 
 
 async def frames_until(stream: RawStream, last: bytes | str) -> list[RawFrame]:

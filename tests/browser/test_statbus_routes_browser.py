@@ -63,7 +63,13 @@ from tests.ops_support import (
     require_tool,
     wait_for_http,
 )
-from tests.raw_sse import CID, STR, TS, expect_frame, js_json, js_parse, js_stringify
+from tests.raw_sse import CID, STR, TS, expect_frame, js_stringify
+from tests.statbus_messages import (
+    deleted_message,
+    established,
+    job_message,
+    reshaped_progress,
+)
 from tests.support import relay_config, running_relay, serve_on_loopback
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,14 +83,6 @@ WORKER_TASKS = "/api/sse/worker-tasks"
 DEFAULT_SCOPE = "updates_and_all_inserts"
 IDS_ONLY = "updates_for_ids_only"
 ISO_MS_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
-PROGRESS_KEYS = (
-    "job_id",
-    "state",
-    "total_rows",
-    "analysis_completed_pct",
-    "imported_rows",
-    "import_completed_pct",
-)
 # The row's progress as import_job_progress's trigger sends it (json_build_object of NEW).
 PROGRESS_OF = """
 SELECT json_build_object('job_id', id, 'state', state, 'total_rows', total_rows,
@@ -429,37 +427,6 @@ def matches(data: str, template: str) -> dict[str, list[str]]:
 # --- what statbus's routes send (/tmp/spec/statbus-routes.md) ---------------------------------
 
 
-def established(job_ids: list[int], scope: str) -> str:
-    return (
-        '{"type":"connection_established","jobIds":'
-        + js_stringify([float(i) for i in job_ids])
-        + f',"scope":"{scope}","timestamp":"{TS}","connectionId":"{CID}",'
-        + f'"serverInfo":{{"version":"{STR}","environment":"{STR}"}}}}'
-    )
-
-
-def job_event(verb: str, enriched: str) -> str:
-    """statbus's import-jobs message for a row as its listener read it."""
-    return f'{{"verb":"{verb}","import_job":{js_json(enriched)},"timestamp":"{TS}"}}'
-
-
-def deleted(job_id: int) -> str:
-    return f'{{"verb":"DELETE","import_job":{{"id":{job_id}}},"timestamp":"{TS}"}}'
-
-
-def reshaped_progress(raw: str) -> str:
-    """What statbus's worker_status route sends for an import_job_progress payload."""
-    payload = js_parse(raw)
-    out: dict[str, Any] = {"type": "import_job_progress"}
-    for key in PROGRESS_KEYS:
-        if key in payload:
-            out[key] = payload[key]
-    for key in ("error_count", "warning_count"):
-        value = payload.get(key)
-        out[key] = 0.0 if value is None else value
-    return js_stringify(out)
-
-
 def row_of(driver: Driver, job: int) -> str:
     enriched = driver(sb.enriched_import_job, job)
     assert enriched is not None, f"no import job {job}"
@@ -600,7 +567,9 @@ def test_import_jobs_greeting_enriched_rows_ids_and_scope_and_the_400(
     expected: dict[str, list[str]] = {"every": [], "mine": [], "only": []}
 
     def step(verb: str, job: int, *who: str) -> None:
-        template = deleted(job) if verb == "DELETE" else job_event(verb, row_of(driver, job))
+        template = (
+            deleted_message(job) if verb == "DELETE" else job_message(verb, row_of(driver, job))
+        )
         got = page.wait_for_match("every", template)
         assert len(got) == 2 + len(expected["every"]), got  # the greeting, then one each
         for name in ("every", *who):
@@ -716,7 +685,7 @@ def first_events(page: Sources, driver: Driver, a: int) -> dict[str, str]:
     it has had an id); the lastEventId each had then."""
     driver(sb.report_progress, a, imported_rows=1)  # import_job UPDATE, import_job_progress
     page.wait_for_data("status", progress_of(driver, a))
-    page.wait_for_match("jobs", job_event("UPDATE", row_of(driver, a)))
+    page.wait_for_match("jobs", job_message("UPDATE", row_of(driver, a)))
     parent, [kid] = driver(sb.add_task_family, 1)
     driver(sb.set_task_state, kid, "processing")
     page.wait_for_data("tasks", task(kid, parent))
@@ -773,10 +742,10 @@ def test_caddy_restart_the_browser_reconnects_with_last_event_id_and_gets_what_i
     missed["status"].append(progress_of(driver, b))
     wrote(lambda: driver(sb.report_progress, a, imported_rows=500), status=1, jobs=1)
     missed["status"].append(progress_of(driver, a))
-    missed["jobs"].append(job_event("UPDATE", row_of(driver, a)))
+    missed["jobs"].append(job_message("UPDATE", row_of(driver, a)))
     # a new job: for every client with ids but not updates_for_ids_only
     c = wrote(lambda: driver(sb.add_import_job, "c"), jobs=1)
-    missed["jobs"].append(job_event("INSERT", row_of(driver, c)))
+    missed["jobs"].append(job_message("INSERT", row_of(driver, c)))
     wrote(lambda: driver.sql("CALL worker.notify_is_importing_start()"), status=1)
     missed["status"].append('{"type":"is_importing","status":true}')
     parent, [kid] = driver(sb.add_task_family, 1, "derive_statistical_unit_facet")
@@ -815,7 +784,7 @@ def test_caddy_restart_the_browser_reconnects_with_last_event_id_and_gets_what_i
     # And live again.
     driver(sb.report_progress, a, imported_rows=600)
     page.wait_for_data("status", progress_of(driver, a))
-    page.wait_for_match("jobs", job_event("UPDATE", row_of(driver, a)))
+    page.wait_for_match("jobs", job_message("UPDATE", row_of(driver, a)))
     driver(sb.set_task_state, kid, "completed")
     page.wait_for_data("tasks", task(kid, parent))
 
@@ -861,7 +830,7 @@ def test_relay_restart_the_browser_gets_its_greeting_and_a_resync_then_live_even
 
     driver(sb.report_progress, a, imported_rows=3)
     page.wait_for_data("status", progress_of(driver, a))
-    page.wait_for_match("jobs", job_event("UPDATE", row_of(driver, a)))
+    page.wait_for_match("jobs", job_message("UPDATE", row_of(driver, a)))
     parent, [kid] = driver(sb.add_task_family, 1, "derive_statistical_unit_facet")
     driver(sb.set_task_state, kid, "processing")
     page.wait_for_data("tasks", task(kid, parent))
