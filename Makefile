@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot ops-deps \
-        image-deps image-test clients
+        image-deps image-test clients queue-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -101,7 +101,33 @@ clients:
 	       "set ALLOW_MISSING_TOOLS=1 if this CI runs without it on purpose" >&2; exit 1 ;; \
 	esac
 
-test: browser-deps ops-deps clients lint typecheck pytest
+# The npm job queues' own packages (pg-boss, graphile-worker), each pinned by the
+# package-lock.json of its folder under tests/queues/, for their profile tests: `npm ci` (again
+# only when package.json or the lock changes; no install scripts). Without node and npm, or
+# when `npm ci` fails, those tests skip and say why, except under CI, as for the apt tools.
+QUEUE_PACKAGES := $(patsubst %/package-lock.json,%,$(wildcard tests/queues/*/package-lock.json))
+queue-packages:
+	@why=""; \
+	if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  why="node and npm are missing (Node.js 18 or later)"; \
+	else \
+	  for dir in $(QUEUE_PACKAGES); do \
+	    if [ ! -f $$dir/node_modules/.installed ] || \
+	       [ $$dir/package-lock.json -nt $$dir/node_modules/.installed ] || \
+	       [ $$dir/package.json -nt $$dir/node_modules/.installed ]; then \
+	      (cd $$dir && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) \
+	        && touch $$dir/node_modules/.installed || why="$$why npm ci failed in $$dir;"; \
+	    fi; \
+	  done; \
+	fi; \
+	[ -n "$$why" ] || exit 0; \
+	case "$${CI:-}:$(ALLOW_MISSING_TOOLS)" in \
+	  :*|false:*|0:*|*:1) echo "queue-packages: $$why: the npm queues' profile tests will skip" ;; \
+	  *) echo "queue-packages: $$why: under CI (CI=$$CI) the npm queues' tests must run, not skip;" \
+	       "set ALLOW_MISSING_TOOLS=1 if this CI runs without them on purpose" >&2; exit 1 ;; \
+	esac
+
+test: browser-deps ops-deps clients queue-packages lint typecheck pytest
 
 screenshot: install browser-deps
 	$(BIN)/python docs/screenshot.py
@@ -125,4 +151,5 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(REACT)/node_modules $(REACT)/dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(REACT)/node_modules $(REACT)/dist \
+	       tests/queues/*/node_modules
