@@ -8,6 +8,7 @@ different set of running activities (``Snapshot.new_state`` tells the two apart)
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,12 +43,42 @@ ActivityStates = tuple[tuple[str, bool | None], ...]  # (name, active) in config
 
 
 @dataclass(frozen=True, slots=True)
+class Signal:
+    """An active activity that needs a human: ``stalled`` (its declared condition holds for
+    some of its active rows) or ``overdue`` (its busy period has run past its bound).
+
+    ``since`` is when the relay first saw the signal (stalled) or when the busy period began
+    (overdue); ``bound`` is the overdue bound in seconds (``None`` for stalled).
+    """
+
+    activity: str
+    label: str
+    since: float
+    bound: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "activity": self.activity,
+            "label": self.label,
+            "since": iso_timestamp(self.since),
+        }
+        if self.bound is not None:
+            body["bound_s"] = round(self.bound, 3)
+        return body
+
+
+Signals = tuple[Signal, ...]  # in config order
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One state and where it came from. ``seq`` grows by one per change.
 
     ``since`` is when the state began (an activity-only change keeps it); ``new_state`` says
     whether this snapshot began it; ``activities`` is each activity's truth (``None`` while
-    unknown) and ``running`` the labels of the active ones.
+    unknown) and ``running`` the labels of the active ones. ``stalled`` and ``overdue`` are
+    signals about active activities only: they never change the state ("stable" means no
+    active work), and a change of them alone is a new snapshot with ``new_state`` false.
     """
 
     state: State
@@ -57,6 +88,8 @@ class Snapshot:
     running: tuple[str, ...] = ()
     new_state: bool = True
     at: float = 0.0  # when this snapshot was made (``since`` for a new state)
+    stalled: Signals = ()
+    overdue: Signals = ()
 
     @property
     def stable(self) -> bool | None:
@@ -72,6 +105,8 @@ class Snapshot:
             "seq": self.seq,
             "activities": dict(self.activities),
             "running": list(self.running),
+            "stalled": [signal.as_json() for signal in self.stalled],
+            "overdue": [signal.as_json() for signal in self.overdue],
         }
 
 
@@ -132,13 +167,14 @@ class Stability:
 
     def update(self, state: State, activities: Sequence[tuple[str, bool | None]] = ()) -> bool:
         """Move to ``state`` (with ``activities``; all unknown when omitted); return whether
-        anything changed."""
+        anything changed. Signals of activities no longer active are dropped."""
         old = self._current
         known: ActivityStates = tuple(activities) or tuple((n, None) for n in self._labels)
         if state is old.state and known == old.activities:
             return False
         new_state = state is not old.state
         now = self._clock()
+        active = {name for name, is_active in known if is_active}
         self._current = Snapshot(
             state=state,
             seq=old.seq + 1,
@@ -147,14 +183,50 @@ class Stability:
             running=tuple(self._labels[name] for name, active in known if active),
             new_state=new_state,
             at=now,
+            stalled=tuple(s for s in old.stalled if s.activity in active),
+            overdue=tuple(s for s in old.overdue if s.activity in active),
         )
         self._log_change(old)
+        self._tell()
+        return True
+
+    def update_signals(
+        self, stalled: Mapping[str, float], overdue: Mapping[str, tuple[float, float]]
+    ) -> bool:
+        """Set the signals: ``stalled`` maps an activity to when it was first seen stalled,
+        ``overdue`` to (when its busy period began, its bound in seconds). Only active
+        activities keep theirs; return whether anything changed."""
+        old = self._current
+        active = [name for name, is_active in old.activities if is_active]
+        new_stalled = tuple(
+            Signal(name, self._labels[name], stalled[name]) for name in active if name in stalled
+        )
+        new_overdue = tuple(
+            Signal(name, self._labels[name], overdue[name][0], overdue[name][1])
+            for name in active
+            if name in overdue
+        )
+        if new_stalled == old.stalled and new_overdue == old.overdue:
+            return False
+        now = self._clock()
+        self._current = dataclasses.replace(
+            old, seq=old.seq + 1, new_state=False, at=now, stalled=new_stalled, overdue=new_overdue
+        )
+        log.info(
+            "signals_changed",
+            stalled=[s.activity for s in new_stalled],
+            overdue=[s.activity for s in new_overdue],
+            seq=self._current.seq,
+        )
+        self._tell()
+        return True
+
+    def _tell(self) -> None:
         for observer in self._observers:
             try:
                 observer(self._current)
             except Exception:  # one broken observer must not starve the others
                 log.exception("observer_failed", observer=getattr(observer, "__qualname__", "?"))
-        return True
 
     def _log_change(self, old: Snapshot) -> None:
         current = self._current
