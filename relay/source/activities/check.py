@@ -310,6 +310,8 @@ async def _check_states(
     conn: AsyncConnection[Any], activity: Activity, where: Where, problems: list[str]
 ) -> None:
     assert activity.table is not None
+    if not activity.active_states:  # the filter alone: no state column is read
+        return
     schema, name = split_name(activity.table)
     params = {"schema": schema, "name": name, "column": activity.state_column}
     cursor = await conn.execute(_COLUMN, params)

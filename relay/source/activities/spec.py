@@ -3,7 +3,8 @@
 The system is *processing* while any activity is active. An activity is either
 
 * a **table** form: rows of ``table`` whose ``state_column`` is one of ``active_states``
-  (and, optionally, match ``filter``), or
+  (and, optionally, match ``filter``), or, for a table without a state column (graphile-worker),
+  the rows that match ``filter`` alone (``active_states: []``), or
 * an **expression** form: a SQL boolean expression, such as a function the data system
   already has (``(public.is_importing()->>'active')::boolean``).
 
@@ -133,8 +134,11 @@ class Activity(_Section):
     def _one_form(self) -> Activity:
         if (self.table is None) == (self.expression is None):
             raise ValueError("set exactly one of table (with active_states) or expression")
-        if self.table is not None and not self.active_states:
-            raise ValueError("a table activity needs active_states: the states that count")
+        if self.table is not None and not self.active_states and not self.filter:
+            raise ValueError(
+                "a table activity needs active_states (the states that count), or a filter "
+                "alone (the condition an active row meets) when the table has no state column"
+            )
         if self.expression is not None and (self.active_states or self.filter):
             raise ValueError("active_states and filter belong to the table form, not expression")
         if self.expression is not None and not self.tables:
