@@ -1,4 +1,5 @@
-"""What a webhook says: a :class:`Transition`, as a Standard Webhooks JSON body or a Slack message.
+"""What a webhook says: a :class:`Transition` or a :class:`SignalEvent` (work stalled or
+overdue, and when that ends), as a Standard Webhooks JSON body or a Slack message.
 
 Each body is encoded once per delivery; every retry sends the same bytes.
 """
@@ -16,8 +17,16 @@ from relay.state.stability import State, iso_timestamp
 
 CHANGED = "system.stability.changed"
 TEST = "system.stability.test"
+STALLED = "system.stability.stalled"
+OVERDUE = "system.stability.overdue"
+SIGNAL_CLEARED = "system.stability.signal_cleared"
 
 Format = Literal["json", "slack"]
+SignalKind = Literal["stalled", "overdue"]
+SIGNAL_KINDS: tuple[SignalKind, ...] = ("stalled", "overdue")
+# Why a signal ended: the activity still runs and the signal no longer holds (``recovered``),
+# or the activity is no longer active (``finished``).
+ClearReason = Literal["recovered", "finished"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,56 @@ class Transition:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SignalEvent:
+    """A signal (``stalled`` or ``overdue``) that appeared, or ended (``cleared``), for one
+    activity. ``since`` and ``bound`` are the signal's (relay/state/stability.py's Signal);
+    ``at`` is when the relay saw the change, ``seq`` the snapshot that carried it."""
+
+    kind: SignalKind
+    activity: str
+    label: str
+    since: float
+    bound: float | None
+    at: float
+    seq: int
+    cleared: ClearReason | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.activity)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "activity": self.activity,
+            "label": self.label,
+            "since": self.since,
+            "bound": self.bound,
+            "at": self.at,
+            "seq": self.seq,
+            "cleared": self.cleared,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SignalEvent:
+        kind, cleared, bound = record["kind"], record.get("cleared"), record.get("bound")
+        if kind not in SIGNAL_KINDS:
+            raise ValueError(f"unknown signal kind {kind!r:.40}")
+        if cleared not in (None, "recovered", "finished"):
+            raise ValueError(f"unknown clear reason {cleared!r:.40}")
+        return cls(
+            kind=kind,
+            activity=str(record["activity"]),
+            label=str(record["label"]),
+            since=record_number(record["since"]),
+            bound=record_number(bound) if bound is not None else None,
+            at=record_number(record["at"]),
+            seq=record_int(record["seq"]),
+            cleared=cleared,
+        )
+
+
 def record_int(value: Any) -> int:
     """An integer as a record holds it: a JSON integer only (``int()`` would also take ``true``,
     ``2.7`` and the text ``"٣"``)."""
@@ -88,6 +147,61 @@ def encode_test(fmt: Format, name: str, public_url: str | None, now: float) -> b
         return _dump({"text": text, "blocks": [section, *_link_block(public_url)]})
     sample = Transition(State.STABLE, State.PROCESSING, now, 0.0, 0)
     return _dump(envelope(TEST, now, {**_data(sample), "test": True}))
+
+
+def encode_signal(fmt: Format, event: SignalEvent, public_url: str | None) -> bytes:
+    """The request body for a signal event in the target's format."""
+    if fmt == "slack":
+        return _dump(signal_slack_message(event, public_url))
+    kind = SIGNAL_CLEARED if event.cleared else (STALLED if event.kind == "stalled" else OVERDUE)
+    return _dump(envelope(kind, event.at, _signal_data(event)))
+
+
+def _signal_data(event: SignalEvent) -> dict[str, Any]:
+    return {
+        "signal": event.kind,
+        "activity": event.activity,
+        "label": event.label,
+        "since": iso_timestamp(event.since),
+        "bound_seconds": round(event.bound, 3) if event.bound is not None else None,
+        "duration_seconds": round(max(0.0, event.at - event.since), 3),
+        "cleared": event.cleared,
+        "seq": event.seq,
+        "text": signal_text(event),
+    }
+
+
+def signal_text(event: SignalEvent) -> str:
+    """One sentence, the same on the status page: "Importing data has made no progress for
+    30 min", "Importing data is overdue: running 2 h 10 min, expected within 40 min"."""
+    label = event.label
+    if event.cleared == "finished":
+        return f"{label} is no longer {event.kind}: it finished"
+    if event.cleared == "recovered":
+        return (
+            f"{label} is making progress again"
+            if event.kind == "stalled"
+            else (f"{label} is no longer overdue")
+        )
+    elapsed = event.at - event.since
+    if event.kind == "stalled":
+        if elapsed < 1:
+            return f"{label} has stopped making progress"
+        return f"{label} has made no progress for {human_duration(elapsed)}"
+    text = f"{label} is overdue: running {human_duration(elapsed)}"
+    return text + (f", expected within {human_duration(event.bound)}" if event.bound else "")
+
+
+def signal_slack_message(event: SignalEvent, public_url: str | None) -> dict[str, Any]:
+    emoji = ":white_check_mark:" if event.cleared else ":warning:"
+    sentence = _slack_escape(signal_text(event))
+    context = f"Since {_clock(event.since)}." if not event.cleared else f"At {_clock(event.at)}."
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} *{sentence}*"}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
+        *_link_block(public_url),
+    ]
+    return {"text": f"{emoji} {sentence}", "blocks": blocks}
 
 
 def envelope(kind: str, timestamp: float, data: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,16 @@ the wire is let finish). Receivers care about the current state; counted as
 ``superseded``. A delivery whose state equals the last one the target received (and
 nothing the target filtered out came between) is dropped the same way.
 
+Signals (stalled, overdue: relay/state/stability.py) are events of their own, sent to the
+targets whose ``on`` lists ``processing`` (signals are about work in progress): one when a
+signal appears, one when it ends (``recovered`` while the activity still runs, ``finished``
+when it no longer does). They are never superseded by a state: the worker sends whatever is
+owed in snapshot order (a signal before a state of the same snapshot). Bound and policy: at
+most one signal event waits per (signal, activity), so at most twice the number of
+activities; a newer one for the same key supersedes the one waiting, and an end that finds
+its start still unsent drops both (the receiver never hears of a signal that came and went).
+While the state is ``unknown`` signals are left as they were: no database, no news.
+
 A slow or dead receiver only delays its own worker; the listener and the SSE fan-out
 never wait for a webhook.
 """
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -32,11 +43,18 @@ import aiohttp
 
 from relay.config import WebhookConfig
 from relay.fanout.webhooks.delivery import Outcome, Result, origin, post
-from relay.fanout.webhooks.payloads import Transition, encode
+from relay.fanout.webhooks.payloads import (
+    SIGNAL_KINDS,
+    SignalEvent,
+    Transition,
+    encode,
+    encode_signal,
+)
 from relay.fanout.webhooks.signing import new_message_id
 from relay.fanout.webhooks.statefile import (
     Mark,
     Pending,
+    PendingSignal,
     StateFile,
     TargetRecord,
 )
@@ -57,6 +75,9 @@ RETRY_AFTER_CAP = 60.0
 FLUSH_WAIT = 5.0
 
 
+SignalKey = tuple[str, str]  # (kind, activity)
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One transition owed to one target: fixed id and body, whatever the attempts."""
@@ -65,6 +86,23 @@ class Delivery:
     transition: Transition
     body: bytes
     generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalDelivery:
+    """One signal event owed to one target; ``generation`` is its key's (a newer event for
+    the same key supersedes it)."""
+
+    id: str
+    event: SignalEvent
+    body: bytes
+    generation: int
+
+
+def _signal_first(item: Delivery | SignalDelivery) -> tuple[int, int]:
+    if isinstance(item, SignalDelivery):
+        return (item.event.seq, 0)
+    return (item.transition.seq, 1)
 
 
 class Target:
@@ -98,8 +136,14 @@ class Target:
         self._timer: asyncio.TimerHandle | None = None
         # The mailbox (newest undelivered) and the delivery the worker holds.
         self._queued: Delivery | None = None
-        self._current: Delivery | None = None
+        self._current: Delivery | SignalDelivery | None = None
         self._generation = 0
+        # Signals: the ones this target was told of (key -> the event that told it; False
+        # while only the state file's word), and the events waiting, one per key at most.
+        self._wants_signals = State.PROCESSING in self._on
+        self._told: dict[SignalKey, tuple[SignalEvent, bool]] = {}
+        self._signals: dict[SignalKey, SignalDelivery] = {}
+        self._signal_generation: dict[SignalKey, int] = {}
         self.disabled = False
         self._closing = False
         self._wake: asyncio.Event | None = None
@@ -109,8 +153,9 @@ class Target:
 
     @property
     def pending(self) -> int:
-        """Deliveries not yet delivered: 0, 1 or 2 (the bound)."""
-        return (self._queued is not None) + (self._current is not None)
+        """Deliveries not yet delivered: a state's (at most 2) and signal events' (at most one
+        per signal and activity)."""
+        return (self._queued is not None) + (self._current is not None) + len(self._signals)
 
     # Persistence.
     def restore(self, record: TargetRecord | None, *, confirmed: bool = False) -> None:
@@ -120,10 +165,13 @@ class Target:
         # Encode first: a record that cannot be encoded raises before anything is taken over.
         pending = record.pending
         queued = self._delivery(pending.transition, pending.id) if pending else None
+        signals = {p.event.key: self._signal_delivery(p.event, p.id) for p in record.signals}
         self.settled = record.settled
         self.delivered = record.delivered
         self._filtered_seq = record.filtered_seq
         self._settled_confirmed = confirmed or record.settled is None
+        self._told = {event.key: (event, confirmed) for event in record.told}
+        self._signals = signals
         if pending is not None:
             transition = pending.transition
             self._queued = queued
@@ -136,12 +184,19 @@ class Target:
             )
 
     def record(self) -> TargetRecord:
-        owed = self._queued or self._current
+        current = self._current
+        owed = self._queued or (current if isinstance(current, Delivery) else None)
+        signals = list(self._signals.values())
+        if isinstance(current, SignalDelivery) and current.event.key not in self._signals:
+            signals.append(current)
+        signals.sort(key=_signal_first)
         return TargetRecord(
             settled=self.settled,
             delivered=self.delivered,
             filtered_seq=self._filtered_seq,
             pending=Pending(owed.id, owed.transition) if owed else None,
+            told=tuple(event for event, _confirmed in self._told.values()),
+            signals=tuple(PendingSignal(item.id, item.event) for item in signals),
         )
 
     # Life cycle.
@@ -178,6 +233,73 @@ class Target:
         self._candidate = snapshot
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.hook.min_duration, self._settle_candidate)
+
+    def observe_signals(self, snapshot: Snapshot) -> None:
+        """Compare the snapshot's signals with those this target was told of."""
+        if self.disabled or self._closing or not self._wants_signals:
+            return
+        if snapshot.state is State.UNKNOWN:
+            return  # no database, no news: signals stay as they were
+        now = {
+            (kind, signal.activity): signal
+            for kind, group in zip(SIGNAL_KINDS, (snapshot.stalled, snapshot.overdue), strict=True)
+            for signal in group
+        }
+        active = {name for name, is_active in snapshot.activities if is_active}
+        changed = False
+        for (kind, activity), signal in now.items():
+            told = self._told.get((kind, activity))
+            if told is not None and told[0].since == signal.since:
+                if not told[1]:
+                    self._told[(kind, activity)] = (told[0], True)
+                continue  # told already (a new bound alone is no news)
+            event = SignalEvent(
+                kind, activity, signal.label, signal.since, signal.bound, snapshot.at, snapshot.seq
+            )
+            self._told[event.key] = (event, True)
+            self._queue_signal(event)
+            changed = True
+        for key in [key for key in self._told if key not in now]:
+            told_event, confirmed = self._told[key]
+            still_running = key[1] in active
+            if still_running and not confirmed:
+                # Only the state file's word, and the signals may not have been read yet
+                # since the start: the end is told once the activity ends, or when a read
+                # finds the signal again and then without it.
+                continue
+            del self._told[key]
+            self._queue_signal(
+                dataclasses.replace(
+                    told_event,
+                    at=snapshot.at,
+                    seq=snapshot.seq,
+                    cleared="recovered" if still_running else "finished",
+                )
+            )
+            changed = True
+        if changed:
+            self._store.changed()
+            if self._wake is not None:
+                self._wake.set()
+
+    def _queue_signal(self, event: SignalEvent) -> None:
+        key = event.key
+        self._signal_generation[key] = self._signal_generation.get(key, 0) + 1
+        waiting = self._signals.pop(key, None)
+        if waiting is not None:
+            self._supersede(waiting)
+            if event.cleared and not waiting.event.cleared:
+                return  # came and went unsent: the receiver hears of neither
+        self._signals[key] = self._signal_delivery(event, new_message_id())
+
+    def _signal_delivery(self, event: SignalEvent, message_id: str) -> SignalDelivery:
+        body = encode_signal(self.hook.format, event, self._public_url)
+        return SignalDelivery(message_id, event, body, self._signal_generation.get(event.key, 0))
+
+    def _is_stale(self, item: Delivery | SignalDelivery) -> bool:
+        if isinstance(item, SignalDelivery):
+            return item.generation != self._signal_generation.get(item.event.key, 0)
+        return item.generation != self._generation
 
     def _settle_candidate(self) -> None:
         self._timer = None
@@ -225,15 +347,9 @@ class Target:
         body = encode(self.hook.format, transition, self._public_url)
         return Delivery(message_id, transition, body, self._generation)
 
-    def _supersede(self, old: Delivery) -> None:
+    def _supersede(self, old: Delivery | SignalDelivery) -> None:
         self._metrics.webhook_deliveries.labels(self.name, "superseded").inc()
-        log.info(
-            "webhook_superseded",
-            webhook=self.name,
-            state=old.transition.state.value,
-            seq=old.transition.seq,
-            webhook_id=old.id,
-        )
+        log.info("webhook_superseded", webhook=self.name, **_described(old), webhook_id=old.id)
 
     def _is_moot(self, item: Delivery) -> bool:
         """The target already has this state, and nothing it filtered out came between."""
@@ -247,14 +363,14 @@ class Target:
     async def _run(self) -> None:
         assert self._wake is not None
         while not self._closing:
-            item = self._queued
+            item = self._next()
             if item is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._queued, self._current = None, item
+            self._current = item
             try:
-                if self._is_moot(item):
+                if isinstance(item, Delivery) and self._is_moot(item):
                     self._supersede(item)
                     self._current = None
                 else:
@@ -267,7 +383,21 @@ class Target:
             if self.disabled:
                 return
 
-    async def _deliver(self, item: Delivery) -> None:
+    def _next(self) -> Delivery | SignalDelivery | None:
+        """The owed delivery of the oldest snapshot (taken out of the mailbox)."""
+        waiting: list[Delivery | SignalDelivery] = list(self._signals.values())
+        if self._queued is not None:
+            waiting.append(self._queued)
+        if not waiting:
+            return None
+        item = min(waiting, key=_signal_first)
+        if isinstance(item, SignalDelivery):
+            del self._signals[item.event.key]
+        else:
+            self._queued = None
+        return item
+
+    async def _deliver(self, item: Delivery | SignalDelivery) -> None:
         """Attempt until delivered, failed, superseded or disabled; on close, leave it owed."""
         assert self._session is not None and self._wake is not None
         with contextlib.suppress(TimeoutError):
@@ -283,7 +413,7 @@ class Target:
                 self._finish(item, result, failures + 1)
                 return
             failures += 1
-            if item.generation != self._generation:
+            if self._is_stale(item):
                 self._supersede(item)
                 self._current = None
                 return
@@ -292,7 +422,7 @@ class Target:
                 "webhook_retry",
                 webhook=self.name,
                 target=self._where,
-                state=item.transition.state.value,
+                **_described(item),
                 webhook_id=item.id,
                 attempt=failures,
                 reason=result.reason,
@@ -302,25 +432,25 @@ class Target:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()  # a newer state or close ends the wait early
-            if item.generation != self._generation:
+            if self._is_stale(item):
                 self._supersede(item)
                 self._current = None
                 return
 
-    def _finish(self, item: Delivery, result: Result, attempts: int) -> None:
+    def _finish(self, item: Delivery | SignalDelivery, result: Result, attempts: int) -> None:
         self._current = None
         fields = {
             "webhook": self.name,
             "target": self._where,
-            "state": item.transition.state.value,
-            "seq": item.transition.seq,
+            **_described(item),
             "webhook_id": item.id,
             "attempts": attempts,
             "status": result.status,
         }
         if result.outcome is Outcome.SUCCESS:
-            t = item.transition
-            self.delivered = Mark(t.state, t.seq, t.since)
+            if isinstance(item, Delivery):
+                t = item.transition
+                self.delivered = Mark(t.state, t.seq, t.since)
             log.info("webhook_delivered", **fields)
             return
         if result.outcome is Outcome.DISABLED:
@@ -329,6 +459,9 @@ class Target:
             if self._queued is not None:
                 self._supersede(self._queued)
                 self._queued = None
+            for waiting in self._signals.values():
+                self._supersede(waiting)
+            self._signals.clear()
             log.error("webhook_disabled", **fields, reason=result.reason, response=result.body)
             return
         log.error("webhook_failed", **fields, reason=result.reason, response=result.body)
@@ -340,6 +473,19 @@ class Target:
             return min(max(retry_after, 1.0), max(RETRY_AFTER_CAP, schedule[-1]))
         step = schedule[min(failures, len(schedule)) - 1]
         return step * self._rng.uniform(0.8, 1.2)  # jitter: ±20 %
+
+
+def _described(item: Delivery | SignalDelivery) -> dict[str, Any]:
+    """What a log line says of a delivery."""
+    if isinstance(item, SignalDelivery):
+        event = item.event
+        return {
+            "signal": event.kind,
+            "activity": event.activity,
+            "cleared": event.cleared,
+            "seq": event.seq,
+        }
+    return {"state": item.transition.state.value, "seq": item.transition.seq}
 
 
 class WebhookSender:
@@ -434,18 +580,20 @@ class WebhookSender:
         target.start(self._session)
 
     def on_change(self, snapshot: Snapshot) -> None:
-        """A transition; heard only while the sender runs (on the leader)."""
-        if snapshot.new_state:  # not other activities within one state: targets hear of states
-            self._observe(snapshot)
+        """A change; heard only while the sender runs (on the leader). Targets hear of states
+        (not of other activities within one state) and of signals."""
+        self._observe(snapshot, state=snapshot.new_state)
 
-    def _observe(self, snapshot: Snapshot) -> None:
+    def _observe(self, snapshot: Snapshot, *, state: bool = True) -> None:
         if self._state != "running":
             return
         if snapshot.state is State.UNKNOWN and not self._known:
             return  # until the true state is known, "unknown" is only start-up
         self._known = True
         for target in self.targets.values():
-            target.observe(snapshot)
+            target.observe_signals(snapshot)  # first: a signal's end before the state
+            if state:
+                target.observe(snapshot)
 
     def _collect(self) -> dict[str, TargetRecord]:
         return {name: target.record() for name, target in self.targets.items()}
@@ -479,6 +627,7 @@ class WebhookSender:
             for name in (*added, *changed):
                 self._start_target(targets[name])
                 if self._known:
+                    targets[name].observe_signals(self._stability.current)
                     targets[name].observe(self._stability.current)
         self._store.changed()
         log.info("webhooks_reloaded", added=added, changed=changed, removed=sorted(old))

@@ -2,7 +2,10 @@
 
 Per target: the last state that held (``settled``), the last state delivered, the seq of
 the last state the target filtered out, and the delivery still owed (with its
-``webhook-id``, so a retry after a restart keeps the id receivers deduplicate on).
+``webhook-id``, so a retry after a restart keeps the id receivers deduplicate on); and for
+signals (stalled, overdue): the ones the target was told of (``told``, so a restart neither
+repeats nor forgets them) and the signal events still owed, each with its ``webhook-id``.
+A file written before signals existed reads as none told and none owed.
 
 Writes happen off the event loop (a thread), coalesced by one named task: a burst of
 changes costs one write. ``flush()`` waits until everything changed so far is on disk.
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.fanout.webhooks.payloads import Transition, record_int, record_number
+from relay.fanout.webhooks.payloads import SignalEvent, Transition, record_int, record_number
 from relay.logs import get_logger
 from relay.state.stability import State
 from relay.tasks import report_unexpected_exit
@@ -66,15 +69,28 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingSignal:
+    """A signal event still owed: its ``webhook-id`` and what it says."""
+
+    id: str
+    event: SignalEvent
+
+
+@dataclass(frozen=True, slots=True)
 class TargetRecord:
     settled: Mark | None = None
     delivered: Mark | None = None
     filtered_seq: int | None = None
     pending: Pending | None = None
+    # The signals the target was told of (as events that appeared), in the order told.
+    told: tuple[SignalEvent, ...] = ()
+    signals: tuple[PendingSignal, ...] = ()  # owed, oldest first
 
     def to_record(self) -> dict[str, Any]:
         pending = self.pending
         return {
+            "told": [event.to_record() for event in self.told],
+            "signals": [{"id": p.id, "event": p.event.to_record()} for p in self.signals],
             "settled": self.settled.to_record() if self.settled else None,
             "delivered": self.delivered.to_record() if self.delivered else None,
             "filtered_seq": self.filtered_seq,
@@ -97,6 +113,11 @@ class TargetRecord:
                 Pending(str(pending["id"]), Transition.from_record(pending["transition"]))
                 if pending
                 else None
+            ),
+            told=tuple(SignalEvent.from_record(event) for event in record.get("told") or ()),
+            signals=tuple(
+                PendingSignal(str(item["id"]), SignalEvent.from_record(item["event"]))
+                for item in record.get("signals") or ()
             ),
         )
 
