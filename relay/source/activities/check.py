@@ -390,47 +390,52 @@ PLANNER_ESTIMATE = "the planner's estimate: the table was never analyzed"
 _SUBQUERY = re.compile(r"\bselect\b", re.IGNORECASE)
 
 _READ_TABLE = f"""
-SELECT c.oid, c.relkind::pg_catalog.text, c.reltuples::pg_catalog.float8, a.attnum,
-       array(SELECT ci.relname::pg_catalog.text
+SELECT c.relkind::pg_catalog.text, c.reltuples::pg_catalog.float8,
+       array(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum) AS columns,
+       array(SELECT pg_catalog.json_build_array(
+                        ci.relname::pg_catalog.text, ka.attname::pg_catalog.text,
+                        pg_catalog.pg_get_expr(i.indpred, i.indrelid))::pg_catalog.text
              FROM pg_catalog.pg_index AS i
              JOIN pg_catalog.pg_class AS ci ON ci.oid = i.indexrelid
-             WHERE i.indrelid = c.oid AND i.indisvalid AND i.indisready
-               AND i.indpred IS NOT NULL
-               AND pg_catalog.pg_get_expr(i.indpred, i.indrelid)
-                   OPERATOR(pg_catalog.~) %(word)s) AS partial_on_state,
-       EXISTS (SELECT FROM pg_catalog.pg_index AS i
-               WHERE i.indrelid = c.oid AND i.indisvalid AND i.indisready
-                 AND (i.indkey[0] OPERATOR(pg_catalog.=) a.attnum
-                      OR (i.indpred IS NOT NULL
-                          AND pg_catalog.pg_get_expr(i.indpred, i.indrelid)
-                              OPERATOR(pg_catalog.~) %(word)s))) AS indexed
+             LEFT JOIN pg_catalog.pg_attribute AS ka
+               ON ka.attrelid = c.oid AND ka.attnum = i.indkey[0] AND ka.attnum > 0
+             WHERE i.indrelid = c.oid AND i.indisvalid AND i.indisready) AS indexes
 FROM pg_catalog.pg_class AS c
-JOIN pg_catalog.pg_attribute AS a
-  ON a.attrelid = c.oid AND a.attname = %(column)s AND a.attnum > 0 AND NOT a.attisdropped
 WHERE c.oid = ({_RELATION})
 """
 
 
 @dataclass(frozen=True, slots=True)
 class ReadScan:
-    """A table activity whose read would scan a large table, and the index that serves it."""
+    """A table activity whose read would scan a large table, and the index that serves it
+    (``create_index`` empty when none can: a filter-only activity whose filter PostgreSQL
+    refuses in an index predicate)."""
 
     activity: str
     table: str
     rows: int
     rows_from: str  # RELTUPLES or PLANNER_ESTIMATE
     plan: str  # what the read would do: "Parallel Seq Scan on worker.tasks", ...
-    create_index: str  # the statement, copy-pasteable
+    create_index: str  # the statement, copy-pasteable; "" when no index serves the read
     filter_left_out: str | None  # why the activity's filter is not in the index's predicate
 
     def describe(self) -> str:
         """Several lines for a terminal: the statement alone on its line, indented."""
+        read = (
+            f'activity "{self.activity}": {self.table} has {self.rows:,} rows '
+            f"({self.rows_from}) and its read would be a {self.plan}, on every hint and "
+            "every reconcile."
+        )
+        if not self.create_index:
+            return "\n".join(
+                textwrap.wrap(f"{read} No index serves it: {self.filter_left_out}.", 92)
+            )
         lines = [
             *textwrap.wrap(
-                f'activity "{self.activity}": {self.table} has {self.rows:,} rows '
-                f"({self.rows_from}) and its read would be a {self.plan}, on every hint and "
-                "every reconcile. This index serves it (run it on its own, not in a "
-                "transaction: CONCURRENTLY does not block the table's writers):",
+                f"{read} This index serves it (run it on its own, not in a transaction: "
+                "CONCURRENTLY does not block the table's writers):",
                 92,
             ),
             "",
@@ -458,24 +463,76 @@ def index_name(activity: Activity) -> str:
     return table[: 63 - len(suffix)] + suffix
 
 
-def suggested_index(activity: Activity, *, with_filter: bool) -> str:
-    """``CREATE INDEX CONCURRENTLY`` on the state column, over the active states only: small
-    (the active rows are few), and it serves the read's ``state IN (...)`` at any size."""
+# A snippet's quoted parts (string literals, quoted identifiers): never rewritten nor searched.
+_QUOTED = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*")""")
+_ALIAS = re.compile(r"\bt\.")
+_ALIASED_COLUMN = re.compile(r"\bt\.([a-z_][a-z0-9_]*)\b")
+_WORD = re.compile(r"\b[a-z_][a-z0-9_]*\b")
+
+
+def _unquoted(snippet: str) -> list[str]:
+    """The parts of ``snippet`` outside quotes (``re.split`` puts the quoted ones between)."""
+    return _QUOTED.split(snippet)[::2]
+
+
+def unaliased(snippet: str) -> str:
+    """``snippet`` as an index predicate can hold it: the read's alias ``t.`` dropped (a
+    predicate names the table's columns bare), quoted parts untouched, spaces collapsed."""
+    parts = _QUOTED.split(snippet)
+    bare = "".join(part if index % 2 else _ALIAS.sub("", part) for index, part in enumerate(parts))
+    return " ".join(bare.split())
+
+
+def filter_columns(activity: Activity, columns: Sequence[str] | None = None) -> list[str]:
+    """The columns a filter names, in order: those of ``columns`` (the table's, from the
+    catalog) it names, with or without the alias; without ``columns``, the ``t.<column>`` it
+    names (a bare word could be a keyword or a function)."""
+    found: list[str] = []
+    for part in _unquoted(activity.filter or ""):
+        if columns is None:
+            found += _ALIASED_COLUMN.findall(part)
+        else:
+            found += [word for word in _WORD.findall(part) if word in columns]
+    return list(dict.fromkeys(found))
+
+
+def suggested_index(
+    activity: Activity, *, with_filter: bool, columns: Sequence[str] | None = None
+) -> str:
+    """``CREATE INDEX CONCURRENTLY`` over the active rows only: small (the active rows are
+    few), and it serves the read at any size.
+
+    With states: on the state column, where it holds an active state (and the filter, when
+    ``with_filter``). A filter-only activity (``active_states: []``): its predicate is the
+    filter itself, on the first column the filter names (``columns``: the table's, when
+    known), or on ``(true)`` when none is found (the predicate alone does the work: the
+    read asks for no column, and PostgreSQL scans the whole, small, index)."""
     assert activity.table is not None
-    column = ident(activity.state_column)
-    states = ", ".join(literal(state) for state in activity.active_states)
-    predicate = f"{column} IN ({states})"
-    if with_filter and activity.filter:
-        predicate += f" AND ({' '.join(activity.filter.split())})"
+    condition = unaliased(activity.filter) if activity.filter else None
+    if activity.active_states:
+        column = ident(activity.state_column)
+        states = ", ".join(literal(state) for state in activity.active_states)
+        key, predicate = column, f"{column} IN ({states})"
+        if with_filter and condition:
+            predicate += f" AND ({condition})"
+    else:
+        assert condition is not None
+        named = filter_columns(activity, columns)
+        key, predicate = (ident(named[0]) if named else "(true)"), f"({condition})"
     return (
         f"CREATE INDEX CONCURRENTLY {ident(index_name(activity))} "
-        f"ON {qualified(activity.table)} ({column}) WHERE {predicate};"
+        f"ON {qualified(activity.table)} ({key}) WHERE {predicate};"
     )
 
 
 def filter_refused_statically(activity: Activity) -> str | None:
     """Why the filter cannot go in an index predicate, when its text alone says so."""
     if activity.filter and _SUBQUERY.search(activity.filter):
+        if not activity.active_states:
+            return (
+                "its filter, the whole of its active condition, holds a subquery, which an "
+                "index predicate cannot hold"
+            )
         return (
             "it holds a subquery, which an index predicate cannot hold; the states alone keep "
             "the index to the active rows, and the read applies the filter to those"
@@ -484,15 +541,20 @@ def filter_refused_statically(activity: Activity) -> str | None:
 
 
 def index_suggestion(activity: Activity) -> tuple[str, str | None]:
-    """Without a database (``db install --print``): the statement, and a note on the filter."""
+    """Without a database (``db install --print``): the statement ("" when no index can
+    serve the read), and a note on the filter."""
     if not activity.filter:
         return suggested_index(activity, with_filter=False), None
     refused = filter_refused_statically(activity)
     if refused:
-        return suggested_index(activity, with_filter=False), refused
+        statement = suggested_index(activity, with_filter=False) if activity.active_states else ""
+        return statement, refused
     return suggested_index(activity, with_filter=True), (
         "the filter is in the predicate, unchecked: PostgreSQL refuses it if it calls a "
         "function that is not IMMUTABLE; then leave it out"
+        if activity.active_states
+        else "the filter is the predicate, unchecked: PostgreSQL refuses it if it calls a "
+        "function that is not IMMUTABLE, and then no index serves the read"
     )
 
 
@@ -501,10 +563,13 @@ async def read_scans(conn: AsyncConnection[Any], activities: Sequence[Activity])
 
     The read is planned (``EXPLAIN``, never ``ANALYZE``) in the functions' ``search_path``;
     it scans when the plan reads the table with a (Parallel) Seq Scan, or through an index
-    with no condition on the state column. A role that may not plan it (the relay's own has
-    no privilege on the data system's tables) is answered from the catalog instead: no valid
-    index leads with the state column or has a predicate on it. Tables that do not exist are
-    left to the other checks. Nothing is written (all in a rolled-back transaction).
+    that does not serve it: one with no condition on the state column (a filter-only
+    activity: an index neither partial nor with a condition). A role that may not plan it
+    (the relay's own has no privilege on the data system's tables) is answered from the
+    catalog instead: served when a valid index leads with the state column or has a
+    predicate on it (filter-only: a predicate on every column the filter names). Tables that
+    do not exist are left to the other checks. Nothing is written (all in a rolled-back
+    transaction).
     """
     found: list[ReadScan] = []
     async with conn.transaction(force_rollback=True):
@@ -518,18 +583,44 @@ async def read_scans(conn: AsyncConnection[Any], activities: Sequence[Activity])
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class _Index:
+    name: str
+    leading: str | None  # its first key column; None for an expression
+    predicate: str | None  # pg_get_expr of a partial index's predicate
+
+
+def _names(word: str, text: str | None) -> bool:
+    return text is not None and re.search(rf"\b{re.escape(word)}\b", text) is not None
+
+
 async def _read_scan(conn: AsyncConnection[Any], activity: Activity) -> ReadScan | None:
     assert activity.table is not None
     schema, name = split_name(activity.table)
-    column = activity.state_column
-    params = {"schema": schema, "name": name, "column": column, "word": rf"\m{column}\M"}
-    cursor = await conn.execute(_READ_TABLE, params)
+    cursor = await conn.execute(_READ_TABLE, {"schema": schema, "name": name})
     row = await cursor.fetchone()
     if row is None:
         return None
-    _, relkind, reltuples, _, partial_on_state, indexed = row
+    relkind, reltuples, columns, rows_of_indexes = row
     if relkind not in ("r", "m"):  # a view, a partitioned or a foreign table: not judged here
         return None
+    indexes = [_Index(*json.loads(text)) for text in rows_of_indexes]
+    if activity.active_states:
+        column = activity.state_column
+        if column not in columns:  # reported by _check_states
+            return None
+        serving = {index.name for index in indexes if _names(column, index.predicate)}
+        indexed = bool(serving) or any(index.leading == column for index in indexes)
+        without = f"no index on {column}"
+    else:
+        named = filter_columns(activity, columns)
+        serving = {
+            index.name
+            for index in indexes
+            if index.predicate is not None and all(_names(c, index.predicate) for c in named)
+        }
+        indexed = bool(named) and bool(serving)
+        without = "no partial index on the columns its filter names"
     plan = await _explain(conn, read_query(activity))
     rows, rows_from = int(reltuples), RELTUPLES
     if reltuples < 0:  # never vacuumed nor analyzed: what the planner assumes instead
@@ -542,13 +633,14 @@ async def _read_scan(conn: AsyncConnection[Any], activity: Activity) -> ReadScan
     if plan is None:
         if indexed:
             return None
-        how = f"scan of {activity.table} (judged from the catalog: no index on {column})"
+        how = f"scan of {activity.table} (judged from the catalog: {without})"
     else:
-        found = _scan_in_plan(plan, schema, name, column, set(partial_on_state))
+        partial = {index.name for index in indexes if index.predicate is not None}
+        found = _scan_in_plan(plan, schema, name, activity, serving, partial)
         if found is None:
             return None
         how = f"{found} on {activity.table}"
-    statement, left_out = await _index_for(conn, activity)
+    statement, left_out = await _index_for(conn, activity, columns)
     return ReadScan(activity.name, activity.table, rows, rows_from, how, statement, left_out)
 
 
@@ -576,14 +668,35 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _scan_in_plan(
-    plan: dict[str, Any], schema: str, name: str, column: str, partial_on_state: set[str]
+    plan: dict[str, Any],
+    schema: str,
+    name: str,
+    activity: Activity,
+    serving: set[str],
+    partial: set[str],
 ) -> str | None:
-    """How the plan scans the table (``"Parallel Seq Scan"``, ...), or None if it does not."""
-    word = re.compile(rf"\b{re.escape(column)}\b")
+    """How the plan scans the table (``"Parallel Seq Scan"``, ...), or None if it does not.
 
-    def serves(node: dict[str, Any]) -> bool:
-        index = node.get("Index Name")
-        return bool(word.search(node.get("Index Cond", ""))) or index in partial_on_state
+    With states, an index node serves the read when its condition names the state column or
+    its predicate does (``serving``). A filter-only read has no column to look up: an index
+    serves it when it has a condition, or when it is partial (PostgreSQL uses a partial index
+    only where the read's condition implies its predicate); a bitmap serves it when every
+    index under it does (an OR of conditions is a BitmapOr of them)."""
+    if activity.active_states:
+        column = activity.state_column
+        word = re.compile(rf"\b{re.escape(column)}\b")
+
+        def serves(node: dict[str, Any]) -> bool:
+            found = word.search(node.get("Index Cond", ""))
+            return bool(found) or node.get("Index Name") in serving
+
+        lacking, bitmap_serves = f"with no condition on {column}", any
+    else:
+
+        def serves(node: dict[str, Any]) -> bool:
+            return bool(node.get("Index Cond")) or node.get("Index Name") in partial
+
+        lacking, bitmap_serves = "of the whole index (no condition, not partial)", all
 
     for node in _nodes(plan):
         if node.get("Relation Name") != name or node.get("Schema", schema) != schema:
@@ -592,22 +705,24 @@ def _scan_in_plan(
         if kind == "Seq Scan":
             return "Parallel Seq Scan" if node.get("Parallel Aware") else "Seq Scan"
         if kind in ("Index Scan", "Index Only Scan") and not serves(node):
-            return f"{kind} using {node.get('Index Name')}, with no condition on {column}"
+            return f"{kind} using {node.get('Index Name')}, {lacking}"
         if kind == "Bitmap Heap Scan":
             below = [n for n in _nodes(node) if n.get("Node Type") == "Bitmap Index Scan"]
-            if not any(serves(n) for n in below):
-                return f"Bitmap Heap Scan with no index condition on {column}"
+            if not below or not bitmap_serves(serves(n) for n in below):
+                return f"Bitmap Heap Scan {lacking}"
     return None
 
 
-async def _index_for(conn: AsyncConnection[Any], activity: Activity) -> tuple[str, str | None]:
+async def _index_for(
+    conn: AsyncConnection[Any], activity: Activity, columns: Sequence[str]
+) -> tuple[str, str | None]:
     """The index statement, with the filter in its predicate when PostgreSQL takes it there:
     tried on an empty temporary copy of the table's columns (rolled back), as the real
-    statement would have it."""
+    statement would have it. A filter-only activity whose filter is refused gets none."""
     if not activity.filter or filter_refused_statically(activity):
         return index_suggestion(activity)
     assert activity.table is not None
-    with_filter = suggested_index(activity, with_filter=True)
+    with_filter = suggested_index(activity, with_filter=True, columns=columns)
     _, name = split_name(activity.table)
     on_copy = with_filter.replace("CONCURRENTLY ", "", 1).replace(
         f"ON {qualified(activity.table)} ", f"ON pg_temp.{ident(name)} ", 1
@@ -622,8 +737,13 @@ async def _index_for(conn: AsyncConnection[Any], activity: Activity) -> tuple[st
         if conn.broken:
             raise
         if error.sqlstate == "42501":  # may not create a temporary table: unchecked
-            return index_suggestion(activity)
+            return with_filter, index_suggestion(activity)[1]
         message = error.diag.message_primary or str(error)
+        if not activity.active_states:
+            return "", (
+                f"its filter, the whole of its active condition, is refused in an index "
+                f"predicate: {message}"
+            )
         return suggested_index(activity, with_filter=False), (
             f"PostgreSQL refuses it in an index predicate: {message}; the states alone keep "
             "the index to the active rows, and the read applies the filter to those"
