@@ -22,7 +22,11 @@
 -- triggers filtered by WHEN clauses kept 0.6 of the no-trigger throughput whether they
 -- notified or not; an empty statement-level trigger keeps 0.97. So the triggers here are
 -- statement-level and plain (no SECURITY DEFINER, no SET: those cost every call), and they
--- notify only while no relay *holds*:
+-- notify only while no relay *holds*. They notify only for a statement that changed a row an
+-- activity can see (sql.py generates, per table, a function that reads the statement's
+-- transition tables): an idle worker's poll, an UPDATE of no row, sends nothing, so it keeps
+-- no relay reading. A partitioned table hints by row triggers instead, filtered by WHEN:
+-- they are cloned to every partition, statement triggers are not (sql.py, _row_triggers).
 --
 --   * When hints come faster than the relay reads (its reads are at least
 --     stability.min_read_interval apart anyway), the relay takes the hold in two steps, and
@@ -59,11 +63,11 @@
 -- * The flag is readable by PUBLIC (granted below). Without that grant a writer's trigger
 --   fails on PostgreSQL before 18 and reads NULL, and notifies, on 18; a relay that reads NULL
 --   polls as if held. Either way the flag can cost hints, never lose one.
--- * Caveats: statement triggers are not cloned to partitions (a write addressed to a
---   partition of a partitioned import_job or tasks would not hint: add the trigger there);
---   a prepared (two-phase) transaction cannot have sent NOTIFY, so two-phase writers fail
---   unless a hold is on (as with any NOTIFY trigger); session_replication_role = replica
---   skips all triggers.
+-- * Caveats: a partition's own TRUNCATE, its DROP or DETACH fire no trigger of its parent's
+--   (the reconcile finds what they changed, stability.reconcile_interval); a prepared
+--   (two-phase) transaction cannot have sent NOTIFY, so two-phase writers fail unless a hold
+--   is on (as with any NOTIFY trigger); session_replication_role = replica skips all
+--   triggers.
 
 -- The hold flag (see the top of this file): 0 no hold, 2 requested, 1 held.
 CREATE SEQUENCE IF NOT EXISTS public.system_stability_hold
@@ -166,12 +170,12 @@ BEGIN
 END;
 $$;
 
--- Earlier versions hinted per row, with WHEN clauses compiled from the registry.
-DROP TRIGGER IF EXISTS system_stability_hint_insert ON public.import_job;
-DROP TRIGGER IF EXISTS system_stability_hint_update ON public.import_job;
-DROP TRIGGER IF EXISTS system_stability_hint_delete ON public.import_job;
-DROP TRIGGER IF EXISTS system_stability_hint_truncate ON public.import_job;
-DROP TRIGGER IF EXISTS system_stability_hint_insert ON worker.tasks;
-DROP TRIGGER IF EXISTS system_stability_hint_update ON worker.tasks;
-DROP TRIGGER IF EXISTS system_stability_hint_delete ON worker.tasks;
-DROP TRIGGER IF EXISTS system_stability_hint_truncate ON worker.tasks;
+-- The notification of the generated hint functions (one per table, sql.py: they decide
+-- whether a statement changed a row an activity sees), which cannot name the channel: it is
+-- written here. Called only when a hint is sent; plain and qualified for the same reasons.
+CREATE OR REPLACE FUNCTION public.system_stability_notify(payload text)
+RETURNS void
+LANGUAGE sql
+AS $$
+    SELECT pg_catalog.pg_notify('system_stability', payload)
+$$;

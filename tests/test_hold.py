@@ -457,7 +457,7 @@ async def test_a_relay_draining_behind_a_long_transaction_still_takes_holds(
             async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
                 for i in range(60):  # hints across many reads, faster than reads
                     await conn.execute(
-                        "INSERT INTO public.import_job (slug, state) VALUES (%s, 'failed')",
+                        "INSERT INTO public.import_job (slug, state) VALUES (%s, 'approved')",
                         (f"s{i}",),
                     )
                     await asyncio.sleep(0.01)

@@ -14,6 +14,7 @@ import pytest
 from psycopg import sql
 
 from relay.errors import DatabaseUnavailable, RelayError
+from relay.source.activities.sql import hint_rows_function
 from relay.source.install import InstallRefused, install, sql_dir
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -261,9 +262,11 @@ async def test_import_jobs_in_progress_report_progress_by_priority(conn: Conn) -
 
 # -- hints ------------------------------------------------------------------------------------
 #
-# A statement trigger on each table hints after every write statement, whatever it changed:
-# the relay answers a hint by reading is_system_stable(), so a spurious hint costs one cheap
-# query and a missed one a wrong answer.
+# Triggers on each table hint after a write statement that changed a row an activity can see:
+# of an activity's table, a row in one of its active states before or after the change (its
+# filter left out); of any other table it reads, any row. The relay answers a hint by reading
+# is_system_stable(), so a spurious hint costs one cheap query and a missed one a wrong answer;
+# a statement that changed no visible row (an idle worker's poll) costs nothing.
 
 # Every kind of write statement, with the hints it sends; run after _seed().
 WRITES = [
@@ -282,7 +285,7 @@ WRITES = [
         (
             "insert-completed-task",
             "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'completed')",
-            [TASKS_HINT],
+            [],
         ),
         (
             "update-task-state",
@@ -321,11 +324,16 @@ WRITES = [
         (
             "insert-inactive-import-job",
             "INSERT INTO public.import_job (slug, state) VALUES ('new', 'waiting_for_upload')",
-            [IMPORT_JOB_HINT],
+            [],
         ),
         (
             "update-import-job-state",
             "UPDATE public.import_job SET state = 'finished' WHERE slug = 'active'",
+            [IMPORT_JOB_HINT],
+        ),
+        (
+            "update-import-job-into-an-active-state",
+            "UPDATE public.import_job SET state = 'approved' WHERE slug = 'done'",
             [IMPORT_JOB_HINT],
         ),
         (
@@ -336,12 +344,12 @@ WRITES = [
         (
             "update-inactive-import-job",
             "UPDATE public.import_job SET description = 'x' WHERE slug = 'done'",
-            [IMPORT_JOB_HINT],
+            [],
         ),
         (
             "delete-inactive-import-job",
             "DELETE FROM public.import_job WHERE slug = 'done'",
-            [IMPORT_JOB_HINT],
+            [],
         ),
         ("truncate-import-jobs", "TRUNCATE public.import_job", [IMPORT_JOB_HINT]),
         (
@@ -374,7 +382,7 @@ WRITES = [
     ]
 ]
 
-# Statements that change no row; each table's write statements still hint.
+# Statements that change no row: none hints, on any table.
 NO_ROW_WRITES = [
     pytest.param(statement, expected, id=name)
     for name, statement, expected in [
@@ -413,7 +421,11 @@ NO_ROW_WRITES = [
 # One write per table, for the tests of the hold.
 ONE_WRITE_PER_TABLE = [
     ("INSERT INTO worker.tasks (command, state) VALUES ('task_cleanup', 'pending')", TASKS_HINT),
-    ("UPDATE public.import_job SET imported_rows = imported_rows + 1", IMPORT_JOB_HINT),
+    (
+        "INSERT INTO public.import_job (slug, state)"
+        " SELECT 'one-' || count(*), 'approved' FROM public.import_job",
+        IMPORT_JOB_HINT,
+    ),
     ("UPDATE worker.command_registry SET description = 'x'", COMMAND_REGISTRY_HINT),
 ]
 
@@ -479,12 +491,23 @@ async def test_every_write_statement_sends_its_tables_hint(
 
 
 @pytest.mark.parametrize(("statement", "expected"), NO_ROW_WRITES)
-async def test_a_statement_that_changes_no_row_hints_too(
+async def test_a_statement_that_changes_no_row_sends_no_hint(
     conn: Conn, hints_after: HintsAfter, statement: LiteralString, expected: str
 ) -> None:
-    """A spurious hint is harmless: the relay reads is_system_stable() once more."""
+    """An idle worker's poll (an UPDATE or DELETE of nothing) keeps the relay idle too; the
+    same statement that does change a row of the table hints."""
     await _seed(conn)
-    assert await hints_after(statement) == [expected]
+    assert await hints_after(statement) == []
+    await conn.execute("DELETE FROM worker.tasks")
+    await conn.execute(
+        "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')"
+    )
+    visible = {
+        TASKS_HINT: "UPDATE worker.tasks SET state = 'processing'",
+        IMPORT_JOB_HINT: "UPDATE public.import_job SET state = 'failed' WHERE slug = 'active'",
+        COMMAND_REGISTRY_HINT: "UPDATE worker.command_registry SET description = 'x'",
+    }[expected]
+    assert await hints_after(visible) == [expected]
 
 
 async def test_a_bulk_statement_sends_one_hint(conn: Conn, hints_after: HintsAfter) -> None:
@@ -531,7 +554,7 @@ async def test_a_rolled_back_change_sends_no_hint(conn: Conn, hints_after: Hints
 
 
 @pytest.mark.parametrize(
-    "statement", [pytest.param(write.values[0], id=write.id) for write in WRITES]
+    "statement", [pytest.param(write.values[0], id=write.id) for write in WRITES if write.values[1]]
 )
 async def test_no_write_statement_hints_while_the_hold_is_held(
     conn: Conn, hints_after: HintsAfter, statement: LiteralString
@@ -723,9 +746,6 @@ TRIGGER_TYPE_INSERT = 4
 TRIGGER_TYPE_DELETE = 8
 TRIGGER_TYPE_UPDATE = 16
 TRIGGER_TYPE_TRUNCATE = 32
-HINT_TRIGGER_TYPE = (
-    TRIGGER_TYPE_INSERT | TRIGGER_TYPE_DELETE | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_TRUNCATE
-)
 
 
 async def _installed_objects(conn: Conn) -> list[tuple[Any, ...]]:
@@ -811,38 +831,34 @@ async def test_an_install_parks_the_flag_announcing_it_first(
     assert await hints_after(job) == []
 
 
-async def test_install_creates_one_statement_trigger_per_table(conn: Conn) -> None:
+async def test_install_creates_a_trigger_per_statement_on_each_table(conn: Conn) -> None:
+    """INSERT, UPDATE and DELETE: statement triggers with the transition tables of their
+    event, calling the table's own hint function; TRUNCATE (which has none): hold.sql's."""
     cursor = await conn.execute(
         r"""
-        SELECT tgrelid::regclass::text, tgname, tgtype, tgenabled,
-            tgfoid = 'public.system_stability_hint()'::regprocedure,
-            tgnargs, convert_from(rtrim(tgargs, '\x00'::bytea), 'UTF8')
+        SELECT tgrelid::regclass::text, tgname, tgtype, tgenabled, tgfoid::regproc::text,
+            tgoldtable, tgnewtable, convert_from(rtrim(tgargs, '\x00'::bytea), 'UTF8')
         FROM pg_trigger
         WHERE NOT tgisinternal AND tgname LIKE 'system\_stability%'
-        ORDER BY 1
+        ORDER BY 1, 2
         """
     )
-    assert await cursor.fetchall() == [
-        (
-            "import_job",
-            "system_stability_hint",
-            HINT_TRIGGER_TYPE,
-            "O",
-            True,
-            1,
-            IMPORT_JOB_HINT,
-        ),
-        (
-            "worker.command_registry",
-            "system_stability_hint",
-            HINT_TRIGGER_TYPE,
-            "O",
-            True,
-            1,
-            COMMAND_REGISTRY_HINT,
-        ),
-        ("worker.tasks", "system_stability_hint", HINT_TRIGGER_TYPE, "O", True, 1, TASKS_HINT),
-    ]
+    expected = []
+    for table, hint in [
+        ("import_job", IMPORT_JOB_HINT),
+        ("worker.command_registry", COMMAND_REGISTRY_HINT),
+        ("worker.tasks", TASKS_HINT),
+    ]:
+        own = hint_rows_function(table if "." in table else f"public.{table}").split(".")[1]
+        old, new = "system_stability_old", "system_stability_new"
+        plain = ("system_stability_hint", None, None)
+        expected += [
+            (table, "system_stability_hint_delete", TRIGGER_TYPE_DELETE, "O", own, old, None, hint),
+            (table, "system_stability_hint_insert", TRIGGER_TYPE_INSERT, "O", own, None, new, hint),
+            (table, "system_stability_hint_truncate", TRIGGER_TYPE_TRUNCATE, "O", *plain, hint),
+            (table, "system_stability_hint_update", TRIGGER_TYPE_UPDATE, "O", own, old, new, hint),
+        ]
+    assert await cursor.fetchall() == expected
 
 
 async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
@@ -854,22 +870,28 @@ async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
         WHERE proname LIKE 'system\_stability%'
         """
     )
-    assert sorted(row[0] for row in await cursor.fetchall()) == [
-        "system_stability_activities()",
-        "system_stability_confirm_hold()",
-        "system_stability_details(integer)",
-        "system_stability_hint()",
-        "system_stability_history(timestamp with time zone,text,integer)",
-        "system_stability_history_summary(text)",
-        "system_stability_indicators()",
-        "system_stability_items_analytics(integer)",
-        "system_stability_items_importing(integer)",
-        "system_stability_record(text[],text[],timestamp with time zone,interval)",
-        "system_stability_release_hold()",
-        "system_stability_request_hold()",
-        "system_stability_slugs()",
-        "system_stability_typical()",
-    ]
+    assert sorted(row[0] for row in await cursor.fetchall()) == sorted(
+        [
+            "system_stability_activities()",
+            "system_stability_confirm_hold()",
+            "system_stability_details(integer)",
+            "system_stability_hint()",
+            f"{hint_rows_function('public.import_job').split('.')[1]}()",
+            f"{hint_rows_function('worker.command_registry').split('.')[1]}()",
+            f"{hint_rows_function('worker.tasks').split('.')[1]}()",
+            "system_stability_history(timestamp with time zone,text,integer)",
+            "system_stability_history_summary(text)",
+            "system_stability_indicators()",
+            "system_stability_items_analytics(integer)",
+            "system_stability_items_importing(integer)",
+            "system_stability_notify(text)",
+            "system_stability_record(text[],text[],timestamp with time zone,interval)",
+            "system_stability_release_hold()",
+            "system_stability_request_hold()",
+            "system_stability_slugs()",
+            "system_stability_typical()",
+        ]
+    )
 
 
 async def test_installing_over_the_old_design_removes_it(
@@ -881,8 +903,19 @@ async def test_installing_over_the_old_design_removes_it(
     # The old releases' objects, as their stability.sql left them (bodies simplified).
     await conn.execute(
         """
-        DROP TRIGGER system_stability_hint ON public.import_job;
-        DROP TRIGGER system_stability_hint ON worker.tasks;
+        DROP TRIGGER system_stability_hint_insert ON public.import_job;
+        DROP TRIGGER system_stability_hint_update ON public.import_job;
+        DROP TRIGGER system_stability_hint_delete ON public.import_job;
+        DROP TRIGGER system_stability_hint_truncate ON public.import_job;
+        DROP TRIGGER system_stability_hint_insert ON worker.tasks;
+        DROP TRIGGER system_stability_hint_update ON worker.tasks;
+        DROP TRIGGER system_stability_hint_delete ON worker.tasks;
+        DROP TRIGGER system_stability_hint_truncate ON worker.tasks;
+        DROP TRIGGER system_stability_hint_insert ON worker.command_registry;
+        DROP TRIGGER system_stability_hint_update ON worker.command_registry;
+        DROP TRIGGER system_stability_hint_delete ON worker.command_registry;
+        DROP TRIGGER system_stability_hint_truncate ON worker.command_registry;
+        DROP FUNCTION public.system_stability_notify(text);
         DROP FUNCTION public.system_stability_request_hold();
         DROP FUNCTION public.system_stability_confirm_hold();
         DROP FUNCTION public.system_stability_release_hold();
@@ -944,6 +977,15 @@ async def test_installing_over_the_old_design_removes_it(
         CREATE OR REPLACE TRIGGER system_stability_hint
         AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON worker.command_registry
         FOR EACH STATEMENT EXECUTE FUNCTION worker.system_stability_registry_hint();
+        -- The release before hints by rows: one plain statement trigger per table.
+        CREATE TRIGGER system_stability_hint
+        AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON worker.tasks
+        FOR EACH STATEMENT EXECUTE FUNCTION public.system_stability_hint('{"table":"tasks"}');
+        -- A table's hint function that this config no longer has.
+        CREATE FUNCTION public.system_stability_hint_gone_00000000() RETURNS trigger
+        LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+        COMMENT ON FUNCTION public.system_stability_hint_gone_00000000()
+        IS 'stability-relay: hint rows of public.gone: a hint when a statement changed one.';
         """
     )
     assert await _installed_objects(conn) != fresh
@@ -1044,6 +1086,16 @@ def test_sql_files_are_found_next_to_the_package() -> None:
 
 # -- privileges -------------------------------------------------------------------------------
 
+# What writers' statements call: hold.sql's and each table's hint function.
+WRITERS_FUNCTIONS = [
+    "system_stability_hint",
+    "system_stability_notify",
+    *(
+        hint_rows_function(table).split(".")[1]
+        for table in ("public.import_job", "worker.command_registry", "worker.tasks")
+    ),
+]
+
 
 async def test_relay_functions_pin_their_search_path(conn: Conn) -> None:
     cursor = await conn.execute(
@@ -1051,10 +1103,10 @@ async def test_relay_functions_pin_their_search_path(conn: Conn) -> None:
         SELECT proname, prosecdef, proconfig FROM pg_proc
         WHERE pronamespace = 'public'::regnamespace AND proname = ANY(%s) ORDER BY proname
         """,
-        ([*SECURITY_DEFINER_FUNCTIONS, "system_stability_hint"],),
+        ([*SECURITY_DEFINER_FUNCTIONS, *WRITERS_FUNCTIONS],),
     )
     rows = {name: (secdef, config) for name, secdef, config in await cursor.fetchall()}
-    assert set(rows) == {*SECURITY_DEFINER_FUNCTIONS, "system_stability_hint"}
+    assert set(rows) == {*SECURITY_DEFINER_FUNCTIONS, *WRITERS_FUNCTIONS}
     for name in SECURITY_DEFINER_FUNCTIONS:
         secdef, config = rows[name]
         assert secdef is True, name
@@ -1064,7 +1116,8 @@ async def test_relay_functions_pin_their_search_path(conn: Conn) -> None:
         assert config[1:] == (["lock_timeout=1s"] if hold_function else []), name
     # Deliberately neither: both cost every writer's every statement (the benchmark cited in
     # sql/hold.sql). It runs with the writer's rights and qualifies every name instead.
-    assert rows["system_stability_hint"] == (False, None)
+    for name in WRITERS_FUNCTIONS:
+        assert rows[name] == (False, None), name
 
 
 @pytest.fixture
@@ -1113,13 +1166,13 @@ async def test_a_writer_with_only_table_privileges_can_write_held_or_not(
             "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')",
             TASKS_HINT,
         ),
-        ("UPDATE worker.tasks SET state = 'completed'", TASKS_HINT),
+        ("UPDATE worker.tasks SET state = 'processing'", TASKS_HINT),
         ("DELETE FROM worker.tasks", TASKS_HINT),
         (
             "INSERT INTO public.import_job (slug, state) VALUES ('a', 'preparing_data')",
             IMPORT_JOB_HINT,
         ),
-        ("UPDATE public.import_job SET state = 'finished'", IMPORT_JOB_HINT),
+        ("UPDATE public.import_job SET state = 'processing_data'", IMPORT_JOB_HINT),
         ("DELETE FROM public.import_job", IMPORT_JOB_HINT),
     ]
     async with await psycopg.AsyncConnection.connect(writer_dsn, autocommit=True) as writer:
@@ -1149,9 +1202,9 @@ async def test_a_writer_that_cannot_read_the_flag_still_hints(
             "INSERT INTO worker.tasks (command, state) VALUES ('derive_reports', 'pending')",
             on=writer,
         ) == [TASKS_HINT]
-        assert await hints_after("UPDATE public.import_job SET state = 'finished'", on=writer) == [
-            IMPORT_JOB_HINT
-        ]
+        assert await hints_after(
+            "INSERT INTO public.import_job (slug, state) VALUES ('a', 'approved')", on=writer
+        ) == [IMPORT_JOB_HINT]
 
 
 async def test_relay_role_can_call_the_functions_and_listen_but_not_read_tables(
