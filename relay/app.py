@@ -5,11 +5,11 @@
                           └→ source.ChannelRelay → the hub (named events), the feeds
     HTTP → http.sockets (accept) → http.access (CORS, auth, limits) → http.routes
 
-Startup: SSE hub, feeds, details → HTTP (serving ``unknown``) → listener → leader election
+Startup: SSE hub, feeds, details, signals → HTTP (serving ``unknown``) → listener → leader election
 (history and webhooks start once elected) → systemd ``READY=1``.
 Shutdown, within one ``http.shutdown_timeout``: ``STOPPING=1`` → stop accepting → waits
 answer → listener → SSE streams end → webhooks drain (still leader) → history → leave the
-election → HTTP handlers → details → systemd. Each step gets what is left of the deadline.
+election → HTTP handlers → signals → details → systemd. Each step gets what is left of the deadline.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from relay.source.listener import Listener
 from relay.state.details import Details
 from relay.state.history import History, HistoryWriter
 from relay.state.sharedread import SharedRead
+from relay.state.signals import SignalsReader
 from relay.state.stability import Snapshot, Stability, State
 from relay.state.waits import Waits
 
@@ -91,6 +92,20 @@ class Relay:
             self.metrics,
             self.stability,
         )
+        # Stalled, overdue, depth and lag: read on the details pool while work is active.
+        self.signals = SignalsReader(
+            config.activities,
+            config.signals,
+            self.stability,
+            lambda: self.details.pool,
+            self.metrics,
+        )
+        self.metrics.watch_signals(
+            self.signals.value,
+            [(a.name, a.age_column is not None) for a in config.activities],
+            lambda: self.signals.refusal is not None,
+        )
+        self.details.signals = self.signals.details
         fresh = SharedRead(
             self.details.read_activities,
             name="fresh-read",
@@ -140,6 +155,7 @@ class Relay:
             self.metrics.count_transition,
             self.waits.on_change,  # long polls whose condition now holds
             self.details.on_change,  # details requests waiting for the state they read
+            self.signals.on_change,  # a new busy period: read its signals; an ended one: clear
             self._leader_hears,  # while this relay leads: the history, then the webhooks
         ):
             self.stability.subscribe(observer)
@@ -251,6 +267,7 @@ class Relay:
         await self.hub.start()
         await self.feeds.start()
         await self.details.start()
+        await self.signals.start()
         self._runner = web.AppRunner(
             build_app(self._served()),
             handler_cancellation=True,  # a client that goes away cancels its SSE handler
@@ -303,6 +320,7 @@ class Relay:
             ("leadership", lambda left: self.leadership.aclose(timeout=left)),
             ("http", self._http_cleanup),
             ("fresh_reads", _cut_off(self.fresh.aclose)),
+            ("signals", _cut_off(self.signals.aclose)),
             ("details", lambda left: self.details.aclose(timeout=left)),
             ("systemd", _cut_off(self.notifier.aclose)),
         ]

@@ -229,6 +229,34 @@ class HistoryConfig(_Section):
     retention: PositiveDuration = 90 * 86400.0
 
 
+class SignalsConfig(_Section):
+    """Stalled, overdue, depth and lag (relay/state/signals.py; README "Signals")."""
+
+    # While any activity is active, its signals are read this often (one statement for all
+    # of them, shared by every scrape and details request); an overdue bound is noticed at
+    # its time, without a read.
+    interval: PositiveDuration = 15.0
+    # The statement's bound: past it the read fails and the gauges say NaN until the next.
+    read_timeout: PositiveDuration = 5.0
+    # Depth and stalled rows are counted exactly up to this, then read as depth_cap + 1.
+    depth_cap: int = Field(default=10_000, ge=1, le=1_000_000)
+    # An activity without overdue_after is overdue past overdue_factor x the 90th percentile
+    # of its busy periods in the history (the last 7 days), once there are overdue_min_periods
+    # of them, and never sooner than overdue_min_bound after it began.
+    overdue_factor: float = Field(default=3.0, ge=1.0, le=1000.0)
+    overdue_min_periods: int = Field(default=5, ge=1, le=10_000)
+    overdue_min_bound: PositiveDuration = 300.0
+
+    @model_validator(mode="after")
+    def _read_within_interval(self) -> SignalsConfig:
+        if self.read_timeout >= self.interval:
+            raise ValueError(
+                f"read_timeout ({self.read_timeout:g}s) must be shorter than interval "
+                f"({self.interval:g}s): one read at a time, each within its interval"
+            )
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -613,6 +641,7 @@ class Config(_Section):
     details: DetailsConfig = DetailsConfig()
     wait: WaitConfig = WaitConfig()
     history: HistoryConfig = HistoryConfig()
+    signals: SignalsConfig = SignalsConfig()
     auth: AuthConfig | None = None
     cors: CorsConfig = CorsConfig()
     logging: LoggingConfig = LoggingConfig()

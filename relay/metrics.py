@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -263,6 +263,57 @@ class Metrics:
             "1 on the relay elected to send webhooks (one per database), else 0.",
             registry=r,
         )
+        self.activity_depth = Gauge(
+            "relay_activity_depth",
+            "The activity's rows (its active rows; an expression activity's details rows), "
+            "exact up to signals.depth_cap, depth_cap + 1 beyond it; 0 while not active "
+            "(without a read); NaN while unknown or when the latest signals read failed.",
+            ["activity"],
+            registry=r,
+        )
+        self.activity_oldest_age = Gauge(
+            "relay_activity_oldest_age_seconds",
+            "Age of the activity's oldest row (its age_column) at the latest signals read; "
+            "0 while not active; NaN while unknown or when the read failed. Only activities "
+            "with an age_column.",
+            ["activity"],
+            registry=r,
+        )
+        self.activity_stalled = Gauge(
+            "relay_activity_stalled",
+            "The activity's rows meeting its stalled condition (0 without one), capped like "
+            "the depth; NaN while unknown or when the latest signals read failed.",
+            ["activity"],
+            registry=r,
+        )
+        self.activity_overdue = Gauge(
+            "relay_activity_overdue",
+            "1 while the activity's busy period has run past its bound (overdue_after, or "
+            "signals.overdue_factor x the p90 of its history), else 0; NaN while unknown.",
+            ["activity"],
+            registry=r,
+        )
+        self.signals_reads = Counter(
+            "relay_signals_reads",
+            "Signals reads (depth, oldest age, stalled rows), by outcome: ok, failed (error or "
+            "past signals.read_timeout) or refused (a signals function of another config).",
+            ["outcome"],
+            registry=r,
+        )
+        self.signals_read_duration = Histogram(
+            "relay_signals_read_duration_seconds",
+            "Time a signals read took, whatever its outcome.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.signals_refused = Gauge(
+            "relay_signals_refused",
+            "1 while the installed signals function was generated from another definition of "
+            "the activities (run db install with this config), else 0.",
+            registry=r,
+        )
+        for outcome in ("ok", "failed", "refused"):
+            self.signals_reads.labels(outcome)
         self.webhook_pending = Gauge(
             "relay_webhook_pending",
             "Transitions waiting to be delivered, by target.",
@@ -296,6 +347,29 @@ class Metrics:
             )
         self.database_pooled.set_function(lambda: _flag(pooled()))
         self.backoff_stuck.set_function(lambda: 1.0 if stuck() else 0.0)
+
+    def watch_signals(
+        self,
+        value: Callable[[str, str], float],
+        activities: Sequence[tuple[str, bool]],
+        refused: Callable[[], bool],
+    ) -> None:
+        """The signals' gauges at scrape time, for every activity from the start (zero-filled):
+        ``value(kind, name)`` with kind depth, oldest_age_s, stalled or overdue; ``activities``
+        are (name, has an age column) pairs."""
+        for name, has_age in activities:
+            self.activity_depth.labels(name).set_function(functools.partial(value, "depth", name))
+            self.activity_stalled.labels(name).set_function(
+                functools.partial(value, "stalled", name)
+            )
+            self.activity_overdue.labels(name).set_function(
+                functools.partial(value, "overdue", name)
+            )
+            if has_age:
+                self.activity_oldest_age.labels(name).set_function(
+                    functools.partial(value, "oldest_age_s", name)
+                )
+        self.signals_refused.set_function(lambda: 1.0 if refused() else 0.0)
 
     def count_transition(self, snapshot: Snapshot) -> None:
         if not snapshot.new_state:

@@ -58,6 +58,19 @@ async def test_details_lists_active_jobs_and_tasks_in_priority_order(db_dsn: str
     assert body["system_stable"] is False
 
 
+# An activity that is not active: no rows, nothing stalled, nothing overdue, no read needed.
+QUIET = {
+    "depth": 0,
+    "depth_capped": False,
+    "oldest_age_s": 0,
+    "stalled": None,
+    "stalled_since": None,
+    "overdue": False,
+    "overdue_bound_s": None,
+    "busy_since": None,
+}
+
+
 async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
     async with running_relay(relay_config(db_dsn)) as relay, aiohttp.ClientSession() as http:
         await eventually(lambda: relay.stability.current.stable is True)
@@ -71,6 +84,7 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
         "analytics_tasks": [],
         "system_stable": True,
         "eta": None,
+        "signals_error": None,
         "activities": {
             "importing": {
                 "label": "Importing data",
@@ -78,6 +92,7 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
                 "items": [],
                 "total": 0,
                 "eta": None,
+                "signals": QUIET,
             },
             "analytics": {
                 "label": "Deriving statistics",
@@ -85,6 +100,7 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
                 "items": [],
                 "total": 0,
                 "eta": None,
+                "signals": QUIET,
             },
         },
     }

@@ -1,8 +1,10 @@
 """Installs the relay's SQL into a database: the hold, the generated reads, the role.
 
 Order: the demo's stand-in tables (``--demo-schema``) → the activities checked against the
-database (nothing is written when one is wrong) → ``hold.sql`` → the SQL generated from the
-activities → ``roles.sql`` → one read of ``system_stability_activities()`` to prove it runs →
+database, their signals' parts planned too (nothing is written when one is wrong) →
+``hold.sql`` → the SQL generated from the activities → ``roles.sql`` → the signals read
+(``relay/source/activities/signals.py``, granted to ``stability_relay`` when roles are
+applied) → one read of ``system_stability_activities()`` and of the signals to prove they run →
 each table activity's read planned, for the advice on an index (``read_scans``) → with hint
 triggers, the hold flag parked (writers stay quiet until a relay listens).
 """
@@ -28,7 +30,8 @@ from relay.source.activities.check import (
     index_suggestion,
     read_scans,
 )
-from relay.source.activities.profiles import DEFAULT_PROFILE, load_profile
+from relay.source.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
+from relay.source.activities.signals import FUNCTION, parts, signals_script
 from relay.source.activities.spec import Activity, EnrichRead
 from relay.source.activities.sql import install_script
 from relay.source.holdflag import CONFIRM, REQUEST
@@ -38,6 +41,7 @@ HOLD = "hold.sql"
 ACTIVITIES = "activities (generated)"
 ROLES = "roles.sql"
 HISTORY = "history.sql"
+SIGNALS = "signals (generated)"
 PARKED = "hold flag parked (writers stay quiet until a relay listens)"
 
 # Serialises installs into one database: concurrent CREATE OR REPLACE of the same function
@@ -183,6 +187,8 @@ def scripts(
     result.append(Script(HISTORY, (directory / HISTORY).read_bytes()))
     if roles:
         result.append(Script(ROLES, (directory / ROLES).read_bytes()))
+    # After roles.sql, which creates the role it is granted to.
+    result.append(Script(SIGNALS, signals_script(activities, grant=roles).encode()))
     return result
 
 
@@ -253,6 +259,8 @@ async def _refuse_what_does_not_fit(
         problems += await check_enrichers(
             conn, enrichers, role=str(row[0]), profile=profile, snippets=True
         )
+        if not problems:  # the parts rest on tables and snippets checked above
+            problems += await signal_problems(conn, activities, profile)
     finally:
         await conn.rollback()
     if problems:
@@ -276,14 +284,40 @@ async def foreign_objects(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     ]
 
 
+async def signal_problems(
+    conn: psycopg.AsyncConnection[Any], activities: Sequence[Activity], profile: str | None
+) -> list[str]:
+    """Each activity's signals part (its ``age_column``'s age, its ``stalled`` count) planned,
+    never executed, in the functions' ``search_path``: one problem per part that does not
+    compile, with its key path. Leaves the connection's transaction for the caller to end."""
+    problems: list[str] = []
+    origin = f' (profile "{profile}")' if profile not in (None, CUSTOM) else ""
+    for index, activity in enumerate(activities):
+        keyed = {"oldest_age_s": "age_column", "stalled": "stalled"}
+        for part, sql in parts(activity, cap="1").items():
+            key = keyed.get(part)
+            if key is None or sql == "NULL":
+                continue
+            try:
+                async with conn.transaction(force_rollback=True):
+                    # As the function runs: its search_path and time zone.
+                    await conn.execute(f"SET LOCAL search_path = {SEARCH_PATH}".encode())
+                    await conn.execute(b"SET LOCAL TimeZone = 'UTC'")
+                    await conn.execute(f"EXPLAIN SELECT {sql}".encode())
+            except psycopg.Error as exc:
+                if conn.broken:
+                    raise
+                problems.append(f"activities[{index}].{key}{origin}: {_describe(exc)}")
+    return problems
+
+
 async def _prove_it_runs(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
-    try:
-        async with conn.transaction(force_rollback=True):
-            await conn.execute("SELECT public.system_stability_activities()")
-    except psycopg.Error as exc:
-        raise RelayError(
-            f"installed, but public.system_stability_activities() fails: {_describe(exc)}"
-        ) from exc
+    for call in ("public.system_stability_activities()", f"{FUNCTION}(1)"):
+        try:
+            async with conn.transaction(force_rollback=True):
+                await conn.execute(f"SELECT {call}".encode())
+        except psycopg.Error as exc:
+            raise RelayError(f"installed, but {call} fails: {_describe(exc)}") from exc
 
 
 async def _read_scans(

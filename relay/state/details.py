@@ -22,6 +22,11 @@ database had moved past ``seq`` when it was read, and the stream has yet to say 
 
 Bound: one round of queries per state and cache window, and at most one hint per state,
 however many requests.
+
+Signals: each activity carries ``signals`` (``depth``, ``depth_capped``, ``oldest_age_s``,
+``stalled``, ``stalled_since``, ``overdue``, ``overdue_bound_s``, ``busy_since``) from the
+signals reader's latest read (``relay/state/signals.py``), never a read of their own; the answer
+says ``signals_error`` (why they cannot be read) or null.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
@@ -125,6 +130,9 @@ class Details:
         # The estimate of the last round (for webhooks and waits): overall, else the longest
         # of the activities'.
         self.latest_eta: dict[str, Any] | None = None
+        # Each activity's signals (relay/state/signals.py: SignalsReader.describe) and why
+        # they cannot be read, if so: set by the wiring, put in every round.
+        self.signals: Callable[[], tuple[Mapping[str, Any], str | None]] | None = None
         # While the system is busy, a round every SAMPLE_INTERVAL: each is a progress sample
         # for the estimates, whether or not anyone asks for the details.
         self._sampler: asyncio.Task[None] | None = None
@@ -258,6 +266,8 @@ class Details:
         details, typical = json.loads(row[0]), json.loads(row[1] or "{}")
         annotated = self._estimates.annotate(details, typical, now=began)
         self.latest_eta = annotated.get("eta") or _longest(annotated.get("activities"))
+        if self.signals is not None:
+            _put_signals(annotated, *self.signals())
         return annotated
 
     async def read_activities(self) -> dict[str, Any]:
@@ -314,6 +324,17 @@ class Details:
         return web.Response(
             body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
         )
+
+
+def _put_signals(details: dict[str, Any], signals: Mapping[str, Any], error: str | None) -> None:
+    """Each activity's ``signals`` (depth, oldest age, stalled rows, overdue bound) and, when
+    they could not be read, ``signals_error``."""
+    groups = details.get("activities")
+    if isinstance(groups, dict):
+        for name, group in groups.items():
+            if isinstance(group, dict) and name in signals:
+                group["signals"] = signals[name]
+    details["signals_error"] = error
 
 
 def _active(details: dict[str, Any], name: str) -> Any:

@@ -13,9 +13,24 @@ channels the system already sends (``hints.channels``), or both. With channels o
 trigger is installed and writers pay nothing extra; whatever reaches no channel is caught
 by the reconcile (``stability.reconcile_interval``).
 
-SQL snippets (``expression``, ``filter``, ``details.fields``, ``details.order_by``) are the
-config author's, like a migration's: ``db install`` checks each one against the database
-before it writes anything. Names are schema-qualified and plain (lower-case identifiers).
+Signals (``relay/state/signals.py``; all optional). An activity's **rows** are its active rows
+(table form), or, for the expression form, the rows its details list (``details.table`` where
+``details.where``): an expression activity declares details to have rows.
+
+* ``stalled``: a SQL boolean over one of the activity's rows (alias ``t``) saying that row
+  makes no progress, e.g. procrastinate's ``doing`` jobs whose worker's heartbeat is older
+  than 60 s. The condition's own threshold (the 60 s) is the config author's; the relay says
+  "stalled since" from when it first saw a stalled row.
+* ``age_column``: a timestamp column of the rows' table (``timestamptz``, or ``timestamp``
+  holding UTC as Oban's ``inserted_at`` does): the activity's lag is the age of its oldest row.
+* ``overdue_after``: how long a busy period may run before the activity is overdue. Unset:
+  ``signals.overdue_factor`` times the 90th percentile of its history's periods, once the
+  history has ``signals.overdue_min_periods`` of them (``relay/config.py``).
+
+SQL snippets (``expression``, ``filter``, ``stalled``, ``details.fields``,
+``details.order_by``) are the config author's, like a migration's: ``db install`` checks each
+one against the database before it writes anything. Names are schema-qualified and plain
+(lower-case identifiers).
 """
 
 from __future__ import annotations
@@ -75,6 +90,19 @@ def _snippet(value: Any) -> Any:
 Snippet = Annotated[str, BeforeValidator(_snippet)]
 
 
+def _bound(value: Any) -> Any:
+    """``overdue_after``: a duration like ``"30m"``, greater than zero."""
+    if value is None:
+        return None
+    # relay.config imports this module: its parser is imported when first needed.
+    from relay.config import parse_duration
+
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than 0s")
+    return seconds
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -129,6 +157,11 @@ class Activity(_Section):
     # A SQL expression giving the system's own JSON for this activity (statbus's
     # is_importing()), served fresh by GET /api/system-status/indicators.
     indicator: Snippet | None = None
+    # Signals (module docstring): a boolean over one of the activity's rows (alias t), a
+    # timestamp column of its rows, a bound on its busy periods.
+    stalled: Snippet | None = None
+    age_column: Identifier | None = None
+    overdue_after: Annotated[float | None, BeforeValidator(_bound)] = None
 
     @model_validator(mode="after")
     def _one_form(self) -> Activity:
@@ -148,7 +181,19 @@ class Activity(_Section):
             )
         if self.details is not None and self.details.table is None and self.table is None:
             raise ValueError("details of an expression activity need their own details.table")
+        if self.table is None and self.details is None and (self.stalled or self.age_column):
+            raise ValueError(
+                "stalled and age_column are over the activity's rows: an expression activity "
+                "has rows only through its details (details.table and details.where)"
+            )
         return self
+
+    @property
+    def rows_table(self) -> str | None:
+        """The table of the activity's rows (module docstring), None when it has none."""
+        if self.table is not None:
+            return self.table
+        return self.details.table if self.details is not None else None
 
     @property
     def read_tables(self) -> tuple[str, ...]:
