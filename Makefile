@@ -29,8 +29,11 @@ typecheck: install
 	$(BIN)/mypy --strict relay
 
 # -rs: every skipped test is listed at the end with its reason, so a skip is never silent.
+# -n: test processes (pytest-xdist), each with its own embedded PostgreSQL; a file's tests
+# stay in one process (--dist loadfile). PYTEST_WORKERS=0 runs them all in this one.
+PYTEST_WORKERS ?= 3
 pytest: install
-	$(BIN)/pytest -q -rs
+	$(BIN)/pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile
 
 # The browser tests drive Debian's Chromium (never a downloaded browser), at this path.
 CHROMIUM ?= /usr/bin/chromium
