@@ -84,6 +84,7 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
         "analytics_tasks": [],
         "system_stable": True,
         "eta": None,
+        "signals": {"importing": QUIET, "analytics": QUIET},
         "signals_error": None,
         "activities": {
             "importing": {
@@ -92,7 +93,6 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
                 "items": [],
                 "total": 0,
                 "eta": None,
-                "signals": QUIET,
             },
             "analytics": {
                 "label": "Deriving statistics",
@@ -100,7 +100,6 @@ async def test_details_when_stable_has_empty_lists(db_dsn: str) -> None:
                 "items": [],
                 "total": 0,
                 "eta": None,
-                "signals": QUIET,
             },
         },
     }

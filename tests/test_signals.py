@@ -142,7 +142,7 @@ async def test_depth_is_capped_and_lag_is_the_oldest_row(db_dsn: str) -> None:
         assert age >= 100, age
         assert sample(relay, "relay_activity_depth", activity="analytics") == 0
         body = await details(relay)
-        signals = body["activities"]["importing"]["signals"]
+        signals = body["signals"]["importing"]
         assert signals["depth"] == 4 and signals["depth_capped"] is True
         assert signals["oldest_age_s"] >= 100
         assert body["signals_error"] is None
@@ -173,8 +173,8 @@ async def test_overdue_appears_at_its_bound_and_clears_with_the_work(db_dsn: str
         assert sample(relay, "relay_activity_overdue", activity="importing") == 1
         assert sample(relay, "relay_activity_overdue", activity="analytics") == 0
         body = await details(relay)
-        assert body["activities"]["importing"]["signals"]["overdue"] is True
-        assert body["activities"]["importing"]["signals"]["overdue_bound_s"] == 1.0
+        assert body["signals"]["importing"]["overdue"] is True
+        assert body["signals"]["importing"]["overdue_bound_s"] == 1.0
         await execute(db_dsn, FINISH)
         await eventually(lambda: relay.stability.current.stable is True)
         assert relay.stability.current.overdue == ()
@@ -206,7 +206,7 @@ async def test_a_read_past_its_timeout_exports_nan_not_the_last_value(db_dsn: st
         assert sample(relay, "relay_signals_reads_total", outcome="failed") >= 1
         assert "signals.read_timeout" in events(logs, "signals_read_failed")[0]["reason"]
         body = await details(relay)
-        assert body["activities"]["importing"]["signals"]["depth"] is None
+        assert body["signals"]["importing"]["depth"] is None
         assert "read_timeout" in body["signals_error"]
         await execute(db_dsn, "DELETE FROM public.import_job WHERE slug = 'slow'")
         await eventually(lambda: sample(relay, "relay_activity_depth", activity="importing") == 3)
@@ -274,8 +274,8 @@ async def test_procrastinate_job_of_a_silent_worker_is_stalled_until_it_beats(
             assert relay.stability.current.state.value == "processing"
             assert sample(relay, "relay_activity_stalled", activity="jobs") == 1
             body = await details(relay)
-            assert body["activities"]["jobs"]["signals"]["stalled"] == 1
-            assert body["activities"]["jobs"]["signals"]["stalled_since"] is not None
+            assert body["signals"]["jobs"]["stalled"] == 1
+            assert body["signals"]["jobs"]["stalled_since"] is not None
             # Its heartbeat comes back: no longer stalled (no job changed, no hint).
             await conn.execute("SELECT procrastinate_update_heartbeat_v1(%s)", (worker,))
             await eventually(lambda: relay.stability.current.stalled == ())

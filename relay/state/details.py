@@ -23,10 +23,10 @@ database had moved past ``seq`` when it was read, and the stream has yet to say 
 Bound: one round of queries per state and cache window, and at most one hint per state,
 however many requests.
 
-Signals: each activity carries ``signals`` (``depth``, ``depth_capped``, ``oldest_age_s``,
-``stalled``, ``stalled_since``, ``overdue``, ``overdue_bound_s``, ``busy_since``) from the
-signals reader's latest read (``relay/state/signals.py``), never a read of their own; the answer
-says ``signals_error`` (why they cannot be read) or null.
+Signals: ``signals`` maps each activity to its ``depth``, ``depth_capped``, ``oldest_age_s``,
+``stalled``, ``stalled_since``, ``overdue``, ``overdue_bound_s`` and ``busy_since``, from the
+signals reader's latest read (``relay/state/signals.py``), never a read of their own;
+``signals_error`` says why they cannot be read, or is null.
 """
 
 from __future__ import annotations
@@ -327,13 +327,10 @@ class Details:
 
 
 def _put_signals(details: dict[str, Any], signals: Mapping[str, Any], error: str | None) -> None:
-    """Each activity's ``signals`` (depth, oldest age, stalled rows, overdue bound) and, when
-    they could not be read, ``signals_error``."""
-    groups = details.get("activities")
-    if isinstance(groups, dict):
-        for name, group in groups.items():
-            if isinstance(group, dict) and name in signals:
-                group["signals"] = signals[name]
+    """``signals``: each activity's depth, oldest age, stalled rows and overdue bound (beside
+    ``activities``, whose groups keep their keys); ``signals_error``: why they could not be
+    read, or null."""
+    details["signals"] = dict(signals)
     details["signals_error"] = error
 
 
