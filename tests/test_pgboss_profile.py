@@ -195,6 +195,15 @@ async def test_the_relay_follows_real_workers_through_their_jobs(queue_dsn: str)
             await boss.call("cancel", name=OWN, job=later)
             await agreed(relay, queue_dsn, conn, boss, busy=False)
 
+            # deleteAllJobs of a queue with its own table TRUNCATEs that partition (no job row
+            # trigger fires, nor one of the parent's), then zeroes its counts in pgboss.queue.
+            await boss.send(OWN, startAfter=3600)
+            await agreed(relay, queue_dsn, conn, boss, busy=True)
+            await quiet(relay)
+            await boss.call("deleteAllJobs", name=OWN)
+            await agreed(relay, queue_dsn, conn, boss, busy=False)
+            assert OWN not in await pgb.states(conn)
+
             # deleteQueue drops a `partition: true` queue's table, its active job with it: no
             # job row is written; pgboss.queue's row is deleted in the same transaction.
             await boss.call("gate", open=False)
@@ -209,7 +218,7 @@ async def test_the_relay_follows_real_workers_through_their_jobs(queue_dsn: str)
             assert f"FOR VALUES IN ('{LATE}')" not in (await pgb.partitions(conn)).values()
             await boss.call("gate", open=True)
         busy, idle = State.PROCESSING, State.STABLE
-        assert [snapshot.state for snapshot in seen] == [busy, idle] * 6
+        assert [snapshot.state for snapshot in seen] == [busy, idle] * 7
 
 
 async def not_busy(boss: pgb.BossDriver) -> bool:

@@ -14,6 +14,7 @@
 //   send {name, data, options} -> the job's id
 //   cancel {name, job}
 //   deleteQueue {name}
+//   deleteAllJobs {name}      empties the queue (a TRUNCATE of its table when it has its own)
 //   jobs                      -> {"<queue>": {"<state>": count}} for every queue, read with
 //                             getQueues() and findJobs(): pg-boss's own view of its jobs
 //   ran                       -> [[queue, id, retryCount], ...] as handlers started
@@ -83,6 +84,7 @@ const commands = {
   send: ({ name, data, options }) => boss.send(name, data ?? {}, options ?? {}),
   cancel: ({ name, job }) => boss.cancel(name, job),
   deleteQueue: ({ name }) => boss.deleteQueue(name),
+  deleteAllJobs: ({ name }) => boss.deleteAllJobs(name),
   jobs,
   ran: () => ran,
   async stop () {
