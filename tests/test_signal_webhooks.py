@@ -10,20 +10,28 @@ from typing import Any
 
 from relay.app import Relay
 from relay.state.stability import State
-from tests.support import eventually, execute, relay_config, running_relay
+from tests.support import eventually, execute, relay_config, running_relay, sample
 from tests.webhook_receiver import SECRET, Answer, Receiver, hook, verify_signature
 
 START = "INSERT INTO public.import_job (slug, state) VALUES ('x', 'approved')"
 FINISH = "UPDATE public.import_job SET state = 'finished' WHERE slug = 'x'"
 
 
+# The relay's signals reader reads once when work begins, then not for an hour: the tests set
+# the signals on the relay's Stability themselves (test_killed_worker.py has the reader's).
+QUIET = {"interval": "1h", "read_timeout": "5s"}
+
+
 def config(db_dsn: str, tmp_path: Path, *hooks: dict[str, Any]) -> Any:
-    return relay_config(db_dsn, webhooks=list(hooks), state_directory=str(tmp_path))
+    return relay_config(db_dsn, webhooks=list(hooks), state_directory=str(tmp_path), signals=QUIET)
 
 
 async def busy(relay: Relay, db_dsn: str) -> None:
+    """Busy, and the reader's first read of the busy period done: the next is an hour away
+    (QUIET), so the signals a test sets stay as set."""
     await execute(db_dsn, START)
     await eventually(lambda: relay.stability.current.state is State.PROCESSING)
+    await eventually(lambda: sample(relay, "relay_signals_reads_total", outcome="ok") >= 1)
 
 
 def kinds(receiver: Receiver) -> list[str]:
@@ -165,6 +173,7 @@ async def test_an_owed_signal_survives_a_restart_with_its_id_and_is_not_repeated
             await ci.wait_for(4)
             await eventually(lambda: relay.stability.current.state is State.PROCESSING)
             await eventually(lambda: relay.webhooks.targets["ci"].pending == 0)
+            await eventually(lambda: sample(relay, "relay_signals_reads_total", outcome="ok") >= 1)
             # The reader finds the same stall again: the target was told already.
             assert relay.stability.update_signals({"importing": since}, {})
             await execute(db_dsn, FINISH)

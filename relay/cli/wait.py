@@ -5,7 +5,9 @@ nothing committed before it was asked is missed). A relay restart, a proxy cut o
 survived by asking again, after a short backoff, until the overall timeout. Exit codes: 0 the
 condition was met, 1 timed out, 2 bad usage (or the relay refused the request: 400, 401, 403),
 3 the answer was not a relay's (a 200 that is not a JSON object saying ``"result": "met"``:
-``--url`` is most likely not the relay's).
+``--url`` is most likely not the relay's), 4 the work waited for is stalled, 5 it is overdue
+(waiting for stable only: the relay answered 409; ``end_on`` chooses which of the two end a
+wait, ``none`` waits anyway, as an older relay does).
 
 The server's answer is read, never trusted: the status decides; every other field that is
 missing or not of its type (``held_s`` not a finite number, ``running`` not a list of strings,
@@ -31,6 +33,18 @@ import aiohttp
 from relay.state.eta import eta_text, human_duration
 
 EXIT_MET, EXIT_TIMEOUT, EXIT_USAGE, EXIT_INVALID = 0, 1, 2, 3
+EXIT_STALLED, EXIT_OVERDUE = 4, 5
+END_ON = ("stalled", "overdue")
+EXIT_CODES_HELP = (
+    "exit codes: 0 met, 1 timed out, 2 bad usage or refused, 3 not a relay's answer, "
+    "4 the work is stalled, 5 the work is overdue (4 and 5 only while waiting for stable, "
+    "see --end-on)"
+)
+END_ON_HELP = (
+    "end the wait at once, instead of waiting out --timeout, when the work waited for is "
+    '"stalled" (its activity\'s stalled condition holds), "overdue" (busy past its bound), '
+    'both (the default: "stalled,overdue"), or "none" to keep waiting anyway'
+)
 ROUND = 60.0  # at most this long per request: proxies cut idle requests
 RETRY = (0.5, 1.0, 2.0, 4.0)
 # An answer longer than this is not read further (a relay's is well under 64 KiB).
@@ -54,6 +68,7 @@ class WaitRequest:
     timeout: float
     activity: str | None = None
     token: str | None = None
+    end_on: str = ",".join(END_ON)
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ class Answer:
     waited_s: float | None = None
     eta: dict[str, Any] | None = None
     error: str | None = None
+    signals: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def read(cls, body: dict[str, Any]) -> Answer:
@@ -82,6 +98,7 @@ class Answer:
             waited_s=_seconds(body.get("waited_s")),
             eta=_estimate(body.get("eta")),
             error=_string(body.get("error")),
+            signals=_signals(body.get("signals")),
         )
 
 
@@ -103,6 +120,39 @@ def _estimate(value: Any) -> dict[str, Any] | None:
     if low is None or high is None:
         return None
     return {"low_s": low, "high_s": high, "source": _string(value.get("source"))}
+
+
+def _signals(value: Any) -> tuple[dict[str, Any], ...]:
+    """The readable entries of a 409's ``signals`` (kind, label, how long), at most MAX_LABELS."""
+    if not isinstance(value, list):
+        return ()
+    read = []
+    for item in value[:MAX_LABELS]:
+        if not isinstance(item, dict) or item.get("signal") not in END_ON:
+            continue
+        label = _string(item.get("label")) or _string(item.get("activity")) or "the work"
+        read.append(
+            {
+                "signal": item["signal"],
+                "label": label,
+                "for_s": _seconds(item.get("for_s")),
+                "bound_s": _seconds(item.get("bound_s")),
+            }
+        )
+    return tuple(read)
+
+
+def signal_line(signal: dict[str, Any]) -> str:
+    """ "Importing data has made no progress for 30 min", "Importing data is overdue: running
+    2 h 10 min, expected within 40 min" (the webhooks' words)."""
+    label, elapsed, bound = printable(signal["label"]), signal["for_s"], signal["bound_s"]
+    if signal["signal"] == "stalled":
+        if elapsed is None or elapsed < 1:
+            return f"{label} has stopped making progress"
+        return f"{label} has made no progress for {human_duration(elapsed)}"
+    running = f": running {human_duration(elapsed)}" if elapsed is not None else ""
+    within = f", expected within {human_duration(bound)}" if bound else ""
+    return f"{label} is overdue{running}{within}"
 
 
 def printable(text: str, limit: int = MAX_TEXT) -> str:
@@ -154,6 +204,11 @@ async def wait(request: WaitRequest, out: TextIO = sys.stderr) -> int:
                     return EXIT_INVALID
                 print(_progress(answer, request, met=True), file=out)
                 return EXIT_MET
+            if status == 409 and answer.result in END_ON:
+                print(f"{answer.result}: not waiting out the timeout", file=out)
+                for signal in answer.signals:
+                    print(f"  {signal_line(signal)}", file=out)
+                return EXIT_STALLED if answer.result == "stalled" else EXIT_OVERDUE
             if status in (400, 401, 403):
                 reason = printable(answer.error) if answer.error is not None else "no reason given"
                 print(f"refused ({status}): {reason}", file=out)
@@ -187,6 +242,8 @@ async def _poll(
     }
     if request.activity:
         query["activity"] = request.activity
+    if request.end_on != ",".join(END_ON):
+        query["end_on"] = request.end_on  # the default is the relay's too
     url = f"{request.url.rstrip('/')}/api/system-status/wait?{urlencode(query)}"
     async with http.get(url, timeout=aiohttp.ClientTimeout(total=span + 15)) as response:
         raw = await response.content.read(MAX_ANSWER_BYTES + 1)

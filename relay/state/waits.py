@@ -12,10 +12,15 @@ starts with a fresh read and answers once the condition has held for ``stable_fo
 rounds). Only fresh reads confirm it; every read of the relay's listener (after a hint, or its
 reconcile) triggers one, and a relay state that breaks the condition restarts the clock, so a
 wait never ends early, only perhaps a little late. Answers: 200 ``met``; 408 ``timeout`` (with
-``held_s``); 503 ``unknown`` when the last read could not reach the database (it never says
-stable then); 429 past ``wait.max_waiters``, or past ``wait.max_waiters_per_address`` from one
-client address (:data:`CLIENT_ADDRESS`, which the HTTP layer sets by its trusted-proxy rule),
-so that one client cannot take every slot; 400 for a bad query.
+``held_s``); 409 ``stalled`` or ``overdue`` when waiting for ``stable`` while the work waited for
+(``activity``, or any) is stalled or overdue (relay/state/stability.py's signals, listed under
+``signals``, stalled first): a CI job learns at once that the wait would last until its
+timeout (``end_on=stalled`` ends on stalled work only, ``end_on=none`` waits anyway; the
+default is ``stalled,overdue``); 503 ``unknown`` when the last read could not reach the
+database (it never says stable then); 429 past ``wait.max_waiters``, or past
+``wait.max_waiters_per_address`` from one client address (:data:`CLIENT_ADDRESS`, which the
+HTTP layer sets by its trusted-proxy rule), so that one client cannot take every slot; 400
+for a bad query.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.sharedread import SharedRead
-from relay.state.stability import Snapshot, Stability
+from relay.state.stability import Signal, Snapshot, Stability
 
 log = get_logger("relay.state.waits")
 
 Until = Literal["stable", "processing"]
+SIGNALS = ("stalled", "overdue")  # the order in which a wait names them: the worse first
 
 # Who asks (``relay/http/access.py``: the socket's peer, or behind a trusted proxy the
 # client named by X-Forwarded-For). A request without it is not limited per address.
@@ -110,6 +116,7 @@ class Waits:
         """``GET /api/system-status/wait``."""
         try:
             until, stable_for, timeout, activity, held = self._parse(request)
+            end_on = _end_on(request.query)
         except ValueError as error:
             return _error(400, str(error))
         if len(self._waiters) >= self._settings.max_waiters or self._closed:
@@ -120,7 +127,7 @@ class Waits:
             # Policy past one address's share: 429, so one client cannot take every slot.
             refusal = f"too many waiters from one address (at most {share})"
             return _json({"error": refusal}, 429, {"Retry-After": RETRY_AFTER})
-        waiter = _Waiter(until, activity)
+        waiter = _Waiter(until, activity, end_on if until == "stable" else frozenset())
         self._waiters.add(waiter)
         if address is not None:
             self._per_address[address] += 1
@@ -133,7 +140,9 @@ class Waits:
                 self._per_address[address] -= 1
                 if self._per_address[address] <= 0:
                     del self._per_address[address]
-        status = {"met": 200, "timeout": 408, "unknown": 503}[result]
+        status = {"met": 200, "timeout": 408, "unknown": 503, "stalled": 409, "overdue": 409}[
+            result
+        ]
         answer = {
             "result": result,
             "until": until,
@@ -196,6 +205,11 @@ class Waits:
             first = False
             if met_since is not None and now - met_since >= stable_for:
                 return "met", body
+            if truth is not None and not holds:
+                signals = waiter.signals(self._stability.current)
+                if signals:
+                    body["signals"] = [_signal_json(kind, s, time.time()) for kind, s in signals]
+                    return signals[0][0], body
             if now >= deadline:
                 body["held_s"] = round(now - met_since, 3) if met_since is not None else 0.0
                 return ("unknown" if truth is None else "timeout"), body
@@ -212,11 +226,14 @@ class Waits:
 class _Waiter:
     """One long poll: its condition, and what the relay's listener saw meanwhile."""
 
-    __slots__ = ("activity", "broken", "changed", "closing", "until")
+    __slots__ = ("activity", "broken", "changed", "closing", "end_on", "until")
 
-    def __init__(self, until: Until, activity: str | None) -> None:
+    def __init__(
+        self, until: Until, activity: str | None, end_on: frozenset[str] = frozenset()
+    ) -> None:
         self.until = until
         self.activity = activity
+        self.end_on = end_on
         self.changed = asyncio.Event()
         self.broken = False
         self.closing = False
@@ -228,12 +245,39 @@ class _Waiter:
             busy = any(value is True for value in truth.values())
         return busy if self.until == "processing" else not busy
 
+    def signals(self, snapshot: Snapshot) -> list[tuple[str, Signal]]:
+        """The signals that end this wait early, worst first."""
+        groups = {"stalled": snapshot.stalled, "overdue": snapshot.overdue}
+        return [
+            (kind, signal)
+            for kind in SIGNALS
+            if kind in self.end_on
+            for signal in groups[kind]
+            if self.activity is None or signal.activity == self.activity
+        ]
+
     def saw(self, snapshot: Snapshot) -> None:
         """A change the listener read: confirm with a fresh read; a breach restarts the clock."""
         known = dict(snapshot.activities)
         if all(isinstance(v, bool) for v in known.values()) and not self.holds(known):
             self.broken = True
         self.changed.set()
+
+
+def _end_on(query: Mapping[str, str]) -> frozenset[str]:
+    """``end_on=stalled,overdue`` (the default), ``stalled``, ``overdue`` or ``none``."""
+    text = query.get("end_on", ",".join(SIGNALS)).strip()
+    if text == "none":
+        return frozenset()
+    kinds = frozenset(part.strip() for part in text.split(","))
+    if not kinds or not kinds <= set(SIGNALS):
+        raise ValueError("end_on: stalled, overdue, both (comma-separated) or none")
+    return kinds
+
+
+def _signal_json(kind: str, signal: Signal, now: float) -> dict[str, Any]:
+    """A signal as a wait names it: the snapshot's fields, its kind, and how long so far."""
+    return {"signal": kind, **signal.as_json(), "for_s": round(max(0.0, now - signal.since), 3)}
 
 
 def _duration(query: Mapping[str, str], key: str, default: float) -> float:
