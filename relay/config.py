@@ -30,12 +30,11 @@ from pydantic import (
     model_validator,
 )
 
+from relay.durations import parse_duration as parse_duration  # re-exported
 from relay.errors import ConfigError
 from relay.source.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
 from relay.source.activities.spec import Activity, EnrichRead, QualifiedName, enrich_function
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$", re.ASCII)
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # The spellings sizes accept (units are case-sensitive: KB and MB are 1000-based, KiB and MiB
 # 1024-based); pydantic's ByteSize does the arithmetic. It alone would also take "64k" (64000),
 # "8bit" (1), "0.5B" (0), "64mb" and true (1), none of which a buffer size should mean.
@@ -50,22 +49,6 @@ _FLOW_ENV_ITEM = re.compile(
     r"(\s*)([^\s,\[\]{}'\"#]*\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}[^\s,\[\]{}'\"#]*)(\s*)"
     r"(?=[\]},])"
 )
-
-
-def parse_duration(value: Any) -> float:
-    """``"15s"``, ``"2m"``, ``"500ms"`` or a number of seconds, to seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a duration like "15s", got {value!r}')
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        shown = f'"{value}"' if isinstance(value, str) else repr(value)
-        raise ValueError(f'expected a duration like "15s", got {shown}')
-    if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
-    return seconds
 
 
 def parse_size(value: Any) -> int:

@@ -40,6 +40,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from relay.durations import parse_duration
+
 IDENTIFIER = r"[a-z_][a-z0-9_]{0,62}"
 _QUALIFIED = re.compile(rf"^({IDENTIFIER})\.({IDENTIFIER})$")
 DOLLAR_TAG = "$stability_relay$"  # generated functions' bodies are quoted with it
@@ -94,9 +96,6 @@ def _bound(value: Any) -> Any:
     """``overdue_after``: a duration like ``"30m"``, greater than zero."""
     if value is None:
         return None
-    # relay.config imports this module: its parser is imported when first needed.
-    from relay.config import parse_duration
-
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError("must be greater than 0s")
