@@ -135,7 +135,7 @@ class SignalsReader:
     def on_change(self, snapshot: Snapshot) -> None:
         """Track when each activity turned active; wake the task for a new one (read) or an
         ended one (its signals go)."""
-        woken = False
+        woken = snapshot.new_state  # back from unknown, the same work: read again
         for name, active in snapshot.activities:
             if active and name not in self._active_since:
                 self._active_since[name] = (time.monotonic(), snapshot.at)
