@@ -25,14 +25,24 @@
  *                       every few minutes; when the relay cannot give it, the timeline hides.
  *   state               (set by the component) connecting | stable | processing | unknown |
  *                       unreachable | unauthorized (the relay answered 401 or 403)
+ *   attention           (set by the component while processing) stalled | overdue: some running
+ *                       work has made no progress (its activity's stalled condition holds), or has
+ *                       run past its usual or configured time; absent otherwise. The state stays
+ *                       "processing" ("stable" means no active work); the badge turns red (stalled)
+ *                       or orange (overdue) and the hint says which work and for how long, in the
+ *                       webhooks' words: "Importing data has made no progress for 30 min",
+ *                       "Importing data is overdue: running 2 h 10 min, expected within 40 min".
  *
  * Properties (read-only): `state`, `stable` (true, false, or null while unknown), `since`,
+ * `signals` (the relay's stalled and overdue work: [{kind: "stalled" | "overdue", activity,
+ * label, since, bound_s}], stalled first; empty unless processing),
  * `running` (the labels of the activities running now, in the relay's config order, such as
  * ["Importing data"]; empty unless processing) and `activities` ({name: true | false | null},
  * or null when the relay does not say). While processing, the hint names what is running.
  *
  * The element fires `system-status-change` (detail: {state, stable, since, running,
- * activities}) on every change: of the state, or of what is running while it stays the same.
+ * activities, signals}) on every change: of the state, of what is running while it stays the
+ * same, or of the stalled and overdue work.
  *
  * The details dialog shows one section per activity when the relay reports them (an older
  * relay's import jobs and analytics tasks otherwise), with live progress bars for import jobs
@@ -101,6 +111,13 @@
   const STATE_FIELDS = ["state", "status"];
   const MAX_META_FIELDS = 3;
 
+  // While work is stalled or overdue, the hint's "for 30 min" is redrawn this often.
+  const SIGNAL_TICK_MS = 15 * 1000;
+  const ATTENTION = {
+    stalled: { tone: "stalled", label: "Processing stalled" },
+    overdue: { tone: "overdue", label: "Processing overdue" },
+  };
+
   const LOOKS = {
     connecting: { tone: "neutral", label: "Connecting\u2026", hint: "Connecting to the status service\u2026" },
     stable: { tone: "stable", label: "System stable", hint: "All data processing is complete" },
@@ -147,6 +164,10 @@
 .badge[data-tone="stable"] .dot { background: #16a34a; }
 .badge[data-tone="processing"] { background: #fffbeb; color: #854d0e; border-color: #fcd98a; }
 .badge[data-tone="processing"] .dot { background: #d97706; animation: ss-pulse 1.6s ease-in-out infinite; }
+.badge[data-tone="stalled"] { background: #fef2f2; color: #991b1b; border-color: #fca5a5; }
+.badge[data-tone="stalled"] .dot { background: #dc2626; }
+.badge[data-tone="overdue"] { background: #fff7ed; color: #9a3412; border-color: #fdba74; }
+.badge[data-tone="overdue"] .dot { background: #ea580c; animation: ss-pulse 1.6s ease-in-out infinite; }
 .badge[data-tone="neutral"] { background: #f3f4f6; color: #374151; border-color: #d1d5db; }
 .badge[data-tone="neutral"] .dot { background: #9ca3af; }
 :host([state="connecting"]) .badge .dot { animation: ss-pulse 1.2s ease-in-out infinite; }
@@ -388,6 +409,35 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     return parts.join(" \u00b7 ");
   }
 
+  /** The stalled and overdue work of a state event: [{kind, activity, label, since, bound_s}]. */
+  function parseSignals(data) {
+    const signals = [];
+    for (const kind of ["stalled", "overdue"]) {
+      if (!Array.isArray(data[kind])) continue;
+      for (const item of data[kind]) {
+        if (!isRecord(item) || typeof item.activity !== "string") continue;
+        const since = typeof item.since === "string" ? item.since : null;
+        const label = typeof item.label === "string" && item.label.trim() !== "" ? item.label : item.activity;
+        const bound = toNumber(item.bound_s);
+        signals.push({ kind, activity: item.activity, label, since, bound_s: bound });
+      }
+    }
+    return signals;
+  }
+
+  /** "Importing data has made no progress for 30 min" (the webhooks' and the CLI's words). */
+  function signalText(signal, now) {
+    const started = signal.since === null ? NaN : Date.parse(signal.since);
+    const elapsed = Number.isFinite(started) ? (now - started) / 1000 : null;
+    if (signal.kind === "stalled") {
+      if (elapsed === null || elapsed < 1) return `${signal.label} has stopped making progress`;
+      return `${signal.label} has made no progress for ${exactDuration(elapsed)}`;
+    }
+    const running = elapsed === null ? "" : `: running ${exactDuration(elapsed)}`;
+    const within = signal.bound_s ? `, expected within ${exactDuration(signal.bound_s)}` : "";
+    return `${signal.label} is overdue${running}${within}`;
+  }
+
   function sameRunning(a, b) {
     return JSON.stringify(a) === JSON.stringify(b);
   }
@@ -595,6 +645,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._since = null;
       this._runningLabels = Object.freeze([]);
       this._activities = null;
+      this._signals = Object.freeze([]);
+      this._signalTick = 0;
       this._lost = false;
       this._generation = 0; // bumps on every (re)start and stop: stale loops see it and quit
       this._controller = null;
@@ -699,6 +751,11 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       return this._activities;
     }
 
+    /** The stalled and overdue work ([{kind, activity, label, since, bound_s}]); empty unless processing. */
+    get signals() {
+      return this._signals;
+    }
+
     connectedCallback() {
       this._running = true;
       if (this._state === null) this._render("connecting");
@@ -720,6 +777,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       window.removeEventListener("pageshow", this._onPageShow);
       this._leave();
       this._stopTimeline();
+      clearInterval(this._signalTick);
+      this._signalTick = 0;
       if (this._dialog.open) this._dialog.close();
     }
 
@@ -1135,29 +1194,30 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
           activities[name] = typeof active === "boolean" ? active : null;
         }
       }
-      if (this._render(state, running, activities) && this._dialog.open) this._scheduleRefresh();
+      const signals = state === "processing" ? parseSignals(data) : [];
+      if (this._render(state, running, activities, signals) && this._dialog.open) this._scheduleRefresh();
     }
 
-    /** Shows `state` (and what is running); returns whether anything changed. */
-    _render(state, running = [], activities = null) {
+    /** Shows `state` (and what is running, and what is stalled or overdue); returns whether
+     * anything changed. */
+    _render(state, running = [], activities = null, signals = []) {
       if (
         state === this._state &&
         sameRunning(running, this._runningLabels) &&
-        sameRunning(activities, this._activities)
+        sameRunning(activities, this._activities) &&
+        sameRunning(signals, this._signals)
       ) {
         return false;
       }
-      const look = LOOKS[state];
       const previous = this._state;
       this._state = state;
       this._runningLabels = Object.freeze(running.slice());
       this._activities = activities === null ? null : Object.freeze({ ...activities });
+      this._signals = Object.freeze(signals.map((signal) => Object.freeze({ ...signal })));
       this.setAttribute("state", state);
-      this._badge.dataset.tone = look.tone;
-      this._label.textContent = look.label;
-      // The badge keeps its short label; the hint (tooltip, or the sentence under the badge)
-      // says what is running, and describes the badge to assistive technology.
-      this._tip.textContent = running.length ? `In progress: ${running.join(", ")}` : look.hint;
+      this._showLook();
+      clearInterval(this._signalTick);
+      this._signalTick = signals.length ? setInterval(() => this._showLook(), SIGNAL_TICK_MS) : 0;
       this.dispatchEvent(
         new CustomEvent("system-status-change", {
           detail: {
@@ -1166,6 +1226,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
             since: this._since,
             running: this._runningLabels,
             activities: this._activities,
+            signals: this._signals,
           },
           bubbles: true,
           composed: true,
@@ -1178,6 +1239,27 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         }
       }
       return true;
+    }
+
+    /** The badge and its hint for the current state; stalled work outranks overdue work. */
+    _showLook() {
+      const look = LOOKS[this._state];
+      const signals = this._signals;
+      const worst = signals.length ? ATTENTION[signals[0].kind] : null;
+      if (worst) this.setAttribute("attention", signals[0].kind);
+      else this.removeAttribute("attention");
+      this._badge.dataset.tone = worst ? worst.tone : look.tone;
+      this._label.textContent = worst ? worst.label : look.label;
+      // The badge keeps its short label; the hint (tooltip, or the sentence under the badge)
+      // says what is stalled or overdue, else what is running, and describes the badge to
+      // assistive technology.
+      const running = this._runningLabels;
+      if (signals.length) {
+        const now = Date.now();
+        this._tip.textContent = signals.map((signal) => `${signalText(signal, now)}.`).join(" ");
+      } else {
+        this._tip.textContent = running.length ? `In progress: ${running.join(", ")}` : look.hint;
+      }
     }
 
     // ---- the timeline of the last 24 hours ----------------------------------------------------
