@@ -127,6 +127,39 @@ async def test_queues_live_in_partitions_and_the_read_covers_them(queue_dsn: str
         assert await pgb.states(conn) == {q: {"cancelled": 1} for q in (LATE, OWN, SHARED)}
 
 
+async def signals(conn: Any) -> dict[str, Any]:
+    cur = await conn.execute("SELECT public.system_stability_signals(100)")
+    row = await cur.fetchone()
+    assert row is not None
+    return dict(row[0]["jobs"])
+
+
+async def test_a_job_whose_worker_died_is_stalled(queue_dsn: str) -> None:
+    """The profile's stalled condition and age column on a real job: active, its worker killed
+    (a live worker fails its own job once the handler runs past expireInSeconds), past its
+    expireInSeconds (1 s here; pg-boss's supervisor, which would fail it, is not running)."""
+    async with await connect(queue_dsn) as conn:
+        async with pgb.running_boss(queue_dsn, **NO_BACKGROUND) as boss:
+            await boss.call("work", name=OWN, kind="ok")
+            await boss.call("gate", open=False)
+            job = await boss.send(OWN, expireInSeconds=1)
+            await eventually(lambda: settled_but(conn, OWN, "active"), timeout=20)
+            boss.process.kill()
+        read = await signals(conn)
+        assert read["depth"] == 1
+        assert read["oldest_age_s"] >= 0
+        await eventually(lambda: stalled_count(conn, 1), timeout=10)
+        assert await settled_but(conn, OWN, "active")
+        async with pgb.running_boss(queue_dsn, **NO_BACKGROUND) as boss:
+            await boss.call("cancel", name=OWN, job=job)
+        read = await signals(conn)
+        assert (read["depth"], read["stalled"], read["oldest_age_s"]) == (0, 0, None)
+
+
+async def stalled_count(conn: Any, expected: int) -> bool:
+    return (await signals(conn))["stalled"] == expected
+
+
 async def test_the_relay_follows_real_workers_through_their_jobs(queue_dsn: str) -> None:
     """Real workers on five queues; each round ends with pg-boss having nothing left to do.
     Handlers wait for the driver's gate, so that each round has a settle point while busy.
