@@ -45,7 +45,9 @@ def require_pgboss() -> None:
     `make queue-packages` fails instead, before the tests run)."""
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} missing: pg-boss runs on Node.js 18 or later")
+        pytest.skip(
+            f"{' and '.join(missing)} missing: pg-boss runs on Node.js (12.x declares 22.12+)"
+        )
     if not PACKAGE.exists():
         pytest.skip(
             f"pg-boss is not installed in {FOLDER}: `make queue-packages` installs it "
