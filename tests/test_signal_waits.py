@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from relay.app import Relay
-from relay.cli.wait import EXIT_OVERDUE, EXIT_STALLED, EXIT_TIMEOUT
+from relay.cli.wait import EXIT_OVERDUE, EXIT_STALLED, EXIT_TIMEOUT, EXIT_USAGE
 from relay.state.stability import State
 from tests.support import base_url, eventually, execute, relay_config, running_relay, sample
 from tests.test_waits import FINISH, START, cli_wait, finished
@@ -121,6 +121,16 @@ async def test_the_command_exits_4_on_stalled_and_5_on_overdue_saying_why(db_dsn
         code, err = await finished(cli_wait(url, "--timeout", "10m"))
         assert code == EXIT_OVERDUE, err
         assert "Importing data is overdue: running 2 h 10 min, expected within 40 min" in err
+
+        # --end-on chooses: stalled only lets the overdue work be waited out; none likewise.
+        code, err = await finished(cli_wait(url, "--timeout", "1s", "--end-on", "stalled"))
+        assert code == EXIT_TIMEOUT, err
+        code, err = await finished(cli_wait(url, "--timeout", "1s", "--end-on", "none"))
+        assert code == EXIT_TIMEOUT, err
+        code, err = await finished(cli_wait(url, "--timeout", "10m", "--end-on", "overdue"))
+        assert code == EXIT_OVERDUE, err
+        code, err = await finished(cli_wait(url, "--end-on", "sometimes"))
+        assert code == EXIT_USAGE and "--end-on: expected stalled, overdue" in err, err
 
         # No signal: the command waits out its timeout as before.
         relay.stability.update_signals({}, {})

@@ -64,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("name", metavar="NAME", help="the webhook's name in the config")
     test.add_argument("--config", metavar="FILE", required=True)
 
+    from relay.cli.wait import END_ON, END_ON_HELP, EXIT_CODES_HELP
+
     waiting = commands.add_parser(
-        "wait", help="wait until the system is stable (or processing); for CI jobs"
+        "wait",
+        help="wait until the system is stable (or processing); for CI jobs",
+        epilog=EXIT_CODES_HELP,
     )
     waiting.add_argument("--url", required=True, help="the relay's base URL")
     waiting.add_argument("--token", help="a bearer token (default: $RELAY_TOKEN)")
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     waiting.add_argument("--stable-for", default="0s", help='how long it must hold ("30s")')
     waiting.add_argument("--timeout", default="10m", help='give up after this long ("10m")')
     waiting.add_argument("--activity", help="wait for this activity only")
+    waiting.add_argument("--end-on", default=",".join(END_ON), help=END_ON_HELP)
 
     demo = commands.add_parser("demo", help="embedded PostgreSQL + simulated workload + relay")
     demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
@@ -196,7 +201,7 @@ def _run(config: Config, reload: Callable[[], Config] | None) -> int:
 
 
 def _wait(args: argparse.Namespace) -> int:
-    from relay.cli.wait import WaitRequest, wait
+    from relay.cli.wait import END_ON, WaitRequest, printable, wait
     from relay.config import parse_duration
 
     problems = []
@@ -210,6 +215,12 @@ def _wait(args: argparse.Namespace) -> int:
         problems.append("--stable-for: longer than --timeout")
     if not args.url.startswith(("http://", "https://")):
         problems.append(f"--url: expected http:// or https://, got {args.url!r}")
+    end_on = [kind.strip() for kind in args.end_on.split(",")]
+    if end_on != ["none"] and not (end_on and set(end_on) <= set(END_ON)):
+        problems.append(
+            f"--end-on: expected stalled, overdue, both (comma-separated) or none, "
+            f"got {printable(args.end_on)}"
+        )
     if problems:
         raise ConfigError(problems)
     request = WaitRequest(
@@ -219,6 +230,7 @@ def _wait(args: argparse.Namespace) -> int:
         timeout=durations["timeout"],
         activity=args.activity,
         token=args.token or os.environ.get("RELAY_TOKEN"),
+        end_on=",".join(end_on),
     )
     return asyncio.run(wait(request))
 
