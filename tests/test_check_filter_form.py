@@ -23,6 +23,7 @@ from relay.source.activities.check import (
 )
 from relay.source.activities.profiles import load_profile
 from relay.source.activities.spec import Activity
+from relay.source.install import suggested_indexes
 from tests.support import fresh_database
 
 PROFILE = load_profile("graphile_worker").activities[0]
@@ -95,6 +96,9 @@ def test_a_filter_with_a_subquery_gets_no_index() -> None:
     assert note is not None and "holds a subquery" in note
     scan = ReadScan("jobs", "gw.jobs", 200_000, "pg_class.reltuples", "Seq Scan", "", note)
     assert "No index serves it: its filter" in " ".join(scan.describe().split())
+    printed = suggested_indexes([refused])
+    assert "-- suggested: none" in printed and "holds a subquery" in printed
+    assert "-- suggested: \n" not in printed + "\n"
 
 
 async def test_no_state_column_is_checked_and_the_filter_compiles(jobs_dsn: str) -> None:

@@ -152,7 +152,7 @@ def suggested_indexes(activities: Sequence[Activity]) -> str:
         lines.append(f"-- {activity.name} ({activity.table}):")
         if note:
             lines.append(f"--   (the filter: {note})")
-        lines.append(f"-- suggested: {statement}")
+        lines.append(f"-- suggested: {statement}" if statement else "-- suggested: none")
     return "\n".join(lines) + "\n"
 
 
