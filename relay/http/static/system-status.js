@@ -47,7 +47,12 @@
  * The details dialog shows one section per activity when the relay reports them (an older
  * relay's import jobs and analytics tasks otherwise), with live progress bars for import jobs
  * from the relay's `import_job_progress` events, and the time left where the relay estimates it
- * ("about 4\u20136 min left", from an `eta` of {low_s, high_s, source}).
+ * ("about 4\u20136 min left", from an `eta` of {low_s, high_s, source}). Under each active
+ * activity, its queue figures from the relay's `signals` (read at most every signals.interval):
+ * "12 waiting or running" ("10,000+" past the relay's depth_cap), "oldest 4 min" where the
+ * activity declares an age_column, "2 stalled", and "expected within 40 min" (its overdue bound);
+ * when the relay cannot read them, "Queue figures unavailable: <its reason>". While something is
+ * active the open dialog asks again every 15 s, since the figures move without a change of state.
  *
  * The live stream is read with fetch() rather than EventSource: EventSource hides the relay's
  * `: ping` comments (so a dead, silent connection cannot be told from a quiet one without
@@ -110,6 +115,10 @@
   const TITLE_FIELDS = ["command", "task", "task_name", "name", "title", "slug", "label"];
   const STATE_FIELDS = ["state", "status"];
   const MAX_META_FIELDS = 3;
+  // While the dialog is open and something is active, the details (depth, lag, estimates) are
+  // fetched again this often: the relay reads depth and lag every signals.interval (15 s by
+  // default), and they change without a change of state.
+  const FIGURES_REFRESH_MS = 15 * 1000;
 
   // While work is stalled or overdue, the hint's "for 30 min" is redrawn this often.
   const SIGNAL_TICK_MS = 15 * 1000;
@@ -263,6 +272,11 @@ h3.activity .pill { text-transform: none; letter-spacing: normal; }
 .eta { margin: 0.3rem 0 0; font-size: 0.8125rem; color: #4b5563; font-variant-numeric: tabular-nums; }
 section > .eta { margin: -0.2rem 0 0.5rem; }
 .eta.overall { margin-top: 1.1rem; text-align: center; font-weight: 600; color: #854d0e; }
+.figures { margin: -0.2rem 0 0.5rem; font-size: 0.8125rem; color: #4b5563; font-variant-numeric: tabular-nums; }
+.figures + .eta { margin-top: -0.35rem; }
+.figures [data-figure="stalled"] { color: #991b1b; font-weight: 600; }
+.figures [data-figure="bound"][data-overdue] { color: #9a3412; font-weight: 600; }
+.figures-error { margin: 1.1rem 0 0; font-size: 0.8125rem; color: #6b7280; text-align: center; }
 
 .timeline {
   margin: 1.25rem auto 0; max-width: 32rem;
@@ -529,6 +543,45 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     return node;
   }
 
+  /** An activity's queue figures from the relay's `signals` ({depth, depth_capped,
+   * oldest_age_s, stalled, overdue, overdue_bound_s}) as [[figure, text, overdue]], in the
+   * order shown; empty when the relay has none for it (not read yet, or the read failed). */
+  function figureParts(value) {
+    if (!isRecord(value)) return [];
+    const parts = [];
+    const depth = toNumber(value.depth);
+    if (depth !== null && depth > 0) {
+      // Past the cap the relay reads depth_cap + 1 and says depth_capped.
+      const count = value.depth_capped === true ? `${integerFormat.format(depth - 1)}+` : integerFormat.format(depth);
+      parts.push(["depth", `${count} waiting or running`, false]);
+    }
+    const age = toNumber(value.oldest_age_s);
+    if (age !== null && depth !== null && depth > 0) parts.push(["lag", `oldest ${approxDuration(age)}`, false]);
+    const stalled = toNumber(value.stalled);
+    if (stalled !== null && stalled > 0) parts.push(["stalled", `${integerFormat.format(stalled)} stalled`, false]);
+    const bound = toNumber(value.overdue_bound_s);
+    if (bound !== null && bound > 0) {
+      const overdue = value.overdue === true;
+      parts.push(["bound", `${overdue ? "overdue, " : ""}expected within ${exactDuration(bound)}`, overdue]);
+    }
+    return parts;
+  }
+
+  /** "12 waiting or running \u00b7 oldest 4 min \u00b7 expected within 40 min", or null. */
+  function figuresElement(value) {
+    const parts = figureParts(value);
+    if (!parts.length) return null;
+    const node = element("p", "figures");
+    parts.forEach(([figure, text, overdue], index) => {
+      if (index) node.append(" \u00b7 ");
+      const part = element("span", "", text);
+      part.dataset.figure = figure;
+      part.toggleAttribute("data-overdue", overdue);
+      node.append(part);
+    });
+    return node;
+  }
+
   /** The history's periods, oldest first: {key, start, end (null while open), open, duration, slugs}. */
   function parsePeriods(list) {
     const periods = [];
@@ -678,6 +731,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._detailsController = null;
       this._detailsGeneration = 0;
       this._refreshTimer = 0;
+      this._figuresTimer = 0;
       this._jobs = new Map(); // job id -> its rendered elements (one per list), while shown
       this._progress = new Map(); // job id -> latest progress event since the dialog opened
       this._checked = new Map(); // job id -> the state a refresh was asked for (one per state)
@@ -1453,6 +1507,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._detailsController = null;
       clearTimeout(this._refreshTimer);
       this._refreshTimer = 0;
+      clearTimeout(this._figuresTimer);
+      this._figuresTimer = 0;
       this._jobs.clear();
       this._progress.clear();
       this._checked.clear();
@@ -1471,6 +1527,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     async _loadDetails(quiet) {
       const generation = ++this._detailsGeneration;
       if (this._detailsController) this._detailsController.abort();
+      clearTimeout(this._figuresTimer);
+      this._figuresTimer = 0;
       const controller = new AbortController();
       this._detailsController = controller;
       if (!quiet) this._showLoading();
@@ -1506,6 +1564,13 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       if (generation !== this._detailsGeneration || !this._dialog.open) return;
       this._detailsController = null;
       this._showDetails(details);
+      // Depth and lag move while the state stays the same (an older relay has no signals).
+      if (isRecord(details.signals) && this._state === "processing") {
+        this._figuresTimer = setTimeout(() => {
+          this._figuresTimer = 0;
+          if (this._dialog.open) this._loadDetails(true);
+        }, FIGURES_REFRESH_MS);
+      }
     }
 
     _showLoading() {
@@ -1556,6 +1621,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       const parts = [];
       let anyActive = false;
       let anyRows = false;
+      const signals = isRecord(details.signals) ? details.signals : {};
       for (const [name, activity] of Object.entries(details.activities)) {
         if (!isRecord(activity)) continue;
         const active = typeof activity.active === "boolean" ? activity.active : null;
@@ -1574,6 +1640,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         pill.toggleAttribute("data-unknown", active === null);
         heading.append(titleText, pill);
         section.append(heading);
+        const figures = active === true ? figuresElement(signals[name]) : null;
+        if (figures) section.append(figures);
         const eta = etaElement(activity.eta);
         if (eta) section.append(eta);
 
@@ -1589,6 +1657,11 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
           section.append(element("p", "empty", items === null ? "In progress." : "In progress; nothing to list."));
         }
         parts.push(section);
+      }
+      const failed = typeof details.signals_error === "string" ? details.signals_error.trim() : "";
+      if (failed && anyActive) {
+        const ending = /[.!?]$/.test(failed) ? "" : ".";
+        parts.push(element("p", "figures-error", `Queue figures unavailable: ${failed}${ending}`));
       }
       parts.push(...this._verdict(details, anyActive || anyRows));
       return parts;
