@@ -21,8 +21,8 @@ from playwright.async_api import ViewportSize, async_playwright
 
 from relay.app import Relay
 from relay.config import Config
-from relay.source.install import install
 from relay.devtools.embedded import EmbeddedPostgres
+from relay.source.install import install
 
 OUTPUT = Path(__file__).resolve().parent / "status-page.png"
 CHROMIUM = os.environ.get("RELAY_CHROMIUM", "/usr/bin/chromium")
@@ -38,13 +38,14 @@ CHROMIUM_ARGS = [
 ]
 WORK_IN_PROGRESS = (
     "INSERT INTO public.import_job (slug, description, state, priority, total_rows, "
-    "imported_rows, import_completed_pct) VALUES "
+    "imported_rows, import_completed_pct, created_at) VALUES "
     "('business-register-2026-q4', 'Quarterly upload of legal units', 'processing_data', 1, "
-    "250000, 184500, 73.8), "
+    "250000, 184500, 73.8, now() - interval '25 minutes'), "
     "('enterprise-groups-2026', 'Enterprise groups from the tax authority', 'processing_data', 2, "
-    "52000, 9360, 18)",
-    "INSERT INTO worker.tasks (command, state, priority) VALUES "
-    "('derive_statistical_unit', 'processing', 1), ('derive_reports', 'pending', 2)",
+    "52000, 9360, 18, now() - interval '6 minutes')",
+    "INSERT INTO worker.tasks (command, state, priority, created_at) VALUES "
+    "('derive_statistical_unit', 'processing', 1, now() - interval '3 minutes'), "
+    "('derive_reports', 'pending', 2, now() - interval '3 minutes')",
 )
 
 
@@ -103,6 +104,8 @@ async def shoot(dsn: str, output: Path = OUTPUT) -> None:
             # Loaded: one section per activity, each with its rows.
             activity = page.locator("system-status section[data-activity]")
             await activity.filter(has=page.locator("li")).nth(1).wait_for()
+            # ...and its queue figures, from the relay's first signals read.
+            await activity.filter(has=page.locator(".figures")).nth(1).wait_for()
             details = await page.screenshot()
             # Side by side, laid out by the browser itself: no imaging library needed.
             side_by_side = await browser.new_page(
