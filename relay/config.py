@@ -296,6 +296,10 @@ class AuthConfig(_Section):
     bearer_tokens: tuple[Secret, ...] = ()
     jwt: JwtConfig | None = None
     metrics_token: Secret | None = None
+    # The badges (/api/system-status/badge and badge.svg) without a credential, for READMEs
+    # and wikis, while every other route stays private. They say what the snapshot's state
+    # says, and no more (no labels, no details).
+    public_badge: bool = False
 
     @model_validator(mode="after")
     def _something_to_check(self) -> AuthConfig:
