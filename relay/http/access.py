@@ -86,20 +86,26 @@ def _cors_headers(origin: str) -> dict[str, str]:
     }
 
 
-def authenticate(authenticator: Authenticator, protected: Collection[str]) -> Middleware:
+def authenticate(
+    authenticator: Authenticator, protected: Collection[str], badges: Collection[str] = ()
+) -> Middleware:
     """401/403/400 on the ``protected`` paths (and ``/metrics``); a request that passes carries
     its credential (:data:`~relay.fanout.sse.GRANT`): a stream ends when that stops being
-    valid."""
+    valid. The ``badges`` are protected the same way unless ``auth.public_badge`` is on."""
+
+    guarded = frozenset(protected) | frozenset(badges)
+    public = frozenset(badges)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != "OPTIONS":
-            if request.path in protected:
+            path = request.path
+            if path in guarded and not (path in public and authenticator.public_badge):
                 verdict = authenticator.check(request)
                 if isinstance(verdict, Denial):
                     return unauthorized(verdict)
                 request[GRANT] = verdict
-            elif request.path == "/metrics":
+            elif path == "/metrics":
                 denial = authenticator.check_metrics(request)
                 if denial is not None:
                     return unauthorized(denial)

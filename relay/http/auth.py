@@ -73,6 +73,12 @@ class Authenticator:
     def enabled(self) -> bool:
         return self._settings is not None
 
+    @property
+    def public_badge(self) -> bool:
+        """``auth.public_badge``: the badges serve without a credential (the current rules,
+        so a reload that turns it off makes them private again at once)."""
+        return self._settings is not None and self._settings.public_badge
+
     def check(self, request: web.Request) -> Denial | Credential:
         """A :class:`Denial`, or the :class:`Credential` the request may pass with."""
         settings = self._settings

@@ -1,4 +1,4 @@
-"""HTTP routes: the live stream, the JSON snapshot, health, readiness and metrics."""
+"""HTTP routes: the live stream, the JSON snapshot, the badges, health, readiness and metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from relay.fanout.feeds import Feeds
 from relay.fanout.sse import Grant, Hub
 from relay.http.access import AddressLimit, add_cors_headers, authenticate, cors, security_headers
 from relay.http.auth import OPEN, Authenticator, Credential, Denial
+from relay.http.badge import BADGE, BADGE_SVG, BADGES, Badges
 from relay.http.sockets import reserved_routes
 from relay.logs import get_logger
 from relay.source.listener import POOLER_FIX, STANDBY_FIX, Listener
@@ -48,7 +49,8 @@ PAGE_HEADERS = {
 }
 
 
-API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT, HISTORY)
+# The badges are among them (CORS, auth); `auth.public_badge` opens them alone.
+API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT, HISTORY, *BADGES)
 
 # What /readyz says of a refused server: its kind and the fix, never the server's own words
 # (they name the user, host and database; the log line ``database_refused`` has them).
@@ -89,7 +91,7 @@ def build_app(relay: Served) -> web.Application:
             security_headers(),
             reserved_routes(),  # near the open-file limit: health and metrics only
             cors(relay.cors, (*API, *feeds)),
-            authenticate(relay.authenticator, (*API, *feeds)),
+            authenticate(relay.authenticator, (*API, *feeds), badges=BADGES),
             relay.address_limit.middleware((LIVE, *feeds), waits=(WAIT,)),
         ],
     )
@@ -98,6 +100,9 @@ def build_app(relay: Served) -> web.Application:
     for feed in relay.feeds.feeds:
         app.router.add_get(feed.config.path, feed.handle)
     app.router.add_get(SNAPSHOT, _snapshot(relay))
+    badges = Badges(relay.stability)
+    app.router.add_get(BADGE, badges.json)
+    app.router.add_get(BADGE_SVG, badges.svg)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz(relay))
     app.router.add_get(DETAILS, relay.details.handle)
