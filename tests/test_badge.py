@@ -257,3 +257,14 @@ async def test_badges_follow_the_snapshots_auth_unless_public(db_dsn: str) -> No
             relay, "/api/system-status/badge", headers={"Origin": "https://app.example"}
         )
         assert listed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+
+
+async def test_a_reload_that_turns_public_badge_off_makes_the_badges_private(db_dsn: str) -> None:
+    auth = {"bearer_tokens": [TOKEN]}
+    async with running_relay(config(db_dsn, auth={**auth, "public_badge": True})) as relay:
+        assert (await get(relay, "/api/system-status/badge.svg")).status == 200
+        relay.reload(config(db_dsn, auth=auth))
+        for path in ("/api/system-status/badge", "/api/system-status/badge.svg"):
+            assert (await get(relay, path)).status == 401, path
+        relay.reload(config(db_dsn, auth={**auth, "public_badge": True}))
+        assert (await get(relay, "/api/system-status/badge")).status == 200
