@@ -7,10 +7,16 @@
 
 Nothing a receiver answers can end a delivery early: a ``Retry-After`` that is not exactly
 RFC 9110's grammar is ignored (the target's own retry schedule applies).
+
+Discord answers 429 with ``Retry-After`` (whole seconds) and a JSON body whose ``retry_after``
+is the same wait in fractional seconds; the longer of the two is waited (each is Discord's
+word, and waiting the longer breaks neither). The sender bounds it like any Retry-After.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -22,7 +28,7 @@ from yarl import URL
 
 from relay import __version__
 from relay.config import WebhookConfig
-from relay.fanout.webhooks.payloads import encode_test
+from relay.fanout.webhooks.kinds import Request, render_test
 from relay.fanout.webhooks.signing import new_message_id, signature_headers
 
 USER_AGENT = f"stability-relay/{__version__}"
@@ -129,22 +135,25 @@ def http_date(value: str) -> float | None:
 async def post(
     session: aiohttp.ClientSession,
     hook: WebhookConfig,
-    body: bytes,
+    request: Request,
     message_id: str,
 ) -> Result:
-    """Send ``body`` once. Never raises for network trouble: that is a :class:`Result` too."""
+    """Send ``request`` once. Never raises for network trouble: that is a :class:`Result` too."""
     now = time.time()
+    body = request.body if request.body is not None else b""
     headers = {
-        "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
+        **({"Content-Type": request.content_type} if request.content_type else {}),
         **hook.headers,
         # Last, so a configured header can never replace them.
+        **request.headers,
         **signature_headers(hook.signing_key, message_id, int(now), body),
     }
     try:
-        async with session.post(
-            hook.url,
-            data=body,
+        async with session.request(
+            request.method,
+            request.url,
+            data=request.body,
             headers=headers,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=hook.timeout),
@@ -158,7 +167,23 @@ async def post(
     except (aiohttp.ClientError, OSError) as error:
         return Result(Outcome.RETRY, _describe(error))
     text = preview.decode("utf-8", "replace")
-    return Result(result.outcome, result.reason, result.status, result.retry_after, text)
+    retry_after = result.retry_after
+    if result.status == 429 and hook.format == "discord":
+        waits = [w for w in (retry_after, body_retry_after(preview)) if w is not None]
+        retry_after = max(waits) if waits else None
+    return Result(result.outcome, result.reason, result.status, retry_after, text)
+
+
+def body_retry_after(body: bytes) -> float | None:
+    """Discord's JSON ``retry_after`` (seconds, maybe fractional), in ``[0, MAX_RETRY_AFTER]``;
+    ``None`` for anything else (never raises: the body is the receiver's)."""
+    try:
+        value = json.loads(body).get("retry_after")
+    except (ValueError, AttributeError):
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        return None
+    return min(float(value), MAX_RETRY_AFTER)
 
 
 def origin(url: str) -> str:
@@ -181,7 +206,8 @@ def _describe(error: BaseException) -> str:
 
 
 async def send_test(hook: WebhookConfig, public_url: str | None) -> Result:
-    """POST one clearly marked test event (``system.stability.test``, Slack text "Test: ...")."""
-    body = encode_test(hook.format, hook.name, public_url, time.time())
+    """Send one clearly marked test (``system.stability.test``, chat text "Test: ...", a
+    Healthchecks log entry; docs/webhooks.md says what each kind gets)."""
+    request = render_test(hook, public_url, time.time())
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        return await post(session, hook, body, new_message_id())
+        return await post(session, hook, request, new_message_id())

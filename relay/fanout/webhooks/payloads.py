@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from relay.config import WebhookFormat as Format
 from relay.state.eta import eta_text, human_duration
 from relay.state.stability import State, iso_timestamp
 
@@ -21,7 +22,6 @@ STALLED = "system.stability.stalled"
 OVERDUE = "system.stability.overdue"
 SIGNAL_CLEARED = "system.stability.signal_cleared"
 
-Format = Literal["json", "slack"]
 SignalKind = Literal["stalled", "overdue"]
 SIGNAL_KINDS: tuple[SignalKind, ...] = ("stalled", "overdue")
 # Why a signal ended: the activity still runs and the signal no longer holds (``recovered``),
@@ -229,19 +229,42 @@ _HEADLINE = {
 }
 
 
+def headline(transition: Transition) -> str:
+    """The words every chat format leads with: "Processing data: Importing data, about 4 min
+    left", "Data is stable"."""
+    text = _HEADLINE[transition.state][1]
+    if transition.state is State.PROCESSING and transition.running:
+        text = f"{text}: {', '.join(transition.running)}"
+    if transition.state is State.PROCESSING and transition.eta:
+        text = f"{text}, {eta_text(transition.eta)}"
+    return text
+
+
+def emoji(transition: Transition) -> str:
+    """The Slack shortcode of the state (chat formats without shortcodes map it)."""
+    return _HEADLINE[transition.state][0]
+
+
+def plain_text(transition: Transition) -> str:
+    """Slack's ``text`` without its emoji: "Data is stable (processing took 12 min)"."""
+    detail = previous_detail(transition)
+    return headline(transition) + (f" ({detail})" if detail else "")
+
+
+def clock(timestamp: float) -> str:
+    return _clock(timestamp)
+
+
 def slack_message(transition: Transition, public_url: str | None) -> dict[str, Any]:
     """``text`` (notifications, old clients) plus ``blocks`` that read well in a channel."""
-    emoji, headline = _HEADLINE[transition.state]
-    if transition.state is State.PROCESSING and transition.running:
-        headline = f"{headline}: {', '.join(transition.running)}"
-    if transition.state is State.PROCESSING and transition.eta:
-        headline = f"{headline}, {eta_text(transition.eta)}"
-    detail = _previous_detail(transition)
-    text = f"{emoji} {headline}" + (f" ({detail})" if detail else "")
+    emoji = _HEADLINE[transition.state][0]
+    headline_text = headline(transition)
+    detail = previous_detail(transition)
+    text = f"{emoji} {headline_text}" + (f" ({detail})" if detail else "")
     context = [f"{detail[0].upper()}{detail[1:]}." if detail else None]
     context.append(f"Since {_clock(transition.since)}.")
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} *{headline}*"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{emoji} *{headline_text}*"}},
         {
             "type": "context",
             "elements": [{"type": "mrkdwn", "text": " ".join(c for c in context if c)}],
@@ -251,7 +274,7 @@ def slack_message(transition: Transition, public_url: str | None) -> dict[str, A
     return {"text": text, "blocks": blocks}
 
 
-def _previous_detail(transition: Transition) -> str | None:
+def previous_detail(transition: Transition) -> str | None:
     previous, duration = transition.previous_state, transition.previous_duration
     if previous is None:
         return None

@@ -23,6 +23,15 @@ activities; a newer one for the same key supersedes the one waiting, and an end 
 its start still unsent drops both (the receiver never hears of a signal that came and went).
 While the state is ``unknown`` signals are left as they were: no database, no news.
 
+Status monitors (``uptime_kuma``, ``gatus``: relay/fanout/webhooks/kinds.py) are also told
+the current status again every ``repeat`` while nothing else is sent to them, so a monitor
+that watches for silence sees the relay alive. A repeat is not an item in the mailbox: when
+the worker is idle and ``repeat`` has passed since its last request to the target, it sends
+the last state delivered and the signals still holding, once. Bound and policy: at most one
+repeat exists at a time (it is made when due, never queued); a repeat that fails is not
+retried (counted ``repeat_failed``): the next one, ``repeat`` later, supersedes it. While a
+transition or a signal is owed or retried, no repeat is sent (that delivery says more).
+
 A slow or dead receiver only delays its own worker; the listener and the SSE fan-out
 never wait for a webhook.
 """
@@ -43,13 +52,8 @@ import aiohttp
 
 from relay.config import WebhookConfig
 from relay.fanout.webhooks.delivery import Outcome, Result, origin, post
-from relay.fanout.webhooks.payloads import (
-    SIGNAL_KINDS,
-    SignalEvent,
-    Transition,
-    encode,
-    encode_signal,
-)
+from relay.fanout.webhooks.kinds import Request, render, render_repeat
+from relay.fanout.webhooks.payloads import SIGNAL_KINDS, SignalEvent, Transition
 from relay.fanout.webhooks.signing import new_message_id
 from relay.fanout.webhooks.statefile import (
     Mark,
@@ -84,7 +88,7 @@ class Delivery:
 
     id: str
     transition: Transition
-    body: bytes
+    request: Request
     generation: int
 
 
@@ -95,7 +99,7 @@ class SignalDelivery:
 
     id: str
     event: SignalEvent
-    body: bytes
+    request: Request
     generation: int
 
 
@@ -144,6 +148,10 @@ class Target:
         self._told: dict[SignalKey, tuple[SignalEvent, bool]] = {}
         self._signals: dict[SignalKey, SignalDelivery] = {}
         self._signal_generation: dict[SignalKey, int] = {}
+        # Status monitors: the last transition delivered (what a repeat says again) and when
+        # the target was last sent anything (time.monotonic()).
+        self._last_transition: Transition | None = None
+        self._last_request: float | None = None
         self.disabled = False
         self._closing = False
         self._wake: asyncio.Event | None = None
@@ -164,8 +172,9 @@ class Target:
             return
         # Encode first: a record that cannot be encoded raises before anything is taken over.
         pending = record.pending
-        queued = self._delivery(pending.transition, pending.id) if pending else None
-        signals = {p.event.key: self._signal_delivery(p.event, p.id) for p in record.signals}
+        told = record.told
+        queued = self._delivery(pending.transition, pending.id, told) if pending else None
+        signals = {p.event.key: self._signal_delivery(p.event, p.id, told) for p in record.signals}
         self.settled = record.settled
         self.delivered = record.delivered
         self._filtered_seq = record.filtered_seq
@@ -290,11 +299,18 @@ class Target:
             self._supersede(waiting)
             if event.cleared and not waiting.event.cleared:
                 return  # came and went unsent: the receiver hears of neither
-        self._signals[key] = self._signal_delivery(event, new_message_id())
+        self._signals[key] = self._signal_delivery(event, new_message_id(), self._attention())
 
-    def _signal_delivery(self, event: SignalEvent, message_id: str) -> SignalDelivery:
-        body = encode_signal(self.hook.format, event, self._public_url)
-        return SignalDelivery(message_id, event, body, self._signal_generation.get(event.key, 0))
+    def _attention(self) -> list[SignalEvent]:
+        """The signals this target was told of that still hold (a status monitor's down)."""
+        return [event for event, _confirmed in self._told.values()]
+
+    def _signal_delivery(
+        self, event: SignalEvent, message_id: str, attention: Sequence[SignalEvent]
+    ) -> SignalDelivery:
+        request = render(self.hook, event, self._public_url, attention)
+        generation = self._signal_generation.get(event.key, 0)
+        return SignalDelivery(message_id, event, request, generation)
 
     def _is_stale(self, item: Delivery | SignalDelivery) -> bool:
         if isinstance(item, SignalDelivery):
@@ -338,14 +354,16 @@ class Target:
             )
             if self._queued is not None:
                 self._supersede(self._queued)
-            self._queued = self._delivery(transition, new_message_id())
+            self._queued = self._delivery(transition, new_message_id(), self._attention())
         self._store.changed()
         if self._wake is not None:
             self._wake.set()
 
-    def _delivery(self, transition: Transition, message_id: str) -> Delivery:
-        body = encode(self.hook.format, transition, self._public_url)
-        return Delivery(message_id, transition, body, self._generation)
+    def _delivery(
+        self, transition: Transition, message_id: str, attention: Sequence[SignalEvent]
+    ) -> Delivery:
+        request = render(self.hook, transition, self._public_url, attention)
+        return Delivery(message_id, transition, request, self._generation)
 
     def _supersede(self, old: Delivery | SignalDelivery) -> None:
         self._metrics.webhook_deliveries.labels(self.name, "superseded").inc()
@@ -366,7 +384,17 @@ class Target:
             item = self._next()
             if item is None:
                 self._wake.clear()
-                await self._wake.wait()
+                due = self._repeat_in()
+                if due is None:
+                    await self._wake.wait()
+                elif due > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(due):
+                            await self._wake.wait()
+                else:
+                    await self._repeat()
+                    if self.disabled:
+                        return
                 continue
             self._current = item
             try:
@@ -406,8 +434,9 @@ class Target:
         failures = 0
         while not self._closing:
             started = time.monotonic()
-            result = await post(self._session, self.hook, item.body, item.id)
-            self._metrics.webhook_duration.labels(self.name).observe(time.monotonic() - started)
+            result = await post(self._session, self.hook, item.request, item.id)
+            self._last_request = time.monotonic()
+            self._metrics.webhook_duration.labels(self.name).observe(self._last_request - started)
             self._metrics.webhook_deliveries.labels(self.name, result.outcome.value).inc()
             if result.outcome is not Outcome.RETRY:
                 self._finish(item, result, failures + 1)
@@ -451,6 +480,7 @@ class Target:
             if isinstance(item, Delivery):
                 t = item.transition
                 self.delivered = Mark(t.state, t.seq, t.since)
+                self._last_transition = t
             log.info("webhook_delivered", **fields)
             return
         if result.outcome is Outcome.DISABLED:
@@ -465,6 +495,44 @@ class Target:
             log.error("webhook_disabled", **fields, reason=result.reason, response=result.body)
             return
         log.error("webhook_failed", **fields, reason=result.reason, response=result.body)
+
+    def _repeat_in(self) -> float | None:
+        """Seconds until the status is due again (``<= 0``: now); ``None``: no repeats."""
+        if self.hook.repeat is None or self.delivered is None:
+            return None
+        if self._last_request is None:
+            return 0.0
+        return self._last_request + self.hook.repeat - time.monotonic()
+
+    async def _repeat(self) -> None:
+        """The current status once more; one attempt, whatever the answer."""
+        assert self._session is not None and self.delivered is not None
+        mark = self.delivered
+        last = self._last_transition
+        if last is None or last.seq != mark.seq:  # after a restart: only the file's mark
+            last = Transition(mark.state, None, mark.since, None, mark.seq)
+        request = render_repeat(self.hook, last, self._attention(), time.time())
+        message_id = new_message_id()
+        started = time.monotonic()
+        result = await post(self._session, self.hook, request, message_id)
+        self._last_request = time.monotonic()
+        self._metrics.webhook_duration.labels(self.name).observe(self._last_request - started)
+        fields = {"webhook": self.name, "target": self._where, "state": mark.state.value}
+        if result.outcome is Outcome.SUCCESS:
+            self._metrics.webhook_deliveries.labels(self.name, "repeated").inc()
+            log.debug("webhook_repeated", **fields, status=result.status)
+            return
+        self._metrics.webhook_deliveries.labels(self.name, "repeat_failed").inc()
+        log.warning(
+            "webhook_repeat_failed",
+            **fields,
+            webhook_id=message_id,
+            reason=result.reason,
+            next_in_s=self.hook.repeat,
+        )
+        if result.outcome is Outcome.DISABLED:
+            self.disabled = True
+            log.error("webhook_disabled", **fields, reason=result.reason, response=result.body)
 
     def _retry_delay(self, failures: int, retry_after: float | None) -> float:
         schedule = self.hook.retry_schedule
