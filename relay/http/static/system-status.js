@@ -25,6 +25,9 @@
  *                       every few minutes; when the relay cannot give it, the timeline hides.
  *   state               (set by the component) connecting | stable | processing | unknown |
  *                       unreachable | unauthorized (the relay answered 401 or 403)
+ *   polling             (set by the component) present while the state comes from polling instead
+ *                       of the live stream, because something on the way (a proxy that buffers
+ *                       whole responses) held the stream back: see "Behind a proxy that buffers"
  *   attention           (set by the component while processing) stalled | overdue: some running
  *                       work has made no progress (its activity's stalled condition holds), or has
  *                       run past its usual or configured time; absent otherwise. The state stays
@@ -61,6 +64,15 @@
  * that ends or goes silent) leads to the same capped, jittered backoff: 1 s doubling to 30 s,
  * never giving up, with the server's `retry:` and `Retry-After` as minimums.
  *
+ * Behind a proxy that buffers (docs/buffering-proxies.md): the relay sends the current state the
+ * moment a stream opens, so a stream that has delivered no state within 5 s (or the
+ * heartbeat-timeout, if shorter) is held back on the way. If the JSON snapshot answers then, the
+ * element falls back: a long poll of /api/system-status/wait for the other state (answered on the
+ * change, or after 20 s), then the snapshot, in rounds at most two a second; it says so in its hint
+ * (the tooltip), in the `polling` attribute and in one console line. It tries the stream again
+ * after 5–10 s, doubling up to 5 min, while it keeps polling, and returns to the stream as soon
+ * as a stream delivers the state (the proxy fixed). Progress events need the stream.
+ *
  * One stream per origin, however many tabs (docs/browser-tabs.md). The elements that read the
  * same stream URL, in all the tabs of one origin, elect a leader with the Web Locks API (a lock
  * named after the URL, held for as long as the leader leads); the leader alone reads the stream
@@ -86,6 +98,8 @@
   if (window.customElements.get("system-status")) return;
 
   const LIVE_PATH = "/api/system-status/live";
+  const SNAPSHOT_PATH = "/api/system-status";
+  const WAIT_PATH = "/api/system-status/wait";
   const DETAILS_PATH = "/api/system-status/details";
   const HISTORY_PATH = "/api/system-status/history?since=24h&limit=1000";
   const TIMELINE_SPAN_MS = 24 * 3600 * 1000;
@@ -102,6 +116,26 @@
   const BACKOFF_MAX_MS = 30000;
   const DEFAULT_HEARTBEAT_TIMEOUT_S = 45;
   const DEFAULT_HIDDEN_GRACE_S = 30;
+  // The relay writes the current state with a stream's headers: a stream that has not delivered
+  // it within this long (or the heartbeat-timeout, if shorter) is held back on the way.
+  const FIRST_EVENT_TIMEOUT_MS = 5000;
+  // How long the snapshot may take to answer the check that follows, and a poll's snapshot.
+  const SNAPSHOT_TIMEOUT_MS = 5000;
+  // The fallback's long polls: under common proxies' read timeouts (nginx: 60 s); while the
+  // state is unknown, short, since /wait answers a change to the state it was not asked for
+  // only at the end of the round.
+  const WAIT_ROUND_S = 20;
+  const WAIT_ROUND_UNKNOWN_S = 5;
+  // At most two rounds (snapshot, then /wait) a second, whatever /wait answers: a system that
+  // flips all the time costs that much, and a flip right after the last one waits this long.
+  const POLL_MIN_GAP_MS = 500;
+  // When /wait refuses (429) or is missing (an older relay): the snapshot alone, this often.
+  const POLL_PLAIN_MS = 5000;
+  // While polling, the stream is tried again after 5-10 s, doubling up to 5 min.
+  const PROBE_MIN_MS = 10000;
+  const PROBE_MAX_MS = 5 * 60 * 1000;
+  const POLLING_NOTE =
+    "Live updates are held back on the way (a proxy that buffers them?), so the status is checked by polling.";
   // The lock and the channel are named after the stream's URL; "v1" is the protocol of the
   // channel's messages, so that tabs running another version of this script keep to themselves.
   const SHARE_PREFIX = "system-status/v1 ";
@@ -452,6 +486,11 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     return `${signal.label} is overdue${running}${within}`;
   }
 
+  /** A snapshot's answer (or a state event): it says the state. */
+  function isStateRecord(value) {
+    return isRecord(value) && (typeof value.state === "string" || typeof value.stable === "boolean");
+  }
+
   function sameRunning(a, b) {
     return JSON.stringify(a) === JSON.stringify(b);
   }
@@ -708,6 +747,18 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._reconnectTimer = 0;
       this._watchdogTimer = 0;
       this._graceTimer = 0;
+      this._firstEventTimer = 0;
+      this._heard = false; // the current stream has delivered a state
+
+      // The fallback behind a proxy that buffers (see the top of this file).
+      this._polling = false; // this element polls (it reads the state for itself or the tabs)
+      this._pollGeneration = 0; // bumps when polling stops: a stale round sees it and quits
+      this._pollController = null;
+      this._pollTimer = 0;
+      this._pollWake = null; // ends a pause of the polls at once, when they stop
+      this._probeAttempt = 0;
+      this._sawBuffering = false; // here or in the leader tab: a new leader polls at once
+      this._viaPolling = false; // the state shown comes from polling (here or in the leader)
 
       // Sharing one stream among the tabs of an origin (see the top of this file).
       this._shared = false; // this element takes part in an election (else: a stream of its own)
@@ -870,6 +921,15 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       return base + path;
     }
 
+    /** For a console line: the URL as the browser asks it. */
+    _absolute(path) {
+      try {
+        return new URL(this._url(path), document.baseURI).href;
+      } catch (_error) {
+        return this._url(path);
+      }
+    }
+
     _heartbeatTimeoutMs() {
       const seconds = Number(this.getAttribute("heartbeat-timeout"));
       return (Number.isFinite(seconds) && seconds > 0 ? seconds : DEFAULT_HEARTBEAT_TIMEOUT_S) * 1000;
@@ -927,6 +987,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._shared = false;
       this._lastData = null;
       this._syncId = "";
+      this._sawBuffering = false; // another URL may take another way
+      this._showPolling(false);
     }
 
     /** Waits for the lock (or, with `ifFree`, takes it only if no tab holds it), then leads. */
@@ -1062,6 +1124,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
             shown: this._state,
             up: this._linkUp,
             data: this._lastData,
+            polling: this._polling,
           });
         }
         return;
@@ -1074,8 +1137,13 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         this._onProgress(message.data);
       } else if (message.type === "down") {
         this._onDown(message.refused === true);
+      } else if (message.type === "transport") {
+        this._sawBuffering = message.polling === true;
+        this._showPolling(this._sawBuffering);
       } else if (message.type === "snapshot" && message.to === this._syncId && this._syncId) {
         this._syncId = "";
+        this._sawBuffering = message.polling === true;
+        this._showPolling(this._sawBuffering);
         const shown = message.shown;
         if ((shown === "stable" || shown === "processing" || shown === "unknown") && isRecord(message.data)) {
           this._lastData = message.data;
@@ -1092,6 +1160,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     _start() {
       this._stop();
       this._attempt = 0;
+      // The stream was held back here or in the tab that led before: poll while trying it.
+      if (this._sawBuffering) this._startPolling();
       this._connect();
     }
 
@@ -1101,20 +1171,34 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._controller = null;
       clearTimeout(this._reconnectTimer);
       clearTimeout(this._watchdogTimer);
+      clearTimeout(this._firstEventTimer);
       clearTimeout(this._graceTimer);
       this._graceTimer = 0;
+      this._endPolling();
     }
 
     _armWatchdog(controller) {
       clearTimeout(this._watchdogTimer);
-      this._watchdogTimer = setTimeout(() => controller.abort(), this._heartbeatTimeoutMs());
+      this._watchdogTimer = setTimeout(() => {
+        controller.timedOut = true;
+        controller.abort();
+      }, this._heartbeatTimeoutMs());
     }
 
     async _connect() {
       const generation = ++this._generation;
       const controller = new AbortController();
       this._controller = controller;
+      this._heard = false;
       this._armWatchdog(controller); // also bounds a connect that hangs
+      clearTimeout(this._firstEventTimer);
+      this._firstEventTimer = setTimeout(
+        () => {
+          controller.timedOut = true;
+          controller.abort();
+        },
+        Math.min(FIRST_EVENT_TIMEOUT_MS, this._heartbeatTimeoutMs()),
+      );
       let minDelayMs = 0;
       let refused = false;
       try {
@@ -1143,8 +1227,15 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       }
       if (generation !== this._generation) return; // stopped or restarted meanwhile
       clearTimeout(this._watchdogTimer);
+      clearTimeout(this._firstEventTimer);
       controller.abort();
-      this._scheduleReconnect(minDelayMs, refused);
+      if (this._polling) {
+        this._scheduleProbe(); // a try of the stream that failed: the polls go on
+      } else if (!this._heard && controller.timedOut === true) {
+        this._checkHeldBack(generation); // connected, perhaps, but no state: buffered on the way?
+      } else {
+        this._scheduleReconnect(minDelayMs, refused);
+      }
     }
 
     _scheduleReconnect(minDelayMs, refused) {
@@ -1179,6 +1270,182 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         this._graceTimer = 0;
         this._render("unreachable");
       }, GRACE_MS);
+    }
+
+    // ---- the fallback behind a proxy that buffers ----------------------------------------------
+
+    /** The stream delivered no state in time. If the snapshot answers, the stream is held back
+     * on the way (a proxy that buffers whole responses): poll, and try the stream now and then.
+     * If not, the relay is out of reach: reconnect as for any failure. */
+    async _checkHeldBack(generation) {
+      const controller = new AbortController();
+      this._controller = controller;
+      const answer = await this._getJSON(SNAPSHOT_PATH, SNAPSHOT_TIMEOUT_MS, controller);
+      if (generation !== this._generation) return; // stopped or restarted meanwhile
+      this._controller = null;
+      if (answer.status !== 200 || !isStateRecord(answer.body)) {
+        this._scheduleReconnect(answer.retryAfterMs, answer.status === 401 || answer.status === 403);
+        return;
+      }
+      const waited = Math.min(FIRST_EVENT_TIMEOUT_MS, this._heartbeatTimeoutMs()) / 1000;
+      console.warn(
+        `system-status: the live stream ${this._absolute(LIVE_PATH)} delivered nothing in ${waited} s ` +
+          "while the snapshot answers: something on the way buffers it (a proxy: nginx " +
+          "`proxy_buffering off`, or let the relay's `X-Accel-Buffering: no` through). Polling " +
+          `${this._absolute(WAIT_PATH)} instead, and trying the stream again from time to time.`,
+      );
+      this._probeAttempt = 0;
+      this._startPolling(answer.body);
+      this._scheduleProbe();
+    }
+
+    /** Reads the state by polling (for the other tabs too, when leading) until a stream works. */
+    _startPolling(data = null) {
+      if (this._polling) return;
+      this._polling = true;
+      this._sawBuffering = true;
+      this._post({ type: "transport", polling: true });
+      this._showPolling(true);
+      if (data !== null) this._onPolled(data);
+      this._pollRounds(this._pollGeneration, data !== null);
+    }
+
+    /** Stops the polls (the stream closes, or works again). */
+    _endPolling() {
+      if (!this._polling) return;
+      this._polling = false;
+      this._pollGeneration += 1;
+      if (this._pollController) this._pollController.abort();
+      this._pollController = null;
+      clearTimeout(this._pollTimer);
+      this._pollTimer = 0;
+      if (this._pollWake) this._pollWake();
+      this._pollWake = null;
+    }
+
+    /** A try of the stream delivered the state: the stream is read again, the polls stop. */
+    _backToStream() {
+      this._endPolling();
+      this._sawBuffering = false;
+      this._probeAttempt = 0;
+      this._post({ type: "transport", polling: false });
+      this._showPolling(false);
+      console.info(`system-status: the live stream ${this._absolute(LIVE_PATH)} delivers again; polling stopped.`);
+    }
+
+    /** The next try of the stream while polling: 5-10 s, doubling up to 5 min. */
+    _scheduleProbe() {
+      const ceiling = Math.min(PROBE_MAX_MS, PROBE_MIN_MS * 2 ** this._probeAttempt);
+      this._probeAttempt = Math.min(this._probeAttempt + 1, 16);
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = setTimeout(() => this._connect(), ceiling / 2 + (Math.random() * ceiling) / 2);
+    }
+
+    /** Rounds of: the snapshot (the state, what runs, the signals: what the stream would say),
+     * then a long poll of /wait for the other state, answered as soon as a commit changes it.
+     * At most two rounds a second; failures back off as the stream's do. */
+    async _pollRounds(generation, haveSnapshot) {
+      const current = () => this._polling && generation === this._pollGeneration;
+      let lastRound = haveSnapshot ? Date.now() : 0;
+      let askSnapshot = !haveSnapshot;
+      let failures = 0;
+      while (current()) {
+        if (askSnapshot) {
+          await this._pollPause(lastRound + POLL_MIN_GAP_MS - Date.now());
+          if (!current()) return;
+          lastRound = Date.now();
+          const snapshot = await this._pollGet(SNAPSHOT_PATH, SNAPSHOT_TIMEOUT_MS);
+          if (!current()) return;
+          if (snapshot.status !== 200 || !isStateRecord(snapshot.body)) {
+            const refused = snapshot.status === 401 || snapshot.status === 403;
+            this._linkUp = false;
+            this._post({ type: "down", refused });
+            this._onDown(refused);
+            const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** failures);
+            failures = Math.min(failures + 1, 16);
+            const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
+            await this._pollPause(Math.min(BACKOFF_MAX_MS, Math.max(jittered, snapshot.retryAfterMs)));
+            continue;
+          }
+          failures = 0;
+          this._onPolled(snapshot.body);
+        }
+        askSnapshot = true;
+        const known = this._state === "stable" || this._state === "processing";
+        const until = this._state === "stable" ? "processing" : "stable";
+        const round = known ? WAIT_ROUND_S : WAIT_ROUND_UNKNOWN_S;
+        // end_on=none: a wait for "stable" while work is stalled would answer 409 at once.
+        const query = `?until=${until}&timeout=${round}s&end_on=none`;
+        const wait = await this._pollGet(WAIT_PATH + query, (round + 10) * 1000);
+        if (!current()) return;
+        // 200: changed (or already other), 408: the round is over, 503: the database is out of
+        // reach. Anything else (429 past a share of waiters, an older relay, a proxy's error):
+        // the snapshot alone, every few seconds.
+        const answered =
+          wait.status === 200 ||
+          wait.status === 408 ||
+          (wait.status === 503 && isRecord(wait.body) && wait.body.result === "unknown");
+        if (!answered) await this._pollPause(Math.max(POLL_PLAIN_MS, wait.retryAfterMs));
+      }
+    }
+
+    _onPolled(data) {
+      this._linkUp = true;
+      this._lastData = data;
+      this._post({ type: "state", data });
+      this._onState(data);
+    }
+
+    async _pollGet(path, timeoutMs) {
+      const controller = new AbortController();
+      this._pollController = controller;
+      const answer = await this._getJSON(path, timeoutMs, controller);
+      if (this._pollController === controller) this._pollController = null;
+      return answer;
+    }
+
+    _pollPause(delayMs) {
+      if (!(delayMs > 0)) return Promise.resolve();
+      return new Promise((resolve) => {
+        this._pollWake = resolve;
+        this._pollTimer = setTimeout(() => {
+          this._pollTimer = 0;
+          this._pollWake = null;
+          resolve();
+        }, delayMs);
+      });
+    }
+
+    /** GET a JSON answer: {status (0: no answer in time, or refused), body, retryAfterMs}. */
+    async _getJSON(path, timeoutMs, controller) {
+      const timer = setTimeout(() => controller.abort(), timeoutMs);
+      try {
+        const response = await fetch(this._url(path), {
+          headers: { Accept: "application/json" },
+          cache: "no-store",
+          credentials: "include", // as the stream: cookies for a relay that checks the app's session
+          signal: controller.signal,
+        });
+        let body = null;
+        try {
+          body = await response.json();
+        } catch (_error) {
+          body = null;
+        }
+        return { status: response.status, body, retryAfterMs: retryAfterMs(response) };
+      } catch (_error) {
+        return { status: 0, body: null, retryAfterMs: 0 };
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+
+    /** Whether the state shown comes from polling (here, or in the leader tab): the hint says so. */
+    _showPolling(on) {
+      if (this._viaPolling === on) return;
+      this._viaPolling = on;
+      this.toggleAttribute("polling", on);
+      if (this._state !== null) this._showLook();
     }
 
     /** An incremental text/event-stream parser (the WHATWG rules this relay needs). */
@@ -1220,6 +1487,11 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       }
       if (data === null || typeof data !== "object") return;
       if (type === "message") {
+        if (!this._heard) {
+          this._heard = true;
+          clearTimeout(this._firstEventTimer);
+          if (this._polling) this._backToStream();
+        }
         this._linkUp = true;
         this._lastData = data;
         this._post({ type: "state", data });
@@ -1308,12 +1580,16 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       // says what is stalled or overdue, else what is running, and describes the badge to
       // assistive technology.
       const running = this._runningLabels;
+      let hint;
       if (signals.length) {
         const now = Date.now();
-        this._tip.textContent = signals.map((signal) => `${signalText(signal, now)}.`).join(" ");
+        hint = signals.map((signal) => `${signalText(signal, now)}.`).join(" ");
       } else {
-        this._tip.textContent = running.length ? `In progress: ${running.join(", ")}` : look.hint;
+        hint = running.length ? `In progress: ${running.join(", ")}` : look.hint;
       }
+      const known = this._state === "stable" || this._state === "processing" || this._state === "unknown";
+      if (this._viaPolling && known) hint += `${/[.!?]$/.test(hint) ? "" : "."} ${POLLING_NOTE}`;
+      this._tip.textContent = hint;
     }
 
     // ---- the timeline of the last 24 hours ----------------------------------------------------
