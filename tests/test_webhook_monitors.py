@@ -289,3 +289,24 @@ def test_the_example_configs_monitor_entries_are_valid(tmp_path: Path) -> None:
         "discord": "discord",
         "pager": "template",
     }
+
+
+async def test_webhook_test_is_a_log_entry_for_healthchecks_and_a_marked_push_for_kuma(
+    tmp_path: Path,
+) -> None:
+    from tests.test_webhook_cli import cli, write
+
+    async with Healthchecks(CHECK) as hc, UptimeKuma("pUsH70k3n") as kuma:
+        hooks = [
+            {"name": "hc", "url": hc.url, "format": "healthchecks"},
+            {"name": "kuma", "url": kuma.url, "format": "uptime_kuma"},
+        ]
+        config = write(tmp_path, hooks)
+        for name in ("hc", "kuma"):
+            code, out, err = await cli("webhook", "test", name, "--config", config)
+            assert code == 0, (out, err)
+            assert "pUsH70k3n" not in out and CHECK not in out, "the secret URL is not printed"
+    assert hc.kinds() == ["log"]
+    assert hc.hits[0].text.startswith('Test: stability-relay can post here (webhook "hc")')
+    ((status, msg),) = kuma.statuses()
+    assert status == "up" and msg.startswith("Test: ")
