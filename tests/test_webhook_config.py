@@ -15,7 +15,7 @@ BAD = [
     ("    retry_schedule: [soon]\n", "webhooks[0].retry_schedule[0]: expected a duration"),
     ("    min_duration: a while\n", 'webhooks[0].min_duration: expected a duration like "15s"'),
     ("    timeout: 0s\n", "webhooks[0].timeout: must be greater than 0s"),
-    ("    format: teams\n", "webhooks[0].format: input should be 'json' or 'slack'"),
+    ("    format: msteams\n", "webhooks[0].format: input should be 'json', 'slack', 'teams'"),
     ("    on: []\n", "webhooks[0].on: list at least one state"),
     ("    secret: whsec_!!!\n", 'webhooks[0].secret: the part after "whsec_" is not valid base64'),
     ("    secret: whsec_c2hvcnQ=\n", "webhooks[0].secret: the secret is too short"),
@@ -83,9 +83,24 @@ def test_the_commented_webhook_example_is_valid(tmp_path: Path) -> None:
         "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/xyz",
         "CI_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "CI_TOKEN": "ci-token-123",
+        "HEALTHCHECKS_PING_URL": "https://hc-ping.com/5a4b9c0e-1f2d-4e3a-9b8c-7d6e5f4a3b2c",
+        "KUMA_PUSH_URL": "https://kuma.example/api/push/Xy12Ab34Cd?status=up&msg=OK&ping=",
+        "GATUS_TOKEN": "gatus-token-123",
+        "TEAMS_WORKFLOW_URL": "https://prod-01.westus.logic.azure.com/workflows/abc/triggers/"
+        "manual/paths/invoke?api-version=2016-06-01&sig=xyz",
+        "DISCORD_WEBHOOK_URL": "https://discord.com/api/webhooks/1234/abcDEF",
     }
     config = load_config(path, environ=environ)
-    assert [hook.name for hook in config.webhooks] == ["slack", "ci"]
+    names = ["slack", "ci", "healthchecks", "kuma", "gatus", "teams", "discord", "pager"]
+    assert [hook.name for hook in config.webhooks] == names
+    assert [hook.format for hook in config.webhooks][2:] == [
+        "healthchecks",
+        "uptime_kuma",
+        "gatus",
+        "teams",
+        "discord",
+        "template",
+    ]
     assert config.webhooks[0].min_duration == 30.0
     assert config.webhooks[1].retry_schedule == (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
     assert config.webhooks[1].headers == {"X-Token": "ci-token-123"}
