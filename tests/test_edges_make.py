@@ -191,4 +191,4 @@ def test_make_test_lists_every_skipped_test_with_its_reason() -> None:
         check=True,
     )
     [command] = [line for line in dry.stdout.splitlines() if "bin/pytest" in line]
-    assert command.split()[1:] == ["-q", "-rs"]
+    assert command.split()[1:] == ["-q", "-rs", "-n", "3", "--dist", "loadfile"]
