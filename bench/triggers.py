@@ -34,7 +34,11 @@ SQL = Path(__file__).parent / "sql"
 #   writers paid before relays parked it.
 # - "statbus": statbus's own row-level notifications, none of ours; the relay listens to
 #   statbus's channels (as the statbus profile does) instead of ours.
-VARIANTS = ("none", "seed", "ours", "ours-idle", "ours-idle-unparked", "statbus")
+# - "plain": the previous release's hint, a plain statement trigger per table that fires for
+#   every statement; "rows": row triggers filtered by WHEN, what a partitioned table gets
+#   (bench/sql/hint_variants.sql). "ours" is the statement triggers over transition tables
+#   that a plain table gets.
+VARIANTS = ("none", "seed", "ours", "ours-idle", "ours-idle-unparked", "statbus", "plain", "rows")
 TRIGGERS_OF = {
     "none": "none",
     "seed": "seed",
@@ -42,6 +46,8 @@ TRIGGERS_OF = {
     "ours-idle": "ours",
     "ours-idle-unparked": "ours",
     "statbus": "statbus",
+    "plain": "plain",
+    "rows": "rows",
 }
 STATBUS_CHANNELS = "import_job,worker_task_changed,worker_tasks"
 RELAY_OF: dict[str, str | None] = {
@@ -51,6 +57,8 @@ RELAY_OF: dict[str, str | None] = {
     "ours-idle": None,
     "ours-idle-unparked": None,
     "statbus": "statbus",
+    "plain": "ours",
+    "rows": "ours",
 }
 TABLES = ("public.import_job", "worker.tasks")
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
@@ -98,6 +106,7 @@ def set_up(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute((SQL / "seed_triggers.sql").read_text())
         conn.execute((SQL / "statbus_triggers.sql").read_text())
+        conn.execute((SQL / "hint_variants.sql").read_text())
         # A production queue table has this index; without it the seed's triggers scan the
         # whole table on every statement and fare far worse than shown here.
         conn.execute("CREATE INDEX IF NOT EXISTS tasks_state_idx ON worker.tasks (state)")
@@ -139,7 +148,7 @@ def select_variant(dsn: str, variant: str) -> None:
         ).fetchall()
         for table, name in rows:
             prefixes = {"ours": "system_stability_", "seed": "bench_seed_"}
-            prefixes["statbus"] = "bench_statbus_"
+            prefixes.update(statbus="bench_statbus_", plain="bench_plain_", rows="bench_rows_")
             on = variant in prefixes and name.startswith(prefixes[variant])
             schema, _, rel = table.rpartition(".")
             conn.execute(
@@ -237,6 +246,21 @@ def postmaster_pid(dsn: str) -> int:
     return int(stat.rpartition(")")[2].split()[1])
 
 
+def pgbench_gone(dsn: str, timeout: float = 10.0) -> None:
+    """Wait until pgbench's backends have exited (and a moment more, for the postmaster to
+    reap them): only then is their CPU in the server's total (server_cpu_seconds)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'"
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(0.05)
+    time.sleep(0.2)
+
+
 def pgbench(dsn: str, clients: int, seconds: float, *scripts: str) -> float:
     """Run pgbench with the given ``-f`` script arguments; return its tps."""
     args = [str(pgbench_path()), "-n", "-c", str(clients), "-j", str(min(clients, 2))]
@@ -301,6 +325,7 @@ def run_triggers(db: Database, *, rounds: int, seconds: float, clients: int = 4)
                 before = probe.metrics() if probe else dict.fromkeys(COUNTERS, 0.0)
                 cpu_before = server_cpu_seconds(postmaster) + relay_cpu(probe)
                 tps = pgbench(db.dsn, clients, seconds, *scripts)
+                pgbench_gone(db.dsn)
                 cpu = server_cpu_seconds(postmaster) + relay_cpu(probe) - cpu_before
                 time.sleep(0.3)  # the last commits' notifications reach the relay
                 after = probe.metrics() if probe else dict.fromkeys(COUNTERS, 0.0)

@@ -1,0 +1,263 @@
+"""Writer cost per profile: ``python -m bench.writer_cost [--quick]``.
+
+For each profile whose schema can be built here (the seed's and statbus's demo tables; the
+schemas procrastinate's and pgqueuer's own packages create; River's and Oban's fixtures in
+tests/fixtures/), in one run: a database of its own, ``db install`` with the profile's
+activities, then pgbench clients each running a job's life on the profile's table (enqueue,
+fetch, finish, each its own transaction, and an idle worker's empty fetch: bench/sql/
+<profile>_job.pgbench; the seed's is the trigger-cost benchmark's churn) in three variants,
+rounds alternating so that drift on a shared machine hits all of them alike:
+
+* ``none``: our triggers disabled (the queue's own triggers, if any, stay on);
+* ``ours``: ours enabled, the hold flag clear and no relay listening: every statement that
+  changes a visible row notifies (the writer's worst case);
+* ``held``: ours enabled, the flag held, as while a relay polls under load: no notification.
+
+statbus's profile installs no trigger of ours (it listens to statbus's own channels): its
+``ours`` and ``held`` rows run statbus's own notifying triggers instead (bench/sql/
+statbus_triggers.sql), what its writers pay for the hints the profile uses.
+
+pg-boss and graphile-worker are left out: their schemas are made by their npm packages, in
+their profiles' tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from bench.common import ROOT, database, median, server_cpu_seconds
+from bench.triggers import IMPORT_JOBS, SQL, pgbench, pgbench_gone, postmaster_pid
+
+VARIANTS = ("none", "ours", "held")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    table: str  # the churned table (emptied between runs)
+    scripts: tuple[str, ...]  # pgbench -f arguments, relative to bench/sql/
+    # Triggers switched per variant: ours (system_stability_hint_*) or, for statbus, its own.
+    prefix: str = "system_stability_hint_"
+    tables: tuple[str, ...] = ()  # where they are, the churned table's by default
+
+
+PROFILES = (
+    Profile(
+        "seed",
+        "worker.tasks",
+        ("worker_task.pgbench@9", "import_job.pgbench@1"),
+        tables=("worker.tasks", "public.import_job"),
+    ),
+    Profile(
+        "statbus",
+        "worker.tasks",
+        ("worker_task.pgbench@9", "import_job.pgbench@1"),
+        prefix="bench_statbus_",
+        tables=("worker.tasks", "public.import_job"),
+    ),
+    Profile("procrastinate", "public.procrastinate_jobs", ("procrastinate_job.pgbench",)),
+    Profile("pgqueuer", "public.pgqueuer", ("pgqueuer_job.pgbench",)),
+    Profile("river", "public.river_job", ("river_job.pgbench",)),
+    Profile("oban", "public.oban_jobs", ("oban_job.pgbench",)),
+)
+
+
+@dataclass
+class WriterCost:
+    clients: int
+    seconds: float
+    rounds: int
+    tps: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # profile, variant
+    # PostgreSQL's CPU per job life: less noisy than throughput on a shared machine.
+    cpu_ms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def median_tps(self, profile: str, variant: str) -> float:
+        return median(self.tps[profile][variant])
+
+    def median_cpu_ms(self, profile: str, variant: str) -> float:
+        return median(self.cpu_ms[profile][variant])
+
+    def variants(self, profile: str) -> tuple[str, ...]:
+        return tuple(v for v in VARIANTS if self.tps[profile][v])
+
+    def ratio(self, profile: str, variant: str) -> float:
+        return self.median_tps(profile, variant) / self.median_tps(profile, "none")
+
+
+async def _pgqueuer_schema(dsn: str) -> None:
+    from pgqueuer import PsycopgDriver, Queries
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await Queries(PsycopgDriver(conn)).install()
+
+
+def _schema(profile: str, dsn: str) -> None:
+    """The profile's tables, as its system makes them, and our SQL for its activities."""
+    from relay.source.activities.profiles import load_profile
+    from relay.source.install import install
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if profile in ("seed", "statbus"):
+            pass  # install's demo schema below
+        elif profile == "procrastinate":
+            from procrastinate.schema import SchemaManager
+
+            conn.execute(SchemaManager.get_schema())
+        elif profile == "pgqueuer":
+            asyncio.run(_pgqueuer_schema(dsn))
+        else:
+            conn.execute((ROOT / "tests" / "fixtures" / f"{profile}.sql").read_bytes())
+    seed_shape = profile in ("seed", "statbus")
+    activities = load_profile("seed" if seed_shape else profile).activities
+    asyncio.run(install(dsn, activities=activities, demo_schema=seed_shape, park=False))
+    if seed_shape:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER IF EXISTS import_job_progress_notify ON public.import_job")
+            conn.execute((SQL / "statbus_triggers.sql").read_text())
+            conn.execute("CREATE INDEX IF NOT EXISTS tasks_state_idx ON worker.tasks (state)")
+            for n in range(1, IMPORT_JOBS + 1):
+                conn.execute(
+                    "INSERT INTO public.import_job (id, slug, state, total_rows) "
+                    "VALUES (%s, %s, 'finished', 1000000) ON CONFLICT (id) DO NOTHING",
+                    (n, f"bench-job-{n}"),
+                )
+
+
+def _switch(dsn: str, profile: Profile, variant: str) -> None:
+    """Enable the variant's triggers on the profile's tables, disable the other switchable
+    ones (ours, statbus's); set the hold flag (clear, or held)."""
+    tables = profile.tables or (profile.table,)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in tables:
+            rows = conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = %s::regclass"
+                " AND (tgname LIKE 'system\\_stability\\_hint%%' OR tgname LIKE 'bench\\_%%')",
+                (table,),
+            ).fetchall()
+            for (name,) in rows:
+                on = variant != "none" and name.startswith(profile.prefix)
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
+                        sql.Identifier(*table.split(".")),
+                        sql.SQL("ENABLE" if on else "DISABLE"),
+                        sql.Identifier(name),
+                    )
+                )
+        conn.execute(
+            "SELECT setval('public.system_stability_hold', %s)", (1 if variant == "held" else 0,)
+        )
+
+
+def _reset(dsn: str, profile: Profile) -> None:
+    """An empty job table (no trigger fires: a replica session), finished import jobs."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            sql.SQL("TRUNCATE {} CASCADE").format(sql.Identifier(*profile.table.split(".")))
+        )
+        if profile.name in ("seed", "statbus"):
+            conn.execute("UPDATE public.import_job SET state = 'finished', imported_rows = 0")
+        conn.execute("RESET session_replication_role")
+        conn.execute("VACUUM ANALYZE")
+
+
+def run_writer_cost(
+    create_database: Callable[[str], str],
+    *,
+    rounds: int,
+    seconds: float,
+    clients: int = 4,
+    only: tuple[str, ...] = (),
+) -> WriterCost:
+    profiles = [p for p in PROFILES if not only or p.name in only]
+    result = WriterCost(clients, seconds, rounds)
+    dsns = {}
+    for profile in profiles:
+        dsns[profile.name] = create_database(f"writer_{profile.name}")
+        _schema(profile.name, dsns[profile.name])
+        result.tps[profile.name] = {v: [] for v in VARIANTS}
+        result.cpu_ms[profile.name] = {v: [] for v in VARIANTS}
+    postmaster = postmaster_pid(next(iter(dsns.values())))
+    for r in range(rounds):
+        for profile in profiles:
+            # statbus's own triggers never read the flag: held would run ours again.
+            variants = VARIANTS[:2] if profile.prefix.startswith("bench_") else VARIANTS
+            shift = r % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                dsn = dsns[profile.name]
+                _switch(dsn, profile, variant)
+                _reset(dsn, profile)
+                scripts = [str(SQL / script) for script in profile.scripts]
+                cpu_before = server_cpu_seconds(postmaster)
+                tps = pgbench(dsn, clients, seconds, *scripts)
+                pgbench_gone(dsn)
+                cpu_ms = 1000 * (server_cpu_seconds(postmaster) - cpu_before) / (tps * seconds)
+                result.tps[profile.name][variant].append(tps)
+                result.cpu_ms[profile.name][variant].append(cpu_ms)
+                print(
+                    f"  round {r + 1}/{rounds} {profile.name:>13} {variant:>5}: {tps:8.0f} "
+                    f"job lives/s, {cpu_ms:.3f} server CPU ms per life"
+                )
+    for profile in profiles:
+        _switch(dsns[profile.name], profile, "ours")
+    return result
+
+
+def describe(result: WriterCost) -> list[str]:
+    """The report's table: job lives per second and server CPU per life, per variant, with
+    their ratios to ``none`` (throughput kept; CPU none/variant, the throughput a CPU-bound
+    server would keep)."""
+    lines = [
+        "| Profile | no trigger of ours | ours, no relay (every hint sent) | held (a relay "
+        "polls) | CPU ms per life: none / ours / held |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name in result.tps:
+        variants = result.variants(name)
+        none = result.median_tps(name, "none")
+        cells = [f"{none:,.0f}/s"]
+        for variant in ("ours", "held"):
+            if variant in variants:
+                tps = result.median_tps(name, variant)
+                cpu = result.median_cpu_ms(name, "none") / result.median_cpu_ms(name, variant)
+                cells.append(f"{tps:,.0f}/s: {tps / none:.2f} (CPU {cpu:.2f})")
+            else:
+                cells.append("n/a")
+        cpu_cells = " / ".join(f"{result.median_cpu_ms(name, v):.3f}" for v in variants)
+        lines.append(f"| {name} | {' | '.join(cells)} | {cpu_cells} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.writer_cost", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 4 s (5 of 8 s)")
+    parser.add_argument("--rounds", type=int, help="rounds (each runs every variant once)")
+    parser.add_argument("--seconds", type=float, help="seconds per pgbench run")
+    parser.add_argument("--only", nargs="+", choices=[p.name for p in PROFILES], default=())
+    parser.add_argument("--json", type=Path, help="write the raw figures here")
+    args = parser.parse_args(argv)
+    rounds, seconds = (3, 4.0) if args.quick else (5, 8.0)
+    rounds, seconds = args.rounds or rounds, args.seconds or seconds
+    with database("writer_cost") as db:
+        result = run_writer_cost(
+            db.server.create_database, rounds=rounds, seconds=seconds, only=tuple(args.only)
+        )
+    for line in describe(result):
+        print(line)
+    if args.json:
+        raw = {"clients": result.clients, "seconds": result.seconds, "rounds": result.rounds}
+        figures = {**raw, "tps": result.tps, "cpu_ms": result.cpu_ms}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
