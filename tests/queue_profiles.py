@@ -160,7 +160,7 @@ class QueueProfile:
         """(name, per statement) of the table's own triggers."""
         cursor = await conn.execute(
             "SELECT tgname, tgtype & 1 = 0 AS per_statement FROM pg_trigger"
-            f" WHERE tgrelid = '{self.table}'::regclass AND NOT tgisinternal"
+            f" WHERE tgrelid = '{self.table}'::regclass AND NOT tgisinternal ORDER BY tgname"
         )
         return await cursor.fetchall()
 

@@ -210,7 +210,7 @@ async def prune(conn: Conn) -> None:
 # -- the tests --------------------------------------------------------------------------------
 
 
-async def test_the_fixture_has_obans_facts_and_install_adds_one_statement_trigger(
+async def test_the_fixture_has_obans_facts_and_install_adds_our_statement_triggers(
     oban_dsn: str,
 ) -> None:
     async with await psycopg.AsyncConnection.connect(oban_dsn, autocommit=True) as conn:
@@ -222,7 +222,13 @@ async def test_the_fixture_has_obans_facts_and_install_adds_one_statement_trigge
         ]
         cursor = await conn.execute("SELECT obj_description('public.oban_jobs'::regclass)")
         assert await cursor.fetchone() == ("14",)
-        assert await OBAN.triggers(conn) == [("system_stability_hint", True)]
+        # One statement trigger per event (transition tables allow one event each).
+        assert await OBAN.triggers(conn) == [
+            ("system_stability_hint_delete", True),
+            ("system_stability_hint_insert", True),
+            ("system_stability_hint_truncate", True),
+            ("system_stability_hint_update", True),
+        ]
 
 
 def test_the_profile_counts_the_issues_states_and_comments_on_every_one() -> None:

@@ -35,12 +35,16 @@ def config(dsn: str) -> Any:
     )
 
 
-async def test_install_hints_with_one_statement_trigger_on_the_jobs_table(queue_dsn: str) -> None:
+async def test_install_hints_with_statement_triggers_on_the_jobs_table_only(queue_dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(queue_dsn, autocommit=True) as conn:
         cursor = await conn.execute(
-            "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'system_stability_hint'"
+            "SELECT tgrelid::regclass::text, tgname, tgtype & 1 = 0 FROM pg_trigger"
+            " WHERE tgname LIKE 'system\\_stability\\_hint%' ORDER BY tgname"
         )
-        assert await cursor.fetchall() == [("procrastinate_jobs",)]
+        assert await cursor.fetchall() == [
+            ("procrastinate_jobs", f"system_stability_hint_{event}", True)
+            for event in ("delete", "insert", "truncate", "update")
+        ]
 
 
 async def test_the_relay_follows_a_real_worker_through_its_jobs(queue_dsn: str) -> None:

@@ -182,7 +182,7 @@ async def clean(conn: Conn) -> None:
 # -- the tests --------------------------------------------------------------------------------
 
 
-async def test_the_fixture_has_rivers_facts_and_install_adds_one_statement_trigger(
+async def test_the_fixture_has_rivers_facts_and_install_adds_our_statement_triggers(
     river_dsn: str,
 ) -> None:
     async with await psycopg.AsyncConnection.connect(river_dsn, autocommit=True) as conn:
@@ -191,7 +191,13 @@ async def test_the_fixture_has_rivers_facts_and_install_adds_one_statement_trigg
             "river_job_prioritized_fetching_index",
             "river_job_state_and_finalized_at_index",
         ]
-        assert await RIVER.triggers(conn) == [("system_stability_hint", True)]
+        # One statement trigger per event (transition tables allow one event each).
+        assert await RIVER.triggers(conn) == [
+            ("system_stability_hint_delete", True),
+            ("system_stability_hint_insert", True),
+            ("system_stability_hint_truncate", True),
+            ("system_stability_hint_update", True),
+        ]
 
 
 def test_the_profile_counts_the_issues_states_and_comments_on_every_one() -> None:
