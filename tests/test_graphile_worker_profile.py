@@ -221,6 +221,8 @@ async def test_a_killed_worker_s_job_stays_work_until_unlocked(gw_dsn: str) -> N
             await doomed.close_gate()
             job = await gw.add_job(conn, gw.HOLD, max_attempts=2)
             await eventually(async_equal(gw.locked, conn, {job}), timeout=WAIT)
+            # Its "start" line names the pool; under load the lock can be seen before it is read.
+            await eventually(lambda: bool(doomed.pools), timeout=WAIT)
             await gw.kill(doomed)
         await agreed(relay, gw_dsn, conn, busy=True)
         cursor = await conn.execute(f"SELECT locked_by FROM {TABLE} WHERE id = %s", [job])
