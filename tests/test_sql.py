@@ -787,6 +787,7 @@ async def test_installing_again_changes_nothing(
         "activities (generated)",
         "history.sql",
         "roles.sql",
+        "signals (generated)",
     ]
     assert await _installed_objects(conn) == before
     assert await hints_after(
@@ -888,6 +889,7 @@ async def test_install_leaves_no_function_of_the_old_design(conn: Conn) -> None:
             "system_stability_record(text[],text[],timestamp with time zone,interval)",
             "system_stability_release_hold()",
             "system_stability_request_hold()",
+            "system_stability_signals(integer)",
             "system_stability_slugs()",
             "system_stability_typical()",
         ]
