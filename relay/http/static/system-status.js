@@ -1376,7 +1376,9 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         const round = known ? WAIT_ROUND_S : WAIT_ROUND_UNKNOWN_S;
         // end_on=none: a wait for "stable" while work is stalled would answer 409 at once.
         const query = `?until=${until}&timeout=${round}s&end_on=none`;
-        const wait = await this._pollGet(WAIT_PATH + query, (round + 10) * 1000);
+        // The relay ends a round with 408, which Chromium sends again once on a reused
+        // connection (as a keep-alive socket the server closed): a round may last twice.
+        const wait = await this._pollGet(WAIT_PATH + query, (2 * round + 10) * 1000);
         if (!current()) return;
         // 200: changed (or already other), 408: the round is over, 503: the database is out of
         // reach. Anything else (429 past a share of waiters, an older relay, a proxy's error):
