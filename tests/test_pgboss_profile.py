@@ -18,6 +18,7 @@ from relay.source.install import install
 from relay.state.stability import State
 from tests import pgboss_support as pgb
 from tests.support import (
+    HINTS_ONLY,
     eventually,
     fresh_database,
     reads,
@@ -29,8 +30,6 @@ from tests.support import (
 )
 
 ACTIVITIES = load_profile("pgboss").activities
-# The hint path alone: heartbeat and reconcile a minute away.
-HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 SETTLE = 5.0  # seconds for the relay to follow a hinted commit
 
 # pg-boss's background passes pushed an hour away, so that none of their writes can hint the

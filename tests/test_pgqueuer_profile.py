@@ -21,6 +21,7 @@ from relay.source.install import install
 from relay.state.stability import State
 from tests import pgqueuer_support as pgq
 from tests.support import (
+    HINTS_ONLY,
     base_url,
     eventually,
     fresh_database,
@@ -33,8 +34,6 @@ from tests.support import (
 )
 
 ACTIVITIES = load_profile("pgqueuer").activities
-# The hint path alone: heartbeat and reconcile a minute away.
-HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 
 
 @pytest.fixture

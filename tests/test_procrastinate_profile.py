@@ -14,11 +14,9 @@ from relay.source.activities.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests import procrastinate_support as pq
-from tests.support import eventually, fresh_database, relay_config, running_relay
+from tests.support import HINTS_ONLY, eventually, fresh_database, relay_config, running_relay
 
 ACTIVITIES = load_profile("procrastinate").activities
-# The hint path alone: heartbeat and reconcile a minute away.
-HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 
 
 @pytest.fixture

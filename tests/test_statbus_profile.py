@@ -30,6 +30,7 @@ from relay.source.install import InstallRefused, install
 from relay.state.stability import State
 from tests import statbus_driver as sb
 from tests.support import (
+    HINTS_ONLY,
     base_url,
     eventually,
     fresh_database,
@@ -40,8 +41,6 @@ from tests.support import (
 )
 
 ACTIVITIES = load_profile("statbus").activities
-# The hint path alone: a change the relay sees within seconds came by notification.
-HINTS_ONLY = {"heartbeat_interval": "60s", "heartbeat_timeout": "5s"}
 
 
 @pytest.fixture
