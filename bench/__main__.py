@@ -8,7 +8,10 @@ how long changes that no channel carries take to reach the relay (12 trials, 5 q
 ``feeds``: statbus's enriched /api/sse/import-jobs under a burst of 1,000 commits (100 and
 1,000 clients; 100 quick), and a client replayed after 5 s away from a feed at 100 payloads/s.
 ``readcost``: the seed profile's truth read at 10 million finished tasks (1 million quick),
-without and with the index ``db install`` suggests (a database of its own).
+without and with the index ``db install`` suggests (a database of its own). ``writers``: the
+writer's cost per profile (bench/writer_cost.py: every profile's schema in a database of its
+own, pg-boss's and graphile-worker's made by their npm packages), 5 rounds of 8 s (3 of 4 s
+quick).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from bench.scaleout import run_notify_cost, run_three_relays
 from bench.triggers import VARIANTS, run_triggers
 from bench.unhinted import run_unhinted
 from bench.waiters import run_waiters
+from bench.writer_cost import describe as describe_writers
+from bench.writer_cost import run_writer_cost
 
 PARTS = (
     "fanout",
@@ -43,6 +48,7 @@ PARTS = (
     "waiters",
     "feeds",
     "readcost",
+    "writers",
 )
 
 
@@ -151,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             dsn = db.server.create_database("readcost")
             results["readcost"] = run_read_cost(dsn, rows=rows)
             for line in describe_read_cost(results["readcost"]):
+                print("  " + line)
+        if "writers" in args.only:
+            rounds, seconds = (3, 4.0) if quick else (5, 8.0)
+            print(f"writer cost per profile: {rounds} rounds of {seconds:g} s")
+            results["writers"] = run_writer_cost(
+                db.server.create_database, rounds=rounds, seconds=seconds
+            )
+            for line in describe_writers(results["writers"]):
                 print("  " + line)
         if "notify" in args.only:
             print("NOTIFY cost per listener")

@@ -100,6 +100,8 @@ def write(results: dict[str, Any], command: str, docs: Path) -> Path:
         lines += _feeds_section(results["feeds"])
     if "readcost" in results:
         lines += read_cost_section(results["readcost"])
+    if "writers" in results:
+        lines += writers_section(results["writers"], command)
     lines += (Path(__file__).parent / "notes.md").read_text().splitlines()
     path = docs / "benchmarks.md"
     path.write_text("\n".join(lines) + "\n")
@@ -256,6 +258,8 @@ def _trigger_section(t: Any) -> list[str]:
         "ours-idle": "**this project's**, no relay running (flag parked)",
         "ours-idle-unparked": "this project's, no relay running, flag clear (before parking)",
         "statbus": "**statbus profile**: statbus's own triggers, none of ours",
+        "plain": "the previous release's: a plain statement trigger (every statement hints)",
+        "rows": "row triggers filtered by `WHEN` (what a partitioned table gets)",
     }
     for variant in names:
         if variant not in t.tps:
@@ -504,6 +508,54 @@ def read_cost_section(r: Any) -> list[str]:
         f"it, {without.p50_ms / max(with_index.p50_ms, 1e-9):,.0f} times faster at the "
         "median (the index holds the active rows only: finished ones do not grow it). Run "
         "alone: `python -m bench --only readcost` (`--quick`: 1,000,000 rows).",
+        "",
+    ]
+    return lines
+
+
+def writers_section(w: Any, command: str) -> list[str]:
+    from bench.writer_cost import describe
+
+    days = time.strftime("%Y-%m-%d", time.gmtime())
+    lines = [
+        "## 9. Writer cost per profile",
+        "",
+        f"Measured on {days} in one run, `{command}` (`bench/writer_cost.py`), on a machine "
+        "other jobs share: compare within a row, and prefer the CPU ratios. Each profile has "
+        "a database of its own, its schema made as its system makes it (the demo tables for "
+        "seed and statbus; the schemas procrastinate's and pgqueuer's PyPI packages create; "
+        "pg-boss's and graphile-worker's, created by their npm packages through our drivers "
+        "in `tests/queues/`; River's and Oban's fixtures in `tests/fixtures/`) and `db "
+        f"install` with the profile's activities. {w.clients} pgbench clients, {w.rounds} "
+        f"rounds of {w.seconds:g} s per variant, each client running a job's life on the "
+        "profile's table, each step its own transaction: enqueue, fetch, finish, and an idle "
+        "worker's empty fetch (an UPDATE of no row; `bench/sql/<profile>_job.pgbench`; the "
+        "seed's and statbus's are section 2's churn). Variants alternate within each round: "
+        "our triggers disabled (the queue's own triggers and notifications stay on); ours "
+        "with the hold flag clear and no relay listening, so every statement that changes a "
+        "visible row notifies (the writer's worst case); ours with the flag held, as while a "
+        "relay polls under load (the relay's reads are not counted here: section 2 has "
+        "them). Ratios are to the first column: throughput kept, and CPU (PostgreSQL's CPU "
+        "per job life, none's over the variant's). *Hints per job life*: the notifications "
+        f"a listener received over {w.lives:,} job lives run by one client, per variant.",
+        "",
+        *describe(w),
+        "",
+        "- statbus's profile installs no trigger of ours (it listens to statbus's own "
+        "channels): its row runs statbus's own notifying triggers "
+        "(`bench/sql/statbus_triggers.sql`) against none, what its writers pay for the hints "
+        "the profile uses; they never read the hold flag, and its hints are on its channels.",
+        "- pgqueuer's own statement trigger (a NOTIFY on `ch_pgqueuer` for every statement) "
+        "and graphile-worker's `jobs:insert` (sent by `add_job`) are on in every variant: "
+        "their first column is the queue as it ships, and their hints column counts ours.",
+        "- pg-boss: jobs of a queue created with its defaults go to the partition "
+        "`pgboss.job_common`, and pg-boss's statements name it: ours there are the row "
+        "triggers with `WHEN` that PostgreSQL clones from `pgboss.job`. Its script is pg-boss "
+        "12.38's send (an insert taking the queue's settings from `pgboss.queue`), claim (the "
+        "oldest runnable job, `FOR UPDATE SKIP LOCKED`, to `active`) and complete (fenced on "
+        "the attempt); graphile-worker 0.18's is `add_job`, its worker's claim (locks the "
+        "job, counts the attempt) and completion (a `DELETE`). Each client has a queue (a "
+        "task) of its own, so that its claim finds the job it just sent.",
         "",
     ]
     return lines

@@ -1,24 +1,28 @@
 """Writer cost per profile: ``python -m bench.writer_cost [--quick]``.
 
-For each profile whose schema can be built here (the seed's and statbus's demo tables; the
-schemas procrastinate's and pgqueuer's own packages create; River's and Oban's fixtures in
-tests/fixtures/), in one run: a database of its own, ``db install`` with the profile's
-activities, then pgbench clients each running a job's life on the profile's table (enqueue,
-fetch, finish, each its own transaction, and an idle worker's empty fetch: bench/sql/
-<profile>_job.pgbench; the seed's is the trigger-cost benchmark's churn) in three variants,
-rounds alternating so that drift on a shared machine hits all of them alike:
+For each profile, in one run: a database of its own with the profile's schema (the seed's and
+statbus's demo tables; the schemas procrastinate's and pgqueuer's PyPI packages create, and
+pg-boss's and graphile-worker's npm packages, bench/npm_queues.py; River's and Oban's fixtures
+in tests/fixtures/), ``db install`` with the profile's activities, then pgbench clients each
+running a job's life on the profile's table (enqueue, fetch, finish, each its own
+transaction, and an idle worker's empty fetch: bench/sql/<profile>_job.pgbench; the seed's
+is the trigger-cost benchmark's churn) in three variants, rounds alternating so that drift
+on a shared machine hits all of them alike:
 
 * ``none``: our triggers disabled (the queue's own triggers, if any, stay on);
 * ``ours``: ours enabled, the hold flag clear and no relay listening: every statement that
   changes a visible row notifies (the writer's worst case);
 * ``held``: ours enabled, the flag held, as while a relay polls under load: no notification.
 
+Then, per variant, the notifications a listener gets per job life (``hints_per_life``).
+
 statbus's profile installs no trigger of ours (it listens to statbus's own channels): its
 ``ours`` and ``held`` rows run statbus's own notifying triggers instead (bench/sql/
 statbus_triggers.sql), what its writers pay for the hints the profile uses.
 
-pg-boss and graphile-worker are left out: their schemas are made by their npm packages, in
-their profiles' tests.
+pg-boss's jobs go to its partition pgboss.job_common (the parent is partitioned by queue
+name), which our row triggers, cloned from pgboss.job, hint. When node or an npm package is
+missing, its profile is left out with the reason (``WriterCost.skipped``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +38,15 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench import npm_queues
 from bench.common import ROOT, database, median, server_cpu_seconds
 from bench.triggers import IMPORT_JOBS, SQL, pgbench, pgbench_gone, postmaster_pid
+from relay.devtools.embedded import pgbench_path
 
 VARIANTS = ("none", "ours", "held")
+MAX_CLIENTS = IMPORT_JOBS  # the seed's import jobs, pg-boss's queues, graphile's tasks
+LIVES = 50  # job lives, one client, over which the hints are counted
+END = "bench_writer_cost_end"  # the listener's own channel: every hint before it has arrived
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Profile:
     # Triggers switched per variant: ours (system_stability_hint_*) or, for statbus, its own.
     prefix: str = "system_stability_hint_"
     tables: tuple[str, ...] = ()  # where they are, the churned table's by default
+    channels: tuple[str, ...] = ("system_stability",)  # where those triggers notify
 
 
 PROFILES = (
@@ -62,12 +73,18 @@ PROFILES = (
         ("worker_task.pgbench@9", "import_job.pgbench@1"),
         prefix="bench_statbus_",
         tables=("worker.tasks", "public.import_job"),
+        channels=("import_job", "worker_task_changed", "worker_tasks"),
     ),
     Profile("procrastinate", "public.procrastinate_jobs", ("procrastinate_job.pgbench",)),
     Profile("pgqueuer", "public.pgqueuer", ("pgqueuer_job.pgbench",)),
     Profile("river", "public.river_job", ("river_job.pgbench",)),
     Profile("oban", "public.oban_jobs", ("oban_job.pgbench",)),
+    # pg-boss names the partition in its statements; ours are switched on the parent, which
+    # passes ENABLE / DISABLE on to the clones.
+    Profile("pgboss", "pgboss.job_common", ("pgboss_job.pgbench",), tables=("pgboss.job",)),
+    Profile("graphile_worker", "graphile_worker._private_jobs", ("graphile_worker_job.pgbench",)),
 )
+NAMES = tuple(p.name for p in PROFILES)
 
 
 @dataclass
@@ -75,9 +92,13 @@ class WriterCost:
     clients: int
     seconds: float
     rounds: int
+    lives: int = LIVES  # over which the hints are counted
     tps: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # profile, variant
     # PostgreSQL's CPU per job life: less noisy than throughput on a shared machine.
     cpu_ms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # profile: why it could not run
+    # Notifications a listener received per job life (LIVES lives, one client), per variant.
+    hints: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def median_tps(self, profile: str, variant: str) -> float:
         return median(self.tps[profile][variant])
@@ -113,6 +134,20 @@ def _schema(profile: str, dsn: str) -> None:
             conn.execute(SchemaManager.get_schema())
         elif profile == "pgqueuer":
             asyncio.run(_pgqueuer_schema(dsn))
+        elif profile == "pgboss":
+            queues = tuple(f"bench-{n}" for n in range(MAX_CLIENTS))
+            npm_queues.pgboss_schema(dsn, (*queues, "bench-idle"))
+        elif profile == "graphile_worker":
+            npm_queues.graphile_worker_schema(dsn)
+            # The tasks' rows, as a worker's start or a first add_job makes them; the script
+            # takes bench-<n>'s id to be n + 1, as a worker looks its tasks' ids up once.
+            for n in range(MAX_CLIENTS):
+                conn.execute("SELECT graphile_worker.add_job(%s)", (f"bench-{n}",))
+            ids = conn.execute(
+                "SELECT identifier, id FROM graphile_worker._private_tasks ORDER BY id"
+            ).fetchall()
+            if ids != [(f"bench-{n}", n + 1) for n in range(MAX_CLIENTS)]:
+                raise RuntimeError(f"graphile-worker's task ids are not 1 to 8: {ids}")
         else:
             conn.execute((ROOT / "tests" / "fixtures" / f"{profile}.sql").read_bytes())
     seed_shape = profile in ("seed", "statbus")
@@ -169,6 +204,31 @@ def _reset(dsn: str, profile: Profile) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
+def hints_per_life(dsn: str, profile: Profile, variant: str, lives: int = LIVES) -> float:
+    """The notifications on the profile's channels per job life under ``variant``: one
+    pgbench client, ``lives`` script runs (the seed's mix with a fixed random seed), one
+    session LISTENing (PostgreSQL folds a transaction's identical ones into one)."""
+    _switch(dsn, profile, variant)
+    _reset(dsn, profile)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        for channel in (*profile.channels, END):
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        args = [str(pgbench_path()), "-n", "-c", "1", "-t", str(lives), "--random-seed", "1"]
+        for script in profile.scripts:
+            args += ["-f", str(SQL / script)]
+        done = subprocess.run(
+            [*args, dsn], capture_output=True, text=True, timeout=120, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"pgbench failed: {done.stderr.strip()[-500:]}")
+        # Delivered after everything pgbench committed: the count is complete when it comes.
+        listener.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(END)))
+        for received, notification in enumerate(listener.notifies(timeout=30)):
+            if notification.channel == END:
+                return received / lives
+    raise TimeoutError(f"{profile.name}: the listener's own NOTIFY did not come back in 30 s")
+
+
 def run_writer_cost(
     create_database: Callable[[str], str],
     *,
@@ -176,15 +236,26 @@ def run_writer_cost(
     seconds: float,
     clients: int = 4,
     only: tuple[str, ...] = (),
+    lives: int = LIVES,
 ) -> WriterCost:
+    if not 1 <= clients <= MAX_CLIENTS:
+        raise ValueError(f"clients: 1 to {MAX_CLIENTS}, not {clients}")
     profiles = [p for p in PROFILES if not only or p.name in only]
-    result = WriterCost(clients, seconds, rounds)
+    result = WriterCost(clients, seconds, rounds, lives)
     dsns = {}
-    for profile in profiles:
+    for profile in list(profiles):
         dsns[profile.name] = create_database(f"writer_{profile.name}")
-        _schema(profile.name, dsns[profile.name])
+        try:
+            _schema(profile.name, dsns[profile.name])
+        except npm_queues.QueueUnavailable as e:
+            result.skipped[profile.name] = str(e)
+            profiles.remove(profile)
+            print(f"  {profile.name}: left out, {e}")
+            continue
         result.tps[profile.name] = {v: [] for v in VARIANTS}
         result.cpu_ms[profile.name] = {v: [] for v in VARIANTS}
+    if not profiles:
+        return result
     postmaster = postmaster_pid(next(iter(dsns.values())))
     for r in range(rounds):
         for profile in profiles:
@@ -207,20 +278,30 @@ def run_writer_cost(
                     f"job lives/s, {cpu_ms:.3f} server CPU ms per life"
                 )
     for profile in profiles:
+        variants = VARIANTS[:2] if profile.prefix.startswith("bench_") else VARIANTS
+        result.hints[profile.name] = {
+            v: hints_per_life(dsns[profile.name], profile, v, lives) for v in variants
+        }
         _switch(dsns[profile.name], profile, "ours")
     return result
 
 
 def describe(result: WriterCost) -> list[str]:
-    """The report's table: job lives per second and server CPU per life, per variant, with
-    their ratios to ``none`` (throughput kept; CPU none/variant, the throughput a CPU-bound
-    server would keep)."""
+    """The report's table, in PROFILES' order: job lives per second and server CPU per life,
+    per variant, with their ratios to ``none`` (throughput kept; CPU none/variant, the
+    throughput a CPU-bound server would keep), and the hints per life; a profile left out
+    says why."""
     lines = [
-        "| Profile | no trigger of ours | ours, no relay (every hint sent) | held (a relay "
-        "polls) | CPU ms per life: none / ours / held |",
-        "|---|---:|---:|---:|---|",
+        "| Profile | no trigger of ours | ours, no relay (every hint sent) | ours, held (a "
+        "relay polls) | PostgreSQL CPU ms per job life: none / ours / held "
+        "| hints per job life: none / ours / held |",
+        "|---|---:|---:|---:|---|---|",
     ]
-    for name in result.tps:
+    for name in (p.name for p in PROFILES):
+        if name in result.skipped:
+            lines.append(f"| {name} | left out: {result.skipped[name]} | | | | |")
+        if name not in result.tps:
+            continue
         variants = result.variants(name)
         none = result.median_tps(name, "none")
         cells = [f"{none:,.0f}/s"]
@@ -231,8 +312,10 @@ def describe(result: WriterCost) -> list[str]:
                 cells.append(f"{tps:,.0f}/s: {tps / none:.2f} (CPU {cpu:.2f})")
             else:
                 cells.append("n/a")
-        cpu_cells = " / ".join(f"{result.median_cpu_ms(name, v):.3f}" for v in variants)
-        lines.append(f"| {name} | {' | '.join(cells)} | {cpu_cells} |")
+        cells.append(" / ".join(f"{result.median_cpu_ms(name, v):.3f}" for v in variants))
+        hints = result.hints.get(name, {})
+        cells.append(" / ".join(f"{hints[v]:.2f}" for v in variants if v in hints))
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines
 
 
@@ -241,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds of 4 s (5 of 8 s)")
     parser.add_argument("--rounds", type=int, help="rounds (each runs every variant once)")
     parser.add_argument("--seconds", type=float, help="seconds per pgbench run")
-    parser.add_argument("--only", nargs="+", choices=[p.name for p in PROFILES], default=())
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=())
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args(argv)
     rounds, seconds = (3, 4.0) if args.quick else (5, 8.0)
@@ -254,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.json:
         raw = {"clients": result.clients, "seconds": result.seconds, "rounds": result.rounds}
-        figures = {**raw, "tps": result.tps, "cpu_ms": result.cpu_ms}
+        figures = {**raw, "tps": result.tps, "cpu_ms": result.cpu_ms, "hints": result.hints}
+        figures["skipped"] = result.skipped
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
