@@ -181,7 +181,6 @@ class Fanout:
         self._name = name
         self._heartbeat = heartbeat or settings.heartbeat
         self._clients: set[Client] = set()
-        self._admitting = 0
         self._retry = Frame(b"retry: %d\n\n" % round(settings.retry * 1000))
         self._ping = Frame(PING)
         self._task: asyncio.Task[None] | None = None

@@ -70,10 +70,6 @@ class Authenticator:
         self._followers.append(follower)
 
     @property
-    def enabled(self) -> bool:
-        return self._settings is not None
-
-    @property
     def public_badge(self) -> bool:
         """``auth.public_badge``: the badges serve without a credential (the current rules,
         so a reload that turns it off makes them private again at once)."""
