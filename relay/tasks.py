@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from relay.logs import get_logger
 
 log = get_logger("relay.tasks")
+T = TypeVar("T")
 
 
 def report_unexpected_exit(task: asyncio.Task[Any]) -> None:
@@ -17,6 +19,13 @@ def report_unexpected_exit(task: asyncio.Task[Any]) -> None:
     error = task.exception()
     if error is not None:
         log.error("task_died", task=task.get_name(), exc_info=error)
+
+
+def spawn(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+    """Start a task that should run until cancelled (:func:`report_unexpected_exit`)."""
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(report_unexpected_exit)
+    return task
 
 
 async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:

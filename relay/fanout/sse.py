@@ -43,7 +43,7 @@ from relay.fanout import takeover
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.stability import Snapshot, Stability
-from relay.tasks import cancel_and_wait, report_unexpected_exit
+from relay.tasks import cancel_and_wait, spawn
 
 log = get_logger("relay.fanout.sse")
 
@@ -194,8 +194,7 @@ class Fanout:
         if self._closed:
             raise RuntimeError(f"a closed {self._name} cannot be started again")
         if self._task is None:
-            self._task = asyncio.create_task(self._heartbeats(), name=f"relay-{self._name}-beat")
-            self._task.add_done_callback(report_unexpected_exit)
+            self._task = spawn(self._heartbeats(), f"relay-{self._name}-beat")
 
     async def aclose(self) -> None:
         """Tell every client to come back (a final ``retry:``) and end every stream."""

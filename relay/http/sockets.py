@@ -56,7 +56,7 @@ from aiohttp.typedefs import Middleware
 from relay.config import HttpConfig
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.tasks import report_unexpected_exit
+from relay.tasks import spawn
 
 log = get_logger("relay.http.sockets")
 
@@ -330,10 +330,7 @@ class Gate:
 
     def start(self) -> None:
         self.fds.sample(self.connections)
-        self._watch = self._loop.create_task(
-            self.fds.watch(lambda: self.connections), name="relay-descriptors"
-        )
-        self._watch.add_done_callback(report_unexpected_exit)
+        self._watch = spawn(self.fds.watch(lambda: self.connections), "relay-descriptors")
 
     def _open_fds(self) -> float:
         return float(self.fds.used(self.connections))

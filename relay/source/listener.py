@@ -58,7 +58,7 @@ from relay.source.activities.check import verify_installed
 from relay.source.activities.spec import Activity
 from relay.source.hold import HOLD_ANNOUNCED, Hold, Step
 from relay.source.holdflag import HoldFlag
-from relay.tasks import report_unexpected_exit
+from relay.tasks import spawn
 
 log = get_logger("relay.source.listener")
 T = TypeVar("T")
@@ -165,8 +165,7 @@ class Listener:
         if self._closed:
             raise RuntimeError("a closed listener cannot be started again")
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="relay-listener")
-            self._task.add_done_callback(report_unexpected_exit)
+            self._task = spawn(self._run(), "relay-listener")
 
     async def aclose(self, timeout: float = 5.0) -> None:
         if self._closed:
