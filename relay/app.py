@@ -38,6 +38,7 @@ from relay.http.access import AddressLimit
 from relay.http.auth import Authenticator
 from relay.http.loopguard import LoopErrors
 from relay.http.routes import Served, build_app
+from relay.http.serverlog import quiet_malformed_requests
 from relay.http.sockets import GuardedSite
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -268,6 +269,7 @@ class Relay:
         await self.feeds.start()
         await self.details.start()
         await self.signals.start()
+        quiet_malformed_requests()
         self._runner = web.AppRunner(
             build_app(self._served()),
             handler_cancellation=True,  # a client that goes away cancels its SSE handler

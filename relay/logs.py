@@ -2,7 +2,8 @@
 
 All global logging configuration lives here. Every rendered line passes through
 :class:`Redactor`, so a configured secret (a DSN password, a token, a webhook
-secret) never reaches the output, whatever code logged it.
+secret) never reaches the output, whatever code logged it. It takes plain values (a level, a
+format, the secrets), so this plumbing imports no other part of the relay.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
-
-from relay.config import LoggingConfig
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
@@ -62,23 +60,18 @@ class Redactor:
 redactor = Redactor()
 
 
-class MalformedRequestFilter(logging.Filter):
-    """aiohttp logs a malformed request with its offending raw line, which can carry an
-    ``Authorization`` header or a cookie. Keep the fact, drop the bytes and the traceback."""
+class LogSettings(Protocol):
+    """What :func:`configure` reads: ``relay.config.LoggingConfig`` has this shape."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if record.name == "aiohttp.server" and isinstance(error, HttpProcessingError):
-            record.msg = "malformed_http_request status=%s"
-            record.args = (error.code,)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "info"
-        return True
+    @property
+    def level(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...
 
 
 def configure(
-    settings: LoggingConfig, secrets: Iterable[str] = (), stream: TextIO | None = None
+    settings: LogSettings, secrets: Iterable[str] = (), stream: TextIO | None = None
 ) -> None:
     """Configure structlog and the standard library's logging (aiohttp, psycopg) alike."""
     stream = stream or sys.stdout
@@ -108,7 +101,6 @@ def configure(
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
-    handler.addFilter(MalformedRequestFilter())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
