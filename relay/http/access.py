@@ -16,11 +16,11 @@ from aiohttp.typedefs import Middleware
 from relay.config import CorsConfig, HttpConfig
 from relay.fanout.sse import GRANT, ON_STREAM_END
 from relay.http.auth import Authenticator, Denial, unauthorized
+from relay.http.sockets import Address, TrustedProxies
 from relay.metrics import Metrics
 from relay.state.waits import CLIENT_ADDRESS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PREFLIGHT_MAX_AGE = "600"
 CORS_ORIGIN = web.RequestKey[str]("relay.cors_origin")
@@ -129,13 +129,13 @@ class AddressLimit:
 
     def __init__(self, settings: HttpConfig, metrics: Metrics) -> None:
         self._limit = settings.max_clients_per_address
-        self._trusted = settings.trusted_proxies
+        self._trusted = TrustedProxies(settings.trusted_proxies)
         self._metrics = metrics
         self._open: Counter[str] = Counter()
 
     def client_address(self, request: web.Request) -> str:
         peer = _parse(request.remote)
-        if peer is None or not self._is_trusted(peer):
+        if peer is None or peer not in self._trusted:
             return str(peer or request.remote or "unknown")
         lines = request.headers.getall("X-Forwarded-For", ())
         hops = [h.strip() for line in lines for h in line.split(",")]
@@ -143,12 +143,9 @@ class AddressLimit:
             address = _parse(hop)
             if address is None:
                 return hop  # a garbled hop: count it as its own client, never trust past it
-            if not self._is_trusted(address):
+            if address not in self._trusted:
                 return str(address)
         return str(peer)
-
-    def _is_trusted(self, address: Address) -> bool:
-        return any(address in network for network in self._trusted)
 
     def middleware(self, streams: Collection[str], waits: Collection[str] = ()) -> Middleware:
         """Counts the streams of ``streams`` (the live stream and every feed) and the long

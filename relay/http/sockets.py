@@ -46,7 +46,7 @@ import resource
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -61,6 +61,7 @@ from relay.tasks import spawn
 log = get_logger("relay.http.sockets")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # What a reserve connection may ask for, and how.
 RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -114,6 +115,34 @@ def asks_for_reserve(head: bytes) -> bool | None:
                 return True
             return None if len(head) <= PROBE_HEAD_MAX else False
     return False
+
+
+class TrustedProxies:
+    """``http.trusted_proxies``: the networks whose connections are proxies'. Their own
+    connections are not counted per address; their clients are, by ``X-Forwarded-For``
+    (``relay/http/access.py``)."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self._networks = tuple(networks)
+        self._hosts: dict[str, bool] = {}  # per peer host as accept() gave it; bounded
+
+    def __contains__(self, address: Address) -> bool:
+        return any(address in network for network in self._networks)
+
+    def trusts_host(self, host: str) -> bool:
+        """Whether ``host`` (a peer's address as text) is in a trusted network; remembered."""
+        trusted = self._hosts.get(host)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = address in self
+            if len(self._hosts) > 10_000:
+                self._hosts.clear()
+            self._hosts[host] = trusted
+        return trusted
 
 
 class Descriptors:
@@ -305,7 +334,7 @@ class Gate:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._limit = settings.max_clients_per_address
-        self._trusted = settings.trusted_proxies
+        self._trusted = TrustedProxies(settings.trusted_proxies)
         self._metrics = metrics
         self._factory = factory
         self._loop = loop
@@ -314,7 +343,6 @@ class Gate:
         self.reserve_slots = max(2, settings.fd_reserve // 8)
         self.connections = 0  # every accepted socket still open, refused ones included
         self._per_address: Counter[str] = Counter()
-        self._trusted_cache: dict[str, bool] = {}
         self._probes: set[Connection] = set()
         self._waiting: dict[_Waiting, None] = {}  # oldest first
         self._refusals: set[_Refusal] = set()
@@ -370,18 +398,7 @@ class Gate:
         """Whether connections from ``host`` count against the per-address limit."""
         if self._limit is None:
             return False
-        trusted = self._trusted_cache.get(host)
-        if trusted is None:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                trusted = False
-            else:
-                trusted = any(address in network for network in self._trusted)
-            if len(self._trusted_cache) > 10_000:
-                self._trusted_cache.clear()
-            self._trusted_cache[host] = trusted
-        return not trusted
+        return not self._trusted.trusts_host(host)
 
     # At the limit: what a socket asks for decides.
 
