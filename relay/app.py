@@ -30,6 +30,7 @@ from relay.errors import ConfigError
 from relay.fanout import takeover
 from relay.fanout.enrich import pool_call
 from relay.fanout.feeds import Feeds
+from relay.fanout.gauges import StateGauges
 from relay.fanout.sse import Capacity, Hub
 from relay.fanout.systemd import Notifier
 from relay.fanout.webhooks import WebhookSender
@@ -81,8 +82,11 @@ class Relay:
             self.capacity,
             call=pool_call(lambda: self.details.pool),
         )
-        self.metrics.watch(
-            self.stability, lambda: self.capacity.open, lambda: self.listener.connected.is_set()
+        self.gauges = StateGauges(
+            self.metrics,
+            self.stability,
+            lambda: self.capacity.open,
+            lambda: self.listener.connected.is_set(),
         )
         self.metrics.sse_clients_limit.set(config.http.max_clients)
         self.authenticator = Authenticator(config.auth)
@@ -153,7 +157,7 @@ class Relay:
         for observer in (
             self.notifier.on_transition,  # systemd: STATUS= (READY=1 once the state is known)
             self.hub.publish_state,  # the live stream
-            self.metrics.count_transition,
+            self.gauges.on_transition,  # the state's metrics
             self.waits.on_change,  # long polls whose condition now holds
             self.details.on_change,  # details requests waiting for the state they read
             self.signals.on_change,  # a new busy period: read its signals; an ended one: clear

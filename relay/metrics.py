@@ -1,7 +1,8 @@
 """Prometheus metrics, on a private registry served by ``prometheus_client``'s aiohttp handler.
 
-Gauges that mirror live state (stability, clients, connection) are computed at scrape
-time from the components themselves; counters are incremented where things happen.
+The registry alone: every metric is declared here, and this module imports no stage. Gauges
+that mirror live state are computed at scrape time from the components themselves (the state's
+own by ``relay/fanout/gauges.py``); counters are incremented where things happen.
 """
 
 from __future__ import annotations
@@ -12,15 +13,12 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from relay.state.stability import Snapshot, Stability, State
-
 
 class Metrics:
     """Every metric the relay exports. One instance per relay, with its own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._previous: Snapshot | None = None
         r = self.registry
         self.system_stable = Gauge(
             "relay_system_stable",
@@ -321,19 +319,6 @@ class Metrics:
             registry=r,
         )
 
-    def watch(
-        self, stability: Stability, clients: Callable[[], int], connected: Callable[[], bool]
-    ) -> None:
-        """Compute the live gauges at scrape time from their sources."""
-        self.system_stable.set_function(lambda: _stable_value(stability.current))
-        self.database_connected.set_function(lambda: 1.0 if connected() else 0.0)
-        self.state_since.set_function(lambda: stability.current.since)
-        self.sse_clients.set_function(lambda: float(clients()))
-        for name, _active in stability.current.activities:
-            self.activity_active.labels(name).set_function(
-                functools.partial(_activity_value, stability, name)
-            )
-
     def watch_database(
         self,
         refusal_kind: Callable[[], str | None],
@@ -371,30 +356,9 @@ class Metrics:
                 )
         self.signals_refused.set_function(lambda: 1.0 if refused() else 0.0)
 
-    def count_transition(self, snapshot: Snapshot) -> None:
-        if not snapshot.new_state:
-            return
-        self.transitions.labels(snapshot.state.value).inc()
-        previous, self._previous = self._previous, snapshot
-        if snapshot.state is State.STABLE and previous and previous.state is State.PROCESSING:
-            self.processing_duration.observe(max(0.0, snapshot.since - previous.since))
-
 
 REFUSAL_KINDS = ("pooler", "standby")
 
 
 def _flag(value: bool | None) -> float:
     return math.nan if value is None else 1.0 if value else 0.0
-
-
-def _activity_value(stability: Stability, name: str) -> float:
-    active = dict(stability.current.activities).get(name)
-    if active is None:
-        return math.nan
-    return 1.0 if active else 0.0
-
-
-def _stable_value(snapshot: Snapshot) -> float:
-    if snapshot.stable is None:
-        return math.nan
-    return 1.0 if snapshot.stable else 0.0

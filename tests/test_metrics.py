@@ -7,6 +7,7 @@ import math
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.fanout.gauges import StateGauges
 from relay.metrics import Metrics
 from relay.state.stability import Stability, State
 from tests.support import base_url, eventually, execute, relay_config, running_relay, sse_connect
@@ -118,7 +119,7 @@ async def test_each_activity_has_a_gauge_that_follows_it(db_dsn: str) -> None:
 def test_an_activity_gauge_is_nan_while_unknown() -> None:
     stability = Stability({"importing": "Importing data"})
     metrics = Metrics()
-    metrics.watch(stability, lambda: 0, lambda: True)
+    StateGauges(metrics, stability, lambda: 0, lambda: True)
     sample = metrics.registry.get_sample_value
     assert math.isnan(sample("relay_activity_active", {"activity": "importing"}) or 0.0)
     stability.update_truth({"importing": True})
