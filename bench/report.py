@@ -537,7 +537,9 @@ def writers_section(w: Any, command: str) -> list[str]:
         "relay polls under load (the relay's reads are not counted here: section 2 has "
         "them). Ratios are to the first column: throughput kept, and CPU (PostgreSQL's CPU "
         "per job life, none's over the variant's). *Hints per job life*: the notifications "
-        f"a listener received over {w.lives:,} job lives run by one client, per variant.",
+        f"a listener received over {w.lives:,} job lives run by one client, per variant: "
+        "exact where the rest is noisy. Held does strictly less than ours (the same "
+        "triggers, no NOTIFY), so a row where it costs more shows the noise of the run.",
         "",
         *describe(w),
         "",
