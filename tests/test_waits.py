@@ -291,12 +291,12 @@ async def test_a_wait_in_short_rounds_carries_how_long_it_held(db_dsn: str) -> N
         status, body = await get(url, until="stable", stable_for="1.5s", timeout="1s")
         assert (status, body["result"]) == (408, "timeout")
         assert 0.9 <= body["held_s"] <= 1.2
-        started = time.monotonic()
+        # A round shorter than stable_for (1.4 s < 1.5 s) can only be met by carrying held:
+        # a logical bound, not a stopwatch.
         status, body = await get(
-            url, until="stable", stable_for="1.5s", timeout="2s", held=f"{body['held_s']}s"
+            url, until="stable", stable_for="1.5s", timeout="1.4s", held=f"{body['held_s']}s"
         )
         assert (status, body["result"]) == (200, "met")
-        assert time.monotonic() - started < 1.0  # only what was left of the 1.5 s
 
 
 async def test_the_cli_meets_a_stable_for_longer_than_one_round(db_dsn: str) -> None:
@@ -306,5 +306,7 @@ async def test_the_cli_meets_a_stable_for_longer_than_one_round(db_dsn: str) -> 
         process = cli_wait(base_url(relay), "--stable-for", "2s", "--timeout", "10s", round_s=0.5)
         code, err = await finished(process)
         took = time.monotonic() - started
+        # Met (0), not timed out (1): four rounds of 0.5 s carried how long it had held. Never
+        # before the 2 s; no upper bound on a shared machine but the timeout itself.
         assert code == 0, err
-        assert 2.0 <= took < 6.0, (took, err)
+        assert took >= 2.0, (took, err)
