@@ -50,7 +50,7 @@ from relay.config import PER_CLIENT_VARIABLES, FeedConfig, HttpConfig
 from relay.fanout import shape
 from relay.fanout.enrich import Call, Enricher
 from relay.fanout.replay import Audience, Ring
-from relay.fanout.sse import Capacity, Client, Fanout, Frame, named_frame
+from relay.fanout.sse import Capacity, Client, Fanout, Frame, encode_event, named_frame
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.stability import Stability, iso_timestamp
@@ -235,7 +235,7 @@ class Feed(Fanout):
             return named_frame(self.config.connect_event, self.config.connect_data).raw
         if on_connect == "message":
             body = shape.fill(self.config.connect_message, sub.variables(_now()))
-            return f"data: {shape.encode(body)}\n\n".encode()
+            return encode_event(shape.encode(body))
         return b""
 
     def _replay(self, last_event_id: str, sub: Subscription) -> bytes:
@@ -302,7 +302,8 @@ class Feed(Fanout):
             return
         # Encoded once per distinct (ids, scope) and tick; each client's id spliced in.
         now = _now()
-        event = f"event: {self.config.heartbeat_event}\ndata: ".encode()
+        # The event's framing, with each client's data to go where the NUL is.
+        head, _, tail = encode_event("\0", self.config.heartbeat_event).partition(b"\0")
         encoded: dict[tuple[Any, ...], list[bytes]] = {}
         for client in list(self._clients):
             sub = client.keys if isinstance(client.keys, Subscription) else EVERYONE
@@ -311,7 +312,7 @@ class Feed(Fanout):
             if pieces is None:
                 pieces = shape.pieces(self.config.heartbeat_data, sub.variables(now))
                 encoded[group] = pieces
-            raw = event + sub.connection_id.encode().join(pieces) + b"\n\n"
+            raw = head + sub.connection_id.encode().join(pieces) + tail
             self.broadcast(Frame(raw), (client,))
 
     # -- payloads -----------------------------------------------------------------------------
@@ -400,8 +401,7 @@ class Feed(Fanout):
     def _send(self, event: str | None, data: str, audience: Audience) -> None:
         """Number the event, keep it, and write it to the clients it is for."""
         number, event_id = self.ring.next_id()
-        head = f"id: {event_id}\n" if event is None else f"id: {event_id}\nevent: {event}\n"
-        raw = f"{head}data: {data}\n\n".encode()
+        raw = encode_event(data, event, event_id)
         self.ring.keep(number, raw, audience)
         if audience is not None:
             self._drain_outbox()

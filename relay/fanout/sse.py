@@ -89,13 +89,22 @@ class Frame:
         return self.chunked if client.chunked else self.raw
 
 
+def encode_event(data: str, event: str | None = None, event_id: object = None) -> bytes:
+    """One event as it goes on the wire: ``id:`` (if any), ``event:`` (if named), then
+    ``data`` as given in one ``data:`` field (the relay's payloads are single-line JSON)."""
+    head = "" if event_id is None else f"id: {event_id}\n"
+    if event is not None:
+        head += f"event: {event}\n"
+    return f"{head}data: {data}\n\n".encode()
+
+
 def stability_frame(snapshot: Snapshot) -> Frame:
     data = json.dumps(snapshot.as_json(), separators=(",", ":"))
-    return Frame(f"id: {snapshot.seq}\ndata: {data}\n\n".encode())
+    return Frame(encode_event(data, event_id=snapshot.seq))
 
 
 def named_frame(event: str, data: str) -> Frame:
-    return Frame(f"event: {event}\ndata: {data}\n\n".encode())
+    return Frame(encode_event(data, event))
 
 
 def unauthorized_frame(reason: str) -> Frame:
