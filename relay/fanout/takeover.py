@@ -18,6 +18,9 @@ The relay takes the fast path only on the aiohttp versions the canary has passed
 the handler running until the stream ends and writes to ``request.transport`` (documented),
 at aiohttp's cost per stream. Which path runs is logged (``sse_path``) and exported
 (``relay_sse_takeover``).
+
+``RELAY_SSE_TAKEOVER`` is not a key of the config file: :func:`fast_path_refusal` reads it from
+the process environment itself (unless given another mapping), once, when the relay is built.
 """
 
 from __future__ import annotations
