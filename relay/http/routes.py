@@ -1,4 +1,5 @@
-"""HTTP routes: the live stream, the JSON snapshot, the badges, health, readiness and metrics."""
+"""HTTP routes: the live stream and the feeds, the JSON snapshot, the details, indicators, long
+poll and history, the badges, health, readiness, metrics, and the page with its static files."""
 
 from __future__ import annotations
 
