@@ -1,6 +1,6 @@
 """Durations as the config writes them (``"15s"``, ``"2m"``, ``"500ms"``): plumbing shared by
-``relay/config.py`` and the activities' ``overdue_after`` (``relay/source/activities/spec.py``),
-which the config imports."""
+``relay/config/settings.py`` and the activities' ``overdue_after``
+(``relay/config/activities.py``)."""
 
 from __future__ import annotations
 

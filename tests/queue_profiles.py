@@ -20,8 +20,8 @@ from psycopg import errors as pg_errors
 
 from relay.app import Relay
 from relay.config import Config
-from relay.source.activities.profiles import load_profile
-from relay.source.activities.spec import Activity
+from relay.config.activities import Activity
+from relay.config.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests.support import (
@@ -58,7 +58,7 @@ async def started(relay: Relay) -> None:
 
 @dataclass(frozen=True)
 class QueueProfile:
-    """A queue's profile (``name``: relay/source/activities/profiles/<name>.yaml) on its job
+    """A queue's profile (``name``: relay/config/profiles/<name>.yaml) on its job
     ``table`` (tests/fixtures/<name>.sql), whose ``enum_type`` state is work while in
     ``active``."""
 

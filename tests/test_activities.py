@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from relay.cli.main import startup_problems
-from relay.source.activities.spec import Activity
+from relay.config.activities import Activity
 from relay.source.activities.sql import fingerprint, install_script
 from relay.source.install import install
 from tests.support import execute, fresh_database, relay_config

@@ -13,6 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from relay.config.activities import Activity
+from relay.config.profiles import load_profile
 from relay.source.activities.check import (
     READ_SCAN_ROWS,
     ReadScan,
@@ -21,8 +23,6 @@ from relay.source.activities.check import (
     read_scans,
     unaliased,
 )
-from relay.source.activities.profiles import load_profile
-from relay.source.activities.spec import Activity
 from relay.source.install import suggested_indexes
 from tests.support import fresh_database
 

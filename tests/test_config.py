@@ -9,7 +9,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.config import _ConfigLoader, load_config, parse_duration, parse_size
+from relay.config import load_config, parse_duration, parse_size
+from relay.config.settings import _ConfigLoader
 from relay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

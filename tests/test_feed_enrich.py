@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from relay.config.activities import EnrichRead, Join
 from relay.source.activities.check import check_enrichers
-from relay.source.activities.spec import EnrichRead, Join
 from relay.source.install import InstallRefused, install
 from tests.support import base_url, eventually, running_relay, sse_connect
 from tests.test_feeds import connected, data_events, feed_config

@@ -20,8 +20,8 @@ import pytest
 from psycopg import sql
 
 from relay.app import Relay
+from relay.config.profiles import load_profile
 from relay.source.activities.check import check_activities
-from relay.source.activities.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests import graphile_worker_support as gw

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.source.activities.spec import Activity
+from relay.config.activities import Activity
 from relay.source.activities.sql import visible_rows
 from relay.source.install import install
 from relay.state.stability import State

@@ -32,8 +32,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from relay.config.profiles import available, load_profile
 from relay.devtools.embedded import pgbench_path
-from relay.source.activities.profiles import available, load_profile
 from relay.source.install import install, printed, scripts, sql_dir
 from relay.state.stability import State
 from tests.support import base_url, eventually, fresh_database, relay_config, running_relay

@@ -24,7 +24,7 @@ import pytest
 
 from relay.cli.wait import EXIT_OVERDUE, EXIT_STALLED
 from relay.config import Config
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests import procrastinate_support as pq

@@ -1,5 +1,6 @@
 """The package layout that docs/architecture.md describes: stages as sub-packages, imports in
-one direction, no cycles (type-only ones included), development tools kept off the daemon."""
+one direction, no cycles (type-only ones included), the plumbing at the bottom, development
+tools kept off the daemon."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ STAGES = ("source", "state", "fanout", "http")
 UPSTREAM_ALLOWED = {
     ("relay.fanout.takeover", "relay.http.sockets"),  # a stream taken over stays counted
 }
+# Above the plumbing: the stages, the command, the development tools, the wiring and the entry
+# point. Every other module (config/, metrics, logs, errors, tasks, backoff, durations, and any
+# new top-level module) is plumbing, which every stage may import and which imports none.
+ABOVE_PLUMBING = (*STAGES, "cli", "devtools", "app", "__main__")
+# (plumbing module, module above it) pairs allowed, each with its reason: none.
+PLUMBING_ALLOWED: set[tuple[str, str]] = set()
 
 
 def modules() -> dict[str, Path]:
@@ -47,6 +54,11 @@ def stage(module: str) -> str | None:
     return parts[1] if len(parts) > 2 and parts[1] in STAGES else None
 
 
+def is_plumbing(module: str) -> bool:
+    parts = module.split(".")
+    return len(parts) == 1 or parts[1] not in ABOVE_PLUMBING
+
+
 def test_no_import_cycles() -> None:
     edges = graph()
     cycles: list[list[str]] = []
@@ -75,6 +87,24 @@ def test_imports_follow_the_data_path() -> None:
             if against and (module, target) not in UPSTREAM_ALLOWED:
                 upstream.append((module, target))
     assert upstream == [], upstream
+
+
+def test_the_plumbing_imports_no_stage() -> None:
+    edges = graph()
+    plumbing = sorted(module for module in edges if is_plumbing(module))
+    # The classification itself: these are the plumbing, whatever else joins them.
+    expected = ["relay.config", "relay.config.activities", "relay.config.profiles"]
+    expected += ["relay.config.settings", "relay.metrics", "relay.logs", "relay.errors"]
+    expected += ["relay.tasks", "relay.backoff", "relay.durations"]
+    assert set(expected) <= set(plumbing), plumbing
+    assert not any(is_plumbing(m) for m in ("relay.app", "relay.source.listener", "relay.cli"))
+    upward = [
+        (module, target)
+        for module in plumbing
+        for target in sorted(edges[module])
+        if not is_plumbing(target) and (module, target) not in PLUMBING_ALLOWED
+    ]
+    assert upward == [], upward
 
 
 def test_the_daemon_never_imports_the_development_tools() -> None:

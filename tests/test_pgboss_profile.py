@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from relay.app import Relay
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests import pgboss_support as pgb

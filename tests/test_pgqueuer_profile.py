@@ -16,7 +16,7 @@ import pytest
 from pgqueuer import PsycopgDriver, Queries
 
 from relay.app import Relay
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests import pgqueuer_support as pgq

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests import procrastinate_support as pq

@@ -63,9 +63,7 @@ REPO = Path(__file__).parent.parent
 
 
 async def test_the_profile_reads_what_the_schema_has(procrastinate_dsn: str) -> None:
-    profile = yaml.safe_load(
-        (REPO / "relay/source/activities/profiles/procrastinate.yaml").read_text()
-    )
+    profile = yaml.safe_load((REPO / "relay/config/profiles/procrastinate.yaml").read_text())
     (activity,) = profile["activities"]
     assert tuple(activity["active_states"]) == ACTIVE_STATES
     fields = sql.SQL(", ").join(

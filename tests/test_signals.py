@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from relay.config import Config, SignalsConfig
+from relay.config.activities import Activity
+from relay.config.profiles import load_profile
 from relay.errors import ConfigError
-from relay.source.activities.profiles import load_profile
 from relay.source.activities.signals import signals_script
-from relay.source.activities.spec import Activity
 from relay.source.install import InstallRefused, install
 from tests import procrastinate_support as pq
 from tests.support import (

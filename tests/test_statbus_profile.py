@@ -25,7 +25,7 @@ from psycopg import sql
 
 from relay.app import Relay
 from relay.cli.main import startup_problems
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.source.install import InstallRefused, install
 from relay.state.stability import State
 from tests import statbus_driver as sb

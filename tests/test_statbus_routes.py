@@ -41,7 +41,7 @@ from psycopg import sql
 
 from relay.app import Relay
 from relay.config import Config
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.state.stability import State
 from tests import statbus_driver as sb
 from tests.raw_sse import (

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _profile_flag(parser: argparse.ArgumentParser) -> None:
-    from relay.source.activities.profiles import DEFAULT_PROFILE, available
+    from relay.config.profiles import DEFAULT_PROFILE, available
 
     names = ", ".join(f"{n} (default)" if n == DEFAULT_PROFILE else n for n in available())
     parser.add_argument(

@@ -21,6 +21,8 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
+from relay.config.activities import Activity, EnrichRead
+from relay.config.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
 from relay.errors import ConfigError, DatabaseUnavailable, RelayError, SchemaMissing
 from relay.source.activities.check import (
     READ_SCAN_ROWS,
@@ -30,9 +32,7 @@ from relay.source.activities.check import (
     index_suggestion,
     read_scans,
 )
-from relay.source.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
 from relay.source.activities.signals import FUNCTION, parts, signals_script
-from relay.source.activities.spec import Activity, EnrichRead
 from relay.source.activities.sql import install_script
 from relay.source.holdflag import CONFIRM, REQUEST
 

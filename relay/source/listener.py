@@ -50,12 +50,12 @@ from psycopg import AsyncConnection, sql
 
 from relay.backoff import Backoff
 from relay.config import DatabaseConfig, StabilityConfig
+from relay.config.activities import Activity
 from relay.errors import DatabaseReadOnly, DatabaseUnavailable, PoolerRefused, SchemaMissing
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.source import pg
 from relay.source.activities.check import verify_installed
-from relay.source.activities.spec import Activity
 from relay.source.hold import HOLD_ANNOUNCED, Hold, Step
 from relay.source.holdflag import HoldFlag
 from relay.tasks import spawn

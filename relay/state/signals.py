@@ -49,6 +49,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.config import SignalsConfig
+from relay.config.activities import Activity
 from relay.errors import DatabaseUnavailable, SchemaMismatch
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -58,7 +59,6 @@ from relay.source.activities.signals import (
     FUNCTION,
     signals_fingerprint,
 )
-from relay.source.activities.spec import Activity
 from relay.state.stability import Snapshot, Stability, State, iso_timestamp
 from relay.tasks import cancel_and_wait, report_unexpected_exit
 

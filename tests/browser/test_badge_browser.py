@@ -22,8 +22,8 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is mis
 from playwright.sync_api import Browser
 
 from relay.app import Relay
+from relay.config.profiles import load_profile
 from relay.http.badge import text_width
-from relay.source.activities.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import Snapshot, State
 from tests.browser.helpers import (

@@ -14,7 +14,7 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is mis
 from playwright.sync_api import Page, expect
 
 from relay.app import Relay
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.source.install import install
 from tests.browser.helpers import (
     Tab,

@@ -50,8 +50,8 @@ from psycopg import sql
 
 from relay.app import Relay
 from relay.config import Config
+from relay.config.profiles import load_profile
 from relay.devtools.embedded import EmbeddedPostgres
-from relay.source.activities.profiles import load_profile
 from relay.state.stability import State
 from tests import statbus_driver as sb
 from tests.browser.helpers import Background, Tab, run_async, wait_until

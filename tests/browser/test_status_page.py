@@ -39,7 +39,7 @@ FINISH_ALL = (
     "UPDATE public.import_job SET state = 'finished'",
     "UPDATE worker.tasks SET state = 'completed'",
 )
-# The seed profile's activities (relay/source/activities/profiles/seed.yaml), in config order.
+# The seed profile's activities (relay/config/profiles/seed.yaml), in config order.
 IMPORTING = "Importing data"
 ANALYTICS = "Deriving statistics"
 

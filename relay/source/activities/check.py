@@ -32,10 +32,10 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
+from relay.config.activities import Activity, EnrichRead, split_name
+from relay.config.profiles import CUSTOM
 from relay.errors import SchemaMismatch, SchemaMissing
 from relay.logs import get_logger
-from relay.source.activities.profiles import CUSTOM
-from relay.source.activities.spec import Activity, EnrichRead, split_name
 from relay.source.activities.sql import (
     FINGERPRINT,
     active_condition,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from relay.source.activities.spec import DOLLAR_TAG, Activity
+from relay.config.activities import DOLLAR_TAG, Activity
 from relay.source.activities.sql import (
     FINGERPRINT,
     HEADER,

@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from relay.source.activities.spec import (
+from relay.config.activities import (
     ALL_EVENTS,
     DOLLAR_TAG,
     ENRICH_PREFIX,

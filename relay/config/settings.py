@@ -31,10 +31,10 @@ from pydantic import (
     model_validator,
 )
 
+from relay.config.activities import Activity, EnrichRead, QualifiedName, enrich_function
+from relay.config.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
 from relay.durations import parse_duration as parse_duration  # re-exported
 from relay.errors import ConfigError
-from relay.source.activities.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
-from relay.source.activities.spec import Activity, EnrichRead, QualifiedName, enrich_function
 
 # The spellings sizes accept (units are case-sensitive: KB and MB are 1000-based, KiB and MiB
 # 1024-based); pydantic's ByteSize does the arithmetic. It alone would also take "64k" (64000),
