@@ -1,7 +1,8 @@
 """The wiring: the one place components meet (docs/architecture.md has the picture).
 
     NOTIFY → source.Listener → state.Stability → observers, in this order: systemd, the SSE
-    hub, metrics, waits, details, and while leading the history writer and the webhooks
+    hub, the state gauges, waits, details, signals, and while leading the history writer and
+    the webhooks
                           └→ source.ChannelRelay → the hub (named events), the feeds
     HTTP → http.sockets (accept) → http.access (CORS, auth, limits) → http.routes
 

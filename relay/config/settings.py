@@ -2,7 +2,9 @@
 
 Every problem is reported with its key path (``http.heartbeat: expected a duration
 like "15s", got "fast"``); the result is a frozen object passed down to every
-component. No other module reads files or environment variables on its own.
+component. The config file and the variables it names are read here only; the process's
+own settings are read where they apply (systemd's NOTIFY_SOCKET in ``relay/fanout/systemd.py``,
+RELAY_SSE_TAKEOVER in ``relay/fanout/takeover.py``, RELAY_TOKEN by the CLI's ``wait``).
 """
 
 from __future__ import annotations
