@@ -133,6 +133,9 @@ async def test_timeout_unknown_bad_queries_and_the_waiter_bound(
         await execute(db_dsn, START)
         status, body = await get(url, until="stable", timeout="0.5s")
         assert (status, body["result"], body["state"]) == (408, "timeout", "processing")
+        # A polling browser asks for 200 (Chromium sends a request that ended 408 again).
+        status, body = await get(url, until="stable", timeout="0.5s", timeout_status="200")
+        assert (status, body["result"], body["state"]) == (200, "timeout", "processing")
         first = asyncio.create_task(get(url, until="stable", timeout="2s"))
         await eventually(lambda: len(relay.waits._waiters) == 1)
         assert (await get(url, until="stable", timeout="1s"))[0] == 429
@@ -144,6 +147,7 @@ async def test_timeout_unknown_bad_queries_and_the_waiter_bound(
             {"stable_for": "2h"},
             {"held": "soon"},
             {"activity": "nope"},
+            {"timeout_status": "204"},
         ):
             status, body = await get(url, **bad)
             assert status == 400 and body["error"], bad

@@ -20,7 +20,9 @@ default is ``stalled,overdue``); 503 ``unknown`` when the last read could not re
 database (it never says stable then); 429 past ``wait.max_waiters``, or past
 ``wait.max_waiters_per_address`` from one client address (:data:`CLIENT_ADDRESS`, which the
 HTTP layer sets by its trusted-proxy rule), so that one client cannot take every slot; 400
-for a bad query.
+for a bad query. ``timeout_status=200`` ends a round that timed out with 200 (the body still
+says ``"result": "timeout"``) instead of 408: a browser sends a request that ended 408 on a
+reused connection once more (Chromium does), which doubles a polling client's rounds.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class Waits:
         try:
             until, stable_for, timeout, activity, held = self._parse(request)
             end_on = _end_on(request.query)
+            timeout_status = _timeout_status(request.query)
         except ValueError as error:
             return _error(400, str(error))
         if len(self._waiters) >= self._settings.max_waiters or self._closed:
@@ -140,9 +143,13 @@ class Waits:
                 self._per_address[address] -= 1
                 if self._per_address[address] <= 0:
                     del self._per_address[address]
-        status = {"met": 200, "timeout": 408, "unknown": 503, "stalled": 409, "overdue": 409}[
-            result
-        ]
+        status = {
+            "met": 200,
+            "timeout": timeout_status,
+            "unknown": 503,
+            "stalled": 409,
+            "overdue": 409,
+        }[result]
         answer = {
             "result": result,
             "until": until,
@@ -262,6 +269,14 @@ class _Waiter:
         if all(isinstance(v, bool) for v in known.values()) and not self.holds(known):
             self.broken = True
         self.changed.set()
+
+
+def _timeout_status(query: Mapping[str, str]) -> int:
+    """``timeout_status=408`` (the default) or ``200``: the status of a round that timed out."""
+    text = query.get("timeout_status", "408").strip()
+    if text not in ("408", "200"):
+        raise ValueError("timeout_status: 408 or 200")
+    return int(text)
 
 
 def _end_on(query: Mapping[str, str]) -> frozenset[str]:

@@ -1375,14 +1375,15 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         const until = this._state === "stable" ? "processing" : "stable";
         const round = known ? WAIT_ROUND_S : WAIT_ROUND_UNKNOWN_S;
         // end_on=none: a wait for "stable" while work is stalled would answer 409 at once.
-        const query = `?until=${until}&timeout=${round}s&end_on=none`;
-        // The relay ends a round with 408, which Chromium sends again once on a reused
-        // connection (as a keep-alive socket the server closed): a round may last twice.
+        // timeout_status=200: a round that is over answers 200 "timeout", not 408, which
+        // Chromium would send again once on a reused connection (a round lasting twice). An
+        // older relay ignores the parameter and answers 408: the limit allows for that too.
+        const query = `?until=${until}&timeout=${round}s&end_on=none&timeout_status=200`;
         const wait = await this._pollGet(WAIT_PATH + query, (2 * round + 10) * 1000);
         if (!current()) return;
-        // 200: changed (or already other), 408: the round is over, 503: the database is out of
-        // reach. Anything else (429 past a share of waiters, an older relay, a proxy's error):
-        // the snapshot alone, every few seconds.
+        // 200: changed, already other, or the round is over; 408: the round is over (an older
+        // relay); 503: the database is out of reach. Anything else (429 past a share of
+        // waiters, an older relay, a proxy's error): the snapshot alone, every few seconds.
         const answered =
           wait.status === 200 ||
           wait.status === 408 ||
