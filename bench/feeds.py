@@ -114,7 +114,7 @@ def free_port() -> int:
 def relay_config(dsn: str, port: int) -> dict[str, Any]:
     """The statbus profile with its own three feeds (listed, since a config that lists feeds
     replaces the profile's) and the replay feed."""
-    from relay.source.activities.profiles import load_profile
+    from relay.config.profiles import load_profile
 
     return {
         "profile": "statbus",

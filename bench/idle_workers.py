@@ -35,7 +35,7 @@ PLAIN_TRIGGER = (
 
 
 def _activities(queue: str, variant: str) -> list[dict[str, Any]]:
-    from relay.source.activities.profiles import load_profile
+    from relay.config.profiles import load_profile
 
     activities = [a.model_dump(exclude_none=True) for a in load_profile(queue).activities]
     if queue == "pgqueuer" and variant == "before":
@@ -47,7 +47,7 @@ def _activities(queue: str, variant: str) -> list[dict[str, Any]]:
 async def _prepare(dsn: str, queue: str, variant: str) -> None:
     """Our SQL for the variant's activities; for ``before``, ours disabled and the previous
     release's plain statement trigger in their place."""
-    from relay.source.activities.spec import Activity
+    from relay.config.activities import Activity
     from relay.source.install import install
 
     activities = [Activity.model_validate(a) for a in _activities(queue, variant)]

@@ -23,8 +23,8 @@ from typing import Any
 import psycopg
 
 from bench.common import median, percentile
+from relay.config.profiles import load_profile
 from relay.source.activities.check import READ_SCAN_ROWS, read_query, read_scans
-from relay.source.activities.profiles import load_profile
 from relay.source.install import install
 
 TRUTH = "SELECT public.system_stability_activities()"

@@ -51,7 +51,7 @@ BENCH_FEED = {
 def channel_hinted_seed(channels: list[str]) -> list[dict[str, Any]]:
     """The seed profile's activities (the installed ones), hinted as the statbus profile is:
     by the system's own channels, no trigger of ours."""
-    from relay.source.activities.profiles import load_profile
+    from relay.config.profiles import load_profile
 
     hints = {"triggers": [], "channels": channels}
     return [

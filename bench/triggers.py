@@ -128,7 +128,7 @@ def install_for(dsn: str, kind: str) -> None:
     import asyncio
 
     from bench.serve_relay import channel_hinted_seed
-    from relay.source.activities.spec import Activity
+    from relay.config.activities import Activity
     from relay.source.install import install
 
     activities = None

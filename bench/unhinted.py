@@ -25,7 +25,7 @@ import psycopg
 from bench.common import median, percentile
 from relay.app import Relay
 from relay.config import Config
-from relay.source.activities.profiles import load_profile
+from relay.config.profiles import load_profile
 from relay.source.install import install
 from relay.state.stability import State
 from tests import statbus_driver as sb

@@ -122,7 +122,7 @@ async def _pgqueuer_schema(dsn: str) -> None:
 
 def _schema(profile: str, dsn: str) -> None:
     """The profile's tables, as its system makes them, and our SQL for its activities."""
-    from relay.source.activities.profiles import load_profile
+    from relay.config.profiles import load_profile
     from relay.source.install import install
 
     with psycopg.connect(dsn, autocommit=True) as conn:
