@@ -879,11 +879,6 @@ class Config(_Section):
         return tuple(activity.name for activity in self.activities)
 
     @property
-    def uses_triggers(self) -> bool:
-        """Whether `db install` creates hint triggers (and holds can quiet them)."""
-        return any(activity.hint_triggers for activity in self.activities)
-
-    @property
     def enrichers(self) -> tuple[EnrichRead, ...]:
         """The enrich functions `db install` generates for the feeds, each once."""
         found: dict[str, EnrichRead] = {}
@@ -892,13 +887,6 @@ class Config(_Section):
                 if rules.enrich is not None and rules.enrich.read is not None:
                     found.setdefault(rules.enrich.read.name, rules.enrich.read)
         return tuple(found.values())
-
-    @property
-    def hint_channels(self) -> tuple[str, ...]:
-        """The system's own channels that hint at a change, in declaration order."""
-        return tuple(
-            dict.fromkeys(c for activity in self.activities for c in activity.hint_channels)
-        )
 
     def secrets(self) -> list[str]:
         """Every configured value that must never reach a log line."""

@@ -17,7 +17,7 @@ from relay.config import Config, LoggingConfig, load_config
 from relay.devtools.embedded import EmbeddedPostgres
 from relay.devtools.workload import simulate
 from relay.source.install import install
-from relay.tasks import report_unexpected_exit
+from relay.tasks import spawn
 
 log = logs.get_logger("relay.devtools.demo")
 
@@ -53,8 +53,7 @@ async def _demo(dsn: str, listen: str, period: float) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await relay.start()
-    workload = asyncio.create_task(simulate(dsn, period), name="demo-workload")
-    workload.add_done_callback(report_unexpected_exit)
+    workload = spawn(simulate(dsn, period), "demo-workload")
     base = f"http://{listen.rsplit(':', 1)[0]}:{relay.port}"
     print(
         "\nstability-relay demo is running. Open:\n"

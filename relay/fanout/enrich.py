@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from relay.fanout.shape import parse
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.tasks import cancel_and_wait, report_unexpected_exit
+from relay.tasks import cancel_and_wait, spawn
 
 log = get_logger("relay.fanout.enrich")
 
@@ -105,8 +105,7 @@ class Enricher:
             raise RuntimeError(f"a closed enricher ({self._label}) cannot be started again")
         if self._task is None:
             self._wake = asyncio.Event()
-            self._task = asyncio.create_task(self._run(), name=f"relay-enrich-{self._label}")
-            self._task.add_done_callback(report_unexpected_exit)
+            self._task = spawn(self._run(), f"relay-enrich-{self._label}")
 
     async def aclose(self) -> None:
         self._closed = True

@@ -52,7 +52,7 @@ from relay.source import pg
 from relay.state.eta import SAMPLE_INTERVAL, Estimates
 from relay.state.sharedread import SharedRead
 from relay.state.stability import Snapshot, Stability, State
-from relay.tasks import cancel_and_wait, report_unexpected_exit
+from relay.tasks import cancel_and_wait, spawn
 
 log = get_logger("relay.state.details")
 
@@ -161,8 +161,7 @@ class Details:
             name="relay-details",
         )
         await self._pool.open(wait=False)
-        self._sampler = asyncio.create_task(self._sample(), name="relay-details-sampler")
-        self._sampler.add_done_callback(report_unexpected_exit)
+        self._sampler = spawn(self._sample(), "relay-details-sampler")
 
     async def aclose(self, timeout: float = 5.0) -> None:
         if self._closed:

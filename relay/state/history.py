@@ -29,7 +29,7 @@ from relay.logs import get_logger
 from relay.source import pg
 from relay.state.details import Details
 from relay.state.stability import Snapshot, Stability, State
-from relay.tasks import cancel_and_wait, report_unexpected_exit
+from relay.tasks import cancel_and_wait, spawn
 
 log = get_logger("relay.state.history")
 
@@ -62,8 +62,7 @@ class HistoryWriter:
         if self._closed:
             raise RuntimeError("a closed history writer cannot be started again")
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="relay-history")
-            self._task.add_done_callback(report_unexpected_exit)
+            self._task = spawn(self._run(), "relay-history")
             self.observe(self._stability.current)  # the state at election: catch up
 
     async def aclose(self) -> None:

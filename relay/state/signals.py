@@ -60,7 +60,7 @@ from relay.source.activities.signals import (
     signals_fingerprint,
 )
 from relay.state.stability import Snapshot, Stability, State, iso_timestamp
-from relay.tasks import cancel_and_wait, report_unexpected_exit
+from relay.tasks import cancel_and_wait, spawn
 
 log = get_logger("relay.state.signals")
 
@@ -122,8 +122,7 @@ class SignalsReader:
         if self._closed:
             raise RuntimeError("a closed signals reader cannot be started again")
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="relay-signals")
-            self._task.add_done_callback(report_unexpected_exit)
+            self._task = spawn(self._run(), "relay-signals")
 
     async def aclose(self) -> None:
         if self._closed:

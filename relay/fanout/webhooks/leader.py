@@ -48,7 +48,7 @@ from relay.config import DatabaseConfig
 from relay.errors import DatabaseReadOnly, DatabaseUnavailable
 from relay.logs import get_logger
 from relay.source import pg
-from relay.tasks import report_unexpected_exit
+from relay.tasks import spawn
 
 log = get_logger("relay.fanout.webhooks.leader")
 
@@ -132,8 +132,7 @@ class Leadership:
         if self._closed:
             raise RuntimeError("a closed leadership cannot be started again")
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="relay-leader")
-            self._task.add_done_callback(report_unexpected_exit)
+            self._task = spawn(self._run(), "relay-leader")
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop campaigning and release the lock (by closing its connection)."""

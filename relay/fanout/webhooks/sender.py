@@ -65,7 +65,7 @@ from relay.fanout.webhooks.statefile import (
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.stability import Snapshot, Stability, State
-from relay.tasks import report_unexpected_exit
+from relay.tasks import spawn
 
 # The estimate of the time left when processing began, if one can be had (relay/state/eta.py).
 EtaSource = Callable[[], dict[str, Any] | None]
@@ -212,8 +212,7 @@ class Target:
     def start(self, session: aiohttp.ClientSession) -> None:
         self._session = session
         self._wake = asyncio.Event()
-        self.task = asyncio.create_task(self._run(), name=f"relay-webhook-{self.name}")
-        self.task.add_done_callback(report_unexpected_exit)
+        self.task = spawn(self._run(), f"relay-webhook-{self.name}")
 
     def begin_close(self) -> None:
         """Stop taking work: cancel the hysteresis timer, end retry waits at once."""

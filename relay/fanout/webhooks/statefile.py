@@ -31,7 +31,7 @@ from typing import Any
 from relay.fanout.webhooks.payloads import SignalEvent, Transition, record_int, record_number
 from relay.logs import get_logger
 from relay.state.stability import State
-from relay.tasks import report_unexpected_exit
+from relay.tasks import spawn
 
 log = get_logger("relay.fanout.webhooks")
 
@@ -202,8 +202,7 @@ class StateFile:
             self._dirty = asyncio.Event()
             self._progress = asyncio.Condition()
             if self.path is not None:
-                self._task = asyncio.create_task(self._writer(), name="relay-webhook-state")
-                self._task.add_done_callback(report_unexpected_exit)
+                self._task = spawn(self._writer(), "relay-webhook-state")
 
     def changed(self) -> None:
         """Something in the collected state changed; write it soon (coalesced)."""
