@@ -4,8 +4,8 @@ Generated from the activities like ``sql.py``'s functions (``SECURITY DEFINER``,
 pinned to ``pg_catalog, pg_temp``, every name qualified, revoked from PUBLIC), in a script of
 its own that ``db install`` applies after ``roles.sql`` and grants to ``stability_relay``.
 
-One statement, one snapshot: for each activity, over its rows (``spec.py``: the active rows,
-or an expression activity's details rows),
+One statement, one snapshot: for each activity, over its rows (``relay/config/activities.py``:
+the active rows, or an expression activity's details rows),
 
 * ``depth``: how many, exact up to ``depth_cap``; ``depth_cap + 1`` means "more than the cap"
   (each count stops there: ``count(*) FROM (SELECT ... LIMIT depth_cap + 1)``);
