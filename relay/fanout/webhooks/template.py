@@ -1,7 +1,7 @@
 """The template kind: a JSON body from the config, its ``{{field}}`` placeholders filled.
 
-The template was parsed as JSON (or YAML) when the config was loaded (relay/config/settings.py checks
-the field names), so filling works on the parsed tree, never on text: a string that is
+The template was parsed as JSON (or YAML) when the config was loaded (relay/config/settings.py
+checks the field names), so filling works on the parsed tree, never on text: a string that is
 exactly one placeholder becomes the field's JSON value (a list, a number, null), and a
 placeholder inside a longer string is replaced by the field's text. Whatever a value holds
 (quotes, backslashes, newlines, braces, another "{{...}}"), it lands inside one JSON value
