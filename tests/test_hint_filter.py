@@ -242,3 +242,27 @@ def test_visible_rows_are_the_union_of_the_activities_reading_a_table() -> None:
     assert visible_rows([queued, filtered]) == {"q.job": None}
     assert visible_rows([expression, queued]) == {"q.job": None}
     assert visible_rows([reader]) == {"q.job": {"state": ("created", "active")}, "q.other": None}
+
+
+async def test_a_writer_may_hint_where_functions_are_not_executable_by_default(
+    pg_admin_dsn: str,
+) -> None:
+    """Hardened databases revoke EXECUTE on new functions from PUBLIC: a writer that may write
+    the table must still send its hint (hold.sql grants the notify function to PUBLIC)."""
+    async with fresh_database(pg_admin_dsn, "hints") as dsn:
+        writer_role = f"writer_{dsn.split('dbname=')[1].split()[0][-8:]}"
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+            await conn.execute(SCHEMA + PLAIN)
+            await conn.execute(f"CREATE ROLE {writer_role} LOGIN")
+            await conn.execute(f"GRANT USAGE ON SCHEMA q TO {writer_role}")
+            await conn.execute(f"GRANT INSERT, UPDATE, DELETE ON q.job TO {writer_role}")
+        try:
+            await install(dsn, activities=[Activity.model_validate(JOBS)], park=False)
+            # The writer's statement runs as the writer: its trigger calls the notify function.
+            hints = await hints_after(dsn, f"SET ROLE {writer_role}", SEEN[0], "RESET ROLE")
+            assert hints == [HINT]
+        finally:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute(f"DROP OWNED BY {writer_role}")
+                await conn.execute(f"DROP ROLE {writer_role}")
