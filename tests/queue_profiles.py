@@ -73,7 +73,7 @@ class QueueProfile:
 
     @property
     def profile_yaml(self) -> Path:
-        profiles = Path(__file__).parent.parent / "relay" / "source" / "activities" / "profiles"
+        profiles = Path(__file__).parent.parent / "relay" / "config" / "profiles"
         return profiles / f"{self.name}.yaml"
 
     @property
