@@ -174,11 +174,37 @@ async def test_an_owed_signal_survives_a_restart_with_its_id_and_is_not_repeated
             await eventually(lambda: relay.stability.current.state is State.PROCESSING)
             await eventually(lambda: relay.webhooks.targets["ci"].pending == 0)
             await eventually(lambda: sample(relay, "relay_signals_reads_total", outcome="ok") >= 1)
-            # The reader finds the same stall again: the target was told already.
-            assert relay.stability.update_signals({"importing": since}, {})
+            # The new process's reader finds the same stall again, from its own first read (a
+            # later since): the target was told already, so nothing new is sent.
+            assert relay.stability.update_signals({"importing": since + 300}, {})
             await execute(db_dsn, FINISH)
             await ci.wait_for(6)
     again = ci.requests[3]
     assert again.id == first.id and again.body == first.body
     assert kinds(ci)[4:] == ["system.stability.signal_cleared", "system.stability.changed"]
     assert ci.requests[4].json["data"]["cleared"] == "finished"
+
+
+async def test_a_start_never_delivered_takes_its_end_with_it(db_dsn: str, tmp_path: Path) -> None:
+    """The stalled event fails and waits for its retry; the stall ends meanwhile (the worker
+    came back): the receiver hears of neither, never "making progress again" alone."""
+    async with Receiver() as ci:
+        target = hook("ci", ci.url, retry_schedule=["1h"])
+        async with running_relay(config(db_dsn, tmp_path, target)) as relay:
+            await ci.wait_for(1)
+            await busy(relay, db_dsn)
+            await ci.wait_for(2)
+            ci.answer(Answer(status=503))  # the stalled event fails and waits an hour
+            assert relay.stability.update_signals({"importing": time.time() - 60}, {})
+            await ci.wait_for(3)
+            ci.answer(Answer())
+            assert relay.stability.update_signals({}, {})  # recovered before any retry
+            await eventually(lambda: relay.webhooks.targets["ci"].pending == 0)
+            await execute(db_dsn, FINISH)
+            await ci.wait_for(4)
+    assert kinds(ci) == [
+        "system.stability.changed",
+        "system.stability.changed",
+        "system.stability.stalled",  # answered 503
+        "system.stability.changed",
+    ]

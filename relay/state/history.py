@@ -28,7 +28,7 @@ from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.source import pg
 from relay.state.details import Details
-from relay.state.stability import Snapshot, Stability, State
+from relay.state.stability import ActivityStates, Snapshot, Stability, State
 from relay.tasks import cancel_and_wait, spawn
 
 log = get_logger("relay.state.history")
@@ -54,6 +54,7 @@ class HistoryWriter:
         self._details = details
         self._retention = retention
         self._latest: Snapshot | None = None
+        self._observed: ActivityStates = ()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -75,6 +76,9 @@ class HistoryWriter:
         """A transition; heard only while this writer runs (on the leader)."""
         if self._task is None or self._closed or snapshot.state is State.UNKNOWN:
             return
+        if not snapshot.new_state and snapshot.activities == self._observed:
+            return  # stalled/overdue only: nothing the history records changed
+        self._observed = snapshot.activities
         self._latest = snapshot  # supersedes a write not yet made
         self._wake.set()
 

@@ -111,6 +111,9 @@ class SignalsReader:
         # Per active activity: when this relay saw it turn active (monotonic, wall clock).
         self._active_since: dict[str, tuple[float, float]] = {}
         self._stalled_since: dict[str, float] = {}
+        # When each activity was last seen to end (wall clock): the history's open period of
+        # a read from before then is the previous period's, not the current one's.
+        self._ended: dict[str, float] = {}
         self.refusal: str | None = None
         self.error: str | None = None  # why the last read failed, None after one that worked
         self._wake = asyncio.Event()
@@ -142,6 +145,7 @@ class SignalsReader:
             elif active is False and name in self._active_since:
                 del self._active_since[name]
                 self._stalled_since.pop(name, None)
+                self._ended[name] = snapshot.at
                 woken = True
             # Unknown (no database): the period goes on until the truth says otherwise.
         if woken:
@@ -282,7 +286,9 @@ class SignalsReader:
         opened = typical.get("open_since") if isinstance(typical, dict) else None
         if isinstance(opened, str):
             with contextlib.suppress(ValueError):
-                since = min(since, datetime.fromisoformat(opened).timestamp())
+                began = datetime.fromisoformat(opened).timestamp()
+                if began >= self._ended.get(name, -math.inf):
+                    since = min(since, began)
         return since
 
     def _answer(self, name: str) -> Mapping[str, Any] | None:

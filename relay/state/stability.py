@@ -174,7 +174,8 @@ class Stability:
             return False
         new_state = state is not old.state
         now = self._clock()
-        active = {name for name, is_active in known if is_active}
+        # Signals end with their activity, not with the database: while unknown they stay.
+        kept = {name for name, is_active in known if is_active is not False}
         self._current = Snapshot(
             state=state,
             seq=old.seq + 1,
@@ -183,8 +184,8 @@ class Stability:
             running=tuple(self._labels[name] for name, active in known if active),
             new_state=new_state,
             at=now,
-            stalled=tuple(s for s in old.stalled if s.activity in active),
-            overdue=tuple(s for s in old.overdue if s.activity in active),
+            stalled=tuple(s for s in old.stalled if s.activity in kept),
+            overdue=tuple(s for s in old.overdue if s.activity in kept),
         )
         self._log_change(old)
         self._tell()
@@ -197,7 +198,7 @@ class Stability:
         ``overdue`` to (when its busy period began, its bound in seconds). Only active
         activities keep theirs; return whether anything changed."""
         old = self._current
-        active = [name for name, is_active in old.activities if is_active]
+        active = [name for name, is_active in old.activities if is_active is not False]
         new_stalled = tuple(
             Signal(name, self._labels[name], stalled[name]) for name in active if name in stalled
         )

@@ -257,10 +257,13 @@ class Target:
         changed = False
         for (kind, activity), signal in now.items():
             told = self._told.get((kind, activity))
-            if told is not None and told[0].since == signal.since:
+            # Told already: the same signal (a new bound alone is no news), or the state
+            # file's word after a restart, whose since was this relay's first read of it and
+            # so differs in the new process: the receiver heard of it, and it still holds.
+            if told is not None and (told[0].since == signal.since or not told[1]):
                 if not told[1]:
                     self._told[(kind, activity)] = (told[0], True)
-                continue  # told already (a new bound alone is no news)
+                continue
             event = SignalEvent(
                 kind, activity, signal.label, signal.since, signal.bound, snapshot.at, snapshot.seq
             )
@@ -310,6 +313,17 @@ class Target:
         request = render(self.hook, event, self._public_url, attention)
         generation = self._signal_generation.get(event.key, 0)
         return SignalDelivery(message_id, event, request, generation)
+
+    def _abandon(self, item: Delivery | SignalDelivery) -> None:
+        """Give up a stale delivery. A signal's start that was never delivered takes its
+        waiting end with it: the receiver hears of neither (never an end alone)."""
+        self._supersede(item)
+        self._current = None
+        if isinstance(item, SignalDelivery) and not item.event.cleared:
+            waiting = self._signals.get(item.event.key)
+            if waiting is not None and waiting.event.cleared:
+                del self._signals[item.event.key]
+                self._supersede(waiting)
 
     def _is_stale(self, item: Delivery | SignalDelivery) -> bool:
         if isinstance(item, SignalDelivery):
@@ -442,8 +456,7 @@ class Target:
                 return
             failures += 1
             if self._is_stale(item):
-                self._supersede(item)
-                self._current = None
+                self._abandon(item)
                 return
             wait = self._retry_delay(failures, result.retry_after)
             log.warning(
@@ -461,8 +474,7 @@ class Target:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()  # a newer state or close ends the wait early
             if self._is_stale(item):
-                self._supersede(item)
-                self._current = None
+                self._abandon(item)
                 return
 
     def _finish(self, item: Delivery | SignalDelivery, result: Result, attempts: int) -> None:
