@@ -3,11 +3,11 @@
 Data path: NOTIFY → this module → :class:`ListenerEvents` (the stability state and the
 channel relay). Notifications are hints: after one arrives on the stability channel (our
 triggers) or on a channel an activity names (``hints.channels``: the system's own), the
-listener reads ``system_stability_activities()`` on the same connection, so the answer
-includes every commit whose notification has been received. Every session first checks the
-activities against the database (``relay/source/activities/check.py``) and reports nothing until
-they fit. Hints that arrive during that read are
-buffered by psycopg and coalesce into the next read; reads are at least
+listener reads ``system_stability_activities()`` on the same connection
+(``relay/source/truth.py``), so the answer includes every commit whose notification has been
+received. Every session first checks the activities against the database
+(``relay/source/activities/check.py``) and reports nothing until they fit. Hints that arrive
+during that read are buffered by psycopg and coalesce into the next read; reads are at least
 ``min_read_interval`` apart (the first hint after a quiet spell is answered at once), so a
 burst of a thousand commits costs a handful of queries: one in flight, at most one queued.
 
@@ -15,20 +15,16 @@ Under load the listener holds (``relay/source/hold.py``): writers stop hinting a
 ``min_read_interval`` instead, which is how often it would read anyway.
 
 Liveness: TCP keepalives and ``tcp_user_timeout`` on the socket, plus a same-session
-heartbeat (the probe below, with a deadline) every ``heartbeat_interval``. Any failure
-closes the connection, reports ``unknown`` and reconnects with jittered backoff; the log
-line carries the server's own last word when it sent one (``terminating connection due to
-idle-session timeout``). Sessions that keep ending before ``reconnect_reset_after`` (so the
-backoff never resets) are reported once per streak (``reconnect_backoff_stuck``).
+heartbeat (the read, with a deadline) every ``heartbeat_interval``. Any failure closes the
+connection, reports ``unknown`` and reconnects with jittered backoff
+(``relay/source/reconnect.py``, shared with the leader election); the log line carries the
+server's own last word when it sent one (``terminating connection due to idle-session
+timeout``). Sessions that keep ending before ``reconnect_reset_after`` (so the backoff never
+resets) are reported once per streak (``reconnect_backoff_stuck``).
 
-Refusals (never a wrong or late state; ``refusal`` says why, ``/readyz`` stays 503):
-
-- a standby or read-only server (LISTEN needs the primary): retried every second or so, not
-  with the climbing backoff, so a promotion is followed promptly (docs/failover.md);
-- a pooler that cannot carry LISTEN (transaction or statement pooling, docs/poolers.md):
-  detected when the backend's pid differs from the one the connection was given (a pooler
-  sits in between) and a notification sent from another connection does not arrive, or
-  when the channels vanish after LISTEN.
+Refusals (a standby, a pooler that cannot carry LISTEN) and the pooler probe are
+``relay/source/refusals.py``: never a wrong or late state; ``refusal`` says why, ``/readyz``
+stays 503.
 
 Bound: notifications that arrive during a read wait in psycopg's backlog, which has no limit
 of its own; it holds at most what arrives within one read (``heartbeat_timeout`` at worst),
@@ -39,10 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import psycopg
@@ -54,39 +48,22 @@ from relay.config.activities import Activity
 from relay.errors import DatabaseReadOnly, DatabaseUnavailable, PoolerRefused, SchemaMissing
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.source import pg
+from relay.source import pg, refusals
 from relay.source.activities.check import verify_installed
 from relay.source.hold import HOLD_ANNOUNCED, Hold, Step
 from relay.source.holdflag import HoldFlag
+from relay.source.reconnect import Reconnect
+from relay.source.refusals import POOLER_FIX, STANDBY_FIX, Refusals
+from relay.source.truth import TruthReader
 from relay.tasks import spawn
 
 log = get_logger("relay.source.listener")
 T = TypeVar("T")
 
-# One round trip is the heartbeat, the reconcile, the hold flag, the transactions running in
-# the read's own snapshot (for a drain, relay/source/hold.py) and the queue-usage sample.
-PROBE = (
-    "SELECT public.system_stability_activities(), "
-    "pg_sequence_last_value('public.system_stability_hold'::regclass), "
-    "array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x), "
-    "array(SELECT pg_listening_channels()), "
-    "pg_notification_queue_usage()"
-)
-# Committed on its own (autocommit): every later snapshot's horizon is past this id, so it
-# lists every transaction that began before it and still runs (pg_snapshot_xip() leaves out
-# running ids at or above the horizon).
-COMMIT_AN_XID = "SELECT pg_current_xact_id()::text"
-# Which backend answers, and whether it is a standby.
-SERVER = "SELECT pg_backend_pid(), pg_is_in_recovery()"
+# Errors that end a session for a reason the database gave; any other is a bug, logged with
+# its traceback (the listener still reconnects: the last state must not freeze).
+SESSION_ERRORS = (psycopg.Error, DatabaseUnavailable, SchemaMissing, OSError)
 
-POOLER_FIX = (
-    "point the relay at PostgreSQL directly or at a session-pooling pool (PgBouncer: "
-    "pool_mode = session for the relay's database or user); see docs/poolers.md"
-)
-STANDBY_FIX = (
-    "point the relay at the primary: a multi-host DSN with target_session_attrs=read-write "
-    "follows a promotion; see docs/failover.md"
-)
 STUCK_CAUSES = (
     "something ends every session before reconnect_reset_after: the server's "
     "idle_session_timeout, a pooler's server_idle_timeout or client_idle_timeout, a proxy's "
@@ -102,16 +79,6 @@ class ListenerEvents(Protocol):
     def on_disconnected(self) -> None: ...
 
     def on_notification(self, channel: str, payload: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    activities: Mapping[str, bool]
-    held: bool  # the flag is requested (2), held (1), or cannot be read: poll
-    flag_readable: bool
-    running: frozenset[str]
-    channels: frozenset[str]
-    queue_usage: float
 
 
 class Listener:
@@ -145,106 +112,105 @@ class Listener:
         self._take_holds = stability.hold_when_busy and self._uses_triggers
         self._release_after = stability.hold_release_after
         self._flag = HoldFlag(settings, metrics, retry_after=stability.hold_release_after)
-        self._flag_unreadable_logged = False
+        self._truth = TruthReader(self._activities, metrics, self._deadline)
+        self._refusals = Refusals()
         self._backoff = Backoff(
             settings.reconnect_initial, settings.reconnect_max, settings.reconnect_reset_after
         )
+        self._loop = Reconnect(
+            self._backoff,
+            connect=self._connect,
+            session=self._session,
+            ended=self._ended,
+            closed=lambda: self._closed,
+            disconnected=self._disconnected,
+            retrying=self._retrying,
+        )
+        self._attempted = False
+        self._reason = ""
         self._task: asyncio.Task[None] | None = None
-        self._conn: AsyncConnection[Any] | None = None
         self._closed = False
         self.connected = asyncio.Event()
-        # Why the relay refuses the server it reached (a transaction pooler, a standby), with
-        # the fix; None while it reports. `refusal_kind`: "pooler" or "standby".
-        self.refusal: str | None = None
-        self.refusal_kind: str | None = None
         # Whether the last session went through a pooler (pid mismatch); None before one.
         self.pooled: bool | None = None
         self._stuck_reported = 0
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the relay refuses the server it reached, with the fix; None while it reports."""
+        return self._refusals.refusal
+
+    @property
+    def refusal_kind(self) -> str | None:
+        """``"pooler"`` or ``"standby"`` while refused."""
+        return self._refusals.refusal_kind
 
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("a closed listener cannot be started again")
         if self._task is None:
-            self._task = spawn(self._run(), "relay-listener")
+            self._task = spawn(self._loop.run(), "relay-listener")
 
     async def aclose(self, timeout: float = 5.0) -> None:
         if self._closed:
             return
         self._closed = True
         started = time.monotonic()
-        if self._conn is not None:
-            pg.sever(self._conn)
+        conn = self._loop.conn
+        if conn is not None:
+            pg.sever(conn)
         if self._task is not None:
             self._task.cancel()
             done, _ = await asyncio.wait({self._task}, timeout=timeout)
             if not done:
                 log.warning("listener_stop_timeout", timeout_s=timeout)
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        if self._loop.conn is not None:
+            await self._loop.conn.close()
+            self._loop.conn = None
         budget = timeout - (time.monotonic() - started)
         await self._flag.on_stop(budget, park=self._uses_triggers)
 
-    # The reconnect loop: exactly one per listener, owned by self._task.
-    async def _run(self) -> None:
-        first = True
-        while not self._closed:
-            if not first:
-                self._metrics.reconnects.inc()
-            first = False
-            try:
-                conn = await self._connect()
-            except DatabaseUnavailable as error:
-                self._refused(error)
-                await self._wait_before_retry(str(error), brief=isinstance(error, DatabaseReadOnly))
-                continue
-            self._conn = conn
-            farewell = pg.Farewell(conn)
-            brief = False
-            try:
-                await self._session(conn)
-            except (psycopg.Error, DatabaseUnavailable, SchemaMissing, OSError) as error:
-                reason = farewell.describe(error)
-                self._refused(error)
-                brief = isinstance(error, DatabaseReadOnly) or pg.is_read_only(error)
-            except Exception as error:
-                # A bug or an undecodable payload must not end the loop with the last state
-                # frozen: report it, go unknown, reconnect, and re-read the truth.
-                log.exception("listener_session_failed")
-                reason = f"unexpected {type(error).__name__}"
-            else:
-                reason = "closed"
-            finally:
-                self._conn = None
-                self.connected.clear()
-                self._metrics.polling.set(0)
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            if self._closed:
-                return
-            await self._wait_before_retry(reason, brief=brief)
+    # The reconnect loop's hooks (relay/source/reconnect.py).
+    async def _connect(self) -> AsyncConnection[Any]:
+        if self._attempted:
+            self._metrics.reconnects.inc()
+        self._attempted = True
+        target = pg.describe_dsn(self._settings.dsn)
+        try:
+            return await pg.connect(self._settings, self._settings.application_name)
+        except DatabaseReadOnly as error:
+            raise DatabaseReadOnly(f"cannot connect to {target}: {error}") from None
+        except DatabaseUnavailable as error:
+            raise DatabaseUnavailable(f"cannot connect to {target}: {error}") from None
 
-    def _refused(self, error: BaseException) -> None:
-        """Record (and log, once per kind) why the relay refuses the server it reached."""
-        if isinstance(error, PoolerRefused):
-            kind, fix, level = "pooler", POOLER_FIX, log.error
-        elif isinstance(error, DatabaseReadOnly) or pg.is_read_only(error):
-            # Also every failover's first seconds: a warning, and retried briefly.
-            kind, fix, level = "standby", STANDBY_FIX, log.warning
-        else:
-            self.refusal = self.refusal_kind = None  # another cause now: not a refusal
-            return
-        reason = pg.describe_error(error)
-        if kind != self.refusal_kind:
-            level("database_refused", kind=kind, reason=reason, fix=fix)
-        self.refusal_kind, self.refusal = kind, f"{reason}; fix: {fix}"
+    def _ended(self, error: BaseException | None, farewell: pg.Farewell | None) -> bool:
+        """Why the session (or the connection attempt) ended; whether to retry briefly."""
+        if error is None:
+            self._reason = "closed"
+            return False
+        if farewell is None and isinstance(error, DatabaseUnavailable):
+            self._reason = str(error)
+            self._refusals.refused(error)
+            return isinstance(error, DatabaseReadOnly)
+        if farewell is not None and isinstance(error, SESSION_ERRORS):
+            self._reason = farewell.describe(error)
+            self._refusals.refused(error)
+            return isinstance(error, DatabaseReadOnly) or pg.is_read_only(error)
+        # A bug or an undecodable payload must not end the loop with the last state
+        # frozen: report it, go unknown, reconnect, and re-read the truth.
+        log.exception("listener_session_failed")
+        self._reason = f"unexpected {type(error).__name__}"
+        return False
 
-    async def _wait_before_retry(self, reason: str, *, brief: bool = False) -> None:
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        self._metrics.polling.set(0)
+
+    def _retrying(self, delay: float) -> None:
         self._events.on_disconnected()
-        delay = self._backoff.brief() if brief else self._backoff.delay()
         log.warning(
             "database_disconnected",
-            reason=reason,
+            reason=self._reason,
             attempt=self._backoff.attempt,
             retry_in_s=round(delay, 2),
         )
@@ -256,10 +222,9 @@ class Listener:
                 short_sessions=self._backoff.short_sessions,
                 last_session_s=round(self._backoff.last_session_s or 0.0, 2),
                 reconnect_reset_after_s=self._backoff.reset_after,
-                last_reason=reason,
+                last_reason=self._reason,
                 likely_causes=STUCK_CAUSES,
             )
-        await asyncio.sleep(delay)
 
     @property
     def backoff_stuck(self) -> bool:
@@ -276,21 +241,8 @@ class Listener:
         """Sessions in a row that ended before ``reconnect_reset_after``."""
         return self._backoff.short_sessions
 
-    async def _connect(self) -> AsyncConnection[Any]:
-        target = pg.describe_dsn(self._settings.dsn)
-        try:
-            return await pg.connect(self._settings, self._settings.application_name)
-        except DatabaseReadOnly as error:
-            raise DatabaseReadOnly(f"cannot connect to {target}: {error}") from None
-        except DatabaseUnavailable as error:
-            raise DatabaseUnavailable(f"cannot connect to {target}: {error}") from None
-
     async def _session(self, conn: AsyncConnection[Any]) -> None:
-        pid, in_recovery = await self._server(conn)
-        if in_recovery:
-            raise DatabaseReadOnly(
-                "the server is a standby (in recovery): LISTEN and the hold need the primary"
-            )
+        pid = await refusals.server(conn, self._deadline)
         # A pooler answers the startup with a backend pid of its own making.
         self.pooled = pid != conn.info.backend_pid
         # Nothing is reported until the activities fit the database (never a wrong state).
@@ -300,11 +252,17 @@ class Listener:
         # the read, a commit after it by a notification. Never the reverse.
         await self._listen(conn, self._channels)
         if self.pooled:
-            await self._check_delivery(conn)
+            await refusals.check_delivery(
+                conn,
+                self._settings,
+                listen=self._listen,
+                dispatch=self._dispatch,
+                deadline=self._deadline,
+            )
         self._flag.new_session()
         hold = Hold(self._release_after, time.monotonic(), polling=self._uses_triggers)
         await self._refresh(conn, hold)
-        self.refusal = self.refusal_kind = None
+        self._refusals.clear()
         self.connected.set()
         self._backoff.healthy()
         # Only now: the state is known and comes from a session that can carry it.
@@ -348,51 +306,6 @@ class Listener:
             if busy and may_take and await self._flag.take(conn, now):
                 hold.taken(time.monotonic())
 
-    async def _server(self, conn: AsyncConnection[Any]) -> tuple[int, bool]:
-        cursor = await self._deadline(conn, conn.execute(SERVER))
-        row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0]), bool(row[1])
-
-    async def _check_delivery(self, conn: AsyncConnection[Any]) -> None:
-        """Behind a pooler: a notification sent from another connection must reach this one
-        while it is idle. Under transaction pooling the backend that LISTENs is back in the
-        pool by then and the pooler drops what it sends (measured with PgBouncer 1.18)."""
-        channel = f"stability_relay_probe_{secrets.token_hex(8)}"
-        token = secrets.token_hex(8)
-        await self._listen(conn, [channel])
-        sender = await pg.connect(
-            self._settings, f"{self._settings.application_name} (pooler check)"
-        )
-        try:
-            await pg.with_deadline(
-                sender,
-                sender.execute("SELECT pg_notify(%s, %s)", [channel, token]),
-                self._settings.heartbeat_timeout,
-                name="relay-listener-pooler-check",
-            )
-        finally:
-            await sender.close()
-        deadline = time.monotonic() + self._settings.heartbeat_timeout
-        received = False
-        while not received and (left := deadline - time.monotonic()) > 0:
-            async with contextlib.aclosing(conn.notifies(timeout=left, stop_after=1)) as batch:
-                async for note in batch:
-                    if note.channel == channel:
-                        received = note.payload == token
-                    else:  # the read that follows answers any hint
-                        self._dispatch(note.channel, note.payload)
-        await self._deadline(
-            conn, conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
-        )
-        if not received:
-            raise PoolerRefused(
-                "notifications do not reach the relay: a pooler in transaction (or statement) "
-                "pooling mode sits between it and PostgreSQL, and LISTEN needs a session of "
-                f"its own (a notification sent from another connection did not arrive within "
-                f"{self._settings.heartbeat_timeout:g}s)"
-            )
-
     async def _session_tick(self, conn: AsyncConnection[Any]) -> float:
         """The heartbeat, shortened to keep the session under a DBA's idle_session_timeout."""
         limit = await self._deadline(conn, pg.idle_limit(conn))
@@ -421,11 +334,10 @@ class Listener:
     async def _refresh(self, conn: AsyncConnection[Any], hold: Hold) -> None:
         """Read the truth (also the heartbeat); re-LISTEN if a channel went missing."""
         if hold.drain_starting:
-            cursor = await self._deadline(conn, conn.execute(COMMIT_AN_XID))
-            row = await cursor.fetchone()
-            if row is not None:  # always; without it the drain waits for every older one
-                hold.drain_below(int(row[0]))
-        probe = await self._probe(conn)
+            xid = await self._truth.commit_an_xid(conn)
+            if xid is not None:  # always; without it the drain waits for every older one
+                hold.drain_below(xid)
+        probe = await self._truth.read(conn)
         missing = [c for c in self._channels if c not in probe.channels]
         if missing and self.pooled:
             # Another backend answered: the pooler moves this client between backends.
@@ -439,7 +351,7 @@ class Listener:
             await self._listen(conn, missing)
             # A hold announced meanwhile was missed: poll, and drain, as a new session does.
             hold.announced(time.monotonic())
-            probe = await self._probe(conn)
+            probe = await self._truth.read(conn)
         self._metrics.notify_queue_usage.set(probe.queue_usage)
         self._events.on_truth(probe.activities)
         self._flag.maybe_set = probe.held
@@ -454,56 +366,11 @@ class Listener:
         if step is Step.RELEASE and probe.flag_readable:
             await self._flag.release(conn)
 
-    async def _probe(self, conn: AsyncConnection[Any]) -> Probe:
-        self._metrics.truth_queries.inc()
-        try:
-            cursor = await self._deadline(conn, conn.execute(PROBE))
-        except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable):
-            raise SchemaMissing(
-                "public.system_stability_activities() or public.system_stability_hold is "
-                "missing: run `stability-relay db install`"
-            ) from None
-        except psycopg.errors.InsufficientPrivilege as error:
-            raise SchemaMissing(
-                f"{pg.describe_error(error)}: run `stability-relay db install` "
-                "(sql/roles.sql grants what the relay needs)"
-            ) from None
-        row = await cursor.fetchone()
-        if row is None or row[0] is None:
-            raise SchemaMissing("public.system_stability_activities() returned no answer")
-        activities, flag, running, channels, usage = row
-        if flag is None and not self._flag_unreadable_logged:
-            # Only without SELECT on the sequence (PostgreSQL 18; earlier ones raise).
-            self._flag_unreadable_logged = True
-            log.warning(
-                "hold_flag_unreadable",
-                hint="GRANT SELECT ON SEQUENCE public.system_stability_hold TO PUBLIC; "
-                "until then the relay polls",
-            )
-        return Probe(
-            activities=self._checked(activities),
-            held=flag != 0,
-            flag_readable=flag is not None,
-            running=frozenset(running),
-            channels=frozenset(channels),
-            queue_usage=float(usage),
-        )
-
-    def _checked(self, answer: Any) -> dict[str, bool]:
-        """Each configured activity's truth; a missing or NULL one is an error, not a guess."""
-        names = [activity.name for activity in self._activities]
-        if not isinstance(answer, dict) or set(answer) != set(names):
-            installed = sorted(answer) if isinstance(answer, dict) else answer
-            raise SchemaMissing(
-                f"the database's activities {installed} are not this config's {sorted(names)}: "
-                "run `stability-relay db install` with this config"
-            )
-        unknown = [name for name in names if not isinstance(answer[name], bool)]
-        if unknown:
-            raise SchemaMissing(f"activities {unknown} read NULL: their expressions cannot tell")
-        return {name: answer[name] for name in names}
-
     async def _deadline(self, conn: AsyncConnection[Any], operation: Coroutine[Any, Any, T]) -> T:
         return await pg.with_deadline(
             conn, operation, self._settings.heartbeat_timeout, name="relay-listener-query"
         )
+
+
+# POOLER_FIX and STANDBY_FIX are read from here by the HTTP stage (/readyz's answer).
+__all__ = ["POOLER_FIX", "STANDBY_FIX", "Listener", "ListenerEvents"]
