@@ -706,9 +706,22 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     return Number.isFinite(date) ? Math.max(0, date - Date.now()) : 0;
   }
 
+  const WORDING = Object.freeze({
+    humanDuration: exactDuration,
+    etaText: (value) => {
+      const eta = parseEta(value);
+      return eta === null ? null : etaText(eta);
+    },
+  });
+
   class SystemStatus extends HTMLElement {
     static get observedAttributes() {
       return ["src", "heartbeat-timeout", "timeline"];
+    }
+
+    /** The pure wording helpers, for a test to compare with the relay's (relay/state/eta.py). */
+    static get wording() {
+      return WORDING;
     }
 
     constructor() {
