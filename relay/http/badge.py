@@ -37,6 +37,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 
+from relay.http.api import error
 from relay.state.stability import Snapshot, Stability, State
 
 BADGE = "/api/system-status/badge"
@@ -222,11 +223,11 @@ class Badges:
         snapshot = self._stability.current
         activity = request.query.get("activity")
         if activity is not None and not known_activity(snapshot, activity):
-            return _error(404, "activity: no such activity")
+            return error(404, "activity: no such activity")
         try:
             label = clean_label(request.query.get("label", activity or DEFAULT_LABEL))
-        except ValueError as error:
-            return _error(400, str(error))
+        except ValueError as failure:
+            return error(400, str(failure))
         return badge_of(snapshot, label, activity)
 
 
@@ -241,10 +242,3 @@ def _revalidated(
     if etag in (tag.strip() for tag in presented.split(",")) or presented.strip() == "*":
         return web.Response(status=304, headers=common)
     return web.Response(body=body, content_type=content_type, charset="utf-8", headers=common)
-
-
-def _error(status: int, message: str) -> web.Response:
-    # The shape of every route's JSON error (relay/state/waits.py, relay/http/auth.py).
-    return web.json_response(
-        {"error": message}, status=status, headers={"Cache-Control": "no-store"}
-    )

@@ -1,5 +1,6 @@
-"""HTTP routes: the live stream and the feeds, the JSON snapshot, the details, indicators, long
-poll and history, the badges, health, readiness, metrics, and the page with its static files."""
+"""HTTP routes: the table of paths. The live stream and the feeds (``relay/fanout/``), the JSON
+routes (``relay/http/api.py``: snapshot, details, indicators, long poll, history, health,
+readiness), the badges (``relay/http/badge.py``), metrics, and the page with its static files."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from relay.config import CorsConfig
 from relay.fanout.feeds import Feeds
 from relay.fanout.sse import Grant, Hub
+from relay.http import api
 from relay.http.access import AddressLimit, add_cors_headers, authenticate, cors, security_headers
 from relay.http.auth import OPEN, Authenticator, Credential, Denial
 from relay.http.badge import BADGE, BADGE_SVG, BADGES, Badges
 from relay.http.sockets import reserved_routes
 from relay.logs import get_logger
-from relay.source.listener import POOLER_FIX, STANDBY_FIX, Listener
+from relay.source.listener import Listener
 from relay.state.details import Details
 from relay.state.history import History
 from relay.state.stability import Stability
@@ -52,19 +54,6 @@ PAGE_HEADERS = {
 
 # The badges are among them (CORS, auth); `auth.public_badge` opens them alone.
 API = (LIVE, SNAPSHOT, DETAILS, INDICATORS, WAIT, HISTORY, *BADGES)
-
-# What /readyz says of a refused server: its kind and the fix, never the server's own words
-# (they name the user, host and database; the log line ``database_refused`` has them).
-REFUSALS = {
-    "pooler": (
-        "the server reached is a transaction or statement pooler: LISTEN cannot work through it",
-        POOLER_FIX,
-    ),
-    "standby": (
-        "the server reached is a standby or read-only: LISTEN needs the primary",
-        STANDBY_FIX,
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -100,16 +89,16 @@ def build_app(relay: Served) -> web.Application:
     app.router.add_get(LIVE, relay.hub.handle)
     for feed in relay.feeds.feeds:
         app.router.add_get(feed.config.path, feed.handle)
-    app.router.add_get(SNAPSHOT, _snapshot(relay))
+    app.router.add_get(SNAPSHOT, api.snapshot(relay.stability, relay.listener, relay.waits))
     badges = Badges(relay.stability)
     app.router.add_get(BADGE, badges.json)
     app.router.add_get(BADGE_SVG, badges.svg)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz(relay))
-    app.router.add_get(DETAILS, relay.details.handle)
-    app.router.add_get(INDICATORS, relay.details.indicators)
-    app.router.add_get(WAIT, relay.waits.handle)
-    app.router.add_get(HISTORY, relay.history.handle)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz(relay.stability, relay.listener))
+    app.router.add_get(DETAILS, api.details(relay.details))
+    app.router.add_get(INDICATORS, api.indicators(relay.details))
+    app.router.add_get(WAIT, api.wait(relay.waits))
+    app.router.add_get(HISTORY, api.history(relay.history))
     app.router.add_get("/metrics", make_aiohttp_handler(relay.registry))
     app.router.add_get("/", _page)
     app.router.add_static("/static/", STATIC, append_version=False)
@@ -153,37 +142,3 @@ def _recheck_streams(relay: Served) -> Callable[[], None]:
             log.info("streams_ended_on_reload", count=ended, reason="credential no longer valid")
 
     return recheck
-
-
-def _snapshot(relay: Served) -> Handler:
-    async def snapshot(request: web.Request) -> web.Response:
-        body = relay.stability.current.as_json()
-        body["database_connected"] = relay.listener.connected.is_set()
-        if not request.query:
-            return web.json_response(body, headers={"Cache-Control": "no-store"})
-        return await relay.waits.snapshot(request, body)
-
-    return snapshot
-
-
-async def _healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-def _readyz(relay: Served) -> Handler:
-    async def readyz(_request: web.Request) -> web.Response:
-        known = relay.stability.current.stable is not None
-        ready = known and relay.listener.connected.is_set()
-        answer: dict[str, object] = {
-            "ready": ready,
-            "database_connected": relay.listener.connected.is_set(),
-        }
-        kind = relay.listener.refusal_kind
-        if kind is not None:  # a pooler or a standby: what it is and the fix, no more
-            what, fix = REFUSALS.get(kind, (f"the server reached is refused ({kind})", ""))
-            answer["refused"] = kind
-            answer["reason"] = f"{what}; fix: {fix}" if fix else what
-            answer["fix"] = fix or "see the relay's log line database_refused"
-        return web.json_response(answer, status=200 if ready else 503)
-
-    return readyz

@@ -36,12 +36,11 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import psycopg
-from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.config import DatabaseConfig, DetailsConfig
@@ -102,7 +101,8 @@ class _Round:
 
 
 class Details:
-    """Serves ``GET /api/system-status/details``. ``start()`` then ``aclose()``."""
+    """What ``GET /api/system-status/details`` and ``/indicators`` answer (``relay/http/api.py``
+    serves them). ``start()`` then ``aclose()``."""
 
     def __init__(
         self,
@@ -302,27 +302,10 @@ class Details:
         assert row is not None
         return tuple(row)
 
-    async def handle(self, _request: web.Request) -> web.Response:
-        return await self._answer(self.fetch())
-
-    async def indicators(self, _request: web.Request) -> web.Response:
-        """``GET /api/system-status/indicators``: read after the request arrived (shared by
-        the requests in line: after a feed's resync, every client re-reads at once)."""
-        return await self._answer(self._indicators.read())
-
-    async def _answer(self, body_of: Awaitable[bytes]) -> web.Response:
-        try:
-            body = await body_of
-        except DatabaseUnavailable as error:
-            log.warning("details_unavailable", reason=str(error))
-            return web.json_response(
-                {"error": "status details are unavailable: the database cannot be reached"},
-                status=503,
-                headers={"Retry-After": "5", "Cache-Control": "no-store"},
-            )
-        return web.Response(
-            body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
-        )
+    async def read_indicators(self) -> bytes:
+        """Each activity's own JSON (``GET /api/system-status/indicators``), read after the
+        call began; the calls in line share one read."""
+        return await self._indicators.read()
 
 
 def _put_signals(details: dict[str, Any], signals: Mapping[str, Any], error: str | None) -> None:

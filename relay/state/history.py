@@ -17,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from aiohttp import web
 
-from relay.config import parse_duration
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.source import pg
@@ -43,6 +41,8 @@ READ = (
 )
 RETRY_AFTER = 5.0
 REFRESH = 30.0
+# Bounds a whole read of the history, the wait for a pooled connection included.
+READ_TIMEOUT = 10.0
 OVERALL = ""  # the system as a whole, in the table
 
 
@@ -120,71 +120,26 @@ class HistoryWriter:
 
 
 class History:
-    """``GET /api/system-status/history``."""
+    """The periods and their summary, read on the details pool (``relay/http/api.py`` serves
+    ``GET /api/system-status/history``)."""
 
     def __init__(self, details: Details, activities: list[str]) -> None:
         self._details = details
-        self._activities = activities
+        self.activities = activities
 
-    async def handle(self, request: web.Request) -> web.Response:
-        try:
-            since, activity, limit = self._parse(request)
-        except ValueError as error:
-            return web.json_response({"error": str(error)}, status=400)
-        try:
-            periods, summary = await self._read(since, activity, limit)
-        except (DatabaseUnavailable, psycopg.Error, TimeoutError) as error:
-            log.warning("history_unavailable", reason=pg.describe_error(error))
-            return web.json_response(
-                {"error": "the history is unavailable: the database cannot be reached"},
-                status=503,
-                headers={"Retry-After": "5", "Cache-Control": "no-store"},
-            )
-        body: dict[str, Any] = {"activity": activity, "since": since.isoformat()}
-        body.update(summary=summary, periods=periods)
-        return web.json_response(body, headers={"Cache-Control": "no-store"})
-
-    def _parse(self, request: web.Request) -> tuple[datetime, str | None, int]:
-        query = request.query
-        since = _since(query.get("since", "24h"))
-        activity = query.get("activity")
-        if activity is not None and activity not in self._activities:
-            raise ValueError(f"activity: one of {', '.join(self._activities)}")
-        raw = query.get("limit", "100")
-        # ASCII digits only: int() would also take "+100", " 1_00 " and other scripts' digits.
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4):
-            raise ValueError("limit: a whole number")
-        limit = int(raw)
-        if not 1 <= limit <= 1000:
-            raise ValueError("limit: 1 to 1000")
-        return since, activity, limit
-
-    async def _read(
+    async def read(
         self, since: datetime, activity: str | None, limit: int
     ) -> tuple[list[Any], dict[str, Any]]:
-        pool = self._details.pool
-        async with asyncio.timeout(10), pool.connection() as conn:
-            cursor = await conn.execute(READ, (since, activity, limit, activity))
-            row = await cursor.fetchone()
+        """The periods since ``since`` (of ``activity``, else overall; at most ``limit``) and
+        the summary; ``DatabaseUnavailable`` when the database cannot be reached."""
+        try:
+            pool = self._details.pool
+            async with asyncio.timeout(READ_TIMEOUT), pool.connection() as conn:
+                cursor = await conn.execute(READ, (since, activity, limit, activity))
+                row = await cursor.fetchone()
+        except (DatabaseUnavailable, psycopg.Error, TimeoutError) as error:
+            reason = pg.describe_error(error)
+            log.warning("history_unavailable", reason=reason)
+            raise DatabaseUnavailable(reason) from None
         assert row is not None
         return json.loads(row[0]), json.loads(row[1])
-
-
-MAX_SINCE = 3650 * 86400.0
-
-
-def _since(text: str) -> datetime:
-    """``24h`` (that long ago, at most ten years) or an ISO 8601 time."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError:
-        pass
-    else:
-        if not seconds <= MAX_SINCE:
-            raise ValueError("since: at most 3650d ago")
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError('since: a duration like "24h" or an ISO 8601 time') from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

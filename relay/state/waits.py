@@ -23,21 +23,24 @@ HTTP layer sets by its trusted-proxy rule), so that one client cannot take every
 for a bad query. ``timeout_status=200`` ends a round that timed out with 200 (the body still
 says ``"result": "timeout"``) instead of 408: a browser sends a request that ended 408 on a
 reused connection once more (Chromium does), which doubles a polling client's rounds.
+
+This module holds the waiting; ``relay/http/api.py`` parses the query into a :class:`Wait`
+and turns each ending (and :class:`TooManyWaiters`) into its status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
 
-from relay.config import WaitConfig, parse_duration
+from relay.config import WaitConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -52,7 +55,24 @@ SIGNALS = ("stalled", "overdue")  # the order in which a wait names them: the wo
 # Who asks (``relay/http/access.py``: the socket's peer, or behind a trusted proxy the
 # client named by X-Forwarded-For). A request without it is not limited per address.
 CLIENT_ADDRESS = web.RequestKey[str]("relay.client_address")
-RETRY_AFTER = "5"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a long poll waits for: ``until`` held for ``stable_for`` (``held`` of it already,
+    in the caller's previous round), at most ``timeout``; ``end_on``: the signals that end a
+    wait for stable early."""
+
+    until: Until = "stable"
+    stable_for: float = 0.0
+    timeout: float = 600.0
+    activity: str | None = None
+    held: float = 0.0
+    end_on: frozenset[str] = frozenset(SIGNALS)
+
+
+class TooManyWaiters(Exception):
+    """Past ``wait.max_waiters``, or one address's share of them (the message says which)."""
 
 
 class Waits:
@@ -95,90 +115,61 @@ class Waits:
         for waiter in self._waiters:
             waiter.changed.set()
 
-    async def snapshot(self, request: web.Request, current: dict[str, Any]) -> web.Response:
-        """``GET /api/system-status`` with ``fresh=1`` and/or ``expect=stable|processing``."""
-        fresh = request.query.get("fresh", "0") not in ("0", "", "false")
-        expect = request.query.get("expect")
-        if expect not in (None, "stable", "processing"):
-            return _error(400, "expect: stable or processing")
-        body = dict(current)
-        if fresh:
-            try:
-                body.update(self._stability.describe(await self._fresh.read()))
-                if body["state"] == "unknown":
-                    raise DatabaseUnavailable("an activity read NULL or is missing")
-            except DatabaseUnavailable as error:
-                log.warning("fresh_read_failed", reason=str(error))
-                return _json({**body, "fresh": False, "error": "the database is unavailable"}, 503)
-            body["fresh"] = True
-        status = 200 if expect is None or body["state"] == expect else 503
-        return _json(body, status)
+    @property
+    def max_timeout(self) -> float:
+        """The longest ``timeout`` (and ``stable_for``) a wait may ask for."""
+        return self._settings.max_timeout
 
-    async def handle(self, request: web.Request) -> web.Response:
-        """``GET /api/system-status/wait``."""
+    def activities(self) -> list[str]:
+        """The activities a wait may name."""
+        return [name for name, _active in self._stability.current.activities]
+
+    async def read_fresh(self) -> dict[str, Any]:
+        """The state described from a fresh read (``?fresh=1``); ``DatabaseUnavailable`` when
+        the read fails or an activity read NULL or is missing."""
         try:
-            until, stable_for, timeout, activity, held = self._parse(request)
-            end_on = _end_on(request.query)
-            timeout_status = _timeout_status(request.query)
-        except ValueError as error:
-            return _error(400, str(error))
+            body = self._stability.describe(await self._fresh.read())
+            if body["state"] == "unknown":
+                raise DatabaseUnavailable("an activity read NULL or is missing")
+        except DatabaseUnavailable as error:
+            log.warning("fresh_read_failed", reason=str(error))
+            raise
+        return body
+
+    async def wait(self, asked: Wait, address: str | None) -> tuple[str, dict[str, Any]]:
+        """Wait as ``asked``: how it ended (``met``, ``timeout``, ``unknown``, ``stalled`` or
+        ``overdue``) and the answer's body. ``address``: who asks, for the per-address share;
+        :class:`TooManyWaiters` past a limit."""
         if len(self._waiters) >= self._settings.max_waiters or self._closed:
-            return _json({"error": "too many waiters"}, 429, {"Retry-After": RETRY_AFTER})
-        address = request.get(CLIENT_ADDRESS)
+            raise TooManyWaiters("too many waiters")
         share = self._settings.max_waiters_per_address
         if address is not None and share is not None and self._per_address[address] >= share:
-            # Policy past one address's share: 429, so one client cannot take every slot.
-            refusal = f"too many waiters from one address (at most {share})"
-            return _json({"error": refusal}, 429, {"Retry-After": RETRY_AFTER})
-        waiter = _Waiter(until, activity, end_on if until == "stable" else frozenset())
+            # Policy past one address's share: refused, so one client cannot take every slot.
+            raise TooManyWaiters(f"too many waiters from one address (at most {share})")
+        waiter = _Waiter(asked.until, asked.activity, asked.end_on)
         self._waiters.add(waiter)
         if address is not None:
             self._per_address[address] += 1
         started = time.monotonic()
         try:
-            result, body = await self._wait(waiter, stable_for, started + timeout, held)
+            result, body = await self._wait(
+                waiter, asked.stable_for, started + asked.timeout, asked.held
+            )
         finally:
             self._waiters.discard(waiter)
             if address is not None:
                 self._per_address[address] -= 1
                 if self._per_address[address] <= 0:
                     del self._per_address[address]
-        status = {
-            "met": 200,
-            "timeout": timeout_status,
-            "unknown": 503,
-            "stalled": 409,
-            "overdue": 409,
-        }[result]
         answer = {
             "result": result,
-            "until": until,
-            "activity": activity,
-            "stable_for_s": stable_for,
+            "until": asked.until,
+            "activity": asked.activity,
+            "stable_for_s": asked.stable_for,
             "waited_s": round(time.monotonic() - started, 3),
             **body,
         }
-        return _json(answer, status)
-
-    def _parse(self, request: web.Request) -> tuple[Until, float, float, str | None, float]:
-        query = request.query
-        until = query.get("until", "stable")
-        if until not in ("stable", "processing"):
-            raise ValueError("until: stable or processing")
-        stable_for = _duration(query, "stable_for", 0.0)
-        timeout = _duration(query, "timeout", 600.0)
-        if timeout > self._settings.max_timeout:
-            raise ValueError(f"timeout: at most {self._settings.max_timeout:g}s")
-        if stable_for > self._settings.max_timeout:
-            raise ValueError(f"stable_for: at most {self._settings.max_timeout:g}s")
-        # A round may be shorter than stable_for: its 408 says how long the condition held
-        # (held_s), and the next round starts from there (held).
-        held = min(_duration(query, "held", 0.0), stable_for)
-        activity = query.get("activity")
-        known = [name for name, _active in self._stability.current.activities]
-        if activity is not None and activity not in known:
-            raise ValueError(f"activity: one of {', '.join(known)}")
-        return until, stable_for, timeout, activity, held  # type: ignore[return-value]
+        return result, answer
 
     async def _wait(
         self, waiter: _Waiter, stable_for: float, deadline: float, held: float = 0.0
@@ -271,47 +262,6 @@ class _Waiter:
         self.changed.set()
 
 
-def _timeout_status(query: Mapping[str, str]) -> int:
-    """``timeout_status=408`` (the default) or ``200``: the status of a round that timed out."""
-    text = query.get("timeout_status", "408").strip()
-    if text not in ("408", "200"):
-        raise ValueError("timeout_status: 408 or 200")
-    return int(text)
-
-
-def _end_on(query: Mapping[str, str]) -> frozenset[str]:
-    """``end_on=stalled,overdue`` (the default), ``stalled``, ``overdue`` or ``none``."""
-    text = query.get("end_on", ",".join(SIGNALS)).strip()
-    if text == "none":
-        return frozenset()
-    kinds = frozenset(part.strip() for part in text.split(","))
-    if not kinds or not kinds <= set(SIGNALS):
-        raise ValueError("end_on: stalled, overdue, both (comma-separated) or none")
-    return kinds
-
-
 def _signal_json(kind: str, signal: Signal, now: float) -> dict[str, Any]:
     """A signal as a wait names it: the snapshot's fields, its kind, and how long so far."""
     return {"signal": kind, **signal.as_json(), "for_s": round(max(0.0, now - signal.since), 3)}
-
-
-def _duration(query: Mapping[str, str], key: str, default: float) -> float:
-    if key not in query:
-        return default
-    try:
-        value = parse_duration(query[key])
-    except ValueError as error:
-        raise ValueError(f"{key}: {error}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{key}: must be finite")
-    return value
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
-
-
-def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        body, status=status, headers={"Cache-Control": "no-store", **(headers or {})}
-    )
