@@ -35,7 +35,6 @@ from relay.fanout.gauges import StateGauges
 from relay.fanout.sse import Capacity, Hub
 from relay.fanout.systemd import Notifier
 from relay.fanout.webhooks import WebhookSender
-from relay.fanout.webhooks.leader import Leadership
 from relay.http.access import AddressLimit
 from relay.http.auth import Authenticator
 from relay.http.loopguard import LoopErrors
@@ -45,6 +44,7 @@ from relay.http.sockets import GuardedSite
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.source.channels import ChannelRelay
+from relay.source.election import Leadership
 from relay.source.listener import Listener
 from relay.state.details import Details
 from relay.state.history import History, HistoryWriter

@@ -14,8 +14,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from relay.config import DatabaseConfig
 from relay.devtools.embedded import EmbeddedPostgres
-from relay.fanout.webhooks import leader
-from relay.fanout.webhooks.leader import LOCK_KEY, Leadership
+from relay.source import election as leader
+from relay.source.election import LOCK_KEY, Leadership
 from tests.faults.proxy import SilentProxy
 from tests.support import eventually, relay_config
 

@@ -15,8 +15,8 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from relay.fanout.webhooks.leader import Leadership
 from relay.source import pg
+from relay.source.election import Leadership
 from relay.state.stability import State
 from tests.faults.proxy import SilentProxy
 from tests.ops_support import PROCESSING, STABLE, running_pgbouncer

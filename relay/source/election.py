@@ -1,10 +1,16 @@
-"""Leader election among relays that share a database: who sends the webhooks.
+"""Leader election among relays that share a database: the one relay that writes the history
+and sends the webhooks.
 
 Several relays behind a load balancer all see every transition; a webhook must still be
-sent once. Each relay tries ``pg_try_advisory_lock(key)`` on a dedicated connection; the
-one that gets it leads and keeps the connection (and so the lock) open. PostgreSQL
-releases a session lock when its connection ends, so a relay that stops or dies hands the
-lock on; the others retry every ``interval`` and one of them takes over.
+sent once, and a busy period written once. Each relay tries ``pg_try_advisory_lock(key)``
+on a dedicated connection; the one that gets it leads and keeps the connection (and so the
+lock) open. PostgreSQL releases a session lock when its connection ends, so a relay that
+stops or dies hands the lock on; the others retry every ``interval`` and one of them takes
+over. The lock's key and the connection's ``application_name`` are those of the releases that
+kept this module under ``fanout/webhooks/`` (``stability-relay:webhooks``, ``(leader
+election)``): an older relay and a newer one on one database still exclude each other during
+a rolling upgrade.
+Reconnecting is the listener's loop (``relay/source/reconnect.py``), with its own backoff.
 
 Stepping down is lazy: a leader whose lock connection breaks stays the leader until it
 reconnects and finds the lock taken by another relay. A single relay therefore keeps
@@ -48,11 +54,13 @@ from relay.config import DatabaseConfig
 from relay.errors import DatabaseReadOnly, DatabaseUnavailable
 from relay.logs import get_logger
 from relay.source import pg
+from relay.source.reconnect import Reconnect
 from relay.tasks import spawn
 
-log = get_logger("relay.fanout.webhooks.leader")
+log = get_logger("relay.source.election")
 
-# One lock per database for every relay fleet on it (64-bit, from a fixed name).
+# One lock per database for every relay fleet on it (64-bit, from a fixed name). Never change
+# the name: relays of different versions must contend for the same lock.
 LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"stability-relay:webhooks").digest()[:8], "big", signed=True
 )
@@ -127,12 +135,19 @@ class Leadership:
         self._pooled = False  # the lock's connection goes through a pooler
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._loop = Reconnect(
+            self._backoff,
+            connect=lambda: connect(self._settings),
+            session=self._session,
+            ended=self._ended,
+            closed=lambda: self._closed,
+        )
 
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("a closed leadership cannot be started again")
         if self._task is None:
-            self._task = spawn(self._run(), "relay-leader")
+            self._task = spawn(self._loop.run(), "relay-leader")
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop campaigning and release the lock (by closing its connection)."""
@@ -145,26 +160,26 @@ class Leadership:
             if not done:
                 log.warning("leader_stop_timeout", timeout_s=timeout)
 
-    async def _run(self) -> None:
-        while not self._closed:
-            brief = False
-            farewell: pg.Farewell | None = None
-            try:
-                async with await connect(self._settings) as conn:
-                    farewell = pg.Farewell(conn)
-                    self._backoff.healthy()
-                    await self._campaign(conn)
-            except (psycopg.Error, OSError, DatabaseUnavailable) as error:
-                brief = isinstance(error, DatabaseReadOnly) or pg.is_read_only(error)
-                log.warning(
-                    "leader_connection_lost",
-                    error=farewell.describe(error) if farewell else pg.describe_error(error),
-                    leading=self.is_leader,
-                )
-            except Exception:  # a bug must not end the election: log it, reconnect, go on
-                log.exception("leader_session_failed", leading=self.is_leader)
-            # A standby about to be promoted: try again soon, not after the climbing backoff.
-            await asyncio.sleep(self._backoff.brief() if brief else self._backoff.delay())
+    # The reconnect loop's hooks (relay/source/reconnect.py).
+    async def _session(self, conn: AsyncConnection[Any]) -> None:
+        self._backoff.healthy()
+        await self._campaign(conn)
+
+    def _ended(self, error: BaseException | None, farewell: pg.Farewell | None) -> bool:
+        """Log why the lock's connection ended; whether to retry briefly (a standby about to
+        be promoted: try again soon, not after the climbing backoff)."""
+        if error is None:
+            return False
+        if isinstance(error, (psycopg.Error, OSError, DatabaseUnavailable)):
+            log.warning(
+                "leader_connection_lost",
+                error=farewell.describe(error) if farewell else pg.describe_error(error),
+                leading=self.is_leader,
+            )
+            return isinstance(error, DatabaseReadOnly) or pg.is_read_only(error)
+        # A bug must not end the election: log it, reconnect, go on.
+        log.exception("leader_session_failed", leading=self.is_leader)
+        return False
 
     async def _campaign(self, conn: AsyncConnection[Any]) -> None:
         """Try for the lock until this connection holds it, then prove it alive each interval."""
