@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from relay import __version__
 from relay.config import PER_CLIENT_VARIABLES, FeedConfig, HttpConfig
@@ -179,33 +180,22 @@ class Feed(Fanout):
 
     # -- the stream ---------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        sub = self._subscription(request)
-        if isinstance(sub, web.Response):
-            return sub
-        return await self.open_stream(request, sub)
-
-    def _subscription(self, request: web.Request) -> Subscription | web.Response:
+    def subscription(self, query: MultiMapping[str]) -> Subscription:
+        """A client's subscription from its query (``relay/http/streams.py`` serves the
+        feed); :class:`shape.BadFilter` for filter values that cannot be read."""
         rule = self.config.filter
         if rule is None:
             return Subscription([], None)
-        raw = request.query.getall(rule.param, [])
+        raw = query.getall(rule.param, [])
         if not raw and rule.values == "text":
             values: list[Any] = []
             keys: frozenset[str] = frozenset()
         else:
-            try:
-                values, keys = shape.parse_values(raw, rule)
-            except shape.BadFilter as error:
-                body = rule.invalid_body or {"error": str(error)}
-                # As the route a feed replaces answered: its JSON, no charset parameter.
-                return web.Response(
-                    status=400, body=shape.encode(body).encode(), content_type="application/json"
-                )
+            values, keys = shape.parse_values(raw, rule)
         scope = rule.scope
         if scope is None:
             return Subscription(values, keys or None)
-        only = request.query.get(scope.param) == scope.ids_only
+        only = query.get(scope.param) == scope.ids_only
         name = scope.ids_only if only else scope.default
         if not keys:
             return Subscription(values, None, scope=name, silent=only)

@@ -403,10 +403,6 @@ class Hub(Fanout):
     def since(self, mark: object, keys: Any = None) -> Frame | None:
         return None if self._current is mark else self._current
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """``GET /api/system-status/live``: the stream, from the current state on."""
-        return await self.open_stream(request)
-
 
 def _cancel_expiry(client: Client) -> None:
     if client.expiry is not None:

@@ -1,6 +1,7 @@
-"""HTTP routes: the table of paths. The live stream and the feeds (``relay/fanout/``), the JSON
-routes (``relay/http/api.py``: snapshot, details, indicators, long poll, history, health,
-readiness), the badges (``relay/http/badge.py``), metrics, and the page with its static files."""
+"""HTTP routes: the table of paths. The live stream and the feeds (``relay/http/streams.py``),
+the JSON routes (``relay/http/api.py``: snapshot, details, indicators, long poll, history,
+health, readiness), the badges (``relay/http/badge.py``), metrics, and the page with its static
+files."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from relay.config import CorsConfig
 from relay.fanout.feeds import Feeds
 from relay.fanout.sse import Grant, Hub
-from relay.http import api
+from relay.http import api, streams
 from relay.http.access import AddressLimit, add_cors_headers, authenticate, cors, security_headers
 from relay.http.auth import OPEN, Authenticator, Credential, Denial
 from relay.http.badge import BADGE, BADGE_SVG, BADGES, Badges
@@ -86,9 +87,9 @@ def build_app(relay: Served) -> web.Application:
         ],
     )
     relay.authenticator.follow(_recheck_streams(relay))
-    app.router.add_get(LIVE, relay.hub.handle)
+    app.router.add_get(LIVE, streams.live(relay.hub))
     for feed in relay.feeds.feeds:
-        app.router.add_get(feed.config.path, feed.handle)
+        app.router.add_get(feed.config.path, streams.feed(feed))
     app.router.add_get(SNAPSHOT, api.snapshot(relay.stability, relay.listener, relay.waits))
     badges = Badges(relay.stability)
     app.router.add_get(BADGE, badges.json)
