@@ -706,115 +706,28 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     return Number.isFinite(date) ? Math.max(0, date - Date.now()) : 0;
   }
 
-  const WORDING = Object.freeze({
-    humanDuration: exactDuration,
-    etaText: (value) => {
-      const eta = parseEta(value);
-      return eta === null ? null : etaText(eta);
-    },
-  });
-
-  class SystemStatus extends HTMLElement {
-    static get observedAttributes() {
-      return ["src", "heartbeat-timeout", "timeline"];
-    }
-
-    /** The pure wording helpers, for a test to compare with the relay's (relay/state/eta.py). */
-    static get wording() {
-      return WORDING;
-    }
-
-    constructor() {
-      super();
-      const root = this.attachShadow({ mode: "open" });
-      const sheet = styleSheet();
-      if (sheet) {
-        root.adoptedStyleSheets = [sheet];
-      } else {
-        // Older browsers only; a strict style-src blocks this, the badge then shows unstyled.
-        root.appendChild(element("style", "", CSS));
-      }
-      const template = document.createElement("template");
-      template.innerHTML = TEMPLATE;
-      root.appendChild(template.content);
-
-      this._badge = root.querySelector(".badge");
-      this._label = root.querySelector(".label");
-      this._tip = root.querySelector(".tip");
-      this._detailsButton = root.querySelector(".details");
-      this._dialog = root.querySelector("dialog");
-      this._content = root.querySelector(".content");
-
-      this._running = false;
-      this._state = null;
-      this._since = null;
-      this._runningLabels = Object.freeze([]);
-      this._activities = null;
-      this._signals = Object.freeze([]);
-      this._signalTick = 0;
-      this._lost = false;
-      this._generation = 0; // bumps on every (re)start and stop: stale loops see it and quit
-      this._controller = null;
-      this._attempt = 0;
-      this._serverRetryMs = 0;
-      this._reconnectTimer = 0;
-      this._watchdogTimer = 0;
-      this._graceTimer = 0;
-      this._firstEventTimer = 0;
-      this._heard = false; // the current stream has delivered a state
-
-      // The fallback behind a proxy that buffers (see the top of this file).
-      this._polling = false; // this element polls (it reads the state for itself or the tabs)
-      this._pollGeneration = 0; // bumps when polling stops: a stale round sees it and quits
-      this._pollController = null;
-      this._pollTimer = 0;
-      this._pollWake = null; // ends a pause of the polls at once, when they stop
-      this._probeAttempt = 0;
-      this._sawBuffering = false; // here or in the leader tab: a new leader polls at once
-      this._viaPolling = false; // the state shown comes from polling (here or in the leader)
-
-      // Sharing one stream among the tabs of an origin (see the top of this file).
-      this._shared = false; // this element takes part in an election (else: a stream of its own)
-      this._shareName = ""; // the lock's and the channel's name
-      this._channel = null;
-      this._lockAbort = null; // while waiting for the lock: withdraws the request
-      this._releaseLock = null; // while leading: lets the lock go
-      this._live = false; // this element reads the stream now (as the leader, or on its own)
-      this._linkUp = false; // ...and the stream has delivered a state since it (re)connected
-      this._lastData = null; // the last state event, for a newcomer's request
-      this._syncId = ""; // the newcomer's request that the leader's answer must name
-      this._hiddenTimer = 0;
-      this._onVisibility = () => this._followVisibility();
-      this._onPageHide = (event) => {
-        if (event.type === "freeze" || event.persisted) this._letGo();
-      };
-      this._onPageShow = (event) => {
-        if (event.type === "resume" || event.persisted) this._followVisibility();
-      };
-
-      this._detailsController = null;
-      this._detailsGeneration = 0;
-      this._refreshTimer = 0;
-      this._figuresTimer = 0;
-      this._jobs = new Map(); // job id -> its rendered elements (one per list), while shown
-      this._progress = new Map(); // job id -> latest progress event since the dialog opened
-      this._checked = new Map(); // job id -> the state a refresh was asked for (one per state)
-
-      this._timeline = root.querySelector(".timeline");
+  /** The last 24 hours under the badge (the `timeline` attribute): the history's periods on a
+   * bar, with a tooltip per period, and how long processing usually takes. `host` gives
+   * wanted() (connected, with the attribute), state() (the badge's) and url(path). */
+  class Timeline {
+    constructor(root, host) {
+      this._root = root;
+      this._host = host;
+      this._section = root.querySelector(".timeline");
       this._track = root.querySelector(".tl-track");
-      this._timelineTip = root.querySelector(".tl-tip");
-      this._timelineTotal = root.querySelector(".tl-total");
+      this._tip = root.querySelector(".tl-tip");
+      this._total = root.querySelector(".tl-total");
       this._usual = root.querySelector(".usual");
       this._periods = [];
       this._segments = new Map(); // period key -> its segment, while drawn
       this._tabKey = null; // the segment in the tab order (the others: arrow keys)
       this._hoverKey = null;
-      this._historyController = null;
-      this._historyGeneration = 0;
-      this._historyTimer = 0;
-      this._historyTick = 0;
-      this._historyFetchedAt = 0;
-      this._historyRechecks = 0;
+      this._controller = null;
+      this._generation = 0;
+      this._timer = 0;
+      this._tick = 0;
+      this._fetchedAt = 0;
+      this._rechecks = 0;
       this._track.addEventListener("pointerover", (event) => {
         const segment = event.target.closest(".seg");
         if (segment) {
@@ -832,830 +745,59 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         this._showPeriodTip();
       });
       this._track.addEventListener("focusout", () => setTimeout(() => this._showPeriodTip(), 0));
-      this._track.addEventListener("keydown", (event) => this._onTimelineKey(event));
-
-      this._detailsButton.addEventListener("click", () => this.openDetails());
-      root.querySelector(".close").addEventListener("click", () => this._dialog.close());
-      this._dialog.addEventListener("click", (event) => {
-        if (event.target === this._dialog) this._dialog.close(); // a click on the backdrop
-      });
-      this._dialog.addEventListener("close", () => this._onDialogClosed());
-      // No attribute and no event here: a constructor must not touch its host
-      // (document.createElement would throw). The first render is in connectedCallback.
+      this._track.addEventListener("keydown", (event) => this._onKey(event));
     }
 
-    /** connecting | stable | processing | unknown | unreachable | unauthorized */
-    get state() {
-      return this._state;
-    }
-
-    /** true, false, or null while unknown. */
-    get stable() {
-      return this._state === "stable" ? true : this._state === "processing" ? false : null;
-    }
-
-    /** When the current state began (ISO 8601), as the relay reported it. */
-    get since() {
-      return this._since;
-    }
-
-    /** The labels of the activities running now (config order); empty unless processing. */
-    get running() {
-      return this._runningLabels;
-    }
-
-    /** Each activity's state as the relay reported it ({name: true | false | null}), or null. */
-    get activities() {
-      return this._activities;
-    }
-
-    /** The stalled and overdue work ([{kind, activity, label, since, bound_s}]); empty unless processing. */
-    get signals() {
-      return this._signals;
-    }
-
-    connectedCallback() {
-      this._running = true;
-      if (this._state === null) this._render("connecting");
-      document.addEventListener("visibilitychange", this._onVisibility);
-      document.addEventListener("freeze", this._onPageHide);
-      document.addEventListener("resume", this._onPageShow);
-      window.addEventListener("pagehide", this._onPageHide);
-      window.addEventListener("pageshow", this._onPageShow);
-      this._join();
-      this._startTimeline();
-    }
-
-    disconnectedCallback() {
-      this._running = false;
-      document.removeEventListener("visibilitychange", this._onVisibility);
-      document.removeEventListener("freeze", this._onPageHide);
-      document.removeEventListener("resume", this._onPageShow);
-      window.removeEventListener("pagehide", this._onPageHide);
-      window.removeEventListener("pageshow", this._onPageShow);
-      this._leave();
-      this._stopTimeline();
-      clearInterval(this._signalTick);
-      this._signalTick = 0;
-      if (this._dialog.open) this._dialog.close();
-    }
-
-    attributeChangedCallback(name, oldValue, newValue) {
-      // Called for every attribute already present when the element upgrades, before
-      // connectedCallback: only a later change of `src` means a new connection.
-      // (heartbeat-timeout is read each time the watchdog is armed, hidden-grace each time the
-      // page is hidden.)
-      if (!this._running || oldValue === newValue) return;
-      if (name === "src") {
-        this._leave(); // another URL: another election
-        this._join();
-        this._scheduleHistory(0);
-      } else if (name === "timeline") {
-        if (newValue === null) {
-          this._stopTimeline();
-          this._hideTimeline();
-        } else if (oldValue === null) {
-          this._startTimeline();
-        }
+    /** A new state: fetch the history soon (the relay's leader writes the period meanwhile). */
+    stateChanged(previous, state) {
+      this._rechecks = 0;
+      if (state === "stable" || state === "processing") {
+        this.schedule(previous === "connecting" || previous === null ? 0 : HISTORY_DELAY_MS);
       }
     }
 
-    /** Opens the details dialog and loads the details (never before it is opened). */
-    openDetails() {
-      if (this._dialog.open) return;
-      this._progress.clear();
-      this._checked.clear();
-      this._dialog.showModal();
-      this._loadDetails(false);
+    start() {
+      if (!this._host.wanted()) return;
+      clearInterval(this._tick);
+      this._tick = setInterval(() => this._onTick(), TIMELINE_TICK_MS);
+      if (this._host.state() === "stable" || this._host.state() === "processing") this.schedule(0);
     }
 
-    _url(path) {
-      const base = (this.getAttribute("src") || "").trim().replace(/\/+$/, "");
-      return base + path;
-    }
-
-    /** For a console line: the URL as the browser asks it. */
-    _absolute(path) {
-      try {
-        return new URL(this._url(path), document.baseURI).href;
-      } catch (_error) {
-        return this._url(path);
-      }
-    }
-
-    _heartbeatTimeoutMs() {
-      const seconds = Number(this.getAttribute("heartbeat-timeout"));
-      return (Number.isFinite(seconds) && seconds > 0 ? seconds : DEFAULT_HEARTBEAT_TIMEOUT_S) * 1000;
-    }
-
-    _hiddenGraceMs() {
-      const value = this.getAttribute("hidden-grace");
-      const seconds = value === null || value.trim() === "" ? NaN : Number(value);
-      return (Number.isFinite(seconds) && seconds >= 0 ? seconds : DEFAULT_HIDDEN_GRACE_S) * 1000;
-    }
-
-    // ---- one stream for all the tabs of the origin --------------------------------------------
-
-    /** Starts reading the state: as a candidate for the lock, or, without sharing, on our own. */
-    _join() {
-      let url = this._url(LIVE_PATH);
-      try {
-        url = new URL(url, document.baseURI).href; // "" and the page's origin are one stream
-      } catch (_error) {
-        // not a URL: the fetch will fail and retry, each element on its own name
-      }
-      this._shareName = SHARE_PREFIX + url;
-      this._shared = sharingAvailable();
-      if (this._shared) {
-        try {
-          this._channel = new BroadcastChannel(this._shareName);
-        } catch (_error) {
-          this._shared = false;
-        }
-      }
-      if (!this._shared) {
-        this._openStream();
-        this._followVisibility();
-        return;
-      }
-      this._channel.onmessage = (event) => this._onShared(event.data);
-      this._askForState();
-      // A page opened in the background takes the lock only if no tab holds it (then it reads
-      // the stream for its grace period); otherwise it listens until it is shown.
-      this._stand(!pageVisible());
-      this._followVisibility();
-    }
-
-    /** Stops reading the state (removed from the page, or another `src`). */
-    _leave() {
-      clearTimeout(this._hiddenTimer);
-      this._hiddenTimer = 0;
-      this._sit();
-      this._closeStream();
-      if (this._channel) {
-        this._channel.onmessage = null;
-        this._channel.close();
-      }
-      this._channel = null;
-      this._shared = false;
-      this._lastData = null;
-      this._syncId = "";
-      this._sawBuffering = false; // another URL may take another way
-      this._showPolling(false);
-    }
-
-    /** Waits for the lock (or, with `ifFree`, takes it only if no tab holds it), then leads. */
-    _stand(ifFree) {
-      if (!this._shared || this._lockAbort || this._releaseLock) return;
-      const abort = new AbortController();
-      abort.queued = !ifFree; // a request in the lock's queue, which a hidden tab withdraws
-      this._lockAbort = abort;
-      const options = ifFree ? { ifAvailable: true } : { signal: abort.signal };
-      let request;
-      try {
-        request = navigator.locks.request(this._shareName, options, (lock) => {
-          if (this._lockAbort !== abort || abort.signal.aborted) return undefined; // withdrawn
-          this._lockAbort = null;
-          if (lock === null) {
-            // Held by another tab: we listen to it (and queue, if we were shown meanwhile).
-            if (pageVisible()) this._stand(false);
-            return undefined;
-          }
-          return new Promise((release) => {
-            this._releaseLock = release;
-            this._lead();
-          });
-        });
-      } catch (error) {
-        request = Promise.reject(error);
-      }
-      request.catch(() => {
-        if (this._lockAbort !== abort) return; // withdrawn (an AbortError), or already leading
-        // Locks refused (an opaque origin, say): a stream of our own, as without sharing.
-        this._lockAbort = null;
-        this._leave();
-        this._openStream();
-        this._followVisibility();
-      });
-    }
-
-    /** Stops waiting for the lock, or, while leading, closes the stream and lets the lock go. */
-    _sit() {
-      if (this._lockAbort) {
-        this._lockAbort.abort();
-        this._lockAbort = null;
-      }
-      if (this._releaseLock) {
-        const release = this._releaseLock;
-        this._releaseLock = null;
-        this._closeStream();
-        release();
-      }
-    }
-
-    _lead() {
-      this._openStream();
-      this._followVisibility(); // granted while hidden: the grace period runs from now
-    }
-
-    get _leading() {
-      return this._releaseLock !== null;
-    }
-
-    _openStream() {
-      this._live = true;
-      this._linkUp = false;
-      this._start();
-    }
-
-    _closeStream() {
-      this._live = false;
-      this._linkUp = false;
-      this._stop();
-    }
-
-    /** Shown: read the state again (lead, or queue for the lock). Hidden: let go (a leader, or a
-     * stream of its own, after the grace period; a tab waiting for the lock at once). */
-    _followVisibility() {
-      if (!this._running) return;
-      if (pageVisible()) {
-        clearTimeout(this._hiddenTimer);
-        this._hiddenTimer = 0;
-        if (!this._shared) {
-          if (!this._live) this._openStream();
-        } else if (!this._leading && !this._lockAbort) {
-          this._askForState(); // in case messages were missed while frozen
-          this._stand(false);
-        }
-        return;
-      }
-      if (this._shared && this._lockAbort && this._lockAbort.queued) this._sit(); // hidden tabs do not queue
-      if (this._live && !this._hiddenTimer) {
-        this._hiddenTimer = setTimeout(() => {
-          this._hiddenTimer = 0;
-          if (!pageVisible()) this._letGo();
-        }, this._hiddenGraceMs());
-      }
-    }
-
-    /** Closes the stream now (hidden long enough, frozen, or into the back/forward cache). */
-    _letGo() {
-      clearTimeout(this._hiddenTimer);
-      this._hiddenTimer = 0;
-      if (this._shared) this._sit();
-      else this._closeStream();
-    }
-
-    /** Sends to the other tabs, when we read the stream for them. */
-    _post(message) {
-      if (!this._channel || !this._leading) return;
-      try {
-        this._channel.postMessage(message);
-      } catch (_error) {
-        // a closed channel: nobody left to tell
-      }
-    }
-
-    /** A newcomer (or a tab shown again) asks the leader for the current state. */
-    _askForState() {
-      if (!this._channel) return;
-      this._syncId = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
-      try {
-        this._channel.postMessage({ type: "sync", id: this._syncId });
-      } catch (_error) {
-        // closed meanwhile
-      }
-    }
-
-    _onShared(message) {
-      if (!this._running || !isRecord(message) || typeof message.type !== "string") return;
-      if (message.type === "sync") {
-        if (this._leading && typeof message.id === "string") {
-          this._post({
-            type: "snapshot",
-            to: message.id,
-            shown: this._state,
-            up: this._linkUp,
-            data: this._lastData,
-            polling: this._polling,
-          });
-        }
-        return;
-      }
-      if (this._leading) return; // the leader believes its own stream
-      if (message.type === "state" && isRecord(message.data)) {
-        this._lastData = message.data;
-        this._onState(message.data);
-      } else if (message.type === "progress" && isRecord(message.data)) {
-        this._onProgress(message.data);
-      } else if (message.type === "down") {
-        this._onDown(message.refused === true);
-      } else if (message.type === "transport") {
-        this._sawBuffering = message.polling === true;
-        this._showPolling(this._sawBuffering);
-      } else if (message.type === "snapshot" && message.to === this._syncId && this._syncId) {
-        this._syncId = "";
-        this._sawBuffering = message.polling === true;
-        this._showPolling(this._sawBuffering);
-        const shown = message.shown;
-        if ((shown === "stable" || shown === "processing" || shown === "unknown") && isRecord(message.data)) {
-          this._lastData = message.data;
-          this._onState(message.data);
-          if (message.up !== true) this._markLost();
-        } else if (shown === "unreachable" || shown === "unauthorized") {
-          this._onDown(shown === "unauthorized");
-        }
-      }
-    }
-
-    // ---- the live stream ----------------------------------------------------------------------
-
-    _start() {
-      this._stop();
-      this._attempt = 0;
-      // The stream was held back here or in the tab that led before: poll while trying it.
-      if (this._sawBuffering) this._startPolling();
-      this._connect();
-    }
-
-    _stop() {
+    stop() {
       this._generation += 1;
       if (this._controller) this._controller.abort();
       this._controller = null;
-      clearTimeout(this._reconnectTimer);
-      clearTimeout(this._watchdogTimer);
-      clearTimeout(this._firstEventTimer);
-      clearTimeout(this._graceTimer);
-      this._graceTimer = 0;
-      this._endPolling();
+      clearTimeout(this._timer);
+      this._timer = 0;
+      clearInterval(this._tick);
+      this._tick = 0;
     }
 
-    _armWatchdog(controller) {
-      clearTimeout(this._watchdogTimer);
-      this._watchdogTimer = setTimeout(() => {
-        controller.timedOut = true;
-        controller.abort();
-      }, this._heartbeatTimeoutMs());
-    }
-
-    async _connect() {
-      const generation = ++this._generation;
-      const controller = new AbortController();
-      this._controller = controller;
-      this._heard = false;
-      this._armWatchdog(controller); // also bounds a connect that hangs
-      clearTimeout(this._firstEventTimer);
-      this._firstEventTimer = setTimeout(
-        () => {
-          controller.timedOut = true;
-          controller.abort();
-        },
-        Math.min(FIRST_EVENT_TIMEOUT_MS, this._heartbeatTimeoutMs()),
-      );
-      let minDelayMs = 0;
-      let refused = false;
-      try {
-        const response = await fetch(this._url(LIVE_PATH), {
-          headers: { Accept: "text/event-stream" },
-          cache: "no-store",
-          credentials: "include", // cookies for a relay that checks the app's session (CORS allow-list)
-          signal: controller.signal,
-        });
-        if (!response.ok || !response.body) {
-          minDelayMs = retryAfterMs(response);
-          refused = response.status === 401 || response.status === 403;
-          response.body && response.body.cancel().catch(() => {});
-          throw new Error(`HTTP ${response.status}`);
-        }
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        const parser = this._parser();
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done || generation !== this._generation) break;
-          this._armWatchdog(controller); // any byte, `: ping` included, proves the stream alive
-          parser(value);
-        }
-      } catch (_error) {
-        // Refused, aborted by the watchdog, reset, or a non-200 answer: all mean "reconnect".
-      }
-      if (generation !== this._generation) return; // stopped or restarted meanwhile
-      clearTimeout(this._watchdogTimer);
-      clearTimeout(this._firstEventTimer);
-      controller.abort();
-      if (this._polling) {
-        this._scheduleProbe(); // a try of the stream that failed: the polls go on
-      } else if (!this._heard && controller.timedOut === true) {
-        this._checkHeldBack(generation); // connected, perhaps, but no state: buffered on the way?
-      } else {
-        this._scheduleReconnect(minDelayMs, refused);
-      }
-    }
-
-    _scheduleReconnect(minDelayMs, refused) {
-      this._linkUp = false;
-      this._post({ type: "down", refused });
-      this._onDown(refused);
-      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt);
-      this._attempt = Math.min(this._attempt + 1, 16);
-      const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
-      const delay = Math.min(BACKOFF_MAX_MS, Math.max(jittered, minDelayMs, this._serverRetryMs));
-      this._reconnectTimer = setTimeout(() => this._connect(), delay);
-    }
-
-    /** The stream is down: refused (401/403), or lost (the last state is kept for a moment). */
-    _onDown(refused) {
-      if (refused) {
-        clearTimeout(this._graceTimer);
-        this._graceTimer = 0;
-        this._render("unauthorized");
-      } else {
-        this._markLost();
-      }
-    }
-
-    _markLost() {
-      if (this._state === "connecting" || this._state === "unreachable" || this._state === "unauthorized") {
-        this._render("unreachable");
-        return;
-      }
-      if (this._graceTimer) return;
-      this._graceTimer = setTimeout(() => {
-        this._graceTimer = 0;
-        this._render("unreachable");
-      }, GRACE_MS);
-    }
-
-    // ---- the fallback behind a proxy that buffers ----------------------------------------------
-
-    /** The stream delivered no state in time. If the snapshot answers, the stream is held back
-     * on the way (a proxy that buffers whole responses): poll, and try the stream now and then.
-     * If not, the relay is out of reach: reconnect as for any failure. */
-    async _checkHeldBack(generation) {
-      const controller = new AbortController();
-      this._controller = controller;
-      const answer = await this._getJSON(SNAPSHOT_PATH, SNAPSHOT_TIMEOUT_MS, controller);
-      if (generation !== this._generation) return; // stopped or restarted meanwhile
-      this._controller = null;
-      if (answer.status !== 200 || !isStateRecord(answer.body)) {
-        this._scheduleReconnect(answer.retryAfterMs, answer.status === 401 || answer.status === 403);
-        return;
-      }
-      const waited = Math.min(FIRST_EVENT_TIMEOUT_MS, this._heartbeatTimeoutMs()) / 1000;
-      console.warn(
-        `system-status: the live stream ${this._absolute(LIVE_PATH)} delivered nothing in ${waited} s ` +
-          "while the snapshot answers: something on the way buffers it (a proxy: nginx " +
-          "`proxy_buffering off`, or let the relay's `X-Accel-Buffering: no` through). Polling " +
-          `${this._absolute(WAIT_PATH)} instead, and trying the stream again from time to time.`,
-      );
-      this._probeAttempt = 0;
-      this._startPolling(answer.body);
-      this._scheduleProbe();
-    }
-
-    /** Reads the state by polling (for the other tabs too, when leading) until a stream works. */
-    _startPolling(data = null) {
-      if (this._polling) return;
-      this._polling = true;
-      this._sawBuffering = true;
-      this._post({ type: "transport", polling: true });
-      this._showPolling(true);
-      if (data !== null) this._onPolled(data);
-      this._pollRounds(this._pollGeneration, data !== null);
-    }
-
-    /** Stops the polls (the stream closes, or works again). */
-    _endPolling() {
-      if (!this._polling) return;
-      this._polling = false;
-      this._pollGeneration += 1;
-      if (this._pollController) this._pollController.abort();
-      this._pollController = null;
-      clearTimeout(this._pollTimer);
-      this._pollTimer = 0;
-      if (this._pollWake) this._pollWake();
-      this._pollWake = null;
-    }
-
-    /** A try of the stream delivered the state: the stream is read again, the polls stop. */
-    _backToStream() {
-      this._endPolling();
-      this._sawBuffering = false;
-      this._probeAttempt = 0;
-      this._post({ type: "transport", polling: false });
-      this._showPolling(false);
-      console.info(`system-status: the live stream ${this._absolute(LIVE_PATH)} delivers again; polling stopped.`);
-    }
-
-    /** The next try of the stream while polling: 5-10 s, doubling up to 5 min. */
-    _scheduleProbe() {
-      const ceiling = Math.min(PROBE_MAX_MS, PROBE_MIN_MS * 2 ** this._probeAttempt);
-      this._probeAttempt = Math.min(this._probeAttempt + 1, 16);
-      clearTimeout(this._reconnectTimer);
-      this._reconnectTimer = setTimeout(() => this._connect(), ceiling / 2 + (Math.random() * ceiling) / 2);
-    }
-
-    /** Rounds of: the snapshot (the state, what runs, the signals: what the stream would say),
-     * then a long poll of /wait for the other state, answered as soon as a commit changes it.
-     * At most two rounds a second; failures back off as the stream's do. */
-    async _pollRounds(generation, haveSnapshot) {
-      const current = () => this._polling && generation === this._pollGeneration;
-      let lastRound = haveSnapshot ? Date.now() : 0;
-      let askSnapshot = !haveSnapshot;
-      let failures = 0;
-      while (current()) {
-        if (askSnapshot) {
-          await this._pollPause(lastRound + POLL_MIN_GAP_MS - Date.now());
-          if (!current()) return;
-          lastRound = Date.now();
-          const snapshot = await this._pollGet(SNAPSHOT_PATH, SNAPSHOT_TIMEOUT_MS);
-          if (!current()) return;
-          if (snapshot.status !== 200 || !isStateRecord(snapshot.body)) {
-            const refused = snapshot.status === 401 || snapshot.status === 403;
-            this._linkUp = false;
-            this._post({ type: "down", refused });
-            this._onDown(refused);
-            const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** failures);
-            failures = Math.min(failures + 1, 16);
-            const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
-            await this._pollPause(Math.min(BACKOFF_MAX_MS, Math.max(jittered, snapshot.retryAfterMs)));
-            continue;
-          }
-          failures = 0;
-          this._onPolled(snapshot.body);
-        }
-        askSnapshot = true;
-        const known = this._state === "stable" || this._state === "processing";
-        const until = this._state === "stable" ? "processing" : "stable";
-        const round = known ? WAIT_ROUND_S : WAIT_ROUND_UNKNOWN_S;
-        // end_on=none: a wait for "stable" while work is stalled would answer 409 at once.
-        // timeout_status=200: a round that is over answers 200 "timeout", not 408, which
-        // Chromium would send again once on a reused connection (a round lasting twice). An
-        // older relay ignores the parameter and answers 408: the limit allows for that too.
-        const query = `?until=${until}&timeout=${round}s&end_on=none&timeout_status=200`;
-        const wait = await this._pollGet(WAIT_PATH + query, (2 * round + 10) * 1000);
-        if (!current()) return;
-        // 200: changed, already other, or the round is over; 408: the round is over (an older
-        // relay); 503: the database is out of reach. Anything else (429 past a share of
-        // waiters, an older relay, a proxy's error): the snapshot alone, every few seconds.
-        const answered =
-          wait.status === 200 ||
-          wait.status === 408 ||
-          (wait.status === 503 && isRecord(wait.body) && wait.body.result === "unknown");
-        if (!answered) await this._pollPause(Math.max(POLL_PLAIN_MS, wait.retryAfterMs));
-      }
-    }
-
-    _onPolled(data) {
-      this._linkUp = true;
-      this._lastData = data;
-      this._post({ type: "state", data });
-      this._onState(data);
-    }
-
-    async _pollGet(path, timeoutMs) {
-      const controller = new AbortController();
-      this._pollController = controller;
-      const answer = await this._getJSON(path, timeoutMs, controller);
-      if (this._pollController === controller) this._pollController = null;
-      return answer;
-    }
-
-    _pollPause(delayMs) {
-      if (!(delayMs > 0)) return Promise.resolve();
-      return new Promise((resolve) => {
-        this._pollWake = resolve;
-        this._pollTimer = setTimeout(() => {
-          this._pollTimer = 0;
-          this._pollWake = null;
-          resolve();
-        }, delayMs);
-      });
-    }
-
-    /** GET a JSON answer: {status (0: no answer in time, or refused), body, retryAfterMs}. */
-    async _getJSON(path, timeoutMs, controller) {
-      const timer = setTimeout(() => controller.abort(), timeoutMs);
-      try {
-        const response = await fetch(this._url(path), {
-          headers: { Accept: "application/json" },
-          cache: "no-store",
-          credentials: "include", // as the stream: cookies for a relay that checks the app's session
-          signal: controller.signal,
-        });
-        let body = null;
-        try {
-          body = await response.json();
-        } catch (_error) {
-          body = null;
-        }
-        return { status: response.status, body, retryAfterMs: retryAfterMs(response) };
-      } catch (_error) {
-        return { status: 0, body: null, retryAfterMs: 0 };
-      } finally {
-        clearTimeout(timer);
-      }
-    }
-
-    /** Whether the state shown comes from polling (here, or in the leader tab): the hint says so. */
-    _showPolling(on) {
-      if (this._viaPolling === on) return;
-      this._viaPolling = on;
-      this.toggleAttribute("polling", on);
-      if (this._state !== null) this._showLook();
-    }
-
-    /** An incremental text/event-stream parser (the WHATWG rules this relay needs). */
-    _parser() {
-      let buffer = "";
-      let data = [];
-      let type = "";
-      return (chunk) => {
-        buffer += chunk;
-        let newline;
-        while ((newline = buffer.indexOf("\n")) >= 0) {
-          let line = buffer.slice(0, newline);
-          buffer = buffer.slice(newline + 1);
-          if (line.endsWith("\r")) line = line.slice(0, -1);
-          if (line === "") {
-            if (data.length) this._dispatch(type || "message", data.join("\n"));
-            data = [];
-            type = "";
-            continue;
-          }
-          if (line.startsWith(":")) continue; // a comment: the heartbeat
-          const colon = line.indexOf(":");
-          const field = colon < 0 ? line : line.slice(0, colon);
-          let value = colon < 0 ? "" : line.slice(colon + 1);
-          if (value.startsWith(" ")) value = value.slice(1);
-          if (field === "data") data.push(value);
-          else if (field === "event") type = value;
-          else if (field === "retry" && /^\d+$/.test(value)) this._serverRetryMs = Number(value);
-        }
-      };
-    }
-
-    _dispatch(type, text) {
-      let data;
-      try {
-        data = JSON.parse(text);
-      } catch (_error) {
-        return; // not ours; the stream stays up
-      }
-      if (data === null || typeof data !== "object") return;
-      if (type === "message") {
-        if (!this._heard) {
-          this._heard = true;
-          clearTimeout(this._firstEventTimer);
-          if (this._polling) this._backToStream();
-        }
-        this._linkUp = true;
-        this._lastData = data;
-        this._post({ type: "state", data });
-        this._onState(data);
-      } else if (type === "import_job_progress") {
-        this._post({ type: "progress", data });
-        this._onProgress(data);
-      }
-    }
-
-    _onState(data) {
-      this._attempt = 0;
-      clearTimeout(this._graceTimer);
-      this._graceTimer = 0;
-      this._since = typeof data.since === "string" ? data.since : null;
-      const state = stateOf(data);
-      // An older relay sends neither field: nothing is named, the hint stays generic.
-      const running =
-        state === "processing" && Array.isArray(data.running)
-          ? data.running.filter((label) => typeof label === "string" && label.trim() !== "")
-          : [];
-      let activities = null;
-      if (isRecord(data.activities)) {
-        activities = {};
-        for (const [name, active] of Object.entries(data.activities)) {
-          activities[name] = typeof active === "boolean" ? active : null;
-        }
-      }
-      const signals = state === "processing" ? parseSignals(data) : [];
-      if (this._render(state, running, activities, signals) && this._dialog.open) this._scheduleRefresh();
-    }
-
-    /** Shows `state` (and what is running, and what is stalled or overdue); returns whether
-     * anything changed. */
-    _render(state, running = [], activities = null, signals = []) {
-      if (
-        state === this._state &&
-        sameRunning(running, this._runningLabels) &&
-        sameRunning(activities, this._activities) &&
-        sameRunning(signals, this._signals)
-      ) {
-        return false;
-      }
-      const previous = this._state;
-      this._state = state;
-      this._runningLabels = Object.freeze(running.slice());
-      this._activities = activities === null ? null : Object.freeze({ ...activities });
-      this._signals = Object.freeze(signals.map((signal) => Object.freeze({ ...signal })));
-      this.setAttribute("state", state);
-      this._showLook();
-      clearInterval(this._signalTick);
-      this._signalTick = signals.length ? setInterval(() => this._showLook(), SIGNAL_TICK_MS) : 0;
-      this.dispatchEvent(
-        new CustomEvent("system-status-change", {
-          detail: {
-            state,
-            stable: this.stable,
-            since: this._since,
-            running: this._runningLabels,
-            activities: this._activities,
-            signals: this._signals,
-          },
-          bubbles: true,
-          composed: true,
-        }),
-      );
-      if (state !== previous) {
-        this._historyRechecks = 0;
-        if (state === "stable" || state === "processing") {
-          this._scheduleHistory(previous === "connecting" || previous === null ? 0 : HISTORY_DELAY_MS);
-        }
-      }
-      return true;
-    }
-
-    /** The badge and its hint for the current state; stalled work outranks overdue work. */
-    _showLook() {
-      const look = LOOKS[this._state];
-      const signals = this._signals;
-      const worst = signals.length ? ATTENTION[signals[0].kind] : null;
-      if (worst) this.setAttribute("attention", signals[0].kind);
-      else this.removeAttribute("attention");
-      this._badge.dataset.tone = worst ? worst.tone : look.tone;
-      this._label.textContent = worst ? worst.label : look.label;
-      // The badge keeps its short label; the hint (tooltip, or the sentence under the badge)
-      // says what is stalled or overdue, else what is running, and describes the badge to
-      // assistive technology.
-      const running = this._runningLabels;
-      let hint;
-      if (signals.length) {
-        const now = Date.now();
-        hint = signals.map((signal) => `${signalText(signal, now)}.`).join(" ");
-      } else {
-        hint = running.length ? `In progress: ${running.join(", ")}` : look.hint;
-      }
-      const known = this._state === "stable" || this._state === "processing" || this._state === "unknown";
-      if (this._viaPolling && known) hint += `${/[.!?]$/.test(hint) ? "" : "."} ${POLLING_NOTE}`;
-      this._tip.textContent = hint;
-    }
-
-    // ---- the timeline of the last 24 hours ----------------------------------------------------
-
-    _timelineWanted() {
-      return this._running && this.hasAttribute("timeline");
-    }
-
-    _startTimeline() {
-      if (!this._timelineWanted()) return;
-      clearInterval(this._historyTick);
-      this._historyTick = setInterval(() => this._onTimelineTick(), TIMELINE_TICK_MS);
-      if (this._state === "stable" || this._state === "processing") this._scheduleHistory(0);
-    }
-
-    _stopTimeline() {
-      this._historyGeneration += 1;
-      if (this._historyController) this._historyController.abort();
-      this._historyController = null;
-      clearTimeout(this._historyTimer);
-      this._historyTimer = 0;
-      clearInterval(this._historyTick);
-      this._historyTick = 0;
-    }
-
-    _scheduleHistory(delayMs) {
-      if (!this._timelineWanted()) return;
-      clearTimeout(this._historyTimer);
-      this._historyTimer = setTimeout(() => {
-        this._historyTimer = 0;
-        this._loadHistory();
+    schedule(delayMs) {
+      if (!this._host.wanted()) return;
+      clearTimeout(this._timer);
+      this._timer = setTimeout(() => {
+        this._timer = 0;
+        this._load();
       }, delayMs);
     }
 
-    _onTimelineTick() {
-      const known = this._state === "stable" || this._state === "processing";
-      if (known && Date.now() - this._historyFetchedAt >= HISTORY_REFRESH_MS) this._loadHistory();
-      else if (!this._timeline.hidden) this._drawTimeline(); // the bar moves with the clock
+    _onTick() {
+      const known = this._host.state() === "stable" || this._host.state() === "processing";
+      if (known && Date.now() - this._fetchedAt >= HISTORY_REFRESH_MS) this._load();
+      else if (!this._section.hidden) this._draw(); // the bar moves with the clock
     }
 
-    async _loadHistory() {
-      if (!this._timelineWanted()) return;
-      const generation = ++this._historyGeneration;
-      if (this._historyController) this._historyController.abort();
+    async _load() {
+      if (!this._host.wanted()) return;
+      const generation = ++this._generation;
+      if (this._controller) this._controller.abort();
       const controller = new AbortController();
-      this._historyController = controller;
-      this._historyFetchedAt = Date.now();
+      this._controller = controller;
+      this._fetchedAt = Date.now();
       let body = null;
       try {
-        const response = await fetch(this._url(HISTORY_PATH), {
+        const response = await fetch(this._host.url(HISTORY_PATH), {
           headers: { Accept: "application/json" },
           cache: "no-store",
           credentials: "include",
@@ -1666,37 +808,37 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       } catch (_error) {
         body = null; // refused, aborted, or not JSON: no timeline, quietly
       }
-      if (generation !== this._historyGeneration) return;
-      this._historyController = null;
+      if (generation !== this._generation) return;
+      this._controller = null;
       if (!isRecord(body) || !Array.isArray(body.periods)) {
-        this._hideTimeline(); // unavailable (503), unauthorized, or a relay without a history
+        this.hide(); // unavailable (503), unauthorized, or a relay without a history
         return;
       }
       this._periods = parsePeriods(body.periods);
       this._usual.textContent = usualText(body.summary);
       this._usual.hidden = this._usual.textContent === "";
-      this._timeline.hidden = false;
-      this._drawTimeline();
+      this._section.hidden = false;
+      this._draw();
 
       // The leader writes the period a moment after the change: ask again while they disagree.
       const open = this._periods.some((period) => period.open);
-      const behind = (this._state === "processing" && !open) || (this._state === "stable" && open);
-      if (behind && this._historyRechecks < HISTORY_RECHECKS) {
-        this._scheduleHistory(1000 * 2 ** this._historyRechecks);
-        this._historyRechecks += 1;
+      const behind = (this._host.state() === "processing" && !open) || (this._host.state() === "stable" && open);
+      if (behind && this._rechecks < HISTORY_RECHECKS) {
+        this.schedule(1000 * 2 ** this._rechecks);
+        this._rechecks += 1;
       }
     }
 
-    _hideTimeline() {
-      this._timeline.hidden = true;
+    hide() {
+      this._section.hidden = true;
       this._periods = [];
       this._segments.clear();
       this._track.replaceChildren();
       this._hoverKey = null;
-      this._timelineTip.hidden = true;
+      this._tip.hidden = true;
     }
 
-    _drawTimeline() {
+    _draw() {
       const now = Date.now();
       const from = now - TIMELINE_SPAN_MS;
       const segments = new Map();
@@ -1723,7 +865,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         segment.setAttribute("aria-label", `Processing ${when}${slugs ? `: ${slugs}` : ""}`);
         segments.set(period.key, segment);
       }
-      const focused = this.shadowRoot.activeElement;
+      const focused = this._root.activeElement;
       const focusedKey = focused && focused.classList.contains("seg") ? focused.dataset.key : null;
       const before = [...this._segments.keys()];
       const same = segments.size === before.length && [...segments.keys()].every((key, i) => key === before[i]);
@@ -1735,7 +877,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       if (this._hoverKey !== null && !segments.has(this._hoverKey)) this._hoverKey = null;
 
       const count = segments.size;
-      this._timelineTotal.textContent = count
+      this._total.textContent = count
         ? `${integerFormat.format(count)} ${count === 1 ? "period" : "periods"}, ${approxDuration(total)} in all`
         : "No processing";
       this._showPeriodTip();
@@ -1746,9 +888,9 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       for (const [name, segment] of this._segments) segment.tabIndex = name === key ? 0 : -1;
     }
 
-    _onTimelineKey(event) {
+    _onKey(event) {
       const keys = [...this._segments.keys()];
-      const focused = this.shadowRoot.activeElement;
+      const focused = this._root.activeElement;
       const at = focused ? keys.indexOf(focused.dataset.key) : -1;
       if (at < 0) return;
       let next = null;
@@ -1757,7 +899,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       else if (event.key === "Home") next = 0;
       else if (event.key === "End") next = keys.length - 1;
       else if (event.key === "Escape") {
-        this._timelineTip.hidden = true;
+        this._tip.hidden = true;
         return;
       }
       if (next === null) return;
@@ -1768,13 +910,13 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
 
     /** The tooltip of the hovered segment, else of the focused one, else none. */
     _showPeriodTip() {
-      const focused = this.shadowRoot.activeElement;
+      const focused = this._root.activeElement;
       const focusedKey = focused && focused.classList.contains("seg") ? focused.dataset.key : null;
       const key = this._hoverKey !== null ? this._hoverKey : focusedKey;
       const segment = key !== null ? this._segments.get(key) : null;
       const period = segment ? this._periods.find((candidate) => candidate.key === key) : null;
       for (const [name, other] of this._segments) other.toggleAttribute("data-current", name === key && !!period);
-      const tip = this._timelineTip;
+      const tip = this._tip;
       if (!period) {
         tip.hidden = true;
         return;
@@ -1790,13 +932,49 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       const left = Math.max(0, Math.min(width - tip.offsetWidth, center - tip.offsetWidth / 2));
       tip.style.left = `${Math.round(left)}px`;
     }
+  }
 
-    // ---- the details dialog -------------------------------------------------------------------
+  /** The details dialog: what each activity runs, its queue figures and estimates, and live
+   * progress bars for import jobs. `host` gives connected(), state() (the badge's) and url(path). */
+  class DetailsDialog {
+    constructor(root, host) {
+      this._host = host;
+      this._button = root.querySelector(".details");
+      this._dialog = root.querySelector("dialog");
+      this._content = root.querySelector(".content");
+      this._controller = null;
+      this._generation = 0;
+      this._refreshTimer = 0;
+      this._figuresTimer = 0;
+      this._jobs = new Map(); // job id -> its rendered elements (one per list), while shown
+      this._progress = new Map(); // job id -> latest progress event since the dialog opened
+      this._checked = new Map(); // job id -> the state a refresh was asked for (one per state)
+      this._button.addEventListener("click", () => this.open());
+      root.querySelector(".close").addEventListener("click", () => this._dialog.close());
+      this._dialog.addEventListener("click", (event) => {
+        if (event.target === this._dialog) this._dialog.close(); // a click on the backdrop
+      });
+      this._dialog.addEventListener("close", () => this._onClosed());
+    }
 
-    _onDialogClosed() {
-      this._detailsGeneration += 1;
-      if (this._detailsController) this._detailsController.abort();
-      this._detailsController = null;
+    /** Opens the dialog and loads the details (never before it is opened). */
+    open() {
+      if (this._dialog.open) return;
+      this._progress.clear();
+      this._checked.clear();
+      this._dialog.showModal();
+      this._load(false);
+    }
+
+    close() {
+      if (this._dialog.open) this._dialog.close();
+    }
+
+
+    _onClosed() {
+      this._generation += 1;
+      if (this._controller) this._controller.abort();
+      this._controller = null;
       clearTimeout(this._refreshTimer);
       this._refreshTimer = 0;
       clearTimeout(this._figuresTimer);
@@ -1805,28 +983,28 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._progress.clear();
       this._checked.clear();
       this._content.replaceChildren();
-      if (this.isConnected) this._detailsButton.focus();
+      if (this._host.connected()) this._button.focus();
     }
 
-    _scheduleRefresh() {
+    scheduleRefresh() {
       if (this._refreshTimer || !this._dialog.open) return;
       this._refreshTimer = setTimeout(() => {
         this._refreshTimer = 0;
-        if (this._dialog.open) this._loadDetails(true);
+        if (this._dialog.open) this._load(true);
       }, REFRESH_DELAY_MS);
     }
 
-    async _loadDetails(quiet) {
-      const generation = ++this._detailsGeneration;
-      if (this._detailsController) this._detailsController.abort();
+    async _load(quiet) {
+      const generation = ++this._generation;
+      if (this._controller) this._controller.abort();
       clearTimeout(this._figuresTimer);
       this._figuresTimer = 0;
       const controller = new AbortController();
-      this._detailsController = controller;
+      this._controller = controller;
       if (!quiet) this._showLoading();
       let details;
       try {
-        const response = await fetch(this._url(DETAILS_PATH), {
+        const response = await fetch(this._host.url(DETAILS_PATH), {
           headers: { Accept: "application/json" },
           cache: "no-store",
           credentials: "include", // cookies for a relay that checks the app's session (CORS allow-list)
@@ -1847,20 +1025,20 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         if (!grouped && !listed) throw new Error("unexpected answer from the status service");
         details = body;
       } catch (error) {
-        if (generation !== this._detailsGeneration) return;
-        this._detailsController = null;
+        if (generation !== this._generation) return;
+        this._controller = null;
         const reason = error && error.name === "TypeError" ? "the status service cannot be reached" : error.message;
         this._showError(reason);
         return;
       }
-      if (generation !== this._detailsGeneration || !this._dialog.open) return;
-      this._detailsController = null;
+      if (generation !== this._generation || !this._dialog.open) return;
+      this._controller = null;
       this._showDetails(details);
       // Depth and lag move while the state stays the same (an older relay has no signals).
-      if (isRecord(details.signals) && this._state === "processing") {
+      if (isRecord(details.signals) && this._host.state() === "processing") {
         this._figuresTimer = setTimeout(() => {
           this._figuresTimer = 0;
-          if (this._dialog.open) this._loadDetails(true);
+          if (this._dialog.open) this._load(true);
         }, FIGURES_REFRESH_MS);
       }
     }
@@ -1880,7 +1058,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       message.setAttribute("role", "alert");
       const retry = element("button", "retry", "Try again");
       retry.type = "button";
-      retry.addEventListener("click", () => this._loadDetails(false));
+      retry.addEventListener("click", () => this._load(false));
       this._content.replaceChildren(message, retry);
     }
 
@@ -2088,7 +1266,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       return item;
     }
 
-    _onProgress(event) {
+    onProgress(event) {
       if (!this._dialog.open || !isNumber(event.id)) return;
       this._progress.set(event.id, event);
       const known = this._jobs.get(event.id);
@@ -2098,7 +1276,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         for (const entry of known) this._applyProgress(entry, event);
         // A listed job that changed state may have finished: the relay's list says whether.
         if (state && before && state !== before) this._recheck(event.id, state);
-      } else if (state && !this._detailsController) {
+      } else if (state && !this._controller) {
         // A job we do not list (yet, or any more). With a request in flight, the answer decides.
         this._recheck(event.id, state);
       }
@@ -2108,7 +1286,947 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     _recheck(id, state) {
       if (this._checked.get(id) === state) return;
       this._checked.set(id, state);
-      this._scheduleRefresh();
+      this.scheduleRefresh();
+    }
+  }
+
+  /** The badge and its hint, and the host's `state`, `attention` and `polling` attributes. */
+  class Badge {
+    constructor(root, host) {
+      this._host = host;
+      this._badge = root.querySelector(".badge");
+      this._label = root.querySelector(".label");
+      this._tip = root.querySelector(".tip");
+      this._state = null;
+      this._running = Object.freeze([]);
+      this._activities = null;
+      this._signals = Object.freeze([]);
+      this._signalTick = 0;
+      this._viaPolling = false; // the state shown comes from polling (here or in the leader)
+    }
+
+    get state() {
+      return this._state;
+    }
+
+    get running() {
+      return this._running;
+    }
+
+    get activities() {
+      return this._activities;
+    }
+
+    get signals() {
+      return this._signals;
+    }
+
+    /** Shows `state` (and what is running, and what is stalled or overdue); returns whether
+     * anything changed. */
+    show(state, running, activities, signals) {
+      if (
+        state === this._state &&
+        sameRunning(running, this._running) &&
+        sameRunning(activities, this._activities) &&
+        sameRunning(signals, this._signals)
+      ) {
+        return false;
+      }
+      this._state = state;
+      this._running = Object.freeze(running.slice());
+      this._activities = activities === null ? null : Object.freeze({ ...activities });
+      this._signals = Object.freeze(signals.map((signal) => Object.freeze({ ...signal })));
+      this._host.setAttribute("state", state);
+      this._showLook();
+      clearInterval(this._signalTick);
+      this._signalTick = signals.length ? setInterval(() => this._showLook(), SIGNAL_TICK_MS) : 0;
+      return true;
+    }
+
+    /** Whether the state shown comes from polling (here, or in the leader tab): the hint says so. */
+    showPolling(on) {
+      if (this._viaPolling === on) return;
+      this._viaPolling = on;
+      this._host.toggleAttribute("polling", on);
+      if (this._state !== null) this._showLook();
+    }
+
+    stop() {
+      clearInterval(this._signalTick);
+      this._signalTick = 0;
+    }
+
+    /** The badge and its hint for the current state; stalled work outranks overdue work. */
+    _showLook() {
+      const look = LOOKS[this._state];
+      const signals = this._signals;
+      const worst = signals.length ? ATTENTION[signals[0].kind] : null;
+      if (worst) this._host.setAttribute("attention", signals[0].kind);
+      else this._host.removeAttribute("attention");
+      this._badge.dataset.tone = worst ? worst.tone : look.tone;
+      this._label.textContent = worst ? worst.label : look.label;
+      // The badge keeps its short label; the hint (tooltip, or the sentence under the badge)
+      // says what is stalled or overdue, else what is running, and describes the badge to
+      // assistive technology.
+      const running = this._running;
+      let hint;
+      if (signals.length) {
+        const now = Date.now();
+        hint = signals.map((signal) => `${signalText(signal, now)}.`).join(" ");
+      } else {
+        hint = running.length ? `In progress: ${running.join(", ")}` : look.hint;
+      }
+      const known = this._state === "stable" || this._state === "processing" || this._state === "unknown";
+      if (this._viaPolling && known) hint += `${/[.!?]$/.test(hint) ? "" : "."} ${POLLING_NOTE}`;
+      this._tip.textContent = hint;
+    }
+  }
+
+  /** Reads the relay's state: the live stream (with a watchdog and a capped, jittered backoff),
+   * or, while something on the way buffers the stream, polls (see the top of this file). What it
+   * reads goes to `sink`: state(data), progress(data), down(refused), transport(polling); the
+   * sink also gives shownState(), url(path), absolute(path) and heartbeatTimeoutMs(). */
+  class StreamReader {
+    constructor(sink) {
+      this._sink = sink;
+      this._generation = 0; // bumps on every (re)start and stop: stale loops see it and quit
+      this._controller = null;
+      this._attempt = 0;
+      this._serverRetryMs = 0;
+      this._reconnectTimer = 0;
+      this._watchdogTimer = 0;
+      this._firstEventTimer = 0;
+      this._heard = false; // the current stream has delivered a state
+      this._polling = false; // polls (it reads the state for itself or the tabs)
+      this._pollGeneration = 0; // bumps when polling stops: a stale round sees it and quits
+      this._pollController = null;
+      this._pollTimer = 0;
+      this._pollWake = null; // ends a pause of the polls at once, when they stop
+      this._probeAttempt = 0;
+      this.sawBuffering = false; // here or in the leader tab: a new leader polls at once
+    }
+
+    /** Whether the state comes from polling now. */
+    get polling() {
+      return this._polling;
+    }
+
+
+    start() {
+      this.stop();
+      this._attempt = 0;
+      // The stream was held back here or in the tab that led before: poll while trying it.
+      if (this.sawBuffering) this._startPolling();
+      this._connect();
+    }
+
+    stop() {
+      this._generation += 1;
+      if (this._controller) this._controller.abort();
+      this._controller = null;
+      clearTimeout(this._reconnectTimer);
+      clearTimeout(this._watchdogTimer);
+      clearTimeout(this._firstEventTimer);
+      this._endPolling();
+    }
+
+    _armWatchdog(controller) {
+      clearTimeout(this._watchdogTimer);
+      this._watchdogTimer = setTimeout(() => {
+        controller.timedOut = true;
+        controller.abort();
+      }, this._sink.heartbeatTimeoutMs());
+    }
+
+    async _connect() {
+      const generation = ++this._generation;
+      const controller = new AbortController();
+      this._controller = controller;
+      this._heard = false;
+      this._armWatchdog(controller); // also bounds a connect that hangs
+      clearTimeout(this._firstEventTimer);
+      this._firstEventTimer = setTimeout(
+        () => {
+          controller.timedOut = true;
+          controller.abort();
+        },
+        Math.min(FIRST_EVENT_TIMEOUT_MS, this._sink.heartbeatTimeoutMs()),
+      );
+      let minDelayMs = 0;
+      let refused = false;
+      try {
+        const response = await fetch(this._sink.url(LIVE_PATH), {
+          headers: { Accept: "text/event-stream" },
+          cache: "no-store",
+          credentials: "include", // cookies for a relay that checks the app's session (CORS allow-list)
+          signal: controller.signal,
+        });
+        if (!response.ok || !response.body) {
+          minDelayMs = retryAfterMs(response);
+          refused = response.status === 401 || response.status === 403;
+          response.body && response.body.cancel().catch(() => {});
+          throw new Error(`HTTP ${response.status}`);
+        }
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        const parser = this._parser();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done || generation !== this._generation) break;
+          this._armWatchdog(controller); // any byte, `: ping` included, proves the stream alive
+          parser(value);
+        }
+      } catch (_error) {
+        // Refused, aborted by the watchdog, reset, or a non-200 answer: all mean "reconnect".
+      }
+      if (generation !== this._generation) return; // stopped or restarted meanwhile
+      clearTimeout(this._watchdogTimer);
+      clearTimeout(this._firstEventTimer);
+      controller.abort();
+      if (this._polling) {
+        this._scheduleProbe(); // a try of the stream that failed: the polls go on
+      } else if (!this._heard && controller.timedOut === true) {
+        this._checkHeldBack(generation); // connected, perhaps, but no state: buffered on the way?
+      } else {
+        this._scheduleReconnect(minDelayMs, refused);
+      }
+    }
+
+    _scheduleReconnect(minDelayMs, refused) {
+      this._sink.down(refused);
+      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt);
+      this._attempt = Math.min(this._attempt + 1, 16);
+      const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
+      const delay = Math.min(BACKOFF_MAX_MS, Math.max(jittered, minDelayMs, this._serverRetryMs));
+      this._reconnectTimer = setTimeout(() => this._connect(), delay);
+    }
+
+    /** The stream delivered no state in time. If the snapshot answers, the stream is held back
+     * on the way (a proxy that buffers whole responses): poll, and try the stream now and then.
+     * If not, the relay is out of reach: reconnect as for any failure. */
+    async _checkHeldBack(generation) {
+      const controller = new AbortController();
+      this._controller = controller;
+      const answer = await this._getJSON(SNAPSHOT_PATH, SNAPSHOT_TIMEOUT_MS, controller);
+      if (generation !== this._generation) return; // stopped or restarted meanwhile
+      this._controller = null;
+      if (answer.status !== 200 || !isStateRecord(answer.body)) {
+        this._scheduleReconnect(answer.retryAfterMs, answer.status === 401 || answer.status === 403);
+        return;
+      }
+      const waited = Math.min(FIRST_EVENT_TIMEOUT_MS, this._sink.heartbeatTimeoutMs()) / 1000;
+      console.warn(
+        `system-status: the live stream ${this._sink.absolute(LIVE_PATH)} delivered nothing in ${waited} s ` +
+          "while the snapshot answers: something on the way buffers it (a proxy: nginx " +
+          "`proxy_buffering off`, or let the relay's `X-Accel-Buffering: no` through). Polling " +
+          `${this._sink.absolute(WAIT_PATH)} instead, and trying the stream again from time to time.`,
+      );
+      this._probeAttempt = 0;
+      this._startPolling(answer.body);
+      this._scheduleProbe();
+    }
+
+    /** Reads the state by polling (for the other tabs too, when leading) until a stream works. */
+    _startPolling(data = null) {
+      if (this._polling) return;
+      this._polling = true;
+      this.sawBuffering = true;
+      this._sink.transport(true);
+      if (data !== null) this._onPolled(data);
+      this._pollRounds(this._pollGeneration, data !== null);
+    }
+
+    /** Stops the polls (the stream closes, or works again). */
+    _endPolling() {
+      if (!this._polling) return;
+      this._polling = false;
+      this._pollGeneration += 1;
+      if (this._pollController) this._pollController.abort();
+      this._pollController = null;
+      clearTimeout(this._pollTimer);
+      this._pollTimer = 0;
+      if (this._pollWake) this._pollWake();
+      this._pollWake = null;
+    }
+
+    /** A try of the stream delivered the state: the stream is read again, the polls stop. */
+    _backToStream() {
+      this._endPolling();
+      this.sawBuffering = false;
+      this._probeAttempt = 0;
+      this._sink.transport(false);
+      console.info(`system-status: the live stream ${this._sink.absolute(LIVE_PATH)} delivers again; polling stopped.`);
+    }
+
+    /** The next try of the stream while polling: 5-10 s, doubling up to 5 min. */
+    _scheduleProbe() {
+      const ceiling = Math.min(PROBE_MAX_MS, PROBE_MIN_MS * 2 ** this._probeAttempt);
+      this._probeAttempt = Math.min(this._probeAttempt + 1, 16);
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = setTimeout(() => this._connect(), ceiling / 2 + (Math.random() * ceiling) / 2);
+    }
+
+    /** Rounds of: the snapshot (the state, what runs, the signals: what the stream would say),
+     * then a long poll of /wait for the other state, answered as soon as a commit changes it.
+     * At most two rounds a second; failures back off as the stream's do. */
+    async _pollRounds(generation, haveSnapshot) {
+      const current = () => this._polling && generation === this._pollGeneration;
+      let lastRound = haveSnapshot ? Date.now() : 0;
+      let askSnapshot = !haveSnapshot;
+      let failures = 0;
+      while (current()) {
+        if (askSnapshot) {
+          await this._pollPause(lastRound + POLL_MIN_GAP_MS - Date.now());
+          if (!current()) return;
+          lastRound = Date.now();
+          const snapshot = await this._pollGet(SNAPSHOT_PATH, SNAPSHOT_TIMEOUT_MS);
+          if (!current()) return;
+          if (snapshot.status !== 200 || !isStateRecord(snapshot.body)) {
+            const refused = snapshot.status === 401 || snapshot.status === 403;
+            this._sink.down(refused);
+            const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** failures);
+            failures = Math.min(failures + 1, 16);
+            const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
+            await this._pollPause(Math.min(BACKOFF_MAX_MS, Math.max(jittered, snapshot.retryAfterMs)));
+            continue;
+          }
+          failures = 0;
+          this._onPolled(snapshot.body);
+        }
+        askSnapshot = true;
+        const known = this._sink.shownState() === "stable" || this._sink.shownState() === "processing";
+        const until = this._sink.shownState() === "stable" ? "processing" : "stable";
+        const round = known ? WAIT_ROUND_S : WAIT_ROUND_UNKNOWN_S;
+        // end_on=none: a wait for "stable" while work is stalled would answer 409 at once.
+        // timeout_status=200: a round that is over answers 200 "timeout", not 408, which
+        // Chromium would send again once on a reused connection (a round lasting twice). An
+        // older relay ignores the parameter and answers 408: the limit allows for that too.
+        const query = `?until=${until}&timeout=${round}s&end_on=none&timeout_status=200`;
+        const wait = await this._pollGet(WAIT_PATH + query, (2 * round + 10) * 1000);
+        if (!current()) return;
+        // 200: changed, already other, or the round is over; 408: the round is over (an older
+        // relay); 503: the database is out of reach. Anything else (429 past a share of
+        // waiters, an older relay, a proxy's error): the snapshot alone, every few seconds.
+        const answered =
+          wait.status === 200 ||
+          wait.status === 408 ||
+          (wait.status === 503 && isRecord(wait.body) && wait.body.result === "unknown");
+        if (!answered) await this._pollPause(Math.max(POLL_PLAIN_MS, wait.retryAfterMs));
+      }
+    }
+
+    _onPolled(data) {
+      this._attempt = 0;
+      this._sink.state(data);
+    }
+
+    async _pollGet(path, timeoutMs) {
+      const controller = new AbortController();
+      this._pollController = controller;
+      const answer = await this._getJSON(path, timeoutMs, controller);
+      if (this._pollController === controller) this._pollController = null;
+      return answer;
+    }
+
+    _pollPause(delayMs) {
+      if (!(delayMs > 0)) return Promise.resolve();
+      return new Promise((resolve) => {
+        this._pollWake = resolve;
+        this._pollTimer = setTimeout(() => {
+          this._pollTimer = 0;
+          this._pollWake = null;
+          resolve();
+        }, delayMs);
+      });
+    }
+
+    /** GET a JSON answer: {status (0: no answer in time, or refused), body, retryAfterMs}. */
+    async _getJSON(path, timeoutMs, controller) {
+      const timer = setTimeout(() => controller.abort(), timeoutMs);
+      try {
+        const response = await fetch(this._sink.url(path), {
+          headers: { Accept: "application/json" },
+          cache: "no-store",
+          credentials: "include", // as the stream: cookies for a relay that checks the app's session
+          signal: controller.signal,
+        });
+        let body = null;
+        try {
+          body = await response.json();
+        } catch (_error) {
+          body = null;
+        }
+        return { status: response.status, body, retryAfterMs: retryAfterMs(response) };
+      } catch (_error) {
+        return { status: 0, body: null, retryAfterMs: 0 };
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+
+    /** An incremental text/event-stream parser (the WHATWG rules this relay needs). */
+    _parser() {
+      let buffer = "";
+      let data = [];
+      let type = "";
+      return (chunk) => {
+        buffer += chunk;
+        let newline;
+        while ((newline = buffer.indexOf("\n")) >= 0) {
+          let line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + 1);
+          if (line.endsWith("\r")) line = line.slice(0, -1);
+          if (line === "") {
+            if (data.length) this._dispatch(type || "message", data.join("\n"));
+            data = [];
+            type = "";
+            continue;
+          }
+          if (line.startsWith(":")) continue; // a comment: the heartbeat
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let value = colon < 0 ? "" : line.slice(colon + 1);
+          if (value.startsWith(" ")) value = value.slice(1);
+          if (field === "data") data.push(value);
+          else if (field === "event") type = value;
+          else if (field === "retry" && /^\d+$/.test(value)) this._serverRetryMs = Number(value);
+        }
+      };
+    }
+
+    _dispatch(type, text) {
+      let data;
+      try {
+        data = JSON.parse(text);
+      } catch (_error) {
+        return; // not ours; the stream stays up
+      }
+      if (data === null || typeof data !== "object") return;
+      if (type === "message") {
+        if (!this._heard) {
+          this._heard = true;
+          clearTimeout(this._firstEventTimer);
+          if (this._polling) this._backToStream();
+        }
+        this._attempt = 0;
+        this._sink.state(data);
+      } else if (type === "import_job_progress") {
+        this._sink.progress(data);
+      }
+    }
+  }
+
+  /** One stream for all the tabs of an origin (see the top of this file): an election over Web
+   * Locks, the leader's reader rebroadcast on a BroadcastChannel, and when a hidden tab lets go.
+   * `host` gives running(), url(path), absolute(path), heartbeatTimeoutMs(), hiddenGraceMs(),
+   * shownState(), and takes onState(data), onProgress(data), onDown(refused), markLost(),
+   * showPolling(on) and clearLost() (the stream opens or closes: no pending "unreachable"). */
+  class TabShare {
+    constructor(host) {
+      this._host = host;
+      this._shared = false; // this element takes part in an election (else: a stream of its own)
+      this._shareName = ""; // the lock's and the channel's name
+      this._channel = null;
+      this._lockAbort = null; // while waiting for the lock: withdraws the request
+      this._releaseLock = null; // while leading: lets the lock go
+      this._live = false; // this element reads the stream now (as the leader, or on its own)
+      this._linkUp = false; // ...and the stream has delivered a state since it (re)connected
+      this._lastData = null; // the last state event, for a newcomer's request
+      this._syncId = ""; // the newcomer's request that the leader's answer must name
+      this._hiddenTimer = 0;
+      this._reader = new StreamReader({
+        state: (data) => {
+          this._linkUp = true;
+          this._lastData = data;
+          this._post({ type: "state", data });
+          host.onState(data);
+        },
+        progress: (data) => {
+          this._post({ type: "progress", data });
+          host.onProgress(data);
+        },
+        down: (refused) => {
+          this._linkUp = false;
+          this._post({ type: "down", refused });
+          host.onDown(refused);
+        },
+        transport: (polling) => {
+          this._post({ type: "transport", polling });
+          host.showPolling(polling);
+        },
+        shownState: host.shownState,
+        url: host.url,
+        absolute: host.absolute,
+        heartbeatTimeoutMs: host.heartbeatTimeoutMs,
+      });
+    }
+
+
+    /** Starts reading the state: as a candidate for the lock, or, without sharing, on our own. */
+    join() {
+      let url = this._host.url(LIVE_PATH);
+      try {
+        url = new URL(url, document.baseURI).href; // "" and the page's origin are one stream
+      } catch (_error) {
+        // not a URL: the fetch will fail and retry, each element on its own name
+      }
+      this._shareName = SHARE_PREFIX + url;
+      this._shared = sharingAvailable();
+      if (this._shared) {
+        try {
+          this._channel = new BroadcastChannel(this._shareName);
+        } catch (_error) {
+          this._shared = false;
+        }
+      }
+      if (!this._shared) {
+        this._openStream();
+        this.followVisibility();
+        return;
+      }
+      this._channel.onmessage = (event) => this._onShared(event.data);
+      this._askForState();
+      // A page opened in the background takes the lock only if no tab holds it (then it reads
+      // the stream for its grace period); otherwise it listens until it is shown.
+      this._stand(!pageVisible());
+      this.followVisibility();
+    }
+
+    /** Stops reading the state (removed from the page, or another `src`). */
+    leave() {
+      clearTimeout(this._hiddenTimer);
+      this._hiddenTimer = 0;
+      this._sit();
+      this._closeStream();
+      if (this._channel) {
+        this._channel.onmessage = null;
+        this._channel.close();
+      }
+      this._channel = null;
+      this._shared = false;
+      this._lastData = null;
+      this._syncId = "";
+      this._reader.sawBuffering = false; // another URL may take another way
+      this._host.showPolling(false);
+    }
+
+    /** Waits for the lock (or, with `ifFree`, takes it only if no tab holds it), then leads. */
+    _stand(ifFree) {
+      if (!this._shared || this._lockAbort || this._releaseLock) return;
+      const abort = new AbortController();
+      abort.queued = !ifFree; // a request in the lock's queue, which a hidden tab withdraws
+      this._lockAbort = abort;
+      const options = ifFree ? { ifAvailable: true } : { signal: abort.signal };
+      let request;
+      try {
+        request = navigator.locks.request(this._shareName, options, (lock) => {
+          if (this._lockAbort !== abort || abort.signal.aborted) return undefined; // withdrawn
+          this._lockAbort = null;
+          if (lock === null) {
+            // Held by another tab: we listen to it (and queue, if we were shown meanwhile).
+            if (pageVisible()) this._stand(false);
+            return undefined;
+          }
+          return new Promise((release) => {
+            this._releaseLock = release;
+            this._lead();
+          });
+        });
+      } catch (error) {
+        request = Promise.reject(error);
+      }
+      request.catch(() => {
+        if (this._lockAbort !== abort) return; // withdrawn (an AbortError), or already leading
+        // Locks refused (an opaque origin, say): a stream of our own, as without sharing.
+        this._lockAbort = null;
+        this.leave();
+        this._openStream();
+        this.followVisibility();
+      });
+    }
+
+    /** Stops waiting for the lock, or, while leading, closes the stream and lets the lock go. */
+    _sit() {
+      if (this._lockAbort) {
+        this._lockAbort.abort();
+        this._lockAbort = null;
+      }
+      if (this._releaseLock) {
+        const release = this._releaseLock;
+        this._releaseLock = null;
+        this._closeStream();
+        release();
+      }
+    }
+
+    _lead() {
+      this._openStream();
+      this.followVisibility(); // granted while hidden: the grace period runs from now
+    }
+
+    get _leading() {
+      return this._releaseLock !== null;
+    }
+
+    _openStream() {
+      this._live = true;
+      this._linkUp = false;
+      this._host.clearLost();
+      this._reader.start();
+    }
+
+    _closeStream() {
+      this._live = false;
+      this._linkUp = false;
+      this._host.clearLost();
+      this._reader.stop();
+    }
+
+    /** Shown: read the state again (lead, or queue for the lock). Hidden: let go (a leader, or a
+     * stream of its own, after the grace period; a tab waiting for the lock at once). */
+    followVisibility() {
+      if (!this._host.running()) return;
+      if (pageVisible()) {
+        clearTimeout(this._hiddenTimer);
+        this._hiddenTimer = 0;
+        if (!this._shared) {
+          if (!this._live) this._openStream();
+        } else if (!this._leading && !this._lockAbort) {
+          this._askForState(); // in case messages were missed while frozen
+          this._stand(false);
+        }
+        return;
+      }
+      if (this._shared && this._lockAbort && this._lockAbort.queued) this._sit(); // hidden tabs do not queue
+      if (this._live && !this._hiddenTimer) {
+        this._hiddenTimer = setTimeout(() => {
+          this._hiddenTimer = 0;
+          if (!pageVisible()) this.letGo();
+        }, this._host.hiddenGraceMs());
+      }
+    }
+
+    /** Closes the stream now (hidden long enough, frozen, or into the back/forward cache). */
+    letGo() {
+      clearTimeout(this._hiddenTimer);
+      this._hiddenTimer = 0;
+      if (this._shared) this._sit();
+      else this._closeStream();
+    }
+
+    /** Sends to the other tabs, when we read the stream for them. */
+    _post(message) {
+      if (!this._channel || !this._leading) return;
+      try {
+        this._channel.postMessage(message);
+      } catch (_error) {
+        // a closed channel: nobody left to tell
+      }
+    }
+
+    /** A newcomer (or a tab shown again) asks the leader for the current state. */
+    _askForState() {
+      if (!this._channel) return;
+      this._syncId = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+      try {
+        this._channel.postMessage({ type: "sync", id: this._syncId });
+      } catch (_error) {
+        // closed meanwhile
+      }
+    }
+
+    _onShared(message) {
+      if (!this._host.running() || !isRecord(message) || typeof message.type !== "string") return;
+      if (message.type === "sync") {
+        if (this._leading && typeof message.id === "string") {
+          this._post({
+            type: "snapshot",
+            to: message.id,
+            shown: this._host.shownState(),
+            up: this._linkUp,
+            data: this._lastData,
+            polling: this._reader.polling,
+          });
+        }
+        return;
+      }
+      if (this._leading) return; // the leader believes its own stream
+      if (message.type === "state" && isRecord(message.data)) {
+        this._lastData = message.data;
+        this._host.onState(message.data);
+      } else if (message.type === "progress" && isRecord(message.data)) {
+        this._host.onProgress(message.data);
+      } else if (message.type === "down") {
+        this._host.onDown(message.refused === true);
+      } else if (message.type === "transport") {
+        this._reader.sawBuffering = message.polling === true;
+        this._host.showPolling(this._reader.sawBuffering);
+      } else if (message.type === "snapshot" && message.to === this._syncId && this._syncId) {
+        this._syncId = "";
+        this._reader.sawBuffering = message.polling === true;
+        this._host.showPolling(this._reader.sawBuffering);
+        const shown = message.shown;
+        if ((shown === "stable" || shown === "processing" || shown === "unknown") && isRecord(message.data)) {
+          this._lastData = message.data;
+          this._host.onState(message.data);
+          if (message.up !== true) this._host.markLost();
+        } else if (shown === "unreachable" || shown === "unauthorized") {
+          this._host.onDown(shown === "unauthorized");
+        }
+      }
+    }
+  }
+
+  const WORDING = Object.freeze({
+    humanDuration: exactDuration,
+    etaText: (value) => {
+      const eta = parseEta(value);
+      return eta === null ? null : etaText(eta);
+    },
+  });
+
+  class SystemStatus extends HTMLElement {
+    static get observedAttributes() {
+      return ["src", "heartbeat-timeout", "timeline"];
+    }
+
+    /** The pure wording helpers, for a test to compare with the relay's (relay/state/eta.py). */
+    static get wording() {
+      return WORDING;
+    }
+
+    constructor() {
+      super();
+      const root = this.attachShadow({ mode: "open" });
+      const sheet = styleSheet();
+      if (sheet) {
+        root.adoptedStyleSheets = [sheet];
+      } else {
+        // Older browsers only; a strict style-src blocks this, the badge then shows unstyled.
+        root.appendChild(element("style", "", CSS));
+      }
+      const template = document.createElement("template");
+      template.innerHTML = TEMPLATE;
+      root.appendChild(template.content);
+
+      this._badge = new Badge(root, this);
+
+      this._running = false;
+      this._since = null;
+      this._graceTimer = 0; // a lost stream shows "unreachable" when it runs out
+      this._share = new TabShare({
+        running: () => this._running,
+        url: (path) => this._url(path),
+        absolute: (path) => this._absolute(path),
+        heartbeatTimeoutMs: () => this._heartbeatTimeoutMs(),
+        hiddenGraceMs: () => this._hiddenGraceMs(),
+        shownState: () => this._badge.state,
+        onState: (data) => this._onState(data),
+        onProgress: (data) => this._details.onProgress(data),
+        onDown: (refused) => this._onDown(refused),
+        markLost: () => this._markLost(),
+        showPolling: (on) => this._badge.showPolling(on),
+        clearLost: () => this._clearGrace(),
+      });
+      this._onVisibility = () => this._share.followVisibility();
+      this._onPageHide = (event) => {
+        if (event.type === "freeze" || event.persisted) this._share.letGo();
+      };
+      this._onPageShow = (event) => {
+        if (event.type === "resume" || event.persisted) this._share.followVisibility();
+      };
+
+      this._timeline = new Timeline(root, {
+        wanted: () => this._running && this.hasAttribute("timeline"),
+        state: () => this._badge.state,
+        url: (path) => this._url(path),
+      });
+
+      this._details = new DetailsDialog(root, {
+        connected: () => this.isConnected,
+        state: () => this._badge.state,
+        url: (path) => this._url(path),
+      });
+      // No attribute and no event here: a constructor must not touch its host
+      // (document.createElement would throw). The first render is in connectedCallback.
+    }
+
+    /** connecting | stable | processing | unknown | unreachable | unauthorized */
+    get state() {
+      return this._badge.state;
+    }
+
+    /** true, false, or null while unknown. */
+    get stable() {
+      const state = this._badge.state;
+      return state === "stable" ? true : state === "processing" ? false : null;
+    }
+
+    /** When the current state began (ISO 8601), as the relay reported it. */
+    get since() {
+      return this._since;
+    }
+
+    /** The labels of the activities running now (config order); empty unless processing. */
+    get running() {
+      return this._badge.running;
+    }
+
+    /** Each activity's state as the relay reported it ({name: true | false | null}), or null. */
+    get activities() {
+      return this._badge.activities;
+    }
+
+    /** The stalled and overdue work ([{kind, activity, label, since, bound_s}]); empty unless processing. */
+    get signals() {
+      return this._badge.signals;
+    }
+
+    connectedCallback() {
+      this._running = true;
+      if (this._badge.state === null) this._render("connecting");
+      document.addEventListener("visibilitychange", this._onVisibility);
+      document.addEventListener("freeze", this._onPageHide);
+      document.addEventListener("resume", this._onPageShow);
+      window.addEventListener("pagehide", this._onPageHide);
+      window.addEventListener("pageshow", this._onPageShow);
+      this._share.join();
+      this._timeline.start();
+    }
+
+    disconnectedCallback() {
+      this._running = false;
+      document.removeEventListener("visibilitychange", this._onVisibility);
+      document.removeEventListener("freeze", this._onPageHide);
+      document.removeEventListener("resume", this._onPageShow);
+      window.removeEventListener("pagehide", this._onPageHide);
+      window.removeEventListener("pageshow", this._onPageShow);
+      this._share.leave();
+      this._timeline.stop();
+      this._badge.stop();
+      this._details.close();
+    }
+
+    attributeChangedCallback(name, oldValue, newValue) {
+      // Called for every attribute already present when the element upgrades, before
+      // connectedCallback: only a later change of `src` means a new connection.
+      // (heartbeat-timeout is read each time the watchdog is armed, hidden-grace each time the
+      // page is hidden.)
+      if (!this._running || oldValue === newValue) return;
+      if (name === "src") {
+        this._share.leave(); // another URL: another election
+        this._share.join();
+        this._timeline.schedule(0);
+      } else if (name === "timeline") {
+        if (newValue === null) {
+          this._timeline.stop();
+          this._timeline.hide();
+        } else if (oldValue === null) {
+          this._timeline.start();
+        }
+      }
+    }
+
+    /** Opens the details dialog and loads the details (never before it is opened). */
+    openDetails() {
+      this._details.open();
+    }
+
+    _url(path) {
+      const base = (this.getAttribute("src") || "").trim().replace(/\/+$/, "");
+      return base + path;
+    }
+
+    /** For a console line: the URL as the browser asks it. */
+    _absolute(path) {
+      try {
+        return new URL(this._url(path), document.baseURI).href;
+      } catch (_error) {
+        return this._url(path);
+      }
+    }
+
+    _heartbeatTimeoutMs() {
+      const seconds = Number(this.getAttribute("heartbeat-timeout"));
+      return (Number.isFinite(seconds) && seconds > 0 ? seconds : DEFAULT_HEARTBEAT_TIMEOUT_S) * 1000;
+    }
+
+    _hiddenGraceMs() {
+      const value = this.getAttribute("hidden-grace");
+      const seconds = value === null || value.trim() === "" ? NaN : Number(value);
+      return (Number.isFinite(seconds) && seconds >= 0 ? seconds : DEFAULT_HIDDEN_GRACE_S) * 1000;
+    }
+
+    _clearGrace() {
+      clearTimeout(this._graceTimer);
+      this._graceTimer = 0;
+    }
+
+    /** The stream is down: refused (401/403), or lost (the last state is kept for a moment). */
+    _onDown(refused) {
+      if (refused) {
+        clearTimeout(this._graceTimer);
+        this._graceTimer = 0;
+        this._render("unauthorized");
+      } else {
+        this._markLost();
+      }
+    }
+
+    _markLost() {
+      if (this._badge.state === "connecting" || this._badge.state === "unreachable" || this._badge.state === "unauthorized") {
+        this._render("unreachable");
+        return;
+      }
+      if (this._graceTimer) return;
+      this._graceTimer = setTimeout(() => {
+        this._graceTimer = 0;
+        this._render("unreachable");
+      }, GRACE_MS);
+    }
+
+    _onState(data) {
+      clearTimeout(this._graceTimer);
+      this._graceTimer = 0;
+      this._since = typeof data.since === "string" ? data.since : null;
+      const state = stateOf(data);
+      // An older relay sends neither field: nothing is named, the hint stays generic.
+      const running =
+        state === "processing" && Array.isArray(data.running)
+          ? data.running.filter((label) => typeof label === "string" && label.trim() !== "")
+          : [];
+      let activities = null;
+      if (isRecord(data.activities)) {
+        activities = {};
+        for (const [name, active] of Object.entries(data.activities)) {
+          activities[name] = typeof active === "boolean" ? active : null;
+        }
+      }
+      const signals = state === "processing" ? parseSignals(data) : [];
+      if (this._render(state, running, activities, signals)) this._details.scheduleRefresh();
+    }
+
+
+    /** Shows `state` (and what is running, and what is stalled or overdue), and tells the page;
+     * returns whether anything changed. */
+    _render(state, running = [], activities = null, signals = []) {
+      const previous = this._badge.state;
+      if (!this._badge.show(state, running, activities, signals)) return false;
+      this.dispatchEvent(
+        new CustomEvent("system-status-change", {
+          detail: {
+            state,
+            stable: this.stable,
+            since: this._since,
+            running: this._badge.running,
+            activities: this._badge.activities,
+            signals: this._badge.signals,
+          },
+          bubbles: true,
+          composed: true,
+        }),
+      );
+      if (state !== previous) this._timeline.stateChanged(previous, state);
+      return true;
     }
   }
 
