@@ -776,6 +776,8 @@ def test_caddy_restart_the_browser_reconnects_with_last_event_id_and_gets_what_i
         else:
             greeting, *rest = after
             assert greeting == ["connected", "true", seen[name]]  # the id it had, kept
+        # A heartbeat may fall among them on a slow machine: it is no missed event.
+        rest = [event for event in rest if event[0] != "heartbeat"]
         assert [kind for kind, *_ in rest] == ["message"] * len(missed[name]), after
         for (_, data, _), template in zip(rest, missed[name], strict=True):
             matches(data, template)
