@@ -1,4 +1,5 @@
-"""Exponential backoff with full jitter, for the reconnect loops (listener, leader election)."""
+"""Exponential backoff with full jitter, for the reconnect loop (``relay/source/reconnect.py``:
+the listener and the leader election)."""
 
 from __future__ import annotations
 

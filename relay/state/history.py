@@ -1,6 +1,6 @@
 """The history of busy periods: written by the elected leader, read by every relay.
 
-Writer: the leader (``relay/fanout/webhooks/leader.py``, the same election as the webhooks)
+Writer: the leader (``relay/source/election.py``, the same election as the webhooks)
 tells the database each change of what runs, per activity and overall, with its time
 (``system_stability_record``). Bound: one pending write, the latest state (policy: a newer
 state supersedes an older one not yet written, so a long outage costs one write, and the
