@@ -90,6 +90,13 @@
  * after the last one was hidden; the first tab shown again reconnects. Without sharing, each
  * tab pauses its own stream the same way. A page put in the back/forward cache or frozen lets
  * go at once.
+ *
+ * The script, one job a class: pure helpers first (their wording, `SystemStatus.wording`, is
+ * compared with the relay's by tests/browser/test_eta_wording.py), then `Timeline` (the 24
+ * hours), `DetailsDialog`, `Badge` (the badge, its hint and the host's state, attention and
+ * polling attributes), `StreamReader` (the live stream and the polling fallback), `TabShare`
+ * (the election among tabs, which owns the reader) and the element, which wires them and
+ * fires `system-status-change`.
  */
 (() => {
   "use strict";
@@ -970,7 +977,6 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       if (this._dialog.open) this._dialog.close();
     }
 
-
     _onClosed() {
       this._generation += 1;
       if (this._controller) this._controller.abort();
@@ -1411,7 +1417,6 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       return this._polling;
     }
 
-
     start() {
       this.stop();
       this._attempt = 0;
@@ -1759,7 +1764,6 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         heartbeatTimeoutMs: host.heartbeatTimeoutMs,
       });
     }
-
 
     /** Starts reading the state: as a candidate for the lock, or, without sharing, on our own. */
     join() {
@@ -2164,8 +2168,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     /** The stream is down: refused (401/403), or lost (the last state is kept for a moment). */
     _onDown(refused) {
       if (refused) {
-        clearTimeout(this._graceTimer);
-        this._graceTimer = 0;
+        this._clearGrace();
         this._render("unauthorized");
       } else {
         this._markLost();
@@ -2173,7 +2176,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     _markLost() {
-      if (this._badge.state === "connecting" || this._badge.state === "unreachable" || this._badge.state === "unauthorized") {
+      const shown = this._badge.state;
+      if (shown === "connecting" || shown === "unreachable" || shown === "unauthorized") {
         this._render("unreachable");
         return;
       }
@@ -2185,8 +2189,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     _onState(data) {
-      clearTimeout(this._graceTimer);
-      this._graceTimer = 0;
+      this._clearGrace();
       this._since = typeof data.since === "string" ? data.since : null;
       const state = stateOf(data);
       // An older relay sends neither field: nothing is named, the hint stays generic.
@@ -2204,7 +2207,6 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       const signals = state === "processing" ? parseSignals(data) : [];
       if (this._render(state, running, activities, signals)) this._details.scheduleRefresh();
     }
-
 
     /** Shows `state` (and what is running, and what is stalled or overdue), and tells the page;
      * returns whether anything changed. */
