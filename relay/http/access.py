@@ -15,10 +15,10 @@ from aiohttp.typedefs import Middleware
 
 from relay.config import CorsConfig, HttpConfig
 from relay.fanout.sse import GRANT, ON_STREAM_END
+from relay.http import api
 from relay.http.auth import Authenticator, Denial, unauthorized
 from relay.http.sockets import Address, TrustedProxies
 from relay.metrics import Metrics
-from relay.state.waits import CLIENT_ADDRESS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -150,7 +150,7 @@ class AddressLimit:
     def middleware(self, streams: Collection[str], waits: Collection[str] = ()) -> Middleware:
         """Counts the streams of ``streams`` (the live stream and every feed) and the long
         polls of ``waits`` per address. A long poll also learns its client's address
-        (:data:`~relay.state.waits.CLIENT_ADDRESS`: ``wait.max_waiters_per_address``)."""
+        (:data:`relay.http.api.CLIENT_ADDRESS`: ``wait.max_waiters_per_address``)."""
         stream_paths = frozenset(streams)
         wait_paths = frozenset(waits)
 
@@ -159,19 +159,17 @@ class AddressLimit:
             path = request.path
             stream = path in stream_paths and request.method == "GET"
             if path in wait_paths:
-                request[CLIENT_ADDRESS] = self.client_address(request)
+                request[api.CLIENT_ADDRESS] = self.client_address(request)
             elif not stream:
                 return await handler(request)
             if self._limit is None:
                 return await handler(request)
-            address = request[CLIENT_ADDRESS] if not stream else self.client_address(request)
+            address = request[api.CLIENT_ADDRESS] if not stream else self.client_address(request)
             if self._open[address] >= self._limit:
                 if stream:
                     self._metrics.sse_refused.inc()
-                return web.json_response(
-                    {"error": "too many streams and long polls from one address"},
-                    status=429,
-                    headers={"Retry-After": "10", "Cache-Control": "no-store"},
+                return api.error(
+                    429, "too many streams and long polls from one address", {"Retry-After": "10"}
                 )
             self._open[address] += 1
             # The hub takes this over when it keeps the stream open past the handler; a long

@@ -23,12 +23,14 @@ from relay.source.listener import POOLER_FIX, STANDBY_FIX, Listener
 from relay.state.details import Details
 from relay.state.history import History
 from relay.state.stability import Stability
-from relay.state.waits import CLIENT_ADDRESS, SIGNALS, TooManyWaiters, Wait, Waits
+from relay.state.waits import SIGNALS, TooManyWaiters, Wait, Waits
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = get_logger("relay.http.api")
 
 NO_STORE = {"Cache-Control": "no-store"}
+# The client's address by the trusted-proxy rule (set by http/access), for /wait's share.
+CLIENT_ADDRESS = web.RequestKey[str]("relay.client_address")
 RETRY_AFTER = "5"
 # What a route says when its read cannot reach the database (its log line says why).
 DETAILS_UNAVAILABLE = "status details are unavailable: the database cannot be reached"

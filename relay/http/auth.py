@@ -18,6 +18,7 @@ import jwt
 from aiohttp import web
 
 from relay.config import AuthConfig, JwtConfig
+from relay.http import api
 from relay.logs import get_logger
 
 log = get_logger("relay.http.auth")
@@ -119,10 +120,9 @@ class Authenticator:
 
 
 def unauthorized(denial: Denial) -> web.Response:
-    headers = {"Cache-Control": "no-store"}
-    if denial.status == 401:
-        headers["WWW-Authenticate"] = REALM
-    return web.json_response({"error": denial.reason}, status=denial.status, headers=headers)
+    return api.error(
+        denial.status, denial.reason, {"WWW-Authenticate": REALM} if denial.status == 401 else None
+    )
 
 
 def _query_token(request: web.Request) -> Denial | None:

@@ -18,8 +18,8 @@ wait never ends early, only perhaps a little late. Answers: 200 ``met``; 408 ``t
 timeout (``end_on=stalled`` ends on stalled work only, ``end_on=none`` waits anyway; the
 default is ``stalled,overdue``); 503 ``unknown`` when the last read could not reach the
 database (it never says stable then); 429 past ``wait.max_waiters``, or past
-``wait.max_waiters_per_address`` from one client address (:data:`CLIENT_ADDRESS`, which the
-HTTP layer sets by its trusted-proxy rule), so that one client cannot take every slot; 400
+``wait.max_waiters_per_address`` from one client address (the HTTP layer's, by its
+trusted-proxy rule), so that one client cannot take every slot; 400
 for a bad query. ``timeout_status=200`` ends a round that timed out with 200 (the body still
 says ``"result": "timeout"``) instead of 408: a browser sends a request that ended 408 on a
 reused connection once more (Chromium does), which doubles a polling client's rounds.
@@ -38,8 +38,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aiohttp import web
-
 from relay.config import WaitConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
@@ -54,7 +52,6 @@ SIGNALS = ("stalled", "overdue")  # the order in which a wait names them: the wo
 
 # Who asks (``relay/http/access.py``: the socket's peer, or behind a trusted proxy the
 # client named by X-Forwarded-For). A request without it is not limited per address.
-CLIENT_ADDRESS = web.RequestKey[str]("relay.client_address")
 
 
 @dataclass(frozen=True, slots=True)
