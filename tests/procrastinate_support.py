@@ -28,6 +28,7 @@ ACTIVE_STATES = ("todo", "doing", "aborting")  # as in busy_truth's query
 
 SLEEP_TASK = "relay_tests.sleep"
 FAIL_TASK = "relay_tests.fail"
+FLAKY_TASK = "relay_tests.flaky"  # fails its first attempt, retried at once, then succeeds
 
 
 class TaskFailedOnPurpose(Exception):
@@ -35,7 +36,8 @@ class TaskFailedOnPurpose(Exception):
 
 
 def make_app(dsn: str) -> procrastinate.App:
-    """An app on `dsn` with two tasks: SLEEP_TASK(seconds) and FAIL_TASK(seconds).
+    """An app on `dsn` with three tasks: SLEEP_TASK(seconds), FAIL_TASK(seconds) and
+    FLAKY_TASK (one retry, no wait: procrastinate puts it back to todo after its first failure).
 
     Open it (`async with app.open_async():`) before deferring jobs or running a worker.
     """
@@ -51,6 +53,16 @@ def make_app(dsn: str) -> procrastinate.App:
     async def fail(seconds: float = 0.0) -> None:
         await asyncio.sleep(seconds)
         raise TaskFailedOnPurpose(f"{FAIL_TASK} fails by design")
+
+    @app.task(
+        name=FLAKY_TASK,
+        pass_context=True,
+        retry=procrastinate.RetryStrategy(max_attempts=1, wait=0),
+    )
+    async def flaky(context: procrastinate.JobContext) -> None:
+        assert context.job is not None
+        if context.job.attempts == 0:
+            raise TaskFailedOnPurpose(f"{FLAKY_TASK} fails its first attempt")
 
     return app
 

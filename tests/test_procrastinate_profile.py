@@ -55,11 +55,17 @@ async def test_the_relay_follows_a_real_worker_through_its_jobs(queue_dsn: str) 
 
             await pq.defer(app, pq.SLEEP_TASK, seconds=0.3)
             await pq.defer(app, pq.FAIL_TASK)
+            flaky = await pq.defer(app, pq.FLAKY_TASK)
             await eventually(lambda: relay.stability.current.state is State.PROCESSING)
             assert await pq.busy_truth(conn) is True
 
             await pq.run_worker_until_idle(app, None, timeout=20)
             assert await pq.busy_truth(conn) is False
+            # The flaky job failed once, went back to todo (an UPDATE), and then succeeded.
+            cursor = await conn.execute(
+                "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", [flaky]
+            )
+            assert await cursor.fetchone() == ("succeeded", 2)  # two attempts
             await eventually(lambda: relay.stability.current.state is State.STABLE, timeout=5)
             assert dict(relay.stability.current.activities) == {"jobs": False}
             assert seen == [State.PROCESSING, State.STABLE]
