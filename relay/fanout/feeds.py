@@ -447,11 +447,16 @@ class Feed(Fanout):
             await self._enricher.start()
 
     async def aclose(self) -> None:
+        """What is ready goes out, then the streams end, then the enricher: a call still in
+        flight (whose cancel waits on the server) can never keep the streams or their
+        heartbeats open past the shutdown's deadline."""
         self.flush()
-        if self._enricher is not None:
-            await self._enricher.aclose()
         self._drain_outbox()
-        await super().aclose()
+        try:
+            await super().aclose()
+        finally:
+            if self._enricher is not None:
+                await self._enricher.aclose()
 
 
 class Feeds:
