@@ -7,6 +7,7 @@ code path exercised by the suite logs them, not merely that the redactor masks t
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 
 import psycopg
@@ -21,12 +22,16 @@ TOKEN = "fault-suite-token-0a1b2c3d4e5f"
 SECRETS = (DSN_PASSWORD, TOKEN)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def relay_output() -> Iterator[io.StringIO]:
+    """The relay's log lines of one module's tests. Module-scoped, and undone after it: the
+    tests of other modules that share this process (make test runs several files per process)
+    read the relay's lines on standard output."""
     buffer = io.StringIO()
     logs.configure(LoggingConfig(format="json", level="debug"), secrets=(), stream=buffer)
     yield buffer
     structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
     text = buffer.getvalue()
     assert text, "the relay printed nothing: the capture is broken"
     for secret in SECRETS:
