@@ -76,7 +76,7 @@ def test_processing_says_the_estimate_of_the_time_left_when_there_is_one() -> No
     )
     slack = json.loads(encode("slack", started, None))
     assert slack["text"].startswith(
-        ":hourglass_flowing_sand: Processing data: Importing data, about 4 min to 6 min left"
+        ":hourglass_flowing_sand: Processing data: Importing data, about 4\u20136 min left"
     )
     assert json.loads(encode("json", started, None))["data"]["eta"] == estimate
     assert Transition.from_record(started.to_record()) == started

@@ -14,6 +14,7 @@ most ``WINDOW / SAMPLE_INTERVAL`` samples (older ones and finished jobs are drop
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -191,8 +192,58 @@ def human_duration(seconds: float) -> str:
     return " ".join(shown)
 
 
-def eta_text(estimate: dict[str, Any]) -> str:
-    """``about 4 min to 6 min left``, or ``about 5 min left`` when the range rounds to one."""
-    low = human_duration(float(estimate.get("low_s", 0)))
-    high = human_duration(float(estimate.get("high_s", 0)))
-    return f"about {low} left" if low == high else f"about {low} to {high} left"
+EN_DASH = "\u2013"
+
+
+def _half_up(value: float) -> int:
+    """JavaScript's Math.round (half up), not Python's round (half to even): the page and
+    the server must word the same estimate alike (tests/browser/test_eta_wording.py)."""
+    return math.floor(value + 0.5)
+
+
+def approx_parts(seconds: float) -> list[tuple[int, str]]:
+    """A rounded duration, as the status page writes one: 45 s, 4 min, 1 h 25 min, 2 d 3 h.
+    Under 10 s whole seconds (at least 1), under a minute 5 s steps, then minutes, from an
+    hour to ten 5-minute steps, then hours, from 48 h days and hours."""
+    s = max(0.0, seconds)
+    if s < 59.5:
+        n = max(1, _half_up(s)) if s < 10 else _half_up(s / 5) * 5
+        if n < 60:
+            return [(n, "s")]
+    minutes = max(1, _half_up(s / 60))
+    if minutes < 60:
+        return [(minutes, "min")]
+    if minutes < 600:
+        hours, rest = divmod(_half_up(minutes / 5) * 5, 60)
+        return [(hours, "h"), (rest, "min")] if rest else [(hours, "h")]
+    hours = _half_up(s / 3600)
+    if hours < 48:
+        return [(hours, "h")]
+    days, rest = divmod(hours, 24)
+    return [(days, "d"), (rest, "h")] if rest else [(days, "d")]
+
+
+def _parts_text(parts: list[tuple[int, str]]) -> str:
+    return " ".join(f"{value} {unit}" for value, unit in parts)
+
+
+def eta_text(estimate: Mapping[str, Any]) -> str:
+    """``about 4-6 min left``, ``about 5 min left`` when the range rounds to one, ``about
+    45 s - 2 min left``, ``less than 2 min left``, ``almost done`` (each dash an en dash): the
+    status page's words for the same estimate."""
+    low, high = estimate.get("low_s"), estimate.get("high_s")
+    low = high if low is None else low
+    high = low if high is None else high
+    low_s, high_s = sorted((max(0.0, float(low or 0)), max(0.0, float(high or 0))))
+    if high_s < 1:
+        return "almost done"
+    upper = approx_parts(high_s)
+    if low_s < 1:
+        return f"less than {_parts_text(upper)} left"
+    lower = approx_parts(low_s)
+    low_text, high_text = _parts_text(lower), _parts_text(upper)
+    if low_text == high_text:
+        return f"about {high_text} left"
+    if len(lower) == 1 and len(upper) == 1 and lower[0][1] == upper[0][1]:
+        return f"about {lower[0][0]}{EN_DASH}{high_text} left"
+    return f"about {low_text} {EN_DASH} {high_text} left"

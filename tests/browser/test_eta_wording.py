@@ -75,16 +75,6 @@ def test_durations_are_written_as_the_server_writes_them() -> None:
     assert said == [human_duration(seconds) for seconds in SECONDS]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "issue 22 item 6: the wordings differ and each is pinned by a test: "
-        "tests/browser/test_timeline.py wants the component's 'about 4\u20136 min left' and "
-        "tests/test_webhook_payloads.py the server's 'about 4 min to 6 min left'; one side's "
-        "assertions must change before they can agree"
-    ),
-)
 def test_estimates_are_worded_as_the_server_words_them() -> None:
     said = component([("etaText", estimate) for estimate in ESTIMATES])
     assert said == [eta_text(estimate) for estimate in ESTIMATES]
