@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import psycopg
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from psycopg import sql
 
 from relay.app import Relay
@@ -260,7 +261,11 @@ def sample(relay: Relay, name: str, **labels: str) -> float:
     """A metric's value as a scrape of the relay's registry reads it (``name`` as exported,
     e.g. ``relay_reconnects_total``). A counter's labelled child that was never incremented
     reads 0; a name the registry does not export is an error, never a silent 0."""
-    registry = relay.metrics.registry
+    return registry_sample(relay.metrics.registry, name, **labels)
+
+
+def registry_sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """:func:`sample` on a registry of its own (a component tested without a relay)."""
     value = registry.get_sample_value(name, labels)
     if value is not None:
         return value

@@ -158,12 +158,8 @@ async def test_a_change_no_channel_carries_is_caught_by_the_reconcile(
 
 
 def _hints(relay: Relay) -> float:
-    registry = relay.metrics.registry
-    total = 0.0
-    for channel in ("import_job", "worker_task_changed", "worker_tasks"):
-        value = registry.get_sample_value("relay_notifications_total", {"channel": channel})
-        total += value or 0.0
-    return total
+    channels = ("import_job", "worker_task_changed", "worker_tasks")
+    return sum(sample(relay, "relay_notifications_total", channel=c) for c in channels)
 
 
 async def test_random_concurrent_transitions_settle_on_statbus_truth(

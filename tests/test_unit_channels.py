@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from relay.metrics import Metrics
 from relay.source.channels import LOG_EVERY_SECONDS, MAX_PAYLOAD_BYTES, ChannelRelay
+from tests.support import registry_sample
 
 
 class Harness:
@@ -36,10 +37,12 @@ class Harness:
         )
 
     def dropped(self, channel: str, reason: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "relay_notifications_dropped_total", {"channel": channel, "reason": reason}
+        return registry_sample(
+            self.metrics.registry,
+            "relay_notifications_dropped_total",
+            channel=channel,
+            reason=reason,
         )
-        return value or 0.0
 
 
 REASONS = ("too_large", "not_json", "not_an_object", "not_finite")

@@ -26,6 +26,7 @@ from tests.support import (
     execute,
     relay_config,
     running_relay,
+    sample,
     sse_connect,
 )
 from tests.webhook_receiver import SECRET, Answer, Receiver, hook, verify_signature
@@ -40,10 +41,7 @@ def config(db_dsn: str, tmp_path: Path, *hooks: dict[str, Any], **sections: Any)
 
 
 def deliveries(relay: Relay, name: str, outcome: str) -> float:
-    value = relay.metrics.registry.get_sample_value(
-        "relay_webhook_deliveries_total", {"webhook": name, "outcome": outcome}
-    )
-    return value or 0.0
+    return sample(relay, "relay_webhook_deliveries_total", webhook=name, outcome=outcome)
 
 
 async def state_is(relay: Relay, state: State) -> None:
