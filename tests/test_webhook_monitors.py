@@ -260,37 +260,6 @@ def test_status_monitors_hear_every_state_and_repeat_by_default(tmp_path: Path) 
     assert "https://k.example/api/push/Ab12" in secrets, "the push token is in the URL"
 
 
-def test_the_example_configs_monitor_entries_are_valid(tmp_path: Path) -> None:
-    text = (Path(__file__).resolve().parent.parent / "config.example.yaml").read_text()
-    block = text[text.index("\nwebhooks: []\n") :]
-    entries = [line[1:] for line in block.splitlines()[2:] if line.startswith("#  ")]
-    path = tmp_path / "relay.yaml"
-    path.write_text("webhooks:\n" + "\n".join(entries) + "\n")
-    environ = {
-        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/xyz",
-        "CI_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        "CI_TOKEN": "ci-token-123",
-        "HEALTHCHECKS_PING_URL": f"https://hc-ping.com/{CHECK}",
-        "KUMA_PUSH_URL": "https://kuma.example/api/push/Xy12Ab34Cd?status=up&msg=OK&ping=",
-        "GATUS_TOKEN": "potato",
-        "TEAMS_WORKFLOW_URL": "https://prod-01.westus.logic.azure.com/workflows/abc/triggers/"
-        "manual/paths/invoke?api-version=2016-06-01&sig=xyz",
-        "DISCORD_WEBHOOK_URL": "https://discord.com/api/webhooks/1234/abcDEF",
-    }
-    config = load_config(path, environ=environ)
-    kinds = {hook.name: hook.format for hook in config.webhooks}
-    assert kinds == {
-        "slack": "slack",
-        "ci": "json",
-        "healthchecks": "healthchecks",
-        "kuma": "uptime_kuma",
-        "gatus": "gatus",
-        "teams": "teams",
-        "discord": "discord",
-        "pager": "template",
-    }
-
-
 async def test_webhook_test_is_a_log_entry_for_healthchecks_and_a_marked_push_for_kuma(
     tmp_path: Path,
 ) -> None:
