@@ -11,7 +11,7 @@
 
 ARG PYTHON_VERSION=3.11
 # Both stages start from this image. Any Debian bookworm image with `python` (3.11+, with
-# venv and pip) and useradd will do: tests/test_image.py builds on a local debootstrap base
+# venv and pip) and useradd will do: tests/ops/test_image.py builds on a local debootstrap base
 # when Docker Hub is out of reach (docs/docker.md).
 ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
 

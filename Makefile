@@ -135,7 +135,7 @@ test: browser-deps ops-deps clients queue-packages lint typecheck pytest
 screenshot: install browser-deps
 	$(BIN)/python docs/screenshot.py
 
-# The image test (tests/test_image.py) builds the Dockerfile with Debian's podman: runc (crun
+# The image test (tests/ops/test_image.py) builds the Dockerfile with Debian's podman: runc (crun
 # cannot run in hybrid-cgroup sandboxes), slirp4netns (the container's network), debootstrap (a
 # local base when Docker Hub is out of reach). Installed when missing and we are root with apt-get.
 IMAGE_TOOLS := podman:podman runc:runc slirp4netns:slirp4netns debootstrap:debootstrap
@@ -147,7 +147,7 @@ soak: install ops-deps image-deps
 
 # The image on a cached base (made by `make soak` when missing): about a minute.
 image-test: install image-deps
-	RELAY_IMAGE_TEST=1 $(BIN)/pytest -q -rs tests/test_image.py
+	RELAY_IMAGE_TEST=1 $(BIN)/pytest -q -rs tests/ops/test_image.py
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

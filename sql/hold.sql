@@ -52,7 +52,7 @@
 --   A relay that connects treats itself as coming out of a hold and drains once, so a hold
 --   ended just before it connected cannot hide a commit from it. A hold left set by relays
 --   that are gone is found by the next relay's first read and ended by it. Tests:
---   tests/test_hold.py (the drain with a writer committing after the release, several
+--   tests/source/test_hold.py (the drain with a writer committing after the release, several
 --   relays, random concurrent transactions with holds taken and ended throughout).
 --
 -- Other properties:

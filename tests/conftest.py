@@ -112,7 +112,7 @@ async def db_dsn(pg_server: EmbeddedPostgres | None, pg_admin_dsn: str) -> Async
         await admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
     dsn = psycopg.conninfo.make_conninfo(pg_admin_dsn, dbname=dbname)
     # Unparked, as a relay that ran and released its hold leaves it: a test's relay starts on
-    # the hint path (tests/test_hold.py covers starting on a parked flag).
+    # the hint path (tests/source/test_hold.py covers starting on a parked flag).
     await install(dsn, demo_schema=True, park=False)
     yield dsn
     if pg_server is not None:

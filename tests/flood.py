@@ -1,5 +1,5 @@
 """A flood of connections from one loopback address that reconnects as fast as it can, run as a
-process of its own by ``tests/test_sockets.py`` so that it competes with the relay for the CPU
+process of its own by ``tests/http/test_sockets.py`` so that it competes with the relay for the CPU
 and not with the test's probes for its event loop::
 
     python -m tests.flood PORT SOURCE SOCKETS SECONDS

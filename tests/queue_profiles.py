@@ -1,7 +1,7 @@
-"""The harness the queue profile tests share (tests/test_river_profile.py,
-tests/test_oban_profile.py): a reproduction of the queue's job table with our hints installed, a
-relay on the hint path alone, and the truth read from the rows. Each test file keeps its queue's
-own facts: the statements its runtime issues, its enum, its tests.
+"""The harness the queue profile tests share (tests/scenarios/test_river_profile.py and
+tests/scenarios/test_oban_profile.py): a reproduction of the queue's job table with our hints
+installed, a relay on the hint path alone, and the truth read from the rows. Each test file keeps
+its queue's own facts: the statements its runtime issues, its enum, its tests.
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ async def reads_completed(
     ``hint_dsn`` only the relay itself makes it read (a poll during a hold or a drain): one
     that should poll and does not fails here. With ``hint_dsn`` a hint is sent on its
     stability channel whenever no read has begun for 0.25 s; hints that far apart are each
-    answered at once and never make a relay take a hold (tests/test_hold.py).
+    answered at once and never make a relay take a hold (tests/source/test_hold.py).
     """
     target = reads(relay) + count + 1
     started = last_change = time.monotonic()

@@ -414,7 +414,7 @@ class _EventStream(web.StreamResponse):
     """A stream whose headers go out with its first bytes rather than on their own.
 
     One ``send()`` per connection saved. The switch is a private class attribute of aiohttp's
-    (its ``Response`` sets it the same way), pinned by ``tests/test_aiohttp_canary.py``; if
+    (its ``Response`` sets it the same way), pinned by ``tests/http/test_aiohttp_canary.py``; if
     it ever goes, headers are simply sent alone.
     """
 

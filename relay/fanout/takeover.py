@@ -6,7 +6,7 @@ aiohttp's protocol the connection is gone, with its ``transport`` cleared first 
 neither writes to nor closes the socket. That frees the request, the response, its writer,
 the parser, the keep-alive timer and both tasks: an open stream then costs about 2 KB instead
 of 12 KB. It relies on three behaviours of aiohttp that no documentation promises, pinned by
-``tests/test_aiohttp_canary.py``:
+``tests/http/test_aiohttp_canary.py``:
 
 1. ``RequestHandler.transport`` is a plain attribute that its writers read at write time;
 2. ``connection_lost(None)`` with it cleared ends the handler quietly (``handler_cancellation``)

@@ -680,7 +680,7 @@ class Listening(asyncio.AbstractServer):
 def guard_available() -> bool:
     """Whether aiohttp still keeps a site's server where its runner and ``stop()`` look for it
     (``BaseSite._server``, a slot): all that :class:`GuardedSite` relies on of its internals.
-    ``tests/test_sockets.py`` fails when it changes."""
+    ``tests/http/test_sockets.py`` fails when it changes."""
     return "_server" in getattr(web.BaseSite, "__slots__", ())
 
 

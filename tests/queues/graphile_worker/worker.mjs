@@ -1,4 +1,4 @@
-// Our driver of graphile-worker for tests/test_graphile_worker_profile.py, through the
+// Our driver of graphile-worker for tests/scenarios/test_graphile_worker_profile.py, through the
 // package's public API only (runMigrations, run, its events).
 //
 //   node worker.mjs migrate   create or upgrade graphile-worker's schema, then exit

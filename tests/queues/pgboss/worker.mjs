@@ -1,4 +1,4 @@
-// A pg-boss instance driven by tests/test_pgboss_profile.py: one JSON command a line on stdin,
+// A pg-boss instance driven by tests/scenarios/test_pgboss_profile.py: one JSON command a line on stdin,
 // {"n": its number, "op": ..., "args": {...}}, and one JSON answer a line on stdout, in order:
 // {"n", "ok": true, "result"} or {"n", "ok": false, "error"}. Only pg-boss's public API is used; pg-boss's own events go to stderr.
 //
