@@ -6,9 +6,9 @@ second. This handler logs each kind of message at most once per ``every`` second
 traceback, with how many were folded in, and counts them all in
 ``relay_loop_errors_total{kind}``.
 
-The relay's HTTP listener no longer goes through asyncio's accept loop (``relay/http/sockets.py``
-accepts, and pauses by itself at the limit); this stays for whatever else the loop reports,
-and for the plain-TCPSite fallback.
+The relay's HTTP listener no longer goes through asyncio's accept loop
+(``relay/http/listening.py`` accepts, and pauses by itself at the limit); this stays for
+whatever else the loop reports, and for the plain-TCPSite fallback.
 """
 
 from __future__ import annotations

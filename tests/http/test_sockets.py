@@ -28,7 +28,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from relay.http.sockets import GuardedSite, asks_for_reserve, guard_available
+from relay.http.reserve import asks_for_reserve
+from relay.http.sockets import GuardedSite, guard_available
 from tests.ops_support import PROCESSING, REPO, STABLE, background, free_port, wait_for_http
 from tests.support import (
     SseClient,
