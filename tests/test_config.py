@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import load_config, parse_duration, parse_size
-from relay.config.settings import _ConfigLoader
+from relay.config.load import _ConfigLoader
 from relay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ Signals (``relay/state/signals.py``; all optional). An activity's **rows** are i
   holding UTC as Oban's ``inserted_at`` does): the activity's lag is the age of its oldest row.
 * ``overdue_after``: how long a busy period may run before the activity is overdue. Unset:
   ``signals.overdue_factor`` times the 90th percentile of its history's periods, once the
-  history has ``signals.overdue_min_periods`` of them (``relay/config/settings.py``).
+  history has ``signals.overdue_min_periods`` of them (``relay/config/state.py``).
 
 SQL snippets (``expression``, ``filter``, ``stalled``, ``details.fields``,
 ``details.order_by``) are the config author's, like a migration's: ``db install`` checks each
@@ -38,8 +38,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from relay.config.fields import Section
 from relay.durations import parse_duration
 
 IDENTIFIER = r"[a-z_][a-z0-9_]{0,62}"
@@ -63,13 +64,19 @@ Identifier = Annotated[str, Field(pattern=rf"^{IDENTIFIER}$")]
 ActivityName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,38}$")]
 
 
+def _without_dollar_tag(value: str) -> str:
+    """A value that goes inside a generated function's body must not end its quoting."""
+    if DOLLAR_TAG in value:
+        raise ValueError(f"must not contain {DOLLAR_TAG}")
+    return value
+
+
 def _plain_text(value: Any) -> Any:
     """A label or a state goes into generated SQL (as a literal) and into systemd's STATUS=."""
     if isinstance(value, str):
         if any(ord(c) < 32 or c == "\x7f" for c in value) or "\\" in value:
             raise ValueError("must not contain control characters or backslashes")
-        if DOLLAR_TAG in value:
-            raise ValueError(f"must not contain {DOLLAR_TAG}")
+        return _without_dollar_tag(value)
     return value
 
 
@@ -84,9 +91,7 @@ def _snippet(value: Any) -> Any:
         raise ValueError("must not be empty")
     if ";" in value:
         raise ValueError('must be one SQL expression, without ";"')
-    if DOLLAR_TAG in value:
-        raise ValueError(f"must not contain {DOLLAR_TAG}")
-    return value
+    return _without_dollar_tag(value)
 
 
 Snippet = Annotated[str, BeforeValidator(_snippet)]
@@ -102,23 +107,19 @@ def _bound(value: Any) -> Any:
     return seconds
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 def split_name(qualified: str) -> tuple[str, str]:
     schema, _, name = qualified.partition(".")
     return schema, name
 
 
-class Hints(_Section):
+class Hints(Section):
     # Our statement triggers on the activity's tables, for these statements.
     triggers: tuple[TriggerEvent, ...] = ()
     # Channels the data system already notifies on when the activity may have changed.
     channels: tuple[Identifier, ...] = ()
 
 
-class ActivityDetails(_Section):
+class ActivityDetails(Section):
     """What the details API lists for an activity: rows of ``table`` matching ``where``."""
 
     # Default: the activity's own table and active rows (table form only).
@@ -138,7 +139,7 @@ class ActivityDetails(_Section):
         return value
 
 
-class Activity(_Section):
+class Activity(Section):
     name: ActivityName
     label: Annotated[PlainText, Field(min_length=1, max_length=80)]
     # The table form.
@@ -224,7 +225,7 @@ class Activity(_Section):
 ENRICH_PREFIX = "system_stability_enrich_"
 
 
-class Join(_Section):
+class Join(Section):
     """A further table an enrich read joins to its row (LEFT JOIN: the row is kept without it)."""
 
     table: QualifiedName
@@ -233,7 +234,7 @@ class Join(_Section):
     condition: Snippet
 
 
-class EnrichRead(_Section):
+class EnrichRead(Section):
     """What ``db install`` generates as ``public.system_stability_enrich_<name>(payloads jsonb)``.
 
     For each payload (a JSON object), in order: when its ``verb`` is one of ``unread``,

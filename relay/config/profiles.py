@@ -13,16 +13,17 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from relay.config.activities import Activity, _Section
+from relay.config.activities import Activity
+from relay.config.fields import Section
 
 DEFAULT_PROFILE = "seed"
 CUSTOM = "custom"  # no profile: the config's own activities
 
 
-class Profile(_Section):
+class Profile(Section):
     description: str
     activities: tuple[Activity, ...]
-    # Feeds the profile serves (relay/config/settings.py validates them): used unless the
+    # Feeds the profile serves (relay/config/feeds.py validates them): used unless the
     # config lists its own under feeds:.
     feeds: tuple[dict[str, Any], ...] = ()
 
