@@ -1,5 +1,6 @@
 """Durations as the config writes them (``"15s"``, ``"2m"``, ``"500ms"``): plumbing shared by
-``relay/config/settings.py`` and the activities' ``overdue_after``
+the config's duration fields (``relay/config/fields.py``), a feed's coalescing window
+(``relay/config/feeds.py``) and the activities' ``overdue_after``
 (``relay/config/activities.py``)."""
 
 from __future__ import annotations
