@@ -1,16 +1,23 @@
-"""The wiring: the one place components meet (docs/architecture.md has the picture).
+"""The wiring: the one place components meet (docs/architecture.md has the picture). It builds
+them in data-path order and subscribes them; it handles no event and swaps no instance.
 
-    NOTIFY → source.Listener → state.Stability → observers, in this order: systemd, the SSE
-    hub, the state gauges, waits, details, signals, and while leading the history writer and
-    the webhooks
-                          └→ source.ChannelRelay → the hub (named events), the feeds
+    NOTIFY → source.Listener → fanout.Dispatch → state.Stability → observers, in this order:
+             systemd, the SSE hub, the state gauges, waits, details, signals, fanout.Leading
+             (while this relay leads: its term's history writer, then its webhooks)
+                                                └→ source.ChannelRelay → the hub (named
+                                                   events), the feeds
+    source.Leadership (the election) → fanout.Leading: a fresh term each time it is elected
     HTTP → http.sockets (accept) → http.access (CORS, auth, limits) → http.routes
 
-Startup: SSE hub, feeds, details, signals → HTTP (serving ``unknown``) → listener → leader election
-(history and webhooks start once elected) → systemd ``READY=1``.
-Shutdown, within one ``http.shutdown_timeout``: ``STOPPING=1`` → stop accepting → waits
-answer → listener → SSE streams end → webhooks drain (still leader) → history → leave the
-election → HTTP handlers → signals → details → systemd. Each step gets what is left of the deadline.
+The listener is built first and told later whom to tell (``Listener.subscribe``): those who
+hear it come after it on the data path. The election is built after ``Leading``, its callback.
+
+Startup: SSE hub, feeds, details, signals → HTTP (serving ``unknown``) → listener → leader
+election (a term starts once elected) → systemd ``READY=1``.
+Shutdown, within one ``http.shutdown_timeout``: ``STOPPING=1`` (an election starts nothing from
+now on) → stop accepting → waits answer → listener → SSE streams → feeds → the term: webhooks
+drain (still leader), then the history writer → leave the election → HTTP handlers → fresh
+reads → signals → details → systemd. Each step gets what is left of the deadline.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from relay import logs
 from relay.config import Config
 from relay.errors import ConfigError
 from relay.fanout import takeover
+from relay.fanout.dispatch import Dispatch
 from relay.fanout.enrich import pool_call
 from relay.fanout.feeds import Feeds
 from relay.fanout.gauges import StateGauges
+from relay.fanout.leading import Leading
 from relay.fanout.sse import Capacity, Hub
 from relay.fanout.systemd import Notifier
 from relay.fanout.webhooks import WebhookSender
@@ -43,14 +52,13 @@ from relay.http.serverlog import quiet_malformed_requests
 from relay.http.sockets import GuardedSite
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.source.channels import ChannelRelay
 from relay.source.election import Leadership
 from relay.source.listener import Listener
 from relay.state.details import Details
 from relay.state.history import History, HistoryWriter
 from relay.state.sharedread import SharedRead
 from relay.state.signals import SignalsReader
-from relay.state.stability import Snapshot, Stability, State
+from relay.state.stability import Stability
 from relay.state.waits import Waits
 
 log = get_logger("relay.app")
@@ -60,38 +68,30 @@ RELOADABLE = ("auth", "webhooks")
 
 
 class Relay:
-    """The whole daemon. ``start()`` then ``aclose()``; both idempotent, not reopenable."""
+    """The whole daemon. ``start()`` then ``aclose()``; both idempotent, not reopenable (a
+    closed relay refuses to start)."""
 
     def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.stability = Stability({a.name: a.label for a in config.activities})
-        self.notifier = notifier or Notifier()  # systemd; a no-op without $NOTIFY_SOCKET
-        self.notifier.follow(self.stability)
         self.metrics = Metrics()
-        # One limit on open streams for the live stream and every feed, and how they are held.
-        refusal = takeover.fast_path_refusal()
-        self.capacity = Capacity(config.http.max_clients, takeover=refusal is None)
-        self.metrics.sse_takeover.set(1 if refusal is None else 0)
-        self._sse_path_reason = refusal
-        self.hub = Hub(self.stability, config.http, self.metrics, self.capacity)
-        # Feeds that enrich call their functions on the details pool (built below).
-        self.feeds = Feeds(
-            config.feeds,
-            self.stability,
-            config.http,
+        # source: the listener first. What hears it is built below and subscribed then.
+        relayed = (*config.channels, *(c for feed in config.feeds for c in feed.channels))
+        self.listener = Listener(
+            config.database,
+            config.stability,
             self.metrics,
-            self.capacity,
-            call=pool_call(lambda: self.details.pool),
+            activities=config.activities,
+            profile=config.profile,
+            extra_channels=relayed,
         )
-        self.gauges = StateGauges(
-            self.metrics,
-            self.stability,
-            lambda: self.capacity.open,
-            lambda: self.listener.connected.is_set(),
+        self.metrics.watch_database(
+            lambda: self.listener.refusal_kind,
+            lambda: self.listener.pooled,
+            lambda: self.listener.backoff_stuck,
         )
-        self.metrics.sse_clients_limit.set(config.http.max_clients)
-        self.authenticator = Authenticator(config.auth)
-        self.address_limit = AddressLimit(config.http, self.metrics)
+
+        # state
+        self.stability = Stability({a.name: a.label for a in config.activities})
         self.details = Details(
             config.database,
             config.details,
@@ -112,47 +112,78 @@ class Relay:
             lambda: self.signals.refusal is not None,
         )
         self.details.signals = self.signals.details
-        fresh = SharedRead(
+        self.fresh = SharedRead(
             self.details.read_activities,
             name="fresh-read",
             max_waiting=config.wait.max_fresh_waiting,
             counter=self.metrics.fresh_reads,
         )
-        self.fresh = fresh
         self.waits = Waits(
-            self.stability, fresh, config.wait, self.metrics, eta=lambda: self.details.latest_eta
+            self.stability,
+            self.fresh,
+            config.wait,
+            self.metrics,
+            eta=lambda: self.details.latest_eta,
         )
-        self._relay_channel = ChannelRelay(
-            self._publish_channel, self.metrics, on_dropped=self._feed_payload_dropped
-        )
-        self._hub_channels = frozenset(config.channels)
-        # Notifications may have been missed: at start and after every disconnect, the feeds
-        # tell their clients once the truth is read again.
-        self._gap = True
-        # Always built (cheap when empty), so a SIGHUP reload can add the first target.
-        self.webhooks = self._webhook_sender()
         self.history = History(self.details, list(config.activity_names))
-        self.history_writer = self._history_writer()
-        # Several relays on one database: only the elected one sends webhooks (and writes
-        # the history).
+
+        # fan-out
+        self.notifier = notifier or Notifier()  # systemd; a no-op without $NOTIFY_SOCKET
+        self.notifier.follow(self.stability)
+        # One limit on open streams for the live stream and every feed, and how they are held.
+        refusal = takeover.fast_path_refusal()
+        self.capacity = Capacity(config.http.max_clients, takeover=refusal is None)
+        self.metrics.sse_takeover.set(1 if refusal is None else 0)
+        self._sse_path_reason = refusal
+        self.hub = Hub(self.stability, config.http, self.metrics, self.capacity)
+        # Feeds that enrich call their functions on the details pool.
+        self.feeds = Feeds(
+            config.feeds,
+            self.stability,
+            config.http,
+            self.metrics,
+            self.capacity,
+            call=pool_call(lambda: self.details.pool),
+        )
+        self.gauges = StateGauges(
+            self.metrics,
+            self.stability,
+            lambda: self.capacity.open,
+            lambda: self.listener.connected.is_set(),
+        )
+        self.metrics.sse_clients_limit.set(config.http.max_clients)
+        # What the listener hears: the truth to the state, payloads to the hub and the feeds.
+        self.dispatch = Dispatch(
+            self.stability,
+            self.waits,
+            self.hub,
+            self.feeds,
+            self.metrics,
+            hub_channels=config.channels,
+        )
+        self.listener.subscribe(self.dispatch)
+        # Several relays on one database: only the elected one writes the history and sends
+        # webhooks, each term with a history writer and a sender of its own.
+        self.leading = Leading(
+            self.metrics,
+            history=lambda: HistoryWriter(self.stability, self.details, config.history.retention),
+            webhooks=lambda hooks: WebhookSender(
+                hooks,
+                self.stability,
+                self.metrics,
+                state_directory=config.state_directory,
+                public_url=config.http.public_url,
+                eta=lambda: self.details.latest_eta,
+            ),
+            hooks=config.webhooks,
+            drain_timeout=config.http.shutdown_timeout,
+        )
         # Only a relay whose listener knows the state campaigns (never a standby's, a refused
         # pooler's or one not yet connected).
         self.leadership = Leadership(
-            config.database, self._on_leadership, eligible=lambda: self.listener.connected.is_set()
-        )
-        self.listener = Listener(
             config.database,
-            config.stability,
-            self,
-            self.metrics,
-            activities=config.activities,
-            profile=config.profile,
-            extra_channels=(*config.channels, *self.feeds.channels),
-        )
-        self.metrics.watch_database(
-            lambda: self.listener.refusal_kind,
-            lambda: self.listener.pooled,
-            lambda: self.listener.backoff_stuck,
+            self.leading.on_leadership,
+            eligible=lambda: self.listener.connected.is_set(),
         )
         # Who hears a transition, in the order they are told.
         for observer in (
@@ -162,17 +193,15 @@ class Relay:
             self.waits.on_change,  # long polls whose condition now holds
             self.details.on_change,  # details requests waiting for the state they read
             self.signals.on_change,  # a new busy period: read its signals; an ended one: clear
-            self._leader_hears,  # while this relay leads: the history, then the webhooks
+            self.leading.on_change,  # while this relay leads: the history, then the webhooks
         ):
             self.stability.subscribe(observer)
-        self._runner: web.AppRunner | None = None
-        self._restore_loop_handler: Callable[[], None] = lambda: None
-        self._site: web.TCPSite | None = None
-        self._state = "new"
 
-    def _served(self) -> Served:
-        return Served(
-            cors=self.config.cors,
+        # HTTP
+        self.authenticator = Authenticator(config.auth)
+        self.address_limit = AddressLimit(config.http, self.metrics)
+        self._served = Served(
+            cors=config.cors,
             authenticator=self.authenticator,
             address_limit=self.address_limit,
             stability=self.stability,
@@ -184,66 +213,19 @@ class Relay:
             history=self.history,
             registry=self.metrics.registry,
         )
+        self._runner: web.AppRunner | None = None
+        self._restore_loop_handler: Callable[[], None] = lambda: None
+        self._site: web.TCPSite | None = None
+        self._state = "new"
 
-    def _webhook_sender(self) -> WebhookSender:
-        return WebhookSender(
-            self.config.webhooks,
-            self.stability,
-            self.metrics,
-            state_directory=self.config.state_directory,
-            public_url=self.config.http.public_url,
-            eta=lambda: self.details.latest_eta,
-        )
+    @property
+    def webhooks(self) -> WebhookSender | None:
+        """The webhook sender of this relay's term as leader; None before its first."""
+        return self.leading.webhooks
 
-    def _history_writer(self) -> HistoryWriter:
-        return HistoryWriter(self.stability, self.details, self.config.history.retention)
-
-    def _leader_hears(self, snapshot: Snapshot) -> None:
-        """The leader's observers, whichever instances run now (each ignores a transition
-        until it is started, i.e. until this relay is elected)."""
-        self.history_writer.observe(snapshot)
-        self.webhooks.on_change(snapshot)
-
-    async def _on_leadership(self, leading: bool) -> None:
-        """Elected: send webhooks, write the history. Another relay leads now: stop, and be
-        ready for next time."""
-        if self._state in ("closing", "closed"):
-            return  # elected while stopping: the components are closing, start nothing
-        if leading:
-            await self.history_writer.start()
-            await self.webhooks.start()
-            self.metrics.webhook_leader.set(1)  # only once the sender really runs
-        else:
-            self.metrics.webhook_leader.set(0)
-            await self.history_writer.aclose()
-            self.history_writer = self._history_writer()
-            await self.webhooks.aclose(timeout=self.config.http.shutdown_timeout)
-            self.webhooks = self._webhook_sender()
-
-    # ListenerEvents: what the database tells us.
-    def on_truth(self, activities: Mapping[str, bool]) -> None:
-        self.stability.update_truth(activities)
-        self.waits.on_read()
-        if self._gap:
-            self._gap = False
-            self.feeds.resync()
-
-    def on_disconnected(self) -> None:
-        self._gap = True
-        self.stability.update(State.UNKNOWN)
-
-    def on_notification(self, channel: str, payload: str) -> None:
-        self._relay_channel(channel, payload)
-
-    def _publish_channel(self, channel: str, data: str, payload: Mapping[str, Any]) -> None:
-        if channel in self._hub_channels:
-            self.hub.publish_event(channel, data)
-        self.feeds.publish(channel, data, payload)
-
-    def _feed_payload_dropped(self, channel: str) -> None:
-        for feed in self.feeds.feeds:
-            if channel in feed.config.channels:
-                self.metrics.feed_dropped.labels(feed.config.path).inc()
+    @webhooks.setter
+    def webhooks(self, sender: WebhookSender) -> None:
+        self.leading.webhooks = sender
 
     @property
     def port(self) -> int:
@@ -253,8 +235,10 @@ class Relay:
         return int(address[1])
 
     async def start(self) -> None:
-        if self._state != "new":
+        if self._state in ("closing", "closed"):
             raise RuntimeError(f"relay cannot start: it is {self._state}")
+        if self._state != "new":
+            return
         self._state = "starting"
         warn_if_fd_limit_low(self.config.http.max_clients, self.config.http.fd_reserve)
         self._restore_loop_handler = LoopErrors(self.metrics.loop_errors).install(
@@ -276,7 +260,7 @@ class Relay:
         await self.signals.start()
         quiet_malformed_requests()
         self._runner = web.AppRunner(
-            build_app(self._served()),
+            build_app(self._served),
             handler_cancellation=True,  # a client that goes away cancels its SSE handler
             access_log=None,
             max_line_size=self.config.http.max_header_size,
@@ -313,6 +297,7 @@ class Relay:
             return max(0.1, deadline - loop.time())
 
         self.notifier.stopping()
+        self.leading.stopping()  # elected from now on: start nothing
         # Each step is given what is left; those without a timeout of their own are cut off.
         steps: list[tuple[str, Step]] = [
             ("stop_accepting", _cut_off(self._stop_accepting)),
@@ -320,10 +305,8 @@ class Relay:
             ("listener", lambda left: self.listener.aclose(timeout=left)),
             ("sse", _cut_off(self.hub.aclose)),
             ("feeds", _cut_off(self.feeds.aclose)),
-            # Drain webhooks while still the leader, so no other relay takes over a
-            # delivery that is still on the wire here.
-            ("webhooks", lambda left: self.webhooks.aclose(timeout=left)),
-            ("history", _cut_off(self.history_writer.aclose)),
+            # The term: webhooks drain while still the leader, then the history writer.
+            ("leading", lambda left: self.leading.aclose(timeout=left)),
             ("leadership", lambda left: self.leadership.aclose(timeout=left)),
             ("http", self._http_cleanup),
             ("fresh_reads", _cut_off(self.fresh.aclose)),
@@ -356,7 +339,7 @@ class Relay:
         """Apply a new config's tokens and webhook targets; other changes need a restart."""
         logs.redactor.update([*self.config.secrets(), *config.secrets()])
         self.authenticator.replace(config.auth)
-        self.webhooks.reload(config.webhooks)
+        self.leading.reload(config.webhooks)
         ignored = [
             section
             for section in Config.model_fields

@@ -1,7 +1,8 @@
 """The listener: one dedicated PostgreSQL connection, LISTENing, kept alive, re-read often.
 
-Data path: NOTIFY → this module → :class:`ListenerEvents` (the stability state and the
-channel relay). Notifications are hints: after one arrives on the stability channel (our
+Data path: NOTIFY → this module → :class:`ListenerEvents` (``relay/fanout/dispatch.py``: the
+stability state and the channel relay), subscribed after construction so that the listener can
+be built first. Notifications are hints: after one arrives on the stability channel (our
 triggers) or on a channel an activity names (``hints.channels``: the system's own), the
 listener reads ``system_stability_activities()`` on the same connection
 (``relay/source/truth.py``), so the answer includes every commit whose notification has been
@@ -82,13 +83,13 @@ class ListenerEvents(Protocol):
 
 
 class Listener:
-    """Owns the LISTEN connection and its reconnect loop. ``start()`` once, ``aclose()`` once."""
+    """Owns the LISTEN connection and its reconnect loop. ``subscribe()`` what hears it, then
+    ``start()``; ``aclose()``. Both idempotent, not reopenable."""
 
     def __init__(
         self,
         settings: DatabaseConfig,
         stability: StabilityConfig,
-        events: ListenerEvents,
         metrics: Metrics,
         *,
         activities: Sequence[Activity],
@@ -96,7 +97,7 @@ class Listener:
         extra_channels: Sequence[str] = (),
     ) -> None:
         self._settings = settings
-        self._events = events
+        self._events: list[ListenerEvents] = []
         self._metrics = metrics
         self._activities = tuple(activities)
         self._profile = profile
@@ -145,9 +146,15 @@ class Listener:
         """``"pooler"`` or ``"standby"`` while refused."""
         return self._refusals.refusal_kind
 
+    def subscribe(self, events: ListenerEvents) -> None:
+        """Tell ``events`` what the database says, from the next session on."""
+        self._events.append(events)
+
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("a closed listener cannot be started again")
+        if not self._events:
+            raise RuntimeError("a listener with nothing subscribed would read for no one")
         if self._task is None:
             self._task = spawn(self._loop.run(), "relay-listener")
 
@@ -207,7 +214,8 @@ class Listener:
         self._metrics.polling.set(0)
 
     def _retrying(self, delay: float) -> None:
-        self._events.on_disconnected()
+        for events in self._events:
+            events.on_disconnected()
         log.warning(
             "database_disconnected",
             reason=self._reason,
@@ -318,11 +326,12 @@ class Listener:
         """Route one notification; return whether it hints at a stability change."""
         self._metrics.notifications.labels(channel).inc()
         if channel in self._relayed:
-            try:
-                self._events.on_notification(channel, payload)
-            except Exception:  # one bad notification is dropped, never the connection
-                self._metrics.notifications_dropped.labels(channel, "error").inc()
-                log.exception("notification_failed", channel=channel)
+            for events in self._events:
+                try:
+                    events.on_notification(channel, payload)
+                except Exception:  # one bad notification is dropped, never the connection
+                    self._metrics.notifications_dropped.labels(channel, "error").inc()
+                    log.exception("notification_failed", channel=channel)
         return channel in self._hint_channels
 
     async def _listen(self, conn: AsyncConnection[Any], channels: Sequence[str]) -> None:
@@ -353,7 +362,8 @@ class Listener:
             hold.announced(time.monotonic())
             probe = await self._truth.read(conn)
         self._metrics.notify_queue_usage.set(probe.queue_usage)
-        self._events.on_truth(probe.activities)
+        for events in self._events:
+            events.on_truth(probe.activities)
         self._flag.maybe_set = probe.held
         step = hold.after_read(
             stable=not any(probe.activities.values()),

@@ -113,11 +113,11 @@ async def test_heartbeat_relistens_a_missing_channel(db_dsn: str) -> None:
         relay.listener = forgetful = ForgetfulListener(
             config.database,
             config.stability,
-            relay,
             relay.metrics,
             activities=config.activities,
             extra_channels=config.channels,
         )
+        forgetful.subscribe(relay.dispatch)
         await relay.listener.start()
         await eventually(lambda: relay.listener.connected.is_set())
         assert forgetful.skipped == 1
