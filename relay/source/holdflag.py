@@ -38,8 +38,15 @@ STOP_TIMEOUT = 1.0  # the release on stop: a share of the shutdown deadline, no 
 
 
 class HoldFlag:
-    def __init__(self, settings: DatabaseConfig, metrics: Metrics, retry_after: float) -> None:
+    def __init__(
+        self,
+        settings: DatabaseConfig,
+        metrics: Metrics,
+        retry_after: float,
+        connector: pg.Connector = pg.DEFAULT_CONNECTOR,
+    ) -> None:
         self._settings = settings
+        self._connector = connector
         self._metrics = metrics
         self._retry_after = retry_after
         self._refused: set[str] = set()
@@ -93,7 +100,8 @@ class HoldFlag:
         timeout = max(0.1, min(STOP_TIMEOUT, budget))
         try:
             conn = await asyncio.wait_for(
-                pg.connect(self._settings, self._settings.application_name), timeout
+                self._connector.connect(self._settings, self._settings.application_name),
+                timeout,
             )
         except (TimeoutError, DatabaseUnavailable) as error:
             log.warning("hold_not_changed_on_stop", reason=pg.describe_error(error))

@@ -13,6 +13,10 @@ keepalives are left out there, since the backend's peer is the pooler, not the r
 refusal is remembered per DSN, so later connections go straight to the second way. Prepared
 statements are always off (``prepare_threshold=None``): a pooler may hand the backend to
 another client, where ``_pg3_0`` does not exist.
+
+What connecting remembers from one connection to the next (those refusals, and the handshakes
+given up but not yet ended) belongs to a :class:`Connector`. The module's :func:`connect` and
+:class:`RelayConnection` use one made at import, ``DEFAULT_CONNECTOR``, shared by the process.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import shlex
 import socket
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
@@ -42,8 +46,6 @@ log = get_logger("relay.source.pg")
 # with their schema), so an overload another role plants in a schema of the login's default
 # path cannot run with the relay's rights (CVE-2018-1058; README "What db install protects").
 SESSION_SETTINGS = "-c synchronous_commit=local -c search_path=pg_catalog,pg_temp"
-# DSNs whose pooler refused the `options` startup parameter (this process's memory).
-_options_refused: set[str] = set()
 
 
 def connect_options(
@@ -81,18 +83,23 @@ def connect_options(
 
 class RelayConnection(AsyncConnection[Any]):
     """An ``AsyncConnection`` that gets past a pooler refusing ``options`` (see the module's
-    docstring). Also usable as a pool's ``connection_class``."""
+    docstring), remembering the refusal in its ``connector`` (``DEFAULT_CONNECTOR``; a
+    connector's own ``connection_class`` for another). Also usable as a pool's
+    ``connection_class``."""
+
+    connector: ClassVar[Connector]
 
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> RelayConnection:
         options = kwargs.get("options")
-        if options and conninfo not in _options_refused:
+        refused = cls.connector.options_refused
+        if options and conninfo not in refused:
             try:
                 return await super().connect(conninfo, **kwargs)
             except psycopg.OperationalError as error:
                 if not refuses_options(error):
                     raise
-            _options_refused.add(conninfo)
+            refused.add(conninfo)
             log.warning(
                 "pooler_refuses_options",
                 target=describe_dsn(conninfo),
@@ -131,47 +138,63 @@ def set_configs(settings: list[tuple[str, str]]) -> str:
     return "SELECT " + ", ".join(pair for _ in settings)
 
 
-async def connect(
-    settings: DatabaseConfig, application_name: str, *, server_options: str = ""
-) -> AsyncConnection[Any]:
-    """Connect within ``connect_timeout``; any failure is a :class:`DatabaseUnavailable`
-    (:class:`DatabaseReadOnly` when the hosts that answered are all read-only)."""
-    options = connect_options(settings, application_name, server_options=server_options)
-    connecting = asyncio.ensure_future(RelayConnection.connect(settings.dsn, **options))
-    try:
-        return await asyncio.wait_for(
-            asyncio.shield(connecting),
-            # Each host of a multi-host DSN has connect_timeout, and a pooler that refuses
-            # `options` costs a second handshake.
-            timeout=2 * hosts(settings.dsn) * settings.connect_timeout + 1,
+class Connector:
+    """The relay's connects and what they remember from one to the next: the DSNs whose pooler
+    refused the ``options`` startup parameter, and the handshakes given up but not yet ended.
+    Nothing to open or close: each handshake is bounded by libpq's ``connect_timeout``."""
+
+    def __init__(self) -> None:
+        # DSNs whose pooler refused the `options` startup parameter.
+        self.options_refused: set[str] = set()
+        # Strong refs (the loop keeps weak ones): at most one per connect given up, each gone
+        # once its handshake ends (bounded by connect_timeout).
+        self._abandoned: set[asyncio.Future[RelayConnection]] = set()
+        # For a pool (psycopg_pool calls its connect()): remembers refusals here.
+        self.connection_class: type[RelayConnection] = type(
+            "RelayConnection", (RelayConnection,), {"connector": self}
         )
-    except BaseException as error:
-        _discard(connecting)
-        if isinstance(error, psycopg.Error | OSError | TimeoutError):
-            raise _unavailable(error) from None
-        raise
+
+    async def connect(
+        self, settings: DatabaseConfig, application_name: str, *, server_options: str = ""
+    ) -> AsyncConnection[Any]:
+        """Connect within ``connect_timeout``; any failure is a :class:`DatabaseUnavailable`
+        (:class:`DatabaseReadOnly` when the hosts that answered are all read-only)."""
+        options = connect_options(settings, application_name, server_options=server_options)
+        connecting = asyncio.ensure_future(self.connection_class.connect(settings.dsn, **options))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(connecting),
+                # Each host of a multi-host DSN has connect_timeout, and a pooler that refuses
+                # `options` costs a second handshake.
+                timeout=2 * hosts(settings.dsn) * settings.connect_timeout + 1,
+            )
+        except BaseException as error:
+            self._discard(connecting)
+            if isinstance(error, psycopg.Error | OSError | TimeoutError):
+                raise _unavailable(error) from None
+            raise
+
+    def _discard(self, connecting: asyncio.Future[RelayConnection]) -> None:
+        """Close a connection whose caller gave up, once its handshake ends.
+
+        Not cancelled: psycopg abandons a cancelled handshake without closing it, and a server
+        that had already accepted it keeps the session until the garbage collector finds it.
+        The handshake is bounded by libpq's own ``connect_timeout``.
+        """
+
+        def close(done: asyncio.Future[RelayConnection]) -> None:
+            self._abandoned.discard(done)
+            if not done.cancelled() and done.exception() is None:
+                done.result().pgconn.finish()  # synchronous: nothing more to await
+
+        self._abandoned.add(connecting)
+        connecting.add_done_callback(close)
 
 
-def _discard(connecting: asyncio.Future[RelayConnection]) -> None:
-    """Close a connection whose caller gave up, once its handshake ends.
-
-    Not cancelled: psycopg abandons a cancelled handshake without closing it, and a server
-    that had already accepted it keeps the session until the garbage collector finds it.
-    The handshake is bounded by libpq's own ``connect_timeout``.
-    """
-
-    def close(done: asyncio.Future[RelayConnection]) -> None:
-        _abandoned.discard(done)
-        if not done.cancelled() and done.exception() is None:
-            done.result().pgconn.finish()  # synchronous: nothing more to await
-
-    _abandoned.add(connecting)
-    connecting.add_done_callback(close)
-
-
-# Strong refs (the loop keeps weak ones): at most one per connect given up, each gone once its
-# handshake ends (bounded by connect_timeout).
-_abandoned: set[asyncio.Future[RelayConnection]] = set()
+DEFAULT_CONNECTOR = Connector()
+# RelayConnection itself, as a pool's connection_class, remembers where connect() does.
+RelayConnection.connector = DEFAULT_CONNECTOR
+connect = DEFAULT_CONNECTOR.connect
 
 
 def _unavailable(error: BaseException) -> DatabaseUnavailable:

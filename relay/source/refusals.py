@@ -86,6 +86,7 @@ async def check_delivery(
     listen: Callable[[AsyncConnection[Any], Sequence[str]], Awaitable[None]],
     dispatch: Callable[[str, str], object],
     deadline: Deadline,
+    connector: pg.Connector = pg.DEFAULT_CONNECTOR,
 ) -> None:
     """Behind a pooler: a notification sent from another connection must reach this one
     while it is idle. Under transaction pooling the backend that LISTENs is back in the
@@ -93,7 +94,7 @@ async def check_delivery(
     channel = f"stability_relay_probe_{secrets.token_hex(8)}"
     token = secrets.token_hex(8)
     await listen(conn, [channel])
-    sender = await pg.connect(settings, f"{settings.application_name} (pooler check)")
+    sender = await connector.connect(settings, f"{settings.application_name} (pooler check)")
     try:
         await pg.with_deadline(
             sender,

@@ -123,6 +123,31 @@ async def test_connections_never_prepare_statements_a_pooler_could_move(
                 await conn.close()
 
 
+async def test_a_connector_remembers_the_poolers_refusal_of_options_for_itself(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """Each connector learns once that PgBouncer refuses ``options``; its later connects, and
+    its pool's, go straight to ``set_config()``. Another connector learns it for itself."""
+    async with running_pgbouncer(tmp_path, server_port(db_dsn), pool_mode="session") as bouncer:
+        settings = relay_config(bouncer.dsn(db_dsn)).database
+        options = pg.connect_options(settings, "relay-test-pool")
+        first, second = pg.Connector(), pg.Connector()
+        with structlog.testing.capture_logs() as logs:
+            for conn in [
+                await first.connect(settings, "relay-test-1"),
+                await first.connect(settings, "relay-test-2"),
+                await first.connection_class.connect(settings.dsn, **options),
+            ]:
+                await conn.close()
+            assert len(events(logs, "pooler_refuses_options")) == 1
+            assert first.options_refused == {settings.dsn}
+            assert second.options_refused == set()
+            conn = await second.connect(settings, "relay-test-3")
+            await conn.close()
+            assert len(events(logs, "pooler_refuses_options")) == 2
+        assert second.options_refused == {settings.dsn}
+
+
 async def backend_pid(conn: psycopg.AsyncConnection[Any]) -> int:
     cursor = await conn.execute("SELECT pg_backend_pid()")
     row = await cursor.fetchone()
