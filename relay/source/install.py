@@ -24,14 +24,9 @@ from psycopg import errors as pg_errors
 from relay.config.activities import Activity, EnrichRead
 from relay.config.profiles import CUSTOM, DEFAULT_PROFILE, load_profile
 from relay.errors import ConfigError, DatabaseUnavailable, RelayError, SchemaMissing
-from relay.source.activities.check import (
-    READ_SCAN_ROWS,
-    ReadScan,
-    check_activities,
-    check_enrichers,
-    index_suggestion,
-    read_scans,
-)
+from relay.source.activities.check import check_activities, check_enrichers
+from relay.source.activities.indexes import index_suggestion
+from relay.source.activities.readcost import READ_SCAN_ROWS, ReadScan, read_scans
 from relay.source.activities.signals import FUNCTION, parts, signals_script
 from relay.source.activities.sql import install_script
 from relay.source.holdflag import CONFIRM, REQUEST

@@ -15,14 +15,9 @@ from psycopg import sql
 
 from relay.config.activities import Activity
 from relay.config.profiles import load_profile
-from relay.source.activities.check import (
-    READ_SCAN_ROWS,
-    ReadScan,
-    check_activities,
-    index_suggestion,
-    read_scans,
-    unaliased,
-)
+from relay.source.activities.check import check_activities
+from relay.source.activities.indexes import index_suggestion, unaliased
+from relay.source.activities.readcost import READ_SCAN_ROWS, ReadScan, read_scans
 from relay.source.install import suggested_indexes
 from tests.support import fresh_database
 

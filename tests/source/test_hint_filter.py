@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from relay.config.activities import Activity
-from relay.source.activities.sql import visible_rows
+from relay.source.activities.hints import visible_rows
 from relay.source.install import install
 from relay.state.stability import State
 from tests.support import (

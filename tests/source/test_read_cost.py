@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from relay.cli.main import startup_problems
 from relay.config.activities import Activity
 from relay.config.profiles import load_profile
-from relay.source.activities.check import READ_SCAN_ROWS, ReadScan, read_scans
+from relay.source.activities.readcost import READ_SCAN_ROWS, ReadScan, read_scans
 from relay.source.install import install
 from tests.support import events, execute, fresh_database, relay_config, running_relay
 

@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from relay.errors import DatabaseUnavailable, RelayError
-from relay.source.activities.sql import hint_rows_function
+from relay.source.activities.hints import hint_rows_function
 from relay.source.install import InstallRefused, install, sql_dir
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]

@@ -1,6 +1,6 @@
 """The SQL of the signals read: ``public.system_stability_signals(depth_cap integer)``.
 
-Generated from the activities like ``sql.py``'s functions (``SECURITY DEFINER``, ``search_path``
+Generated from the activities like ``reads.py``'s functions (``SECURITY DEFINER``, ``search_path``
 pinned to ``pg_catalog, pg_temp``, every name qualified, revoked from PUBLIC), in a script of
 its own that ``db install`` applies after ``roles.sql`` and grants to ``stability_relay``.
 
@@ -28,16 +28,9 @@ import hashlib
 from collections.abc import Sequence
 
 from relay.config.activities import DOLLAR_TAG, Activity
-from relay.source.activities.sql import (
-    FINGERPRINT,
-    HEADER,
-    MARKER,
-    active_condition,
-    details_source,
-    ident,
-    literal,
-    qualified,
-)
+from relay.source.activities.reads import active_condition, details_source
+from relay.source.activities.sql import FINGERPRINT
+from relay.source.activities.sqltext import HEADER, MARKER, ident, literal, qualified
 
 FUNCTION = "public.system_stability_signals"
 SIGNATURE = f"{FUNCTION}(integer)"
