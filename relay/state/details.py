@@ -3,9 +3,12 @@
 The seed's keys (``import_jobs``, ``analytics_tasks``, ``system_stable``) stay as they were;
 ``activities`` groups the same rows by activity, with labels and totals.
 
-Queries run on a small pool of their own (never on the listener's connection), with a
-statement timeout. Single flight plus a short cache: however many requests arrive within
-``details.cache``, they cost at most one round of queries (one statement) per state.
+Queries run on the relay's read pool (``relay/state/readpool.py``; never on the listener's
+connection), with a statement timeout. Single flight plus a short cache: however many requests
+arrive within ``details.cache``, they cost at most one round of queries (one statement) per
+state. Each round is also a progress sample for the estimates of the time left
+(``relay/state/eta.py``: :class:`Estimates` puts them in, its :class:`Sampler` asks for a
+round while the system is busy).
 
 Consistent with the state. Every answer says which state it reflects: ``seq``, the number of
 the live stream's event (:attr:`Snapshot.seq`). A round of queries belongs to the state it was
@@ -40,18 +43,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
-
 from relay.config import DatabaseConfig, DetailsConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.source import pg
-from relay.state.eta import SAMPLE_INTERVAL, Estimates
+from relay.state.eta import Estimates, Sampler
+from relay.state.readpool import ReadPool
 from relay.state.sharedread import SharedRead
 from relay.state.stability import Snapshot, Stability, State
-from relay.tasks import cancel_and_wait, spawn
+from relay.state.waits import read_activities
+from relay.tasks import cancel_and_wait
 
 log = get_logger("relay.state.details")
 
@@ -67,7 +68,6 @@ QUERY = (
 # re-reads after a feed's connect event: read after each request arrived, shared by the
 # requests in line (relay/state/sharedread.py).
 INDICATORS = "SELECT public.system_stability_indicators()::text"
-ACTIVITIES = "SELECT public.system_stability_activities()::text"
 # The hint a round sends when the details' verdict differs from the relay's state: the
 # listener reads at once (any payload but the hold's announcement is a hint; every relay on
 # the database hears it, and reads once).
@@ -102,7 +102,11 @@ class _Round:
 
 class Details:
     """What ``GET /api/system-status/details`` and ``/indicators`` answer (``relay/http/api.py``
-    serves them). ``start()`` then ``aclose()``."""
+    serves them). ``start()`` then ``aclose()``; both idempotent, not reopenable.
+
+    Reads on ``pool``, which its owner starts before and closes after it. Without one (the
+    wiring of ``relay/app.py`` until it passes one), it builds and runs its own pool, estimates
+    and sampler, as it did when it owned them."""
 
     def __init__(
         self,
@@ -110,12 +114,21 @@ class Details:
         settings: DetailsConfig,
         metrics: Metrics,
         stability: Stability,
+        pool: ReadPool | None = None,
+        estimates: Estimates | None = None,
     ) -> None:
         self._database = database
         self._settings = settings
         self._metrics = metrics
         self._stability = stability
-        self._pool: AsyncConnectionPool[Any] | None = None
+        # Transition (issue 22): None builds the parts Details used to own, started and
+        # closed with it; remove once relay/app.py passes the pool and the estimates.
+        self._owned: tuple[ReadPool, Sampler] | None = None
+        if pool is None:
+            pool = ReadPool(database, settings)
+            self._owned = (pool, Sampler(stability, self.fetch))
+        self._pool = pool
+        self.estimates = estimates or Estimates()
         self._cached: _Round | None = None  # served only while its state is current
         # At most one round in flight per state: one of an earlier state may still be
         # answering the requests that arrived in it.
@@ -125,68 +138,50 @@ class Details:
         self._indicators = SharedRead(
             lambda: self._read(INDICATORS), name="indicators", max_waiting=10_000
         )
+        self._started = False
         self._closed = False
-        self._estimates = Estimates()
-        # The estimate of the last round (for webhooks and waits): overall, else the longest
-        # of the activities'.
-        self.latest_eta: dict[str, Any] | None = None
         # Each activity's signals (relay/state/signals.py: SignalsReader.describe) and why
         # they cannot be read, if so: set by the wiring, put in every round.
         self.signals: Callable[[], tuple[Mapping[str, Any], str | None]] | None = None
-        # While the system is busy, a round every SAMPLE_INTERVAL: each is a progress sample
-        # for the estimates, whether or not anyone asks for the details.
-        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("closed details service cannot be started again")
-        if self._pool is not None:
+        if self._started:
             return
-        timeout_ms = round(self._settings.statement_timeout * 1000)
-        self._pool = AsyncConnectionPool(
-            self._database.dsn,
-            min_size=0,
-            max_size=self._settings.pool_size,
-            timeout=self._settings.statement_timeout,
-            kwargs=pg.connect_options(
-                self._database,
-                "stability-relay-details",
-                server_options=f"-c statement_timeout={timeout_ms}",
-            ),
-            # Gets past a pooler that refuses `options` (relay/source/pg.py), as every
-            # relay connection does.
-            connection_class=pg.RelayConnection,
-            check=AsyncConnectionPool.check_connection,
-            open=False,
-            name="relay-details",
-        )
-        await self._pool.open(wait=False)
-        self._sampler = spawn(self._sample(), "relay-details-sampler")
+        self._started = True
+        if self._owned is not None:
+            for part in self._owned:
+                await part.start()
 
-    async def aclose(self, timeout: float = 5.0) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         if self._closed:
             return
         self._closed = True
-        await cancel_and_wait(self._sampler)
+        if self._owned is not None:
+            await self._owned[1].aclose()  # the sampler asks for rounds: first
         for round_ in list(self._rounds.values()):
             await cancel_and_wait(round_)  # shielded from its callers, not from the close
         await self._indicators.aclose()
-        if self._pool is not None:
-            await self._pool.close(timeout=timeout)
-
-    async def _sample(self) -> None:
-        while True:
-            await asyncio.sleep(SAMPLE_INTERVAL)
-            if self._stability.current.state is State.PROCESSING:
-                with contextlib.suppress(DatabaseUnavailable):
-                    await self.fetch()
+        if self._owned is not None:
+            await self._owned[0].aclose(timeout=5.0 if timeout is None else timeout)
 
     @property
-    def pool(self) -> AsyncConnectionPool[Any]:
-        """The pool, for other short reads and writes (the history)."""
-        if self._pool is None or self._closed:
-            raise DatabaseUnavailable("details service is not running")
+    def pool(self) -> ReadPool:
+        """Transition (issue 22): the read pool, for the wiring's lambdas of ``relay/app.py``
+        until it builds the pool itself; remove with ``_owned``."""
         return self._pool
+
+    @property
+    def latest_eta(self) -> dict[str, Any] | None:
+        """Transition (issue 22): :attr:`Estimates.latest`, for ``relay/app.py``'s lambdas
+        until it holds the estimates itself; remove with ``_owned``."""
+        return self.estimates.latest
+
+    async def read_activities(self) -> dict[str, Any]:
+        """Transition (issue 22): :func:`relay.state.waits.read_activities` on this pool, for
+        ``relay/app.py``'s fresh reads until it builds them with :func:`fresh_reads`."""
+        return await read_activities(self._pool)
 
     def on_change(self, _snapshot: Snapshot) -> None:
         """An observer of the state: requests waiting for a newer state look again."""
@@ -211,6 +206,11 @@ class Details:
         return read.body(read.seq, ahead=True)  # read after `read.seq` began, newer than it
 
     async def _round(self, state: Snapshot) -> _Round:
+        """Single flight keyed by the state: a request joins its state's round in flight (or
+        cached), even one begun before the request arrived, since the answer promises only to
+        be consistent with that state, which was current when the request arrived. Unlike
+        :class:`SharedRead` (``relay/state/sharedread.py``), which never joins a running read:
+        its promise is read-your-writes, which a read begun before the request cannot keep."""
         cached = self._cached
         if (
             cached is not None
@@ -263,44 +263,19 @@ class Details:
         began = time.time()
         row = await self._row(QUERY, (self._settings.max_items,))
         details, typical = json.loads(row[0]), json.loads(row[1] or "{}")
-        annotated = self._estimates.annotate(details, typical, now=began)
-        self.latest_eta = annotated.get("eta") or _longest(annotated.get("activities"))
+        annotated = self.estimates.annotate(details, typical, now=began)
         if self.signals is not None:
             _put_signals(annotated, *self.signals())
         return annotated
 
-    async def read_activities(self) -> dict[str, Any]:
-        """Every activity's truth, read now on this pool (a fresh read, relay/state/waits.py)."""
-        body = await self._read(ACTIVITIES)
-        parsed = json.loads(body)
-        if not isinstance(parsed, dict):
-            raise DatabaseUnavailable("public.system_stability_activities() gave no object")
-        return parsed
-
-    async def _read(self, query: LiteralString, params: tuple[Any, ...] = ()) -> bytes:
-        row = await self._row(query, params)
+    async def _read(self, query: LiteralString) -> bytes:
+        row = await self._row(query)
         return str(row[0]).encode()
 
     async def _row(self, query: LiteralString, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
-        if self._pool is None or self._closed:
+        if not self._started or self._closed:
             raise DatabaseUnavailable("details service is not running")
-        try:
-            # The statement timeout bounds the server; this bounds the whole round trip
-            # (a half-open pooled connection would otherwise wait for TCP to give up).
-            async with asyncio.timeout(self._settings.statement_timeout * 2 + 1):
-                async with self._pool.connection() as conn:
-                    cursor = await conn.execute(query, params)
-                    row = await cursor.fetchone()
-        except TimeoutError:
-            raise DatabaseUnavailable("details query timed out") from None
-        except PoolTimeout:
-            raise DatabaseUnavailable("no database connection for details") from None
-        except psycopg.errors.UndefinedFunction:
-            raise DatabaseUnavailable("details functions are missing: run `db install`") from None
-        except psycopg.Error as error:
-            raise DatabaseUnavailable(f"details query failed: {type(error).__name__}") from None
-        assert row is not None
-        return tuple(row)
+        return await self._pool.row(query, params)
 
     async def read_indicators(self) -> bytes:
         """Each activity's own JSON (``GET /api/system-status/indicators``), read after the
@@ -321,10 +296,3 @@ def _active(details: dict[str, Any], name: str) -> Any:
     groups = details.get("activities")
     group = groups.get(name) if isinstance(groups, dict) else None
     return group.get("active") if isinstance(group, dict) else None
-
-
-def _longest(activities: Any) -> dict[str, Any] | None:
-    if not isinstance(activities, dict):
-        return None
-    found = [g["eta"] for g in activities.values() if isinstance(g, dict) and g.get("eta")]
-    return max(found, key=lambda e: e["high_s"]) if found else None

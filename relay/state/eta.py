@@ -10,16 +10,26 @@
 
 A bad estimate is worse than none. Bound: samples of at most ``MAX_TRACKED`` jobs, each at
 most ``WINDOW / SAMPLE_INTERVAL`` samples (older ones and finished jobs are dropped).
+
+The estimates read nothing of their own: every details round (``relay/state/details.py``) is
+a sample, and :class:`Sampler` asks for one every ``SAMPLE_INTERVAL`` while the system is busy,
+whether or not anyone asks for the details.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
+
+from relay.errors import DatabaseUnavailable
+from relay.state.stability import Stability, State
+from relay.tasks import cancel_and_wait, spawn
 
 SAMPLE_INTERVAL = 5.0
 WINDOW = 120.0
@@ -108,6 +118,9 @@ class Estimates:
 
     def __init__(self, tracker: ProgressTracker | None = None) -> None:
         self.tracker = tracker or ProgressTracker()
+        # The estimate of the last round (for webhooks and waits): overall, else the longest
+        # of the activities'.
+        self.latest: Estimate | None = None
 
     def annotate(
         self, details: dict[str, Any], typical: Mapping[str, Any], now: float | None = None
@@ -134,6 +147,7 @@ class Estimates:
         overall = None if details.get("system_stable") else from_history(typical.get(""), now)
         details["eta"] = overall
         _copy_to_seed_lists(details)
+        self.latest = overall or _longest(activities)
         return details
 
     def _item_estimate(
@@ -158,6 +172,47 @@ def _widest(estimates: list[Estimate]) -> Estimate:
         "high_s": latest["high_s"],
         "source": latest["source"],
     }
+
+
+def _longest(activities: Any) -> Estimate | None:
+    if not isinstance(activities, dict):
+        return None
+    found = [g["eta"] for g in activities.values() if isinstance(g, dict) and g.get("eta")]
+    return max(found, key=lambda e: e["high_s"]) if found else None
+
+
+class Sampler:
+    """While the system is busy, a details round every ``SAMPLE_INTERVAL`` (``sample``, i.e.
+    ``Details.fetch``): each is a progress sample for the estimates. ``start()`` then
+    ``aclose()``; both idempotent, not reopenable."""
+
+    def __init__(self, stability: Stability, sample: Callable[[], Awaitable[object]]) -> None:
+        self._stability = stability
+        self._sample = sample
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("a closed estimates sampler cannot be started again")
+        if self._task is None:
+            self._task = spawn(self._run(), "relay-details-sampler")
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Cancels the round it waits for (the round itself is shielded: it lands for the
+        details' other callers)."""
+        if self._closed:
+            return
+        self._closed = True
+        async with asyncio.timeout(timeout):
+            await cancel_and_wait(self._task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            if self._stability.current.state is State.PROCESSING:
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self._sample()
 
 
 def _copy_to_seed_lists(details: dict[str, Any]) -> None:

@@ -8,8 +8,12 @@ periods in between are lost rather than queued); a failed write is retried every
 While the state is unknown nothing is written: periods stay open until the truth is read.
 
 Reader: ``GET /api/system-status/history?since=24h|<ISO time>&activity=NAME&limit=100``:
-the periods (start, end, duration, import job slugs) and a summary (count, median and p90
-duration over the last 24 h and 7 d), from the relay's details pool.
+the periods (start, end, duration, import job slugs) that had not ended before the query's
+``since`` (here ``not_before``: a window's start, where ``since`` elsewhere in the state is
+when something began) and a summary (count, median and p90 duration over the last 24 h and
+7 d).
+
+Both read and write on the relay's read pool (``relay/state/readpool.py``).
 """
 
 from __future__ import annotations
@@ -18,16 +22,19 @@ import asyncio
 import contextlib
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.source import pg
-from relay.state.details import Details
+from relay.state.readpool import ReadPool
 from relay.state.stability import ActivityStates, Snapshot, Stability, State
 from relay.tasks import cancel_and_wait, spawn
+
+if TYPE_CHECKING:
+    from relay.state.details import Details
 
 log = get_logger("relay.state.history")
 
@@ -49,9 +56,9 @@ OVERALL = ""  # the system as a whole, in the table
 class HistoryWriter:
     """Runs while this relay leads. ``start()`` then ``aclose()``; not reopenable."""
 
-    def __init__(self, stability: Stability, details: Details, retention: float) -> None:
+    def __init__(self, stability: Stability, pool: ReadPool | Details, retention: float) -> None:
         self._stability = stability
-        self._details = details
+        self._pool = _read_pool(pool)
         self._retention = retention
         self._latest: Snapshot | None = None
         self._observed: ActivityStates = ()
@@ -114,28 +121,27 @@ class HistoryWriter:
         known = [name for name, active in snapshot.activities if active is not None]
         known.append(OVERALL)
         at = datetime.fromtimestamp(snapshot.at, UTC)
-        pool = self._details.pool
-        async with pool.connection() as conn:
+        async with self._pool.connection() as conn:
             await conn.execute(RECORD, (running, known, at, self._retention))
 
 
 class History:
-    """The periods and their summary, read on the details pool (``relay/http/api.py`` serves
+    """The periods and their summary, read on the read pool (``relay/http/api.py`` serves
     ``GET /api/system-status/history``)."""
 
-    def __init__(self, details: Details, activities: list[str]) -> None:
-        self._details = details
+    def __init__(self, pool: ReadPool | Details, activities: list[str]) -> None:
+        self._pool = _read_pool(pool)
         self.activities = activities
 
     async def read(
-        self, since: datetime, activity: str | None, limit: int
+        self, not_before: datetime, activity: str | None, limit: int
     ) -> tuple[list[Any], dict[str, Any]]:
-        """The periods since ``since`` (of ``activity``, else overall; at most ``limit``) and
-        the summary; ``DatabaseUnavailable`` when the database cannot be reached."""
+        """The periods that had not ended before ``not_before`` (of ``activity``, else
+        overall; at most ``limit``, the latest first) and the summary; ``DatabaseUnavailable``
+        when the database cannot be reached."""
         try:
-            pool = self._details.pool
-            async with asyncio.timeout(READ_TIMEOUT), pool.connection() as conn:
-                cursor = await conn.execute(READ, (since, activity, limit, activity))
+            async with asyncio.timeout(READ_TIMEOUT), self._pool.connection() as conn:
+                cursor = await conn.execute(READ, (not_before, activity, limit, activity))
                 row = await cursor.fetchone()
         except (DatabaseUnavailable, psycopg.Error, TimeoutError) as error:
             reason = pg.describe_error(error)
@@ -143,3 +149,9 @@ class History:
             raise DatabaseUnavailable(reason) from None
         assert row is not None
         return json.loads(row[0]), json.loads(row[1])
+
+
+def _read_pool(pool: ReadPool | Details) -> ReadPool:
+    """Transition (issue 22): ``relay/app.py`` still passes the details; remove (and take a
+    :class:`ReadPool` only) once it passes the read pool."""
+    return pool if isinstance(pool, ReadPool) else pool.pool

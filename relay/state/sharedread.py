@@ -5,6 +5,10 @@ snapshot may predate the request): at most one read runs and one waits, however 
 requests there are. Bound: ``max_waiting`` requests in line; past that,
 :class:`DatabaseUnavailable` (the routes answer 503). Used for fresh reads of the activities
 (``relay/state/waits.py``) and for the indicators (``relay/state/details.py``).
+
+The details' rounds (``Details._round`` in ``relay/state/details.py``) are the other single
+flight, and do join a round already running: they promise consistency with the state that
+was current when the request arrived (a round per state number), not read-your-writes.
 """
 
 from __future__ import annotations

@@ -46,7 +46,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.config import SignalsConfig
 from relay.config.activities import Activity
@@ -59,6 +58,7 @@ from relay.source.activities.signals import (
     FUNCTION,
     signals_fingerprint,
 )
+from relay.state.readpool import ReadPool
 from relay.state.stability import Snapshot, Stability, State, iso_timestamp
 from relay.tasks import cancel_and_wait, spawn
 
@@ -94,7 +94,7 @@ class SignalsReader:
         activities: Sequence[Activity],
         settings: SignalsConfig,
         stability: Stability,
-        pool: Callable[[], AsyncConnectionPool[Any]],
+        pool: ReadPool | Callable[[], ReadPool],
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,7 +102,9 @@ class SignalsReader:
         self._fingerprint = signals_fingerprint(activities)
         self._settings = settings
         self._stability = stability
-        self._pool = pool
+        # Transition (issue 22): relay/app.py still passes `lambda: details.pool`; take a
+        # ReadPool only once it passes the read pool.
+        self._pool = pool if isinstance(pool, ReadPool) else pool()
         self._metrics = metrics
         self._clock = clock
         self._reading: Reading | None = None
@@ -217,26 +219,24 @@ class SignalsReader:
 
     async def _query(self) -> tuple[dict[str, Mapping[str, Any]], Mapping[str, Any]]:
         timeout = self._settings.read_timeout
-        try:
-            # The statement timeout bounds the server; this bounds the whole round trip.
-            async with asyncio.timeout(timeout * 2 + 1):
-                async with self._pool().connection() as conn, conn.transaction():
-                    await conn.execute(TIMEOUT, (f"{round(timeout * 1000)}ms",))
-                    cursor = await conn.execute(COMMENT)
-                    row = await cursor.fetchone()
-                    self._check_fingerprint(row[0] if row else None)
-                    cursor = await conn.execute(READ, (self._settings.depth_cap,))
-                    row = await cursor.fetchone()
-        except TimeoutError:
-            raise DatabaseUnavailable("signals read timed out") from None
-        except PoolTimeout:
-            raise DatabaseUnavailable("no database connection for the signals read") from None
-        except psycopg.errors.QueryCanceled:
-            raise DatabaseUnavailable(
-                f"signals read ran past signals.read_timeout ({timeout:g}s)"
-            ) from None
-        except psycopg.Error as error:
-            raise DatabaseUnavailable(f"signals read failed: {type(error).__name__}") from None
+        canceled = f"signals read ran past signals.read_timeout ({timeout:g}s)"
+        # The statement timeout is signals.read_timeout, for this transaction only (the
+        # pool's connections have details.statement_timeout).
+        async with (
+            self._pool.round_trip(
+                timeout * 2 + 1,
+                "signals read",
+                "the signals read",
+                {psycopg.errors.QueryCanceled: canceled},
+            ) as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(TIMEOUT, (f"{round(timeout * 1000)}ms",))
+            cursor = await conn.execute(COMMENT)
+            row = await cursor.fetchone()
+            self._check_fingerprint(row[0] if row else None)
+            cursor = await conn.execute(READ, (self._settings.depth_cap,))
+            row = await cursor.fetchone()
         assert row is not None
         answer, typical = json.loads(row[0]), json.loads(row[1] or "{}")
         if not isinstance(answer, dict) or sorted(answer) != sorted(self._activities):

@@ -4,7 +4,8 @@ A *fresh* read is one whose snapshot is taken after the request arrived: whateve
 committed before asking is in it. Concurrent fresh requests share reads: a request joins the
 next read that has not started yet (never one already running, whose snapshot may predate
 it), so at most one read runs and one waits, however many requests there are. Bound:
-``wait.max_fresh_waiting`` requests in line; past that, 503.
+``wait.max_fresh_waiting`` requests in line; past that, 503. :func:`fresh_reads` builds that
+shared read on the relay's read pool (``relay/state/readpool.py``).
 
 ``GET /api/system-status/wait?until=stable|processing&stable_for=30s&timeout=10m&activity=N``
 starts with a fresh read and answers once the condition has held for ``stable_for``
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -42,6 +45,7 @@ from relay.config import WaitConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.state.readpool import ReadPool
 from relay.state.sharedread import SharedRead
 from relay.state.stability import Signal, Snapshot, Stability
 
@@ -49,6 +53,8 @@ log = get_logger("relay.state.waits")
 
 Until = Literal["stable", "processing"]
 SIGNALS = ("stalled", "overdue")  # the order in which a wait names them: the worse first
+# Every activity's truth (generated from the activities: relay/source/activities/sql.py).
+ACTIVITIES = "SELECT public.system_stability_activities()::text"
 
 # Who asks (``relay/http/access.py``: the socket's peer, or behind a trusted proxy the
 # client named by X-Forwarded-For). A request without it is not limited per address.
@@ -70,6 +76,28 @@ class Wait:
 
 class TooManyWaiters(Exception):
     """Past ``wait.max_waiters``, or one address's share of them (the message says which)."""
+
+
+async def read_activities(pool: ReadPool) -> dict[str, Any]:
+    """Every activity's truth, read now on ``pool``: one fresh read."""
+    row = await pool.row(ACTIVITIES)
+    parsed = json.loads(str(row[0]))
+    if not isinstance(parsed, dict):
+        raise DatabaseUnavailable("public.system_stability_activities() gave no object")
+    return parsed
+
+
+def fresh_reads(
+    pool: ReadPool, settings: WaitConfig, metrics: Metrics
+) -> SharedRead[dict[str, Any]]:
+    """The fresh reads that ``?fresh=1``, ``?expect=`` and the long polls share (module
+    docstring), counted in ``relay_fresh_reads_total``."""
+    return SharedRead(
+        functools.partial(read_activities, pool),
+        name="fresh-read",
+        max_waiting=settings.max_fresh_waiting,
+        counter=metrics.fresh_reads,
+    )
 
 
 class Waits:

@@ -14,6 +14,8 @@ from relay.app import Relay
 from relay.config import Config
 from relay.metrics import Metrics
 from relay.state.details import Details
+from relay.state.eta import Estimates
+from relay.state.readpool import ReadPool
 from relay.state.stability import Stability
 from tests.support import (
     HINTS_ONLY,
@@ -201,8 +203,10 @@ async def test_a_round_in_flight_is_not_shared_past_a_transition(db_dsn: str) ->
     config = relay_config(db_dsn, details={"cache": "30s"})
     stability = Stability({a.name: a.label for a in config.activities})
     metrics = Metrics()
-    details = Details(config.database, config.details, metrics, stability)
+    pool = ReadPool(config.database, config.details)
+    details = Details(config.database, config.details, metrics, stability, pool, Estimates())
     stability.subscribe(details.on_change)
+    await pool.start()
     await details.start()
     try:
         unknown = stability.current.seq
@@ -213,6 +217,7 @@ async def test_a_round_in_flight_is_not_shared_past_a_transition(db_dsn: str) ->
         early, late = [json.loads(body) for body in await asyncio.gather(first, second)]
     finally:
         await details.aclose()
+        await pool.aclose()
     assert metrics.registry.get_sample_value(QUERIES) == 2
     assert (early["seq"], early["ahead"]) == (unknown, True)  # read while the state was unknown
     assert (late["seq"], late["ahead"]) == (stability.current.seq, False)

@@ -3,11 +3,10 @@ of unknown, and a new busy period is never timed from the previous one's start."
 
 from __future__ import annotations
 
-from typing import Any
-
-from relay.config import SignalsConfig
+from relay.config import DatabaseConfig, DetailsConfig, SignalsConfig
 from relay.config.activities import Activity
 from relay.metrics import Metrics
+from relay.state.readpool import ReadPool
 from relay.state.signals import SignalsReader
 from relay.state.stability import Stability, State, iso_timestamp
 
@@ -48,8 +47,8 @@ def test_signals_outlive_a_spell_of_unknown_and_end_with_their_activity() -> Non
 def test_a_new_busy_period_is_not_timed_from_the_previous_one() -> None:
     clock = Clock()
     stability = Stability({"importing": "Importing data"}, clock=clock)
-    never: Any = None
-    reader = SignalsReader([ACTIVITY], SignalsConfig(), stability, lambda: never, Metrics(), clock)
+    never = ReadPool(DatabaseConfig(), DetailsConfig())  # not started: nothing is read
+    reader = SignalsReader([ACTIVITY], SignalsConfig(), stability, never, Metrics(), clock)
     stability.subscribe(reader.on_change)
     first = clock.now
     stability.update(State.PROCESSING, [("importing", True)])
