@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -52,6 +52,7 @@ from relay.http.serverlog import quiet_malformed_requests
 from relay.http.sockets import GuardedSite
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.shutdown import ShutdownStep, cut_off, run_steps
 from relay.source.election import Leadership
 from relay.source.listener import Listener
 from relay.state.details import Details
@@ -276,46 +277,36 @@ class Relay:
         self._site = GuardedSite(self._runner, self.config.http, self.metrics, backlog=4096)
         await self._site.start()
         await self.listener.start()
-        await self.leadership.start()  # starts the webhook sender once elected
+        await self.leadership.start()  # a term (history, webhooks) starts once elected
         await self.notifier.start()
         self._state = "running"
         log.info("serving", listen=f"{listen.host}:{self.port}")
 
     async def aclose(self) -> None:
-        """Stop in a fixed order, all of it within one ``http.shutdown_timeout``.
-
-        Each step gets what is left of the deadline; a step that fails or overruns is
-        logged and the next one runs, so one stuck component never keeps the rest open.
-        """
+        """Stop in a fixed order, all of it within one ``http.shutdown_timeout``
+        (``relay/shutdown.py``: each step gets what is left of it)."""
         if self._state in ("closing", "closed"):
             return
         self._state = "closing"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.http.shutdown_timeout
-
-        def remaining() -> float:
-            return max(0.1, deadline - loop.time())
-
         self.notifier.stopping()
         self.leading.stopping()  # elected from now on: start nothing
-        # Each step is given what is left; those without a timeout of their own are cut off.
-        steps: list[tuple[str, Step]] = [
-            ("stop_accepting", _cut_off(self._stop_accepting)),
-            ("waits", _cut_off(self.waits.aclose)),  # long polls answer now, not at cleanup
+        # Those without a timeout of their own are cut off when their time is up.
+        steps: list[tuple[str, ShutdownStep]] = [
+            ("stop_accepting", cut_off(self._stop_accepting)),
+            ("waits", cut_off(self.waits.aclose)),  # long polls answer now, not at cleanup
             ("listener", lambda left: self.listener.aclose(timeout=left)),
-            ("sse", _cut_off(self.hub.aclose)),
-            ("feeds", _cut_off(self.feeds.aclose)),
+            ("sse", cut_off(self.hub.aclose)),
+            ("feeds", cut_off(self.feeds.aclose)),
             # The term: webhooks drain while still the leader, then the history writer.
             ("leading", lambda left: self.leading.aclose(timeout=left)),
             ("leadership", lambda left: self.leadership.aclose(timeout=left)),
             ("http", self._http_cleanup),
-            ("fresh_reads", _cut_off(self.fresh.aclose)),
-            ("signals", _cut_off(self.signals.aclose)),
+            ("fresh_reads", cut_off(self.fresh.aclose)),
+            ("signals", cut_off(self.signals.aclose)),
             ("details", lambda left: self.details.aclose(timeout=left)),
-            ("systemd", _cut_off(self.notifier.aclose)),
+            ("systemd", cut_off(self.notifier.aclose)),
         ]
-        for name, step in steps:
-            await _run_step(name, step, remaining())
+        await run_steps(steps, self.config.http.shutdown_timeout)
         self._restore_loop_handler()
         self._state = "closed"
         log.info("stopped")
@@ -350,27 +341,6 @@ class Relay:
             update={"auth": config.auth, "webhooks": config.webhooks}
         )
         log.info("reloaded", applied=list(RELOADABLE), needs_restart=ignored)
-
-
-Step = Callable[[float], Awaitable[None]]
-
-
-def _cut_off(close: Callable[[], Awaitable[None]]) -> Step:
-    """A step for a ``close`` with no timeout of its own: cancelled when its time is up."""
-
-    async def step(left: float) -> None:
-        await asyncio.wait_for(close(), timeout=left)
-
-    return step
-
-
-async def _run_step(name: str, step: Step, left: float) -> None:
-    try:
-        await step(left)
-    except TimeoutError:
-        log.error("shutdown_step_overran", step=name, timeout_s=round(left, 2))
-    except Exception as error:  # one failing step must not skip the ones after it
-        log.error("shutdown_step_failed", step=name, error=f"{type(error).__name__}: {error}")
 
 
 def warn_if_unprotected(config: Config) -> None:

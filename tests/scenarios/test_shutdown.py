@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.app import Relay, _cut_off, _run_step
+from relay.app import Relay
+from relay.shutdown import cut_off, run_step
 from tests.ops_support import PROCESSING
 from tests.support import base_url, eventually, execute, relay_config, sse_connect
 from tests.webhook_receiver import Answer, Receiver, hook
@@ -104,9 +105,9 @@ async def test_a_failing_or_overrunning_shutdown_step_does_not_skip_the_next(
         ran.append("last")
 
     started = time.monotonic()
-    await _run_step("failing", _cut_off(failing), 1.0)
-    await _run_step("hanging", _cut_off(hanging), 0.2)
-    await _run_step("last", _cut_off(last), 1.0)
+    await run_step("failing", cut_off(failing), 1.0)
+    await run_step("hanging", cut_off(hanging), 0.2)
+    await run_step("last", cut_off(last), 1.0)
     assert ran == ["failing", "hanging", "last"]
     assert time.monotonic() - started < 5.0, "the hanging step was cut off"
     output = capsys.readouterr().out
