@@ -38,20 +38,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-from multidict import MultiMapping
-
 from relay import __version__
 from relay.config import PER_CLIENT_VARIABLES, FeedConfig, HttpConfig
-from relay.fanout import shape
+from relay.fanout import shape, subscription
+from relay.fanout.coalesce import Coalescer
 from relay.fanout.enrich import Call, Enricher
+from relay.fanout.frames import Frame, encode_event, named_frame
 from relay.fanout.replay import Audience, Ring
-from relay.fanout.sse import Capacity, Client, Fanout, Frame, encode_event, named_frame
+from relay.fanout.sse import Capacity, Client, Fanout
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.stability import Stability, iso_timestamp
@@ -68,92 +66,44 @@ def resync_data(reason: str) -> str:
     return json.dumps({"reason": reason}, separators=(",", ":"))
 
 
-class Subscription:
-    """What one client asked of a feed: its filter values and scope, and its connection id."""
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every feed of a relay is built with: the state, the HTTP settings, the metrics,
+    the shared limit on open streams and the database call of the feeds that enrich."""
 
-    __slots__ = ("connection_id", "inserts", "keys", "scope", "silent", "values")
-
-    def __init__(
-        self,
-        values: list[Any],
-        keys: frozenset[str] | None,
-        *,
-        scope: str | None = None,
-        inserts: bool = False,
-        silent: bool = False,
-    ) -> None:
-        self.values = values  # as listed ($ids)
-        self.keys = keys  # None: every payload
-        self.scope = scope
-        self.inserts = inserts  # also every new row (statbus's default scope)
-        self.silent = silent  # no payload at all (ids_only without ids)
-        self.connection_id = shape.connection_id()
-
-    def wants(self, audience: Audience) -> bool:
-        if audience is None:
-            return True
-        if self.silent:
-            return False
-        if self.keys is None:
-            return True
-        key, insert = audience
-        return (key is not None and key in self.keys) or (insert and self.inserts)
-
-    def variables(self, now: str) -> dict[str, Any]:
-        return {
-            "$version": __version__,
-            "$now": now,
-            "$connection_id": self.connection_id,
-            "$ids": self.values,
-            "$scope": self.scope,
-            "$id_count": len(self.values),
-        }
-
-
-EVERYONE = Subscription([], None)
-
-
-@dataclass(slots=True)
-class _Waiting:
-    """A coalescing key's last payload and its timer."""
-
-    channel: str
-    data: str
-    first: float
-    timer: asyncio.TimerHandle | None = None
+    stability: Stability
+    settings: HttpConfig
+    metrics: Metrics
+    capacity: Capacity
+    call: Call | None = None
 
 
 class Feed(Fanout):
     """One feed: its clients, its channels' rules, its framing, its ring and its filter."""
 
-    def __init__(
-        self,
-        feed: FeedConfig,
-        stability: Stability,
-        settings: HttpConfig,
-        metrics: Metrics,
-        capacity: Capacity,
-        call: Call | None = None,
-    ) -> None:
+    def __init__(self, feed: FeedConfig, shared: Shared) -> None:
+        settings, metrics, call = shared.settings, shared.metrics, shared.call
         super().__init__(
-            settings, metrics, capacity, name=f"feed {feed.path}", heartbeat=feed.heartbeat_interval
+            settings,
+            metrics,
+            shared.capacity,
+            name=f"feed {feed.path}",
+            heartbeat=feed.heartbeat_interval,
         )
         self.config = feed
-        self._stability = stability
+        self._stability = shared.stability
         self._label = feed.path
         self._rules = {channel: feed.rules(channel) for channel in feed.channels}
         rule = feed.filter
         self._field = tuple(rule.field.split(".")) if rule else ()
         self._verb = tuple(rule.scope.verb_field.split(".")) if rule and rule.scope else ()
-        self._unfiltered: set[Client] = set()
-        self._by_key: dict[str, set[Client]] = {}
-        self._inserts: set[Client] = set()
-        self._waiting: OrderedDict[tuple[str, str], _Waiting] = OrderedDict()
+        self._index = subscription.Index()
+        self._coalescer = Coalescer(feed.path, self._rules, self._emit, metrics)
         # Events for every client, written together at the end of this turn of the loop.
         self._outbox: list[bytes] = []
         self._outbox_last = 0
-        self._drain: asyncio.TimerHandle | None = None
-        self._drained_at = 0.0
+        self._outbox_timer: asyncio.TimerHandle | None = None
+        self._outbox_written_at = 0.0
         self.ring = Ring(feed.replay.events, feed.replay.bytes)
         self._sent = 0  # the number of the last event written to the clients
         retry = settings.retry if feed.retry_interval is None else feed.retry_interval
@@ -180,43 +130,21 @@ class Feed(Fanout):
 
     # -- the stream ---------------------------------------------------------------------------
 
-    def subscription(self, query: MultiMapping[str]) -> Subscription:
-        """A client's subscription from its query (``relay/http/streams.py`` serves the
-        feed); :class:`shape.BadFilter` for filter values that cannot be read."""
-        rule = self.config.filter
-        if rule is None:
-            return Subscription([], None)
-        raw = query.getall(rule.param, [])
-        if not raw and rule.values == "text":
-            values: list[Any] = []
-            keys: frozenset[str] = frozenset()
-        else:
-            values, keys = shape.parse_values(raw, rule)
-        scope = rule.scope
-        if scope is None:
-            return Subscription(values, keys or None)
-        only = query.get(scope.param) == scope.ids_only
-        name = scope.ids_only if only else scope.default
-        if not keys:
-            return Subscription(values, None, scope=name, silent=only)
-        return Subscription(values, keys, scope=name, inserts=not only)
-
-    def opening(self, request: web.Request, keys: Any) -> bytes:
+    def opening(self, last_event_id: str | None, keys: Any) -> bytes:
         """The greeting and ``retry:`` in the feed's order, then what a reconnecting client
         missed (or ``event: resync``)."""
-        sub: Subscription = keys if isinstance(keys, Subscription) else EVERYONE
+        sub = subscription.of(keys)
         greeting = self._greeting(sub)
         retry = self.config.retry
         parts = [self._retry_bytes] if retry == "first" else []
         parts.append(greeting)
         if retry == "after_greeting":
             parts.append(self._retry_bytes)
-        last = request.headers.get("Last-Event-ID")
-        if last:
-            parts.append(self._replay(last, sub))
+        if last_event_id:
+            parts.append(self._replay(last_event_id, sub))
         return b"".join(parts)
 
-    def _greeting(self, sub: Subscription) -> bytes:
+    def _greeting(self, sub: subscription.Subscription) -> bytes:
         on_connect = self.config.on_connect
         if on_connect == "snapshot":
             data = json.dumps(self._stability.current.as_json(), separators=(",", ":"))
@@ -228,7 +156,7 @@ class Feed(Fanout):
             return encode_event(shape.encode(body))
         return b""
 
-    def _replay(self, last_event_id: str, sub: Subscription) -> bytes:
+    def _replay(self, last_event_id: str, sub: subscription.Subscription) -> bytes:
         number = self.ring.position(last_event_id)
         if number is None:
             epoch = last_event_id.partition("-")[0]
@@ -241,7 +169,7 @@ class Feed(Fanout):
         return b"".join(missed)
 
     def mark(self) -> object:
-        self._drain_outbox()  # what waits in the outbox is sent now: a replay ends at `_sent`
+        self._write_outbox()  # what waits in the outbox is sent now: a replay ends at `_sent`
         return self._sent
 
     def since(self, mark: object, keys: Any = None) -> Frame | None:
@@ -249,7 +177,7 @@ class Feed(Fanout):
         assert isinstance(mark, int)
         if mark == self._sent:
             return None
-        sub: Subscription = keys if isinstance(keys, Subscription) else EVERYONE
+        sub = subscription.of(keys)
         if self.ring.position(f"{self.ring.epoch}-{mark}") is None:
             self._metrics.feed_resyncs.labels(self._label, "too_old").inc()
             return named_frame(RESYNC_EVENT, resync_data("too_old"))
@@ -257,28 +185,11 @@ class Feed(Fanout):
         return Frame(b"".join(missed)) if missed else None
 
     def joined(self, client: Client) -> None:
-        sub: Subscription = client.keys if isinstance(client.keys, Subscription) else EVERYONE
-        if sub.silent:
-            return
-        if sub.keys is None:
-            self._unfiltered.add(client)
-            return
-        for key in sub.keys:
-            self._by_key.setdefault(key, set()).add(client)
-        if sub.inserts:
-            self._inserts.add(client)
+        self._index.add(client)
 
     def forget(self, client: Client) -> None:
         super().forget(client)
-        sub = client.keys if isinstance(client.keys, Subscription) else EVERYONE
-        self._unfiltered.discard(client)
-        self._inserts.discard(client)
-        for key in sub.keys or ():
-            clients = self._by_key.get(key)
-            if clients is not None:
-                clients.discard(client)
-                if not clients:
-                    del self._by_key[key]
+        self._index.remove(client)
 
     def heartbeat_frame(self) -> Frame:
         if self.config.heartbeat == "comment":
@@ -296,7 +207,7 @@ class Feed(Fanout):
         head, _, tail = encode_event("\0", self.config.heartbeat_event).partition(b"\0")
         encoded: dict[tuple[Any, ...], list[bytes]] = {}
         for client in list(self._clients):
-            sub = client.keys if isinstance(client.keys, Subscription) else EVERYONE
+            sub = subscription.of(client.keys)
             group = (len(sub.values), sub.scope, tuple(sub.values))
             pieces = encoded.get(group)
             if pieces is None:
@@ -309,45 +220,11 @@ class Feed(Fanout):
 
     def publish(self, channel: str, data: str, payload: Mapping[str, Any]) -> None:
         """A checked payload of one of this feed's channels."""
-        rule = self._rules[channel].coalesce
-        if rule is None:
-            self._emit(channel, data)
-            return
-        value = shape.key_text(payload.get(rule.key)) if rule.key is not None else None
-        key = (channel, value or "")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        waiting = self._waiting.get(key)
-        if waiting is not None:
-            # Trailing: the payload waiting is replaced and its key's timer starts again.
-            self._metrics.feed_coalesced.labels(self._label).inc()
-            waiting.data = data
-            if waiting.timer is not None:
-                waiting.timer.cancel()
-        else:
-            if len(self._waiting) >= rule.max_pending:
-                # Policy when full: the key that has waited longest is sent now.
-                oldest = next(iter(self._waiting))
-                self._fire(oldest)
-            waiting = _Waiting(channel, data, now)
-            self._waiting[key] = waiting
-        delay = rule.window
-        if rule.max_wait is not None:
-            delay = max(0.0, min(delay, waiting.first + rule.max_wait - now))
-        waiting.timer = loop.call_later(delay, self._fire, key)
-
-    def _fire(self, key: tuple[str, str]) -> None:
-        waiting = self._waiting.pop(key, None)
-        if waiting is None:
-            return
-        if waiting.timer is not None:
-            waiting.timer.cancel()
-        self._emit(waiting.channel, waiting.data)
+        self._coalescer.submit(channel, data, payload)
 
     def flush(self) -> None:
         """Send every payload waiting for its debounce now, oldest first."""
-        for key in list(self._waiting):
-            self._fire(key)
+        self._coalescer.flush()
 
     def _emit(self, channel: str, data: str) -> None:
         if self._enricher is None:
@@ -394,39 +271,29 @@ class Feed(Fanout):
         raw = encode_event(data, event, event_id)
         self.ring.keep(number, raw, audience)
         if audience is not None:
-            self._drain_outbox()
+            self._write_outbox()
             self._sent = number
-            self.broadcast(Frame(raw), self._recipients(audience))
+            self.broadcast(Frame(raw), self._index.recipients(audience))
             return
         # Hand-rolled batching, for floods: at most one write per client per BATCH_INTERVAL
         # (one frame, one chunk, in order) instead of one write per event; a lone event goes
         # out at once.
         self._outbox.append(raw)
         self._outbox_last = number
-        if self._drain is None:
+        if self._outbox_timer is None:
             loop = asyncio.get_running_loop()
-            wait = max(0.0, self._drained_at + BATCH_INTERVAL - loop.time())
-            self._drain = loop.call_later(wait, self._drain_outbox)
+            wait = max(0.0, self._outbox_written_at + BATCH_INTERVAL - loop.time())
+            self._outbox_timer = loop.call_later(wait, self._write_outbox)
 
-    def _drain_outbox(self) -> None:
-        if self._drain is not None:
-            self._drain.cancel()
-            self._drain = None
+    def _write_outbox(self) -> None:
+        if self._outbox_timer is not None:
+            self._outbox_timer.cancel()
+            self._outbox_timer = None
         if self._outbox:
             events, self._outbox = self._outbox, []
-            self._drained_at = asyncio.get_running_loop().time()
+            self._outbox_written_at = asyncio.get_running_loop().time()
             self._sent = self._outbox_last
             self.broadcast(Frame(b"".join(events)))
-
-    def _recipients(self, audience: tuple[str | None, bool]) -> Iterable[Client]:
-        key, insert = audience
-        matching = self._by_key.get(key) if key is not None else None
-        if insert and self._inserts:
-            extra = self._inserts if not matching else self._inserts - matching
-            return [*self._unfiltered, *(matching or ()), *extra]
-        if not matching:
-            return self._unfiltered
-        return [*self._unfiltered, *matching]
 
     def resync(self, reason: str = "reconnected") -> None:
         """Clients may have missed something (the relay reconnected to the database, an enrich
@@ -434,12 +301,12 @@ class Feed(Fanout):
         if reason == "reconnected":
             self.flush()
         self._metrics.feed_resyncs.labels(self._label, reason).inc()
-        self._drain_outbox()
+        self._write_outbox()
         if self.config.on_connect == "event":
             self._send(self.config.connect_event, self.config.connect_data, None)
         else:
             self._send(RESYNC_EVENT, resync_data(reason), None)
-        self._drain_outbox()
+        self._write_outbox()
 
     async def start(self) -> None:
         await super().start()
@@ -451,7 +318,7 @@ class Feed(Fanout):
         flight (whose cancel waits on the server) can never keep the streams or their
         heartbeats open past the shutdown's deadline."""
         self.flush()
-        self._drain_outbox()
+        self._write_outbox()
         try:
             await super().aclose()
         finally:
@@ -471,7 +338,8 @@ class Feeds:
         capacity: Capacity,
         call: Call | None = None,
     ) -> None:
-        self.feeds = [Feed(f, stability, settings, metrics, capacity, call) for f in feeds]
+        shared = Shared(stability, settings, metrics, capacity, call)
+        self.feeds = [Feed(f, shared) for f in feeds]
         self._by_channel: dict[str, list[Feed]] = {}
         for feed in self.feeds:
             for channel in feed.config.channels:

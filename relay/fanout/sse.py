@@ -1,9 +1,9 @@
-"""Server-Sent Events fan-out: every event encoded once, the same bytes written to every client.
-
-Wire format (the seed's ``useSystemStability`` hook reads ``onmessage``): stability events
-are *unnamed* (``id: <seq>`` + ``data: {"stable": ..., "state": ..., "since": ..., "seq": ...}``);
-relayed channels are named events without an id, so ``Last-Event-ID`` always names the
-last stability event a client saw.
+"""The open event streams and the one place that writes to them: the registry of clients,
+publishing, heartbeats, the per-client bound and the end of a stream whose credential is no
+longer valid. Nothing here answers HTTP: ``relay/http/streams.py`` admits a request (asking
+:meth:`Fanout.refusal`), writes the headers and the first bytes (:meth:`Fanout.opening`), then
+hands the socket over (:meth:`Fanout.join`); ``relay/fanout/takeover.py`` says how it is held.
+The events' bytes are ``relay/fanout/frames.py``'s.
 
 Hot path, hand-rolled on purpose (``docs/benchmarks.md`` has the figures):
 
@@ -20,26 +20,32 @@ Hot path, hand-rolled on purpose (``docs/benchmarks.md`` has the figures):
 Bound: a client whose unsent bytes exceed ``http.client_buffer`` is disconnected (policy:
 drop the slow client; its EventSource reconnects with ``Last-Event-ID`` and resyncs).
 
-A stream lasts only as long as the credential that let it in (:data:`GRANT`, set by the
-authentication middleware): when it expires (one timer per stream whose credential expires,
-nothing per event) or a reload's rules no longer accept it (:meth:`Fanout.recheck`), the
-client gets a last ``event: unauthorized`` with ``data: {"reason": ...}`` and the stream
-ends. A browser's EventSource then reconnects and meets the current rules (a 401 stops it).
+A stream lasts only as long as the credential that let it in (its :class:`Grant`, which
+``relay/http/streams.py`` passes to :meth:`Fanout.join`): when it expires (one timer per
+stream whose credential expires, nothing per event) or a reload's rules no longer accept it
+(:meth:`Fanout.recheck`), the client gets a last ``event: unauthorized`` with
+``data: {"reason": ...}`` and the stream ends. A browser's EventSource then reconnects and
+meets the current rules (a 401 stops it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from asyncio import Transport
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
-
-from aiohttp import web
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol
 
 from relay.config import HttpConfig
-from relay.fanout import takeover
+from relay.fanout.frames import (
+    END_OF_STREAM,
+    PING,
+    Frame,
+    named_frame,
+    stability_frame,
+    unauthorized_frame,
+)
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.stability import Snapshot, Stability
@@ -47,19 +53,8 @@ from relay.tasks import cancel_and_wait, spawn
 
 log = get_logger("relay.fanout.sse")
 
-HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache, no-transform",
-    "X-Accel-Buffering": "no",
-}
-PING = b": ping\n\n"
-END_OF_STREAM = b"0\r\n\r\n"  # the last chunk of a chunked HTTP/1.1 body
-
-# What a middleware holds for the life of a stream (a per-address slot, say) it releases
-# through this key. When the hub keeps the stream open past the handler, it takes the
-# callback out of the request and calls it when the stream ends; whatever is still in the
-# request when the handler returns is the middleware's to call.
-ON_STREAM_END = web.RequestKey[Callable[[], None]]("on_stream_end")
+# Why a new stream cannot open: the fan-out is closing, or the shared limit is reached.
+Refusal = Literal["closing", "full"]
 
 
 class Grant(Protocol):
@@ -68,47 +63,6 @@ class Grant(Protocol):
 
     @property
     def expires(self) -> float | None: ...
-
-
-# Set by the authentication middleware; an open stream keeps it (see the module docstring).
-GRANT = web.RequestKey[Grant]("relay.grant")
-# The last event of a stream whose credential is no longer valid.
-UNAUTHORIZED_EVENT = "unauthorized"
-
-
-class Frame:
-    """One event, encoded once: the raw bytes and their HTTP/1.1 chunked form."""
-
-    __slots__ = ("chunked", "raw")
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-        self.chunked = b"%x\r\n%b\r\n" % (len(raw), raw)
-
-    def for_client(self, client: Client) -> bytes:
-        return self.chunked if client.chunked else self.raw
-
-
-def encode_event(data: str, event: str | None = None, event_id: object = None) -> bytes:
-    """One event as it goes on the wire: ``id:`` (if any), ``event:`` (if named), then
-    ``data`` as given in one ``data:`` field (the relay's payloads are single-line JSON)."""
-    head = "" if event_id is None else f"id: {event_id}\n"
-    if event is not None:
-        head += f"event: {event}\n"
-    return f"{head}data: {data}\n\n".encode()
-
-
-def stability_frame(snapshot: Snapshot) -> Frame:
-    data = json.dumps(snapshot.as_json(), separators=(",", ":"))
-    return Frame(encode_event(data, event_id=snapshot.seq))
-
-
-def named_frame(event: str, data: str) -> Frame:
-    return Frame(encode_event(data, event))
-
-
-def unauthorized_frame(reason: str) -> Frame:
-    return named_frame(UNAUTHORIZED_EVENT, json.dumps({"reason": reason}, separators=(",", ":")))
 
 
 class Capacity:
@@ -307,13 +261,44 @@ class Fanout:
                 self._logged_count = len(self._clients)
                 log.info("sse_clients", stream=self._name, count=self._logged_count)
 
-    def greeting(self, request: web.Request) -> Frame | None:
+    # -- a new stream, as relay/http/streams.py opens it ----------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def takes_over(self) -> bool:
+        """Whether open streams are taken over from aiohttp (``relay/fanout/takeover.py``)."""
+        return self._capacity.takeover
+
+    def refusal(self) -> Refusal | None:
+        """Why a new stream cannot open now, or None when it can. A refusal for the shared
+        limit is counted (``relay_sse_refused_total``)."""
+        if self._closed:
+            return "closing"
+        if self._capacity.full:
+            self._metrics.sse_refused.inc()
+            return "full"
+        return None
+
+    @contextmanager
+    def admitting(self) -> Iterator[None]:
+        """A place in the shared limit while a new stream's first bytes are written."""
+        self._capacity.admitting += 1
+        try:
+            yield
+        finally:
+            self._capacity.admitting -= 1
+
+    def greeting(self, last_event_id: str | None) -> Frame | None:
         """What a new client gets after ``retry:``, in the same write."""
         return None
 
-    def opening(self, request: web.Request, keys: Any) -> bytes:
-        """A new client's first bytes: ``retry:`` and the greeting (a feed may say otherwise)."""
-        sent = self.greeting(request)
+    def opening(self, last_event_id: str | None, keys: Any) -> bytes:
+        """A new client's first bytes: ``retry:`` and the greeting (a feed may say otherwise).
+        ``last_event_id``: the request's ``Last-Event-ID``, if any."""
+        sent = self.greeting(last_event_id)
         return self._retry.raw + sent.raw if sent else self._retry.raw
 
     def mark(self) -> object:
@@ -327,51 +312,31 @@ class Fanout:
     def joined(self, client: Client) -> None:
         """A client is in: a feed indexes it by its filter."""
 
-    async def open_stream(self, request: web.Request, keys: Any = None) -> web.StreamResponse:
-        """Admit a client (the shared limit), send the headers, ``retry:`` and the greeting
-        in one write, then hold the stream (``relay/fanout/takeover.py``)."""
-        if self._closed:
-            raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"})
-        if self._capacity.full:
-            self._metrics.sse_refused.inc()
-            raise web.HTTPTooManyRequests(
-                headers={"Retry-After": "5"}, text="too many live clients\n"
-            )
-        self._capacity.admitting += 1
-        try:
-            response = _EventStream(headers=HEADERS)
-            await response.prepare(request)
-            if request.method == "HEAD":
-                return response
-            # The headers leave with the first bytes: one write for both.
-            mark, first = self.mark(), self.opening(request, keys)
-            try:
-                await response.write(first)
-            except ConnectionError:
-                return response  # the client left during the handshake
-        finally:
-            self._capacity.admitting -= 1
-        transport = request.transport
-        if transport is None or transport.is_closing() or self._closed:
-            return response
-        chunked = response.headers.get("Transfer-Encoding") == "chunked"
-        on_end = request.pop(ON_STREAM_END, None)
-        client = Client(self, transport, chunked, on_end, keys, request.get(GRANT))
+    def join(
+        self,
+        transport: Transport,
+        chunked: bool,
+        on_end: Callable[[], None] | None,
+        keys: Any,
+        grant: Grant | None,
+        mark: object,
+    ) -> Client:
+        """A stream whose first bytes are out joins the set: from now on every event reaches
+        it. ``on_end`` is called once when it ends; ``mark`` is what :meth:`mark` said before
+        the first write. Its socket is then held as ``relay/fanout/takeover.py`` says."""
+        client = Client(self, transport, chunked, on_end, keys, grant)
         missed = self.since(mark, keys)
         if missed is not None:
             # A change landed while the first write waited (it never does unless the socket
             # was already full): send it, so the client ends up current.
             transport.write(missed.for_client(client))
-        # No await from the check above to joining the set: no later event is missed.
+        # The caller does not await between its check of the transport and this: no later
+        # event is missed.
         self._clients.add(client)
         self._capacity.open += 1
         self.joined(client)
         self._schedule_expiry(client)
-        if self._capacity.takeover:
-            takeover.detach(request, transport, client)
-        else:
-            await takeover.hold_open(client)
-        return response
+        return client
 
 
 class Hub(Fanout):
@@ -391,9 +356,9 @@ class Hub(Fanout):
     def publish_event(self, event: str, data: str) -> None:
         self.broadcast(named_frame(event, data))
 
-    def greeting(self, request: web.Request) -> Frame | None:
+    def greeting(self, last_event_id: str | None) -> Frame | None:
         """The current state, unless ``Last-Event-ID`` says the client has it."""
-        if request.headers.get("Last-Event-ID") == str(self._stability.current.seq):
+        if last_event_id == str(self._stability.current.seq):
             return None
         return self._current
 
@@ -408,14 +373,3 @@ def _cancel_expiry(client: Client) -> None:
     if client.expiry is not None:
         client.expiry.cancel()
         client.expiry = None
-
-
-class _EventStream(web.StreamResponse):
-    """A stream whose headers go out with its first bytes rather than on their own.
-
-    One ``send()`` per connection saved. The switch is a private class attribute of aiohttp's
-    (its ``Response`` sets it the same way), pinned by ``tests/http/test_aiohttp_canary.py``; if
-    it ever goes, headers are simply sent alone.
-    """
-
-    _send_headers_immediately = False

@@ -1,5 +1,6 @@
 """How an open event stream is held: taken over from aiohttp (the fast path), or kept in its
-handler (the public path).
+handler (the public path). ``relay/http/streams.py`` opens the stream and calls :func:`hold`
+once the fan-out (``relay/fanout/sse.py``) has the client; this module only holds the socket.
 
 The fast path makes a :class:`~relay.fanout.sse.Client` the socket's protocol and tells
 aiohttp's protocol the connection is gone, with its ``transport`` cleared first so that it
@@ -54,6 +55,17 @@ def fast_path_refusal(
     if not hasattr(web.StreamResponse, "_send_headers_immediately"):
         return "aiohttp's StreamResponse no longer has _send_headers_immediately"
     return None
+
+
+async def hold(
+    request: web.Request, transport: asyncio.Transport, client: asyncio.Protocol, *, fast: bool
+) -> None:
+    """Hold an open stream: the fast path when ``fast`` (returns at once), else the public path
+    (returns when the stream ends)."""
+    if fast:
+        detach(request, transport, client)
+    else:
+        await hold_open(client)
 
 
 def detach(request: web.Request, transport: asyncio.Transport, client: asyncio.Protocol) -> None:

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from relay.config import CorsConfig, HttpConfig
-from relay.fanout.sse import GRANT, ON_STREAM_END
+from relay.fanout.sse import Grant
 from relay.http import api
 from relay.http.auth import Authenticator, Denial, unauthorized
 from relay.http.sockets import Address, TrustedProxies
@@ -25,6 +25,36 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFLIGHT_MAX_AGE = "600"
 CORS_ORIGIN = web.RequestKey[str]("relay.cors_origin")
 ALLOWED_HEADERS = "Authorization, Last-Event-ID, Cache-Control"
+# Set by the authentication middleware: what let the request in. An open stream keeps it
+# (``relay/http/streams.py`` passes it to the fan-out) and ends when it stops being valid.
+GRANT = web.RequestKey[Grant]("relay.grant")
+
+
+class StreamSlot:
+    """One stream's or long poll's place in its address's count (:class:`AddressLimit`),
+    released once. The middleware releases it when the handler returns, unless the stream
+    took it (:meth:`take`: ``relay/http/streams.py``, when the stream stays open past its
+    handler); then the stream's end releases it."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def take(self) -> Callable[[], None] | None:
+        """The release, now the taker's to call (None: already taken or released)."""
+        release, self._release = self._release, None
+        return release
+
+    def release(self) -> None:
+        """Release the slot, unless it was taken."""
+        release = self.take()
+        if release is not None:
+            release()
+
+
+# Set by the per-address limit on the requests it counts.
+STREAM_SLOT = web.RequestKey[StreamSlot]("relay.stream_slot")
 
 
 def security_headers() -> Middleware:
@@ -90,7 +120,7 @@ def authenticate(
     authenticator: Authenticator, protected: Collection[str], badges: Collection[str] = ()
 ) -> Middleware:
     """401/403/400 on the ``protected`` paths (and ``/metrics``); a request that passes carries
-    its credential (:data:`~relay.fanout.sse.GRANT`): a stream ends when that stops being
+    its credential (:data:`GRANT`): a stream ends when that stops being
     valid. The ``badges`` are protected the same way unless ``auth.public_badge`` is on."""
 
     guarded = frozenset(protected) | frozenset(badges)
@@ -172,15 +202,14 @@ class AddressLimit:
                     429, "too many streams and long polls from one address", {"Retry-After": "10"}
                 )
             self._open[address] += 1
-            # The hub takes this over when it keeps the stream open past the handler; a long
-            # poll's slot is released when its handler returns.
-            release: Callable[[], None] = functools.partial(self._release, address)
-            request[ON_STREAM_END] = release
+            # A stream kept open past its handler takes its slot; a long poll's is released
+            # when its handler returns.
+            slot = StreamSlot(functools.partial(self._release, address))
+            request[STREAM_SLOT] = slot
             try:
                 return await handler(request)
             finally:
-                if request.pop(ON_STREAM_END, None) is not None:
-                    release()
+                slot.release()
 
         return middleware
 
