@@ -191,6 +191,9 @@ class Gate:
             metrics.open_fds_limit.set(self.fds.limit)
 
     def start(self) -> None:
+        """Sample the descriptors and watch them from now on; a second call does nothing."""
+        if self._watch is not None:
+            return
         self.fds.sample(self.connections)
         self._watch = spawn(self.fds.watch(lambda: self.connections), "relay-descriptors")
 

@@ -28,8 +28,11 @@ import pytest
 import yaml
 from aiohttp import web
 
+from relay.config import HttpConfig
+from relay.http.gate import Gate
 from relay.http.reserve import asks_for_reserve
 from relay.http.sockets import GuardedSite, guard_available
+from relay.metrics import Metrics
 from tests.ops_support import PROCESSING, REPO, STABLE, background, free_port, wait_for_http
 from tests.support import (
     SseClient,
@@ -50,6 +53,17 @@ def test_the_aiohttp_internal_the_guard_relies_on_is_still_there() -> None:
     the limits: this fails first."""
     assert guard_available()
     assert "_server" in web.BaseSite.__slots__
+
+
+async def test_the_gate_starts_its_descriptor_watch_once() -> None:
+    gate = Gate(HttpConfig(), Metrics(), asyncio.Protocol, asyncio.get_running_loop())
+    gate.start()
+    gate.start()  # a second call does nothing
+    watching = [task for task in asyncio.all_tasks() if task.get_name() == "relay-descriptors"]
+    assert len(watching) == 1
+    gate.close()
+    await asyncio.gather(*watching, return_exceptions=True)
+    assert watching[0].cancelled()
 
 
 async def test_the_relay_accepts_its_own_connections(db_dsn: str) -> None:
