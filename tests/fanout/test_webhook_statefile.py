@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from relay.fanout.webhooks.payloads import Transition
-from relay.fanout.webhooks.statefile import Mark, Pending, StateFile, TargetRecord, parse
+from relay.fanout.webhooks.records import Mark, Pending, TargetRecord, parse
+from relay.fanout.webhooks.statefile import StateFile
 from relay.state.stability import State
 from tests.support import eventually
 

@@ -71,7 +71,7 @@ def classify(status: int, retry_after_header: str | None, now: float) -> Result:
 
 # RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds, delay-seconds = 1*DIGIT, and
 # DIGIT is ASCII 0-9 only (str.isdigit() also takes "²", int() and float() take "٣").
-# A delay is read up to this (a day); the sender caps it far lower (sender.RETRY_AFTER_CAP).
+# A delay is read up to this (a day); the worker caps it far lower (retry.RETRY_AFTER_CAP).
 MAX_RETRY_AFTER = 86_400.0
 _DAYS = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
 _LONG_DAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"

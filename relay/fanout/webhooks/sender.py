@@ -1,10 +1,13 @@
 """The webhook sender: stability transitions in, one ordered delivery stream per target out.
 
-Per target, from the stability observer (synchronous, cheap: no I/O, no await):
+This module owns the targets: it starts them, tells them of each change, swaps them on
+reload (SIGHUP) and closes them. Per target (relay/fanout/webhooks/target.py), from the
+stability observer (synchronous, cheap: no I/O, no await):
 
     snapshot ─▶ hysteresis (``min_duration``) ─▶ settled state ─▶ ``on`` filter ─▶ mailbox
 
-and one named task per target (``relay-webhook-<name>``) that empties the mailbox.
+and one named task per target (``relay-webhook-<name>``, relay/fanout/webhooks/worker.py)
+that empties the mailbox (relay/fanout/webhooks/mailbox.py).
 
 Bound and policy: a target holds at most one delivery in its worker (being sent, or
 waiting to retry) and one newer in its mailbox. A newer settled state *supersedes* an
@@ -40,531 +43,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from relay.config import WebhookConfig
-from relay.fanout.webhooks.delivery import Outcome, Result, origin, post
-from relay.fanout.webhooks.kinds import Request, render, render_repeat
-from relay.fanout.webhooks.payloads import SIGNAL_KINDS, SignalEvent, Transition
-from relay.fanout.webhooks.signing import new_message_id
-from relay.fanout.webhooks.statefile import (
-    Mark,
-    Pending,
-    PendingSignal,
-    StateFile,
-    TargetRecord,
-)
+from relay.fanout.webhooks.delivery import origin
+from relay.fanout.webhooks.records import TargetRecord
+from relay.fanout.webhooks.statefile import StateFile
+from relay.fanout.webhooks.target import EtaSource, Target
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.state.stability import Snapshot, Stability, State
-from relay.tasks import spawn
-
-# The estimate of the time left when processing began, if one can be had (relay/state/eta.py).
-EtaSource = Callable[[], dict[str, Any] | None]
 
 log = get_logger("relay.fanout.webhooks")
-
-# A receiver's Retry-After is honoured up to the longer of this and the target's last
-# retry step: a misconfigured "Retry-After: 86400" must not silence a target for a day.
-RETRY_AFTER_CAP = 60.0
-# Longest wait for the state file before a first attempt (write-ahead of the webhook-id).
-FLUSH_WAIT = 5.0
-
-
-SignalKey = tuple[str, str]  # (kind, activity)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One transition owed to one target: fixed id and body, whatever the attempts."""
-
-    id: str
-    transition: Transition
-    request: Request
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class SignalDelivery:
-    """One signal event owed to one target; ``generation`` is its key's (a newer event for
-    the same key supersedes it)."""
-
-    id: str
-    event: SignalEvent
-    request: Request
-    generation: int
-
-
-def _signal_first(item: Delivery | SignalDelivery) -> tuple[int, int]:
-    if isinstance(item, SignalDelivery):
-        return (item.event.seq, 0)
-    return (item.transition.seq, 1)
-
-
-class Target:
-    """One configured webhook: hysteresis, filter, mailbox, and the task that delivers."""
-
-    def __init__(
-        self,
-        hook: WebhookConfig,
-        metrics: Metrics,
-        store: StateFile,
-        public_url: str | None,
-        rng: random.Random,
-        eta: EtaSource = lambda: None,
-    ) -> None:
-        self.hook = hook
-        self._eta = eta
-        self.name = hook.name
-        self._on = frozenset(State(s) for s in hook.on)
-        self._metrics = metrics
-        self._store = store
-        self._public_url = public_url
-        self._rng = rng
-        self._where = origin(hook.url)
-        # What this target has seen and been told (persisted through the StateFile).
-        self.settled: Mark | None = None
-        self.delivered: Mark | None = None
-        self._filtered_seq: int | None = None
-        self._settled_confirmed = True  # False while `settled` is only the file's word
-        # Hysteresis: the state waiting to hold for min_duration.
-        self._candidate: Snapshot | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        # The mailbox (newest undelivered) and the delivery the worker holds.
-        self._queued: Delivery | None = None
-        self._current: Delivery | SignalDelivery | None = None
-        self._generation = 0
-        # Signals: the ones this target was told of (key -> the event that told it; False
-        # while only the state file's word), and the events waiting, one per key at most.
-        self._wants_signals = State.PROCESSING in self._on
-        self._told: dict[SignalKey, tuple[SignalEvent, bool]] = {}
-        self._signals: dict[SignalKey, SignalDelivery] = {}
-        self._signal_generation: dict[SignalKey, int] = {}
-        # Status monitors: the last transition delivered (what a repeat says again) and when
-        # the target was last sent anything (time.monotonic()).
-        self._last_transition: Transition | None = None
-        self._last_request: float | None = None
-        self.disabled = False
-        self._closing = False
-        self._wake: asyncio.Event | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.task: asyncio.Task[None] | None = None
-        metrics.webhook_pending.labels(self.name).set_function(lambda: float(self.pending))
-
-    @property
-    def pending(self) -> int:
-        """Deliveries not yet delivered: a state's (at most 2) and signal events' (at most one
-        per signal and activity)."""
-        return (self._queued is not None) + (self._current is not None) + len(self._signals)
-
-    # Persistence.
-    def restore(self, record: TargetRecord | None, *, confirmed: bool = False) -> None:
-        """Take over a record: from the state file, or from this target's previous config."""
-        if record is None:
-            return
-        # Encode first: a record that cannot be encoded raises before anything is taken over.
-        pending = record.pending
-        told = record.told
-        queued = self._delivery(pending.transition, pending.id, told) if pending else None
-        signals = {p.event.key: self._signal_delivery(p.event, p.id, told) for p in record.signals}
-        self.settled = record.settled
-        self.delivered = record.delivered
-        self._filtered_seq = record.filtered_seq
-        self._settled_confirmed = confirmed or record.settled is None
-        self._told = {event.key: (event, confirmed) for event in record.told}
-        self._signals = signals
-        if pending is not None:
-            transition = pending.transition
-            self._queued = queued
-            log.info(
-                "webhook_pending_restored",
-                webhook=self.name,
-                state=transition.state.value,
-                seq=transition.seq,
-                webhook_id=pending.id,
-            )
-
-    def record(self) -> TargetRecord:
-        current = self._current
-        owed = self._queued or (current if isinstance(current, Delivery) else None)
-        signals = list(self._signals.values())
-        if isinstance(current, SignalDelivery) and current.event.key not in self._signals:
-            signals.append(current)
-        signals.sort(key=_signal_first)
-        return TargetRecord(
-            settled=self.settled,
-            delivered=self.delivered,
-            filtered_seq=self._filtered_seq,
-            pending=Pending(owed.id, owed.transition) if owed else None,
-            told=tuple(event for event, _confirmed in self._told.values()),
-            signals=tuple(PendingSignal(item.id, item.event) for item in signals),
-        )
-
-    # Life cycle.
-    def start(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
-        self._wake = asyncio.Event()
-        self.task = spawn(self._run(), f"relay-webhook-{self.name}")
-
-    def begin_close(self) -> None:
-        """Stop taking work: cancel the hysteresis timer, end retry waits at once."""
-        self._closing = True
-        self._cancel_timer()
-        if self._wake is not None:
-            self._wake.set()
-
-    # The observer side: synchronous, called from Stability.update().
-    def observe(self, snapshot: Snapshot) -> None:
-        if self.disabled or self._closing:
-            return
-        if snapshot.state is State.UNKNOWN and State.UNKNOWN not in self._on:
-            return  # invisible to this target: as if the previous state went on
-        candidate = self._candidate
-        if candidate is not None and snapshot.state is candidate.state:
-            return  # back to the state already waiting out its min_duration
-        self._cancel_timer()
-        self._candidate = None
-        if self.settled is not None and snapshot.state is self.settled.state:
-            self._settled_confirmed = True
-            return  # flapped back before the other state held: nothing to send
-        if self.hook.min_duration <= 0:
-            self._settle(snapshot)
-            return
-        self._candidate = snapshot
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.hook.min_duration, self._settle_candidate)
-
-    def observe_signals(self, snapshot: Snapshot) -> None:
-        """Compare the snapshot's signals with those this target was told of."""
-        if self.disabled or self._closing or not self._wants_signals:
-            return
-        if snapshot.state is State.UNKNOWN:
-            return  # no database, no news: signals stay as they were
-        now = {
-            (kind, signal.activity): signal
-            for kind, group in zip(SIGNAL_KINDS, (snapshot.stalled, snapshot.overdue), strict=True)
-            for signal in group
-        }
-        active = {name for name, is_active in snapshot.activities if is_active}
-        changed = False
-        for (kind, activity), signal in now.items():
-            told = self._told.get((kind, activity))
-            # Told already: the same signal (a new bound alone is no news), or the state
-            # file's word after a restart, whose since was this relay's first read of it and
-            # so differs in the new process: the receiver heard of it, and it still holds.
-            if told is not None and (told[0].since == signal.since or not told[1]):
-                if not told[1]:
-                    self._told[(kind, activity)] = (told[0], True)
-                continue
-            event = SignalEvent(
-                kind, activity, signal.label, signal.since, signal.bound, snapshot.at, snapshot.seq
-            )
-            self._told[event.key] = (event, True)
-            self._queue_signal(event)
-            changed = True
-        for key in [key for key in self._told if key not in now]:
-            told_event, confirmed = self._told[key]
-            still_running = key[1] in active
-            if still_running and not confirmed:
-                # Only the state file's word, and the signals may not have been read yet
-                # since the start: the end is told once the activity ends, or when a read
-                # finds the signal again and then without it.
-                continue
-            del self._told[key]
-            self._queue_signal(
-                dataclasses.replace(
-                    told_event,
-                    at=snapshot.at,
-                    seq=snapshot.seq,
-                    cleared="recovered" if still_running else "finished",
-                )
-            )
-            changed = True
-        if changed:
-            self._store.changed()
-            if self._wake is not None:
-                self._wake.set()
-
-    def _queue_signal(self, event: SignalEvent) -> None:
-        key = event.key
-        self._signal_generation[key] = self._signal_generation.get(key, 0) + 1
-        waiting = self._signals.pop(key, None)
-        if waiting is not None:
-            self._supersede(waiting)
-            if event.cleared and not waiting.event.cleared:
-                return  # came and went unsent: the receiver hears of neither
-        self._signals[key] = self._signal_delivery(event, new_message_id(), self._attention())
-
-    def _attention(self) -> list[SignalEvent]:
-        """The signals this target was told of that still hold (a status monitor's down)."""
-        return [event for event, _confirmed in self._told.values()]
-
-    def _signal_delivery(
-        self, event: SignalEvent, message_id: str, attention: Sequence[SignalEvent]
-    ) -> SignalDelivery:
-        request = render(self.hook, event, self._public_url, attention)
-        generation = self._signal_generation.get(event.key, 0)
-        return SignalDelivery(message_id, event, request, generation)
-
-    def _abandon(self, item: Delivery | SignalDelivery) -> None:
-        """Give up a stale delivery. A signal's start that was never delivered takes its
-        waiting end with it: the receiver hears of neither (never an end alone)."""
-        self._supersede(item)
-        self._current = None
-        if isinstance(item, SignalDelivery) and not item.event.cleared:
-            waiting = self._signals.get(item.event.key)
-            if waiting is not None and waiting.event.cleared:
-                del self._signals[item.event.key]
-                self._supersede(waiting)
-
-    def _is_stale(self, item: Delivery | SignalDelivery) -> bool:
-        if isinstance(item, SignalDelivery):
-            return item.generation != self._signal_generation.get(item.event.key, 0)
-        return item.generation != self._generation
-
-    def _settle_candidate(self) -> None:
-        self._timer = None
-        if self._candidate is not None and not self._closing:
-            self._settle(self._candidate)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _settle(self, snapshot: Snapshot) -> None:
-        """``snapshot`` held long enough: it is this target's new state."""
-        previous = self.settled
-        duration = None
-        if previous is not None and self._settled_confirmed:
-            duration = max(0.0, snapshot.since - previous.since)
-        self.settled = Mark(snapshot.state, snapshot.seq, snapshot.since)
-        self._settled_confirmed = True
-        self._candidate = None
-        self._generation += 1  # anything older still waiting is now superseded
-        if snapshot.state not in self._on:
-            self._filtered_seq = snapshot.seq
-            if self._queued is not None:
-                self._supersede(self._queued)
-                self._queued = None
-        else:
-            transition = Transition(
-                state=snapshot.state,
-                previous_state=previous.state if previous else None,
-                since=snapshot.since,
-                previous_duration=duration,
-                seq=snapshot.seq,
-                running=snapshot.running,
-                eta=self._eta() if snapshot.state is State.PROCESSING else None,
-            )
-            if self._queued is not None:
-                self._supersede(self._queued)
-            self._queued = self._delivery(transition, new_message_id(), self._attention())
-        self._store.changed()
-        if self._wake is not None:
-            self._wake.set()
-
-    def _delivery(
-        self, transition: Transition, message_id: str, attention: Sequence[SignalEvent]
-    ) -> Delivery:
-        request = render(self.hook, transition, self._public_url, attention)
-        return Delivery(message_id, transition, request, self._generation)
-
-    def _supersede(self, old: Delivery | SignalDelivery) -> None:
-        self._metrics.webhook_deliveries.labels(self.name, "superseded").inc()
-        log.info("webhook_superseded", webhook=self.name, **_described(old), webhook_id=old.id)
-
-    def _is_moot(self, item: Delivery) -> bool:
-        """The target already has this state, and nothing it filtered out came between."""
-        last = self.delivered
-        if last is None or last.state is not item.transition.state:
-            return False
-        filtered = self._filtered_seq
-        return not (filtered is not None and last.seq < filtered < item.transition.seq)
-
-    # The worker side: one task per target.
-    async def _run(self) -> None:
-        assert self._wake is not None
-        while not self._closing:
-            item = self._next()
-            if item is None:
-                self._wake.clear()
-                due = self._repeat_in()
-                if due is None:
-                    await self._wake.wait()
-                elif due > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(due):
-                            await self._wake.wait()
-                else:
-                    await self._repeat()
-                    if self.disabled:
-                        return
-                continue
-            self._current = item
-            try:
-                if isinstance(item, Delivery) and self._is_moot(item):
-                    self._supersede(item)
-                    self._current = None
-                else:
-                    await self._deliver(item)
-            except Exception:  # one broken delivery must not end the target's worker
-                log.exception("webhook_delivery_crashed", webhook=self.name, webhook_id=item.id)
-                self._metrics.webhook_deliveries.labels(self.name, "failed").inc()
-                self._current = None
-            self._store.changed()
-            if self.disabled:
-                return
-
-    def _next(self) -> Delivery | SignalDelivery | None:
-        """The owed delivery of the oldest snapshot (taken out of the mailbox)."""
-        waiting: list[Delivery | SignalDelivery] = list(self._signals.values())
-        if self._queued is not None:
-            waiting.append(self._queued)
-        if not waiting:
-            return None
-        item = min(waiting, key=_signal_first)
-        if isinstance(item, SignalDelivery):
-            del self._signals[item.event.key]
-        else:
-            self._queued = None
-        return item
-
-    async def _deliver(self, item: Delivery | SignalDelivery) -> None:
-        """Attempt until delivered, failed, superseded or disabled; on close, leave it owed."""
-        assert self._session is not None and self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FLUSH_WAIT):
-                await self._store.flush()  # its webhook-id is on disk before anyone sees it
-        failures = 0
-        while not self._closing:
-            started = time.monotonic()
-            result = await post(self._session, self.hook, item.request, item.id)
-            self._last_request = time.monotonic()
-            self._metrics.webhook_duration.labels(self.name).observe(self._last_request - started)
-            self._metrics.webhook_deliveries.labels(self.name, result.outcome.value).inc()
-            if result.outcome is not Outcome.RETRY:
-                self._finish(item, result, failures + 1)
-                return
-            failures += 1
-            if self._is_stale(item):
-                self._abandon(item)
-                return
-            wait = self._retry_delay(failures, result.retry_after)
-            log.warning(
-                "webhook_retry",
-                webhook=self.name,
-                target=self._where,
-                **_described(item),
-                webhook_id=item.id,
-                attempt=failures,
-                reason=result.reason,
-                retry_in_s=round(wait, 2),
-            )
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()  # a newer state or close ends the wait early
-            if self._is_stale(item):
-                self._abandon(item)
-                return
-
-    def _finish(self, item: Delivery | SignalDelivery, result: Result, attempts: int) -> None:
-        self._current = None
-        fields = {
-            "webhook": self.name,
-            "target": self._where,
-            **_described(item),
-            "webhook_id": item.id,
-            "attempts": attempts,
-            "status": result.status,
-        }
-        if result.outcome is Outcome.SUCCESS:
-            if isinstance(item, Delivery):
-                t = item.transition
-                self.delivered = Mark(t.state, t.seq, t.since)
-                self._last_transition = t
-            log.info("webhook_delivered", **fields)
-            return
-        if result.outcome is Outcome.DISABLED:
-            self.disabled = True
-            self._cancel_timer()
-            if self._queued is not None:
-                self._supersede(self._queued)
-                self._queued = None
-            for waiting in self._signals.values():
-                self._supersede(waiting)
-            self._signals.clear()
-            log.error("webhook_disabled", **fields, reason=result.reason, response=result.body)
-            return
-        log.error("webhook_failed", **fields, reason=result.reason, response=result.body)
-
-    def _repeat_in(self) -> float | None:
-        """Seconds until the status is due again (``<= 0``: now); ``None``: no repeats."""
-        if self.hook.repeat is None or self.delivered is None:
-            return None
-        if self._last_request is None:
-            return 0.0
-        return self._last_request + self.hook.repeat - time.monotonic()
-
-    async def _repeat(self) -> None:
-        """The current status once more; one attempt, whatever the answer."""
-        assert self._session is not None and self.delivered is not None
-        mark = self.delivered
-        last = self._last_transition
-        if last is None or last.seq != mark.seq:  # after a restart: only the file's mark
-            last = Transition(mark.state, None, mark.since, None, mark.seq)
-        request = render_repeat(self.hook, last, self._attention(), time.time())
-        message_id = new_message_id()
-        started = time.monotonic()
-        result = await post(self._session, self.hook, request, message_id)
-        self._last_request = time.monotonic()
-        self._metrics.webhook_duration.labels(self.name).observe(self._last_request - started)
-        fields = {"webhook": self.name, "target": self._where, "state": mark.state.value}
-        if result.outcome is Outcome.SUCCESS:
-            self._metrics.webhook_deliveries.labels(self.name, "repeated").inc()
-            log.debug("webhook_repeated", **fields, status=result.status)
-            return
-        self._metrics.webhook_deliveries.labels(self.name, "repeat_failed").inc()
-        log.warning(
-            "webhook_repeat_failed",
-            **fields,
-            webhook_id=message_id,
-            reason=result.reason,
-            next_in_s=self.hook.repeat,
-        )
-        if result.outcome is Outcome.DISABLED:
-            self.disabled = True
-            log.error("webhook_disabled", **fields, reason=result.reason, response=result.body)
-
-    def _retry_delay(self, failures: int, retry_after: float | None) -> float:
-        schedule = self.hook.retry_schedule
-        if retry_after is not None:
-            # At least a second ("Retry-After: 0" must not become a busy loop), at most the cap.
-            return min(max(retry_after, 1.0), max(RETRY_AFTER_CAP, schedule[-1]))
-        step = schedule[min(failures, len(schedule)) - 1]
-        return step * self._rng.uniform(0.8, 1.2)  # jitter: ±20 %
-
-
-def _described(item: Delivery | SignalDelivery) -> dict[str, Any]:
-    """What a log line says of a delivery."""
-    if isinstance(item, SignalDelivery):
-        event = item.event
-        return {
-            "signal": event.kind,
-            "activity": event.activity,
-            "cleared": event.cleared,
-            "seq": event.seq,
-        }
-    return {"state": item.transition.state.value, "seq": item.transition.seq}
 
 
 class WebhookSender:
@@ -608,8 +102,9 @@ class WebhookSender:
         return self._store.path
 
     async def start(self) -> None:
-        """Read the state file and start every target. Never left half-started: if reading
-        fails or is cancelled, the sender is "new" again and ``start()`` can be retried."""
+        """Read the state file and start every target; a second call is a no-op. Never left
+        half-started: if reading fails or is cancelled, the sender is "new" again and
+        ``start()`` can be retried. Not reopenable: after ``aclose()`` it raises."""
         if self._state in ("closing", "closed"):
             raise RuntimeError("a closed webhook sender cannot be started again")
         if self._state != "new":
@@ -717,8 +212,9 @@ class WebhookSender:
             self._retired.add(target.task)
             target.task.add_done_callback(self._retired.discard)
 
-    async def aclose(self, timeout: float = 5.0) -> None:
-        """Let requests on the wire finish (bounded by ``timeout``), then persist what is owed.
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Let requests on the wire finish (bounded by ``timeout``, if given), then persist
+        what is owed; nothing owed is sent. Idempotent.
 
         The close runs as its own task: a caller that is cancelled leaves it running, and
         every later call waits for that same close.
@@ -731,7 +227,7 @@ class WebhookSender:
             )
         await asyncio.shield(self._close_task)
 
-    async def _close(self, started: bool, timeout: float) -> None:
+    async def _close(self, started: bool, timeout: float | None) -> None:
         for target in self.targets.values():
             target.begin_close()
         tasks = {t.task: t.name for t in self.targets.values() if t.task is not None}

@@ -1,11 +1,5 @@
-"""Delivery state that survives restarts: one small JSON file, written atomically.
-
-Per target: the last state that held (``settled``), the last state delivered, the seq of
-the last state the target filtered out, and the delivery still owed (with its
-``webhook-id``, so a retry after a restart keeps the id receivers deduplicate on); and for
-signals (stalled, overdue): the ones the target was told of (``told``, so a restart neither
-repeats nor forgets them) and the signal events still owed, each with its ``webhook-id``.
-A file written before signals existed reads as none told and none owed.
+"""Delivery state that survives restarts: one small JSON file, written atomically. What it
+holds per target is relay/fanout/webhooks/records.py.
 
 Writes happen off the event loop (a thread), coalesced by one named task: a burst of
 changes costs one write. ``flush()`` waits until everything changed so far is on disk.
@@ -24,118 +18,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from relay.fanout.webhooks.payloads import SignalEvent, Transition, record_int, record_number
+from relay.fanout.webhooks.records import VERSION, TargetRecord, parse
 from relay.logs import get_logger
-from relay.state.stability import State
 from relay.tasks import spawn
 
 log = get_logger("relay.fanout.webhooks")
 
 FILE_NAME = "webhooks.json"
-VERSION = 1
 # After a write that crashed (not an I/O error: a bug), the writer pauses this long.
 CRASH_BACKOFF = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """A state a target reached: which, its sequence number, since when (unix seconds)."""
-
-    state: State
-    seq: int
-    since: float
-
-    def to_record(self) -> dict[str, Any]:
-        return {"state": self.state.value, "seq": self.seq, "since": self.since}
-
-    @classmethod
-    def from_record(cls, record: Any) -> Mark | None:
-        if record is None:
-            return None
-        seq, since = record_int(record["seq"]), record_number(record["since"])
-        return cls(State(record["state"]), seq, since)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A delivery still owed: its ``webhook-id`` and what it says."""
-
-    id: str
-    transition: Transition
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSignal:
-    """A signal event still owed: its ``webhook-id`` and what it says."""
-
-    id: str
-    event: SignalEvent
-
-
-@dataclass(frozen=True, slots=True)
-class TargetRecord:
-    settled: Mark | None = None
-    delivered: Mark | None = None
-    filtered_seq: int | None = None
-    pending: Pending | None = None
-    # The signals the target was told of (as events that appeared), in the order told.
-    told: tuple[SignalEvent, ...] = ()
-    signals: tuple[PendingSignal, ...] = ()  # owed, oldest first
-
-    def to_record(self) -> dict[str, Any]:
-        pending = self.pending
-        return {
-            "told": [event.to_record() for event in self.told],
-            "signals": [{"id": p.id, "event": p.event.to_record()} for p in self.signals],
-            "settled": self.settled.to_record() if self.settled else None,
-            "delivered": self.delivered.to_record() if self.delivered else None,
-            "filtered_seq": self.filtered_seq,
-            "pending": (
-                {"id": pending.id, "transition": pending.transition.to_record()}
-                if pending
-                else None
-            ),
-        }
-
-    @classmethod
-    def from_record(cls, record: Any) -> TargetRecord:
-        pending = record.get("pending")
-        filtered = record.get("filtered_seq")
-        return cls(
-            settled=Mark.from_record(record.get("settled")),
-            delivered=Mark.from_record(record.get("delivered")),
-            filtered_seq=record_int(filtered) if filtered is not None else None,
-            pending=(
-                Pending(str(pending["id"]), Transition.from_record(pending["transition"]))
-                if pending
-                else None
-            ),
-            told=tuple(SignalEvent.from_record(event) for event in record.get("told") or ()),
-            signals=tuple(
-                PendingSignal(str(item["id"]), SignalEvent.from_record(item["event"]))
-                for item in record.get("signals") or ()
-            ),
-        )
-
-
-def parse(text: str) -> dict[str, TargetRecord]:
-    """The file's content. Malformed content raises; which exception depends on where it
-    breaks (``ValueError``, ``KeyError``, ``AttributeError``, ...), so callers catch them all."""
-    tree = json.loads(text, parse_constant=_reject_constant)
-    if not isinstance(tree, dict) or tree.get("version") != VERSION:
-        raise ValueError(f"expected an object with version {VERSION}")
-    targets = tree["targets"]
-    if not isinstance(targets, dict):
-        raise ValueError('"targets" is not an object')
-    return {str(name): TargetRecord.from_record(record) for name, record in targets.items()}
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid number here")
 
 
 Collect = Callable[[], dict[str, TargetRecord]]
@@ -218,11 +111,11 @@ class StateFile:
         async with self._progress:
             await self._progress.wait_for(lambda: self._written >= target)
 
-    async def aclose(self, timeout: float = 5.0) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         """Stop the writer once it has written the final state (if anything changed).
 
         The writer is not cancelled mid-write: it finishes the write in flight, then writes
-        what changed since. Bounded by ``timeout`` (a stuck disk); past it the writer is
+        what changed since. Bounded by ``timeout`` if given (a stuck disk); past it the writer is
         abandoned, and the version stamp keeps its late write from replacing a newer one.
         """
         self._stopping = True
