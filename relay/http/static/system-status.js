@@ -92,11 +92,12 @@
  * go at once.
  *
  * The script, one job a class: pure helpers first (their wording, `SystemStatus.wording`, is
- * compared with the relay's by tests/browser/test_eta_wording.py), then `Timeline` (the 24
- * hours), `DetailsDialog`, `Badge` (the badge, its hint and the host's state, attention and
- * polling attributes), `StreamReader` (the live stream and the polling fallback), `TabShare`
- * (the election among tabs, which owns the reader) and the element, which wires them and
- * fires `system-status-change`.
+ * compared with the relay's by tests/browser/test_eta_wording.py), two small classes the others
+ * share, `LatestRequest` (one request at a time, the newest winning) and `Backoff` (capped,
+ * jittered, doubling), then `Timeline` (the 24 hours), `DetailsDialog`, `Badge` (the badge, its
+ * hint and the host's state, attention and polling attributes), `StreamReader` (the live stream
+ * and the polling fallback), `TabShare` (the election among tabs, which owns the reader) and the
+ * element, which wires them and fires `system-status-change`.
  */
 (() => {
   "use strict";
@@ -713,6 +714,86 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     return Number.isFinite(date) ? Math.max(0, date - Date.now()) : 0;
   }
 
+  /** A GET of the relay: never from the cache, with the page's cookies, for a relay that checks
+   * the app's session (CORS allow-list). */
+  function getFromRelay(url, accept, signal) {
+    return fetch(url, { headers: { Accept: accept }, cache: "no-store", credentials: "include", signal });
+  }
+
+  /** The answer's JSON body, or null (none, or not JSON). */
+  function jsonOrNull(response) {
+    return response.json().catch(() => null);
+  }
+
+  /** One request at a time, the newest winning: begin() aborts the request in flight and makes
+   * its answer stale; an answer counts only while isCurrent(the generation it began in). */
+  class LatestRequest {
+    constructor() {
+      this._generation = 0;
+      this._controller = null;
+    }
+
+    /** The generation now; cancel() and begin() move on to the next. */
+    get generation() {
+      return this._generation;
+    }
+
+    /** Whether a request is in flight (begun, and neither settled nor cancelled). */
+    get pending() {
+      return this._controller !== null;
+    }
+
+    /** A new request, in a new generation: returns {generation, controller}. */
+    begin() {
+      this.cancel();
+      return { generation: this._generation, controller: this.follow() };
+    }
+
+    /** Another request in the current generation (a follow-up; cancel() aborts it too). */
+    follow() {
+      const controller = new AbortController();
+      this._controller = controller;
+      return controller;
+    }
+
+    isCurrent(generation) {
+      return generation === this._generation;
+    }
+
+    /** The request of `controller` is over: nothing to abort any more, unless another began. */
+    settle(controller) {
+      if (this._controller === controller) this._controller = null;
+    }
+
+    /** Aborts the request in flight and makes every answer so far stale. */
+    cancel() {
+      this._generation += 1;
+      if (this._controller) this._controller.abort();
+      this._controller = null;
+    }
+  }
+
+  /** A capped, jittered, doubling delay: the n-th try in a row waits between half and all of
+   * min·2^n, at most max. */
+  class Backoff {
+    constructor(minMs, maxMs) {
+      this._minMs = minMs;
+      this._maxMs = maxMs;
+      this._attempt = 0;
+    }
+
+    /** A success: the next failure waits the least again. */
+    reset() {
+      this._attempt = 0;
+    }
+
+    next() {
+      const ceiling = Math.min(this._maxMs, this._minMs * 2 ** this._attempt);
+      this._attempt = Math.min(this._attempt + 1, 16);
+      return ceiling / 2 + (Math.random() * ceiling) / 2;
+    }
+  }
+
   /** The last 24 hours under the badge (the `timeline` attribute): the history's periods on a
    * bar, with a tooltip per period, and how long processing usually takes. `host` gives
    * wanted() (connected, with the attribute), state() (the badge's) and url(path). */
@@ -729,8 +810,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._segments = new Map(); // period key -> its segment, while drawn
       this._tabKey = null; // the segment in the tab order (the others: arrow keys)
       this._hoverKey = null;
-      this._controller = null;
-      this._generation = 0;
+      this._request = new LatestRequest(); // the history's
       this._timer = 0;
       this._tick = 0;
       this._fetchedAt = 0;
@@ -771,9 +851,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     stop() {
-      this._generation += 1;
-      if (this._controller) this._controller.abort();
-      this._controller = null;
+      this._request.cancel();
       clearTimeout(this._timer);
       this._timer = 0;
       clearInterval(this._tick);
@@ -797,26 +875,18 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
 
     async _load() {
       if (!this._host.wanted()) return;
-      const generation = ++this._generation;
-      if (this._controller) this._controller.abort();
-      const controller = new AbortController();
-      this._controller = controller;
+      const { generation, controller } = this._request.begin();
       this._fetchedAt = Date.now();
       let body = null;
       try {
-        const response = await fetch(this._host.url(HISTORY_PATH), {
-          headers: { Accept: "application/json" },
-          cache: "no-store",
-          credentials: "include",
-          signal: controller.signal,
-        });
+        const response = await getFromRelay(this._host.url(HISTORY_PATH), "application/json", controller.signal);
         if (response.ok) body = await response.json();
         else if (response.body) response.body.cancel().catch(() => {});
       } catch (_error) {
         body = null; // refused, aborted, or not JSON: no timeline, quietly
       }
-      if (generation !== this._generation) return;
-      this._controller = null;
+      if (!this._request.isCurrent(generation)) return;
+      this._request.settle(controller);
       if (!isRecord(body) || !Array.isArray(body.periods)) {
         this.hide(); // unavailable (503), unauthorized, or a relay without a history
         return;
@@ -949,8 +1019,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this._button = root.querySelector(".details");
       this._dialog = root.querySelector("dialog");
       this._content = root.querySelector(".content");
-      this._controller = null;
-      this._generation = 0;
+      this._request = new LatestRequest(); // the details'
       this._refreshTimer = 0;
       this._figuresTimer = 0;
       this._jobs = new Map(); // job id -> its rendered elements (one per list), while shown
@@ -978,9 +1047,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     _onClosed() {
-      this._generation += 1;
-      if (this._controller) this._controller.abort();
-      this._controller = null;
+      this._request.cancel();
       clearTimeout(this._refreshTimer);
       this._refreshTimer = 0;
       clearTimeout(this._figuresTimer);
@@ -1001,27 +1068,14 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     async _load(quiet) {
-      const generation = ++this._generation;
-      if (this._controller) this._controller.abort();
+      const { generation, controller } = this._request.begin();
       clearTimeout(this._figuresTimer);
       this._figuresTimer = 0;
-      const controller = new AbortController();
-      this._controller = controller;
       if (!quiet) this._showLoading();
       let details;
       try {
-        const response = await fetch(this._host.url(DETAILS_PATH), {
-          headers: { Accept: "application/json" },
-          cache: "no-store",
-          credentials: "include", // cookies for a relay that checks the app's session (CORS allow-list)
-          signal: controller.signal,
-        });
-        let body = null;
-        try {
-          body = await response.json();
-        } catch (_error) {
-          body = null;
-        }
+        const response = await getFromRelay(this._host.url(DETAILS_PATH), "application/json", controller.signal);
+        const body = await jsonOrNull(response);
         if (!response.ok) {
           const reason = body && typeof body.error === "string" ? body.error : response.statusText;
           throw new Error(`${reason || "error"} (HTTP ${response.status})`);
@@ -1031,14 +1085,14 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         if (!grouped && !listed) throw new Error("unexpected answer from the status service");
         details = body;
       } catch (error) {
-        if (generation !== this._generation) return;
-        this._controller = null;
+        if (!this._request.isCurrent(generation)) return;
+        this._request.settle(controller);
         const reason = error && error.name === "TypeError" ? "the status service cannot be reached" : error.message;
         this._showError(reason);
         return;
       }
-      if (generation !== this._generation || !this._dialog.open) return;
-      this._controller = null;
+      if (!this._request.isCurrent(generation) || !this._dialog.open) return;
+      this._request.settle(controller);
       this._showDetails(details);
       // Depth and lag move while the state stays the same (an older relay has no signals).
       if (isRecord(details.signals) && this._host.state() === "processing") {
@@ -1165,27 +1219,29 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       const parts = [];
 
       if (jobs.length) {
-        const section = element("section", "jobs");
-        const list = element("ul");
-        for (const job of jobs) list.append(this._jobItem(job));
-        section.append(element("h3", "", "Import jobs in progress"), list);
-        parts.push(section);
+        const items = jobs.map((job) => this._jobItem(job));
+        parts.push(this._listSection("jobs", "Import jobs in progress", items));
       } else if (!tasks.length) {
         parts.push(element("p", "empty", "No active import jobs."));
       }
 
       if (tasks.length) {
-        const section = element("section", "tasks");
-        const list = element("ul");
-        for (const task of tasks) list.append(this._taskItem(task));
-        section.append(element("h3", "", "Analytics tasks in progress"), list);
-        parts.push(section);
+        const items = tasks.map((task) => this._taskItem(task));
+        parts.push(this._listSection("tasks", "Analytics tasks in progress", items));
       } else if (!jobs.length) {
         parts.push(element("p", "empty", "No active analytics tasks."));
       }
 
       parts.push(...this._verdict(details, jobs.length + tasks.length > 0));
       return parts;
+    }
+
+    _listSection(className, heading, items) {
+      const section = element("section", className);
+      const list = element("ul");
+      for (const item of items) list.append(item);
+      section.append(element("h3", "", heading), list);
+      return section;
     }
 
     _jobItem(job) {
@@ -1282,7 +1338,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         for (const entry of known) this._applyProgress(entry, event);
         // A listed job that changed state may have finished: the relay's list says whether.
         if (state && before && state !== before) this._recheck(event.id, state);
-      } else if (state && !this._controller) {
+      } else if (state && !this._request.pending) {
         // A job we do not list (yet, or any more). With a request in flight, the answer decides.
         this._recheck(event.id, state);
       }
@@ -1395,20 +1451,18 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
   class StreamReader {
     constructor(sink) {
       this._sink = sink;
-      this._generation = 0; // bumps on every (re)start and stop: stale loops see it and quit
-      this._controller = null;
-      this._attempt = 0;
+      this._stream = new LatestRequest(); // a new generation on every (re)start and stop: stale loops quit
+      this._backoff = new Backoff(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
       this._serverRetryMs = 0;
       this._reconnectTimer = 0;
       this._watchdogTimer = 0;
       this._firstEventTimer = 0;
       this._heard = false; // the current stream has delivered a state
       this._polling = false; // polls (it reads the state for itself or the tabs)
-      this._pollGeneration = 0; // bumps when polling stops: a stale round sees it and quits
-      this._pollController = null;
+      this._polls = new LatestRequest(); // a new generation when polling stops: a stale round quits
       this._pollTimer = 0;
       this._pollWake = null; // ends a pause of the polls at once, when they stop
-      this._probeAttempt = 0;
+      this._probes = new Backoff(PROBE_MIN_MS, PROBE_MAX_MS);
       this.sawBuffering = false; // here or in the leader tab: a new leader polls at once
     }
 
@@ -1419,16 +1473,14 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
 
     start() {
       this.stop();
-      this._attempt = 0;
+      this._backoff.reset();
       // The stream was held back here or in the tab that led before: poll while trying it.
       if (this.sawBuffering) this._startPolling();
       this._connect();
     }
 
     stop() {
-      this._generation += 1;
-      if (this._controller) this._controller.abort();
-      this._controller = null;
+      this._stream.cancel();
       clearTimeout(this._reconnectTimer);
       clearTimeout(this._watchdogTimer);
       clearTimeout(this._firstEventTimer);
@@ -1444,9 +1496,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     async _connect() {
-      const generation = ++this._generation;
-      const controller = new AbortController();
-      this._controller = controller;
+      const { generation, controller } = this._stream.begin();
       this._heard = false;
       this._armWatchdog(controller); // also bounds a connect that hangs
       clearTimeout(this._firstEventTimer);
@@ -1460,12 +1510,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       let minDelayMs = 0;
       let refused = false;
       try {
-        const response = await fetch(this._sink.url(LIVE_PATH), {
-          headers: { Accept: "text/event-stream" },
-          cache: "no-store",
-          credentials: "include", // cookies for a relay that checks the app's session (CORS allow-list)
-          signal: controller.signal,
-        });
+        const response = await getFromRelay(this._sink.url(LIVE_PATH), "text/event-stream", controller.signal);
         if (!response.ok || !response.body) {
           minDelayMs = retryAfterMs(response);
           refused = response.status === 401 || response.status === 403;
@@ -1476,14 +1521,14 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
         const parser = this._parser();
         for (;;) {
           const { value, done } = await reader.read();
-          if (done || generation !== this._generation) break;
+          if (done || !this._stream.isCurrent(generation)) break;
           this._armWatchdog(controller); // any byte, `: ping` included, proves the stream alive
           parser(value);
         }
       } catch (_error) {
         // Refused, aborted by the watchdog, reset, or a non-200 answer: all mean "reconnect".
       }
-      if (generation !== this._generation) return; // stopped or restarted meanwhile
+      if (!this._stream.isCurrent(generation)) return; // stopped or restarted meanwhile
       clearTimeout(this._watchdogTimer);
       clearTimeout(this._firstEventTimer);
       controller.abort();
@@ -1498,10 +1543,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
 
     _scheduleReconnect(minDelayMs, refused) {
       this._sink.down(refused);
-      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt);
-      this._attempt = Math.min(this._attempt + 1, 16);
-      const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
-      const delay = Math.min(BACKOFF_MAX_MS, Math.max(jittered, minDelayMs, this._serverRetryMs));
+      const delay = Math.min(BACKOFF_MAX_MS, Math.max(this._backoff.next(), minDelayMs, this._serverRetryMs));
       this._reconnectTimer = setTimeout(() => this._connect(), delay);
     }
 
@@ -1509,11 +1551,10 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
      * on the way (a proxy that buffers whole responses): poll, and try the stream now and then.
      * If not, the relay is out of reach: reconnect as for any failure. */
     async _checkHeldBack(generation) {
-      const controller = new AbortController();
-      this._controller = controller;
+      const controller = this._stream.follow();
       const answer = await this._getJSON(SNAPSHOT_PATH, SNAPSHOT_TIMEOUT_MS, controller);
-      if (generation !== this._generation) return; // stopped or restarted meanwhile
-      this._controller = null;
+      if (!this._stream.isCurrent(generation)) return; // stopped or restarted meanwhile
+      this._stream.settle(controller);
       if (answer.status !== 200 || !isStateRecord(answer.body)) {
         this._scheduleReconnect(answer.retryAfterMs, answer.status === 401 || answer.status === 403);
         return;
@@ -1525,7 +1566,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
           "`proxy_buffering off`, or let the relay's `X-Accel-Buffering: no` through). Polling " +
           `${this._sink.absolute(WAIT_PATH)} instead, and trying the stream again from time to time.`,
       );
-      this._probeAttempt = 0;
+      this._probes.reset();
       this._startPolling(answer.body);
       this._scheduleProbe();
     }
@@ -1537,16 +1578,14 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
       this.sawBuffering = true;
       this._sink.transport(true);
       if (data !== null) this._onPolled(data);
-      this._pollRounds(this._pollGeneration, data !== null);
+      this._pollRounds(this._polls.generation, data !== null);
     }
 
     /** Stops the polls (the stream closes, or works again). */
     _endPolling() {
       if (!this._polling) return;
       this._polling = false;
-      this._pollGeneration += 1;
-      if (this._pollController) this._pollController.abort();
-      this._pollController = null;
+      this._polls.cancel();
       clearTimeout(this._pollTimer);
       this._pollTimer = 0;
       if (this._pollWake) this._pollWake();
@@ -1557,27 +1596,26 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     _backToStream() {
       this._endPolling();
       this.sawBuffering = false;
-      this._probeAttempt = 0;
+      this._probes.reset();
       this._sink.transport(false);
       console.info(`system-status: the live stream ${this._sink.absolute(LIVE_PATH)} delivers again; polling stopped.`);
     }
 
     /** The next try of the stream while polling: 5-10 s, doubling up to 5 min. */
     _scheduleProbe() {
-      const ceiling = Math.min(PROBE_MAX_MS, PROBE_MIN_MS * 2 ** this._probeAttempt);
-      this._probeAttempt = Math.min(this._probeAttempt + 1, 16);
+      const delay = this._probes.next();
       clearTimeout(this._reconnectTimer);
-      this._reconnectTimer = setTimeout(() => this._connect(), ceiling / 2 + (Math.random() * ceiling) / 2);
+      this._reconnectTimer = setTimeout(() => this._connect(), delay);
     }
 
     /** Rounds of: the snapshot (the state, what runs, the signals: what the stream would say),
      * then a long poll of /wait for the other state, answered as soon as a commit changes it.
      * At most two rounds a second; failures back off as the stream's do. */
     async _pollRounds(generation, haveSnapshot) {
-      const current = () => this._polling && generation === this._pollGeneration;
+      const current = () => this._polling && this._polls.isCurrent(generation);
       let lastRound = haveSnapshot ? Date.now() : 0;
       let askSnapshot = !haveSnapshot;
-      let failures = 0;
+      const failures = new Backoff(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
       while (current()) {
         if (askSnapshot) {
           await this._pollPause(lastRound + POLL_MIN_GAP_MS - Date.now());
@@ -1588,13 +1626,10 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
           if (snapshot.status !== 200 || !isStateRecord(snapshot.body)) {
             const refused = snapshot.status === 401 || snapshot.status === 403;
             this._sink.down(refused);
-            const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** failures);
-            failures = Math.min(failures + 1, 16);
-            const jittered = ceiling / 2 + (Math.random() * ceiling) / 2;
-            await this._pollPause(Math.min(BACKOFF_MAX_MS, Math.max(jittered, snapshot.retryAfterMs)));
+            await this._pollPause(Math.min(BACKOFF_MAX_MS, Math.max(failures.next(), snapshot.retryAfterMs)));
             continue;
           }
-          failures = 0;
+          failures.reset();
           this._onPolled(snapshot.body);
         }
         askSnapshot = true;
@@ -1620,15 +1655,14 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     }
 
     _onPolled(data) {
-      this._attempt = 0;
+      this._backoff.reset();
       this._sink.state(data);
     }
 
     async _pollGet(path, timeoutMs) {
-      const controller = new AbortController();
-      this._pollController = controller;
+      const controller = this._polls.follow();
       const answer = await this._getJSON(path, timeoutMs, controller);
-      if (this._pollController === controller) this._pollController = null;
+      this._polls.settle(controller);
       return answer;
     }
 
@@ -1648,18 +1682,8 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
     async _getJSON(path, timeoutMs, controller) {
       const timer = setTimeout(() => controller.abort(), timeoutMs);
       try {
-        const response = await fetch(this._sink.url(path), {
-          headers: { Accept: "application/json" },
-          cache: "no-store",
-          credentials: "include", // as the stream: cookies for a relay that checks the app's session
-          signal: controller.signal,
-        });
-        let body = null;
-        try {
-          body = await response.json();
-        } catch (_error) {
-          body = null;
-        }
+        const response = await getFromRelay(this._sink.url(path), "application/json", controller.signal);
+        const body = await jsonOrNull(response);
         return { status: response.status, body, retryAfterMs: retryAfterMs(response) };
       } catch (_error) {
         return { status: 0, body: null, retryAfterMs: 0 };
@@ -1712,7 +1736,7 @@ section > .eta { margin: -0.2rem 0 0.5rem; }
           clearTimeout(this._firstEventTimer);
           if (this._polling) this._backToStream();
         }
-        this._attempt = 0;
+        this._backoff.reset();
         this._sink.state(data);
       } else if (type === "import_job_progress") {
         this._sink.progress(data);
