@@ -313,21 +313,26 @@ class Feed(Fanout):
         if self._enricher is not None:
             await self._enricher.start()
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         """What is ready goes out, then the streams end, then the enricher: a call still in
         flight (whose cancel waits on the server) can never keep the streams or their
-        heartbeats open past the shutdown's deadline."""
+        heartbeats open past the shutdown's deadline. Once; within ``timeout`` when given
+        (TimeoutError past it)."""
+        if self.closed:
+            return
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         self.flush()
         self._write_outbox()
         try:
-            await super().aclose()
+            await super().aclose(timeout)
         finally:
             if self._enricher is not None:
-                await self._enricher.aclose()
+                async with asyncio.timeout_at(deadline):
+                    await self._enricher.aclose()
 
 
 class Feeds:
-    """Every feed, routed by channel. ``start()`` then ``aclose()``."""
+    """Every feed, routed by channel. ``start()`` then ``aclose()``, each idempotent."""
 
     def __init__(
         self,
@@ -368,9 +373,20 @@ class Feeds:
         for feed in self.feeds:
             await feed.start()
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Close every feed, within ``timeout`` when given: one that overruns its share does
+        not keep the next from ending its streams (TimeoutError at the end)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        overran = False
         for feed in self.feeds:
-            await feed.aclose()
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await feed.aclose(left)
+            except TimeoutError:
+                overran = True
+        if overran:
+            raise TimeoutError(f"the feeds did not close within {timeout} s")
 
 
 def _now() -> str:

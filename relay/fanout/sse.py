@@ -154,26 +154,32 @@ class Fanout:
         return len(self._clients)
 
     async def start(self) -> None:
+        """Start the heartbeats; a second call does nothing (a closed fan-out never restarts)."""
         if self._closed:
             raise RuntimeError(f"a closed {self._name} cannot be started again")
         if self._task is None:
             self._task = spawn(self._heartbeats(), f"relay-{self._name}-beat")
 
-    async def aclose(self) -> None:
-        """Tell every client to come back (a final ``retry:``) and end every stream."""
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Tell every client to come back (a final ``retry:``) and end every stream. Once;
+        ``timeout`` bounds the wait for the heartbeat task (TimeoutError past it), and the
+        streams end either way."""
         if self._closed:
             return
         self._closed = True
-        await cancel_and_wait(self._task)
-        self.broadcast(self._retry)
-        count = len(self._clients)
-        for client in list(self._clients):
-            _cancel_expiry(client)
-            transport = client.transport
-            if client.chunked and not transport.is_closing():
-                transport.write(END_OF_STREAM)
-            transport.close()  # once the unsent bytes are out; then connection_lost
-        log.info("sse_closed", stream=self._name, clients=count)
+        try:
+            async with asyncio.timeout(timeout):
+                await cancel_and_wait(self._task)
+        finally:
+            self.broadcast(self._retry)
+            count = len(self._clients)
+            for client in list(self._clients):
+                _cancel_expiry(client)
+                transport = client.transport
+                if client.chunked and not transport.is_closing():
+                    transport.write(END_OF_STREAM)
+                transport.close()  # once the unsent bytes are out; then connection_lost
+            log.info("sse_closed", stream=self._name, clients=count)
 
     def forget(self, client: Client) -> None:
         _cancel_expiry(client)

@@ -166,3 +166,38 @@ async def test_a_per_address_slot_is_freed_when_its_stream_ends(db_dsn: str) -> 
         async with sse_connect(url, session=session) as client:
             event = await client.next_event()
             assert event.json["state"] == "stable", "a stream on the freed slot is served"
+
+
+async def test_the_stream_refusals_are_plain_text(db_dsn: str) -> None:
+    config = relay_config(db_dsn, http={"max_clients": 1})
+    async with running_relay(config) as relay, aiohttp.ClientSession() as session:
+        url = base_url(relay) + "/api/system-status/live"
+        async with sse_connect(url, session=session):
+            await eventually(lambda: len(relay.hub) == 1)
+            async with session.get(url) as full:
+                assert full.status == 429
+                assert full.headers["Retry-After"] == "5"
+                assert full.content_type == "text/plain"
+                assert await full.text() == "too many live clients\n"
+        await relay.hub.aclose()
+        async with session.get(url) as closing:
+            assert closing.status == 503
+            assert closing.headers["Retry-After"] == "1"
+            assert closing.content_type == "text/plain"
+
+
+async def test_the_hub_starts_once_and_closes_once_within_its_timeout(db_dsn: str) -> None:
+    async with running_relay(relay_config(db_dsn)) as relay:
+        await eventually(lambda: relay.stability.current.stable is not None)
+        await relay.hub.start()  # already started by the relay: nothing more
+        async with sse_connect(base_url(relay) + "/api/system-status/live") as client:
+            await client.next_event()
+            await relay.hub.aclose(timeout=1.0)
+            await relay.hub.aclose(timeout=1.0)  # closed already: nothing more
+            try:
+                extra = await client.next_event()
+            except EOFError:
+                pass  # the stream ended
+            else:
+                raise AssertionError(f"an event after the close: {extra}")
+        await eventually(lambda: len(relay.hub) == 0, timeout=5)
