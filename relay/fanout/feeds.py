@@ -2,13 +2,15 @@
 
 Data path: NOTIFY → listener → ``ChannelRelay`` (payload checked: a JSON object under
 8000 bytes) → :meth:`Feeds.publish` → each feed on that channel, per channel
-(``FeedConfig.rules``): coalesced (a trailing debounce per key), enriched (a SQL function,
-in batches, ``relay/fanout/enrich.py``), reshaped (``relay/fanout/shape.py``); then numbered
-(``id:``), kept for replay (``relay/fanout/replay.py``), framed once and written to the
-clients its filter matches. Several channels merge into one stream in the order their events
-are sent. One LISTEN connection serves every feed; auth, CORS, the per-address limit,
-``http.max_clients``, the per-client buffer and the slow-client policy are the live
-stream's (``relay/fanout/sse.py``).
+(``FeedConfig.rules``): coalesced (a trailing debounce per key, ``relay/fanout/coalesce.py``),
+enriched (a SQL function, in batches, ``relay/fanout/enrich.py``), reshaped
+(``relay/fanout/shape.py``); then numbered (``id:``), kept for replay
+(``relay/fanout/replay.py``), framed once and written to the clients its filter matches
+(``relay/fanout/subscription.py``). Several channels merge into one stream in the order their
+events are sent. One LISTEN connection serves every feed. The rest is the live stream's: auth,
+CORS and the per-address limit (``relay/http/access.py``), ``http.max_clients``
+(``relay/http/streams.py`` opens both), the per-client buffer and the slow-client policy
+(``relay/fanout/sse.py``).
 
 A client never silently misses an event. One that reconnects with ``Last-Event-ID`` gets what
 it missed (as its filter allows) from the feed's ring, or ``event: resync`` when that is gone

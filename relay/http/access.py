@@ -120,8 +120,8 @@ def authenticate(
     authenticator: Authenticator, protected: Collection[str], badges: Collection[str] = ()
 ) -> Middleware:
     """401/403/400 on the ``protected`` paths (and ``/metrics``); a request that passes carries
-    its credential (:data:`GRANT`): a stream ends when that stops being
-    valid. The ``badges`` are protected the same way unless ``auth.public_badge`` is on."""
+    its credential (:data:`GRANT`): a stream ends when that stops being valid. The ``badges``
+    are protected the same way unless ``auth.public_badge`` is on."""
 
     guarded = frozenset(protected) | frozenset(badges)
     public = frozenset(badges)
