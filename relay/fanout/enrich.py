@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import psycopg
@@ -72,47 +72,41 @@ def pool_call(pool: ReadPool | Callable[[], ReadPool]) -> Call:
     return call
 
 
+@dataclass(eq=False, repr=False)
 class Enricher:
-    """One feed's line of payloads and its one call in flight. ``start()`` then ``aclose()``."""
+    """One feed's line of payloads and its one call in flight. ``start()`` then ``aclose()``;
+    both idempotent, not reopenable."""
 
-    def __init__(
-        self,
-        label: str,
-        call: Call,
-        *,
-        timeout: float,
-        max_pending: int,
-        deliver: Deliver,
-        resync: Callable[[str], None],
-        metrics: Metrics,
-    ) -> None:
-        self._label = label
-        self._call = call
-        self._timeout = timeout
-        self._max_pending = max_pending
-        self._deliver = deliver
-        self._resync = resync
-        self._metrics = metrics
-        self._line: list[_Item] = []
-        self._waiting: set[tuple[str, str]] = set()  # (channel, payload) already in line
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
-        self._closed = False
+    label: str
+    call: Call
+    _: KW_ONLY
+    timeout: float
+    max_pending: int
+    deliver: Deliver
+    resync: Callable[[str], None]
+    metrics: Metrics
+    _line: list[_Item] = field(default_factory=list, init=False)
+    # (channel, payload) already in line
+    _waiting: set[tuple[str, str]] = field(default_factory=set, init=False)
+    _wake: asyncio.Event | None = field(default=None, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _failing: bool = field(default=False, init=False)
+    _closed: bool = field(default=False, init=False)
 
     def __len__(self) -> int:
         return len(self._line)
 
     async def start(self) -> None:
         if self._closed:
-            raise RuntimeError(f"a closed enricher ({self._label}) cannot be started again")
+            raise RuntimeError(f"a closed enricher ({self.label}) cannot be started again")
         if self._task is None:
             self._wake = asyncio.Event()
-            self._task = spawn(self._run(), f"relay-enrich-{self._label}")
+            self._task = spawn(self._run(), f"relay-enrich-{self.label}")
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         self._closed = True
-        await cancel_and_wait(self._task)
+        async with asyncio.timeout(timeout):
+            await cancel_and_wait(self._task)
         self._line.clear()
         self._waiting.clear()
 
@@ -122,14 +116,14 @@ class Enricher:
             return
         if function is not None:
             if (channel, data) in self._waiting:
-                self._metrics.feed_coalesced.labels(self._label).inc()
+                self.metrics.feed_coalesced.labels(self.label).inc()
                 return  # the same payload waits already: one answer serves both
             self._waiting.add((channel, data))
-        if len(self._line) >= self._max_pending:
+        if len(self._line) >= self.max_pending:
             # Policy when full: drop what waits, and tell the clients (they re-read).
             dropped = sum(1 for item in self._line if not item.resync)
-            self._metrics.feed_enrich_dropped.labels(self._label).inc(dropped)
-            log.warning("feed_enrich_line_full", feed=self._label, dropped=dropped)
+            self.metrics.feed_enrich_dropped.labels(self.label).inc(dropped)
+            log.warning("feed_enrich_line_full", feed=self.label, dropped=dropped)
             self._line = [_Item("", "", None, resync=True)]
             self._waiting = {(channel, data)} if function is not None else set()
         self._line.append(_Item(channel, data, function))
@@ -146,8 +140,8 @@ class Enricher:
                 try:
                     await self._process(batch)
                 except Exception:  # one batch must never stop the line
-                    log.exception("feed_enrich_batch_failed", feed=self._label)
-                    self._resync("enrich_failed")
+                    log.exception("feed_enrich_batch_failed", feed=self.label)
+                    self.resync("enrich_failed")
 
     async def _process(self, batch: list[_Item]) -> None:
         answers: dict[int, Any] = {}
@@ -168,13 +162,13 @@ class Enricher:
                     failed = True
         for index, item in enumerate(batch):
             if item.resync:
-                self._resync("enrich_overflow")
+                self.resync("enrich_overflow")
             elif item.function is None:
-                self._deliver(item.channel, item.data, None)
+                self.deliver(item.channel, item.data, None)
             elif answers.get(index) is not None:
-                self._deliver(item.channel, item.data, answers[index])
+                self.deliver(item.channel, item.data, answers[index])
         if failed:
-            self._resync("enrich_failed")
+            self.resync("enrich_failed")
 
     async def _answers(self, function: str, payloads: list[str]) -> list[Any] | None:
         """Each payload's answer (``_FAILED`` for one that failed alone), or None."""
@@ -197,24 +191,24 @@ class Enricher:
         return results
 
     async def _once(self, function: str, payloads: list[str]) -> list[Any]:
-        self._metrics.feed_enrich_calls.labels(self._label).inc()
+        self.metrics.feed_enrich_calls.labels(self.label).inc()
         text = "[" + ",".join(payloads) + "]"  # each is a checked JSON object already
-        async with asyncio.timeout(self._timeout):
-            answer = parse(await self._call(function, text))
+        async with asyncio.timeout(self.timeout):
+            answer = parse(await self.call(function, text))
         if not isinstance(answer, list) or len(answer) != len(payloads):
             raise EnrichFailed(f"{function} did not answer an array of {len(payloads)}")
         if self._failing:
             self._failing = False
-            log.info("feed_enrich_recovered", feed=self._label, function=function)
+            log.info("feed_enrich_recovered", feed=self.label, function=function)
         return answer
 
     def _failed(self, function: str, error: BaseException, count: int) -> None:
-        self._metrics.feed_enrich_failures.labels(self._label).inc()
+        self.metrics.feed_enrich_failures.labels(self.label).inc()
         if not self._failing:  # once per run of failures: a failing database is one line
             self._failing = True
             log.error(
                 "feed_enrich_failed",
-                feed=self._label,
+                feed=self.label,
                 function=function,
                 payloads=count,
                 error=f"{type(error).__name__}: {error}"[:300],

@@ -57,9 +57,9 @@ from relay.tasks import cancel_and_wait
 log = get_logger("relay.state.details")
 
 # One statement, one snapshot: the lists and the verdict agree with each other. The function
-# is generated from the activities (relay/source/activities/sql.py); with it, what the estimates of
-# the time left rest on (relay/state/eta.py), which are put in once per round. Bound: at most
-# `details.max_items` rows per activity (each activity also says its `total`).
+# is generated from the activities (relay/source/activities/reads.py); with it, what the
+# estimates of the time left rest on (relay/state/eta.py), which are put in once per round.
+# Bound: at most `details.max_items` rows per activity (each activity also says its `total`).
 QUERY = (
     "SELECT public.system_stability_details(%s::integer)::text, "
     "public.system_stability_typical()::text"
@@ -158,13 +158,16 @@ class Details:
         if self._closed:
             return
         self._closed = True
-        if self._owned is not None:
-            await self._owned[1].aclose()  # the sampler asks for rounds: first
-        for round_ in list(self._rounds.values()):
-            await cancel_and_wait(round_)  # shielded from its callers, not from the close
-        await self._indicators.aclose()
-        if self._owned is not None:
-            await self._owned[0].aclose(timeout=5.0 if timeout is None else timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                if self._owned is not None:
+                    await self._owned[1].aclose()  # the sampler asks for rounds: first
+                for round_ in list(self._rounds.values()):
+                    await cancel_and_wait(round_)  # shielded from its callers, not the close
+                await self._indicators.aclose()
+        finally:
+            if self._owned is not None:
+                await self._owned[0].aclose(timeout=5.0 if timeout is None else timeout)
 
     @property
     def pool(self) -> ReadPool:

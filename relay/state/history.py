@@ -73,11 +73,14 @@ class HistoryWriter:
             self._task = spawn(self._run(), "relay-history")
             self.observe(self._stability.current)  # the state at election: catch up
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
+        """A write in flight is cancelled (its transaction rolls back): the next leader writes
+        the state it finds when elected."""
         if self._closed:
             return
         self._closed = True
-        await cancel_and_wait(self._task)
+        async with asyncio.timeout(timeout):
+            await cancel_and_wait(self._task)
 
     def observe(self, snapshot: Snapshot) -> None:
         """A transition; heard only while this writer runs (on the leader)."""

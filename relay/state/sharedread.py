@@ -91,14 +91,16 @@ class SharedRead(Generic[T]):
             if self._next is not None and not self._closed:
                 self._start()
 
-    async def aclose(self) -> None:
-        """Every request in line hears "unavailable"; the read running is cancelled."""
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Every request in line hears "unavailable"; the read running is cancelled.
+        Idempotent."""
         self._closed = True
         for future in (self._current, self._next):
             if future is not None and not future.done():
                 future.set_exception(DatabaseUnavailable(f"{self._name}: stopping"))
         self._next = None
-        await cancel_and_wait(self._running)
+        async with asyncio.timeout(timeout):
+            await cancel_and_wait(self._running)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -129,11 +129,13 @@ class SignalsReader:
         if self._task is None:
             self._task = spawn(self._run(), "relay-signals")
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
+        """A read in flight is cancelled; the state keeps the signals last published."""
         if self._closed:
             return
         self._closed = True
-        await cancel_and_wait(self._task)
+        async with asyncio.timeout(timeout):
+            await cancel_and_wait(self._task)
 
     # -- the state's observer ------------------------------------------------------------
     def on_change(self, snapshot: Snapshot) -> None:

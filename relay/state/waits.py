@@ -53,7 +53,7 @@ log = get_logger("relay.state.waits")
 
 Until = Literal["stable", "processing"]
 SIGNALS = ("stalled", "overdue")  # the order in which a wait names them: the worse first
-# Every activity's truth (generated from the activities: relay/source/activities/sql.py).
+# Every activity's truth (generated from the activities: relay/source/activities/reads.py).
 ACTIVITIES = "SELECT public.system_stability_activities()::text"
 
 # Who asks (``relay/http/access.py``: the socket's peer, or behind a trusted proxy the
@@ -125,9 +125,10 @@ class Waits:
         for waiter in self._waiters:
             waiter.saw(snapshot)
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         """At shutdown: every open wait answers 503 unknown at once (its client asks again,
-        of another relay or after the restart)."""
+        of another relay or after the restart). Idempotent; returns at once, whatever
+        ``timeout``."""
         self._closed = True
         for waiter in self._waiters:
             waiter.closing = True
