@@ -400,6 +400,8 @@ async def test_reload_adds_changes_and_removes_targets(db_dsn: str, tmp_path: Pa
     async with Receiver() as kept, Receiver() as moved, Receiver() as added:
         async with running_relay(config(db_dsn, tmp_path, hook("kept", kept.url))) as relay:
             await kept.wait_for(1)
+            # Answered too: a request still on the wire at the reload is owed by the new target.
+            await eventually(lambda: relay.webhooks.targets["kept"].pending == 0)
             new = config(db_dsn, tmp_path, hook("kept", moved.url), hook("added", added.url))
             relay.reload(new)
             await added.wait_for(1)  # a new target is told the current state

@@ -124,6 +124,7 @@ class Target:
 
     # Life cycle.
     def start(self, session: aiohttp.ClientSession) -> None:
+        """Start the worker; a second call is a no-op."""
         self._worker.start(session)
 
     def begin_close(self) -> None:

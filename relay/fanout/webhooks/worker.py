@@ -60,6 +60,9 @@ class Worker:
         self.task: asyncio.Task[None] | None = None
 
     def start(self, session: aiohttp.ClientSession) -> None:
+        """Start the task; a second call is a no-op."""
+        if self.task is not None:
+            return
         self._session = session
         self._wake = asyncio.Event()
         self.task = spawn(self._run(), f"relay-webhook-{self.name}")
