@@ -237,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                     took = run_once(side, bench_args, work / f"{name}-{n}", args.timeout)
                     print(f"  {name} run {n}/{args.rounds}: {took:.0f} s", flush=True)
     except CompareError as error:
-        print(f"bench.compare: {error}\n(runs kept in {work})", file=sys.stderr)
+        kept = [path.name for path in work.glob("*-[0-9]*") if path.is_dir()]
+        if kept:
+            print(f"bench.compare: {error}\n(runs kept in {work})", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"bench.compare: {error}", file=sys.stderr)
         return 2
     shutil.rmtree(work, ignore_errors=True)
     rows = compare(base, head, budgets)

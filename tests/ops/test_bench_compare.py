@@ -41,7 +41,8 @@ def test_compare_prints_a_row_per_figure_against_head() -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("base HEAD (") and " against head " in lines[0]
     header = lines.index("| figure | kind | base | head | ratio | verdict |")
-    rows = [line.strip("|").split(" | ") for line in lines[header + 2 :] if line.startswith("| ")]
+    cells = [line.strip("|").split("|") for line in lines[header + 2 :] if line.startswith("|")]
+    rows = [[cell.strip() for cell in row] for row in cells]
     assert [row[0] for row in rows] == [
         f"notify {n} listeners {figure}" for n in (1, 50, 200) for figure in ("tps", "latency_ms")
     ]
