@@ -53,10 +53,17 @@ def _feed(rows: list[dict[str, Any]]) -> Iterator[Figure]:
 
 
 def _triggers(t: dict[str, Any]) -> Iterator[Figure]:
-    for variant, values in t["tps"].items():
-        yield f"triggers {variant} tps", "throughput", statistics.median(values)
-    for variant, values in t["cpu_ms"].items():
-        yield f"triggers {variant} cpu_ms per task", "cost", statistics.median(values)
+    tps = {variant: statistics.median(values) for variant, values in t["tps"].items()}
+    cpu = {variant: statistics.median(values) for variant, values in t["cpu_ms"].items()}
+    for variant in tps:
+        yield f"triggers {variant} tps", "throughput", tps[variant]
+        yield f"triggers {variant} cpu_ms per task", "cost", cpu[variant]
+    # Against no trigger in the same run (section 2's ratios): the neighbours' load falls
+    # on both, so these move less than the figures themselves.
+    for variant in tps:
+        if variant != "none":
+            yield f"triggers {variant} tps / none's", "throughput", tps[variant] / tps["none"]
+            yield f"triggers {variant} CPU: none's / its", "throughput", cpu["none"] / cpu[variant]
 
 
 def _details(d: dict[str, Any]) -> Iterator[Figure]:
