@@ -20,7 +20,7 @@ from relay.source.activities.sqltext import (
 
 def enrich_query(read: EnrichRead, payloads: str) -> str:
     """One statement answering, for each element of the jsonb array ``payloads``, the object
-    to send or null, in order (spec.EnrichRead)."""
+    to send or null, in order (``EnrichRead``)."""
     joins = "".join(
         f"\n        LEFT JOIN {qualified(join.table)} AS {ident(join.alias)} ON ({join.condition})"
         for join in read.joins

@@ -34,7 +34,7 @@ def view_name(activity: Activity) -> str:
 
 def active_condition(activity: Activity) -> str:
     """The WHERE clause of a table activity's active rows (alias ``t``)."""
-    if not activity.active_states:  # the filter alone (spec: a table without states)
+    if not activity.active_states:  # the filter alone (the config: a table without states)
         return f"({activity.filter})"
     states = ", ".join(literal(s) for s in activity.active_states)
     condition = f"t.{ident(activity.state_column)} IN ({states})"

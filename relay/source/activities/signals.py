@@ -53,7 +53,7 @@ def rows_source(activity: Activity) -> tuple[str, str] | None:
 
 
 def parts(activity: Activity, cap: str = "depth_cap") -> dict[str, str]:
-    """The activity's three answers as scalar subqueries, by key (``spec`` key they rest on,
+    """The activity's three answers as scalar subqueries, by key (the config key they rest on,
     for problems): ``depth``, ``oldest_age_s``, ``stalled``; null where it has no such thing."""
     source = rows_source(activity)
     if source is None:

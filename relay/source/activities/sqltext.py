@@ -1,9 +1,10 @@
 """How the generated SQL is written: quoting, the functions' common form, the stale-object loop.
 
-Every name comes from the config, checked against ``spec.IDENTIFIER`` (so double quotes are a
-complete quoting), every state literal is quoted here, and snippets sit in parentheses inside
-functions quoted with ``DOLLAR_TAG``. Each function is ``SECURITY DEFINER`` with a pinned
-``search_path`` (``HEADER``), so the relay's role needs no table privileges.
+Every name comes from the config, checked against ``IDENTIFIER`` (relay/config/activities.py),
+so double quotes are a complete quoting; every state literal is quoted here, and snippets sit
+in parentheses inside functions quoted with ``DOLLAR_TAG``. Each function is ``SECURITY
+DEFINER`` with a pinned ``search_path`` (``HEADER``), so the relay's role needs no table
+privileges.
 """
 
 from __future__ import annotations
