@@ -33,6 +33,10 @@ from bench.common import ROOT
 from bench.figures import KINDS, PARTS, figures, verdict
 
 DEFAULT_BUDGET = 0.15
+# What finishes in a few minutes with --quick on two shared cores (docs/benchmarks.md, the
+# section on this command); fanout (1,000 clients, four servers) takes longer, and waiters
+# waits for 1,000 long polls that the relay's per-address cap (100) never lets in.
+QUICK = ("notify", "details", "unhinted", "triggers", "feeds", "readcost", "scaleout")
 
 
 class CompareError(Exception):
@@ -106,6 +110,17 @@ def check_imports(side: Side) -> None:
             raise CompareError(f"{side.label}: imports {path}, not from {side.tree}")
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Interrupt the run's session as Ctrl-C would (its servers are closed on the way out);
+    kill it if it is still there after 30 s."""
+    for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+            return
+
+
 def run_once(side: Side, bench_args: list[str], out: Path, timeout: float) -> float:
     """One ``python -m bench`` of the side, docs and logs under ``out``; its figures are kept."""
     out.mkdir(parents=True)
@@ -125,10 +140,11 @@ def run_once(side: Side, bench_args: list[str], out: Path, timeout: float) -> fl
         )
         try:
             code = proc.wait(timeout)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+        except BaseException as error:
+            _stop(proc)
+            if isinstance(error, subprocess.TimeoutExpired):
+                message = f"{side.label}: no result within {timeout:g} s; see {log}"
+                raise CompareError(message) from None
             raise
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
@@ -196,7 +212,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
     parser.add_argument("--base", required=True, help="the git revision to compare against")
     parser.add_argument("--head", help="a git revision instead of this working tree")
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=["triggers"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=list(QUICK),
+        help=f"default: {' '.join(QUICK)} (7 to 9 minutes a run with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="python -m bench's reduced sizes")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side (A B A B)")
     parser.add_argument(
