@@ -24,7 +24,7 @@ import psycopg
 
 from bench.common import median, percentile
 from relay.config.profiles import load_profile
-from relay.source.activities.check import READ_SCAN_ROWS, read_query, read_scans
+from relay.source.activities.readcost import READ_SCAN_ROWS, read_query, read_scans
 from relay.source.install import install
 
 TRUTH = "SELECT public.system_stability_activities()"
@@ -140,7 +140,7 @@ async def _scans(dsn: str, analytics: Any) -> list[Any]:
 
 
 def _suggested(analytics: Any) -> str:
-    from relay.source.activities.check import suggested_index
+    from relay.source.activities.indexes import suggested_index
 
     return suggested_index(analytics, with_filter=False)
 

@@ -317,7 +317,7 @@ async def read_scans_if_reachable(config: Config) -> list[Any]:
     nothing otherwise, quietly (``check`` validates the file, not the database)."""
     from relay.errors import DatabaseUnavailable
     from relay.source import pg
-    from relay.source.activities.check import read_scans
+    from relay.source.activities.readcost import read_scans
 
     if not config.database.dsn:
         return []

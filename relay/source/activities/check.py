@@ -27,30 +27,11 @@ from psycopg import AsyncConnection
 from relay.config.activities import Activity, EnrichRead, split_name
 from relay.config.profiles import CUSTOM
 from relay.errors import SchemaMismatch, SchemaMissing
-from relay.source.activities.indexes import suggested_index
 from relay.source.activities.privileges import RELATION, check_table
-from relay.source.activities.readcost import (
-    READ_SCAN_ROWS,
-    log_read_scans_once,
-    read_query,
-    read_scans,
-)
+from relay.source.activities.readcost import log_read_scans_once
 from relay.source.activities.reads import active_condition, details_source
 from relay.source.activities.sql import FINGERPRINT, fingerprint
 from relay.source.activities.sqltext import SEARCH_PATH, qualified
-
-# Imported from here by relay/cli/main.py and bench/read_cost.py, whose homes are now
-# readcost.py and indexes.py.
-__all__ = [
-    "READ_SCAN_ROWS",
-    "check_activities",
-    "check_enrichers",
-    "functions_owner",
-    "read_query",
-    "read_scans",
-    "suggested_index",
-    "verify_installed",
-]
 
 BOOLEAN_OID = 16
 JSON_OIDS = (114, 3802)  # json, jsonb
