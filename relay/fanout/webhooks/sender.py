@@ -213,8 +213,10 @@ class WebhookSender:
             target.task.add_done_callback(self._retired.discard)
 
     async def aclose(self, timeout: float | None = None) -> None:
-        """Let requests on the wire finish (bounded by ``timeout``, if given), then persist
-        what is owed; nothing owed is sent. Idempotent.
+        """Let requests on the wire finish, then persist what is owed; nothing owed is sent.
+        Idempotent. ``timeout`` (if given) bounds each of the two steps: the requests (a
+        worker still busy then is cancelled, its delivery still owed) and the state file's
+        last write, so that what is owed is written even when the requests took it all.
 
         The close runs as its own task: a caller that is cancelled leaves it running, and
         every later call waits for that same close.

@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiohttp
 
+from relay.config import WebhookConfig
 from relay.fanout.webhooks.delivery import Outcome, Result, origin, post
 from relay.fanout.webhooks.kinds import render_repeat
+from relay.fanout.webhooks.mailbox import Mailbox
 from relay.fanout.webhooks.owed import Delivery, Owed, described
-from relay.fanout.webhooks.payloads import Transition
+from relay.fanout.webhooks.payloads import SignalEvent, Transition
 from relay.fanout.webhooks.records import Mark
 from relay.fanout.webhooks.retry import retry_delay
 from relay.fanout.webhooks.signing import new_message_id
@@ -29,20 +31,32 @@ from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.tasks import spawn
 
-if TYPE_CHECKING:
-    from relay.fanout.webhooks.target import Target
-
 log = get_logger("relay.fanout.webhooks")
 
 # Longest wait for the state file before a first attempt (write-ahead of the webhook-id).
 FLUSH_WAIT = 5.0
 
 
+class Owner(Protocol):
+    """What the worker reads and changes of its target (relay/fanout/webhooks/target.py)."""
+
+    name: str
+    hook: WebhookConfig
+    box: Mailbox
+    delivered: Mark | None  # set by the worker when a transition is delivered
+    disabled: bool
+    closing: bool
+
+    def is_moot(self, item: Delivery) -> bool: ...
+    def attention(self) -> list[SignalEvent]: ...
+    def disable(self) -> None: ...
+
+
 class Worker:
-    """The delivering side of one :class:`~relay.fanout.webhooks.target.Target`."""
+    """The delivering side of one target."""
 
     def __init__(
-        self, target: Target, metrics: Metrics, store: StateFile, rng: random.Random
+        self, target: Owner, metrics: Metrics, store: StateFile, rng: random.Random
     ) -> None:
         self._target = target
         self._box = target.box
