@@ -23,6 +23,7 @@ import psycopg
 
 from relay.app import Relay
 from relay.config import Config
+from relay.source.install import install
 from tests.support import relay_config, running_relay
 
 if TYPE_CHECKING:
@@ -112,6 +113,16 @@ def browser_config(dsn: str, port: int = 0, **sections: Any) -> Config:
 
 def relay_in_background(config: Config) -> Background[Relay]:
     return Background(lambda: running_relay(config), name="relay-under-test")
+
+
+def relay_of_activities(
+    dsn: str, activities: list[dict[str, Any]], signals: dict[str, Any]
+) -> Background[Relay]:
+    """A relay of the ``custom`` profile with these activities (installed on ``dsn`` first, no
+    hold parked) and this ``signals`` section."""
+    config = browser_config(dsn, profile="custom", activities=activities, signals=signals)
+    run_async(install(dsn, activities=config.activities, park=False))
+    return relay_in_background(config)
 
 
 def url_of(relay: Relay) -> str:

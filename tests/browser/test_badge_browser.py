@@ -24,13 +24,12 @@ from playwright.sync_api import Browser
 from relay.app import Relay
 from relay.config.profiles import load_profile
 from relay.http.badge import text_width
-from relay.source.install import install
 from relay.state.stability import Snapshot, State
 from tests.browser.helpers import (
     ARTIFACTS,
     browser_config,
     relay_in_background,
-    run_async,
+    relay_of_activities,
     run_sql,
     tab_in,
     url_of,
@@ -78,14 +77,8 @@ MEASURE = """(texts) => {
 
 @pytest.fixture
 def relay(db_dsn: str) -> Iterator[Relay]:
-    config = browser_config(
-        db_dsn,
-        profile="custom",
-        activities=ACTIVITIES,
-        signals={"interval": "0.5s", "read_timeout": "0.4s"},
-    )
-    run_async(install(db_dsn, activities=config.activities, park=False))
-    with relay_in_background(config) as running:
+    signals = {"interval": "0.5s", "read_timeout": "0.4s"}
+    with relay_of_activities(db_dsn, ACTIVITIES, signals) as running:
         yield running
 
 

@@ -20,13 +20,12 @@ from playwright.sync_api import Locator, Page, expect
 
 from relay.app import Relay
 from relay.config.profiles import load_profile
-from relay.source.install import install
 from tests.browser.helpers import (
     Tab,
     answer_details_with,
     browser_config,
     relay_in_background,
-    run_async,
+    relay_of_activities,
     run_sql,
     url_of,
     wait_until,
@@ -86,9 +85,7 @@ def details(relay: Relay) -> dict[str, Any]:
 
 @pytest.fixture
 def signals_relay(db_dsn: str) -> Iterator[Relay]:
-    config = browser_config(db_dsn, profile="custom", activities=ACTIVITIES, signals=SIGNALS)
-    run_async(install(db_dsn, activities=config.activities, park=False))
-    with relay_in_background(config) as running:
+    with relay_of_activities(db_dsn, ACTIVITIES, SIGNALS) as running:
         yield running
 
 

@@ -15,12 +15,9 @@ from playwright.sync_api import Page, expect
 
 from relay.app import Relay
 from relay.config.profiles import load_profile
-from relay.source.install import install
 from tests.browser.helpers import (
     Tab,
-    browser_config,
-    relay_in_background,
-    run_async,
+    relay_of_activities,
     run_sql,
     url_of,
 )
@@ -39,14 +36,8 @@ FINISH = "UPDATE public.import_job SET state = 'finished'"
 
 @pytest.fixture
 def relay(db_dsn: str) -> Iterator[Relay]:
-    config = browser_config(
-        db_dsn,
-        profile="custom",
-        activities=ACTIVITIES,
-        signals={"interval": "0.5s", "read_timeout": "0.4s"},
-    )
-    run_async(install(db_dsn, activities=config.activities, park=False))
-    with relay_in_background(config) as running:
+    signals = {"interval": "0.5s", "read_timeout": "0.4s"}
+    with relay_of_activities(db_dsn, ACTIVITIES, signals) as running:
         yield running
 
 

@@ -680,6 +680,18 @@ def test_worker_tasks_connected_and_the_last_change_per_parent(
 # --- reconnects ------------------------------------------------------------------------------
 
 
+def open_the_three(page: Sources, statbus: StatbusRelay, jobs_url: str) -> None:
+    """The worker's status, the import jobs at ``jobs_url`` and the worker's tasks, each open
+    (greeted) and counted by the relay."""
+    page.open("status", WORKER_STATUS)
+    page.open("jobs", jobs_url)
+    page.open("tasks", WORKER_TASKS)
+    page.wait_for("status", "connected", 1)
+    page.wait_for("jobs", "message", 1)
+    page.wait_for("tasks", "connected", 1)
+    wait_until(lambda: statbus.clients() == 3, "three streams open", page=page.page)
+
+
 def first_events(page: Sources, driver: Driver, a: int) -> dict[str, str]:
     """One event on each of the three streams (an EventSource sends Last-Event-ID only once
     it has had an id); the lastEventId each had then."""
@@ -705,13 +717,7 @@ def test_caddy_restart_the_browser_reconnects_with_last_event_id_and_gets_what_i
     b = job_before_any_client(driver, statbus, "b")
     jobs_url = f"{IMPORT_JOBS}?ids={a}"
     page = Sources(tab, edge)
-    page.open("status", WORKER_STATUS)
-    page.open("jobs", jobs_url)
-    page.open("tasks", WORKER_TASKS)
-    page.wait_for("status", "connected", 1)
-    page.wait_for("jobs", "message", 1)
-    page.wait_for("tasks", "connected", 1)
-    wait_until(lambda: statbus.clients() == 3, "three streams open", page=page.page)
+    open_the_three(page, statbus, jobs_url)
     seen = first_events(page, driver, a)
     before = {name: len(page.events(name)) for name in seen}
 
@@ -800,13 +806,7 @@ def test_relay_restart_the_browser_gets_its_greeting_and_a_resync_then_live_even
     live events."""
     a = job_before_any_client(driver, statbus, "a")
     page = Sources(tab, edge)
-    page.open("status", WORKER_STATUS)
-    page.open("jobs", IMPORT_JOBS)
-    page.open("tasks", WORKER_TASKS)
-    page.wait_for("status", "connected", 1)
-    page.wait_for("jobs", "message", 1)
-    page.wait_for("tasks", "connected", 1)
-    wait_until(lambda: statbus.clients() == 3, "three streams open", page=page.page)
+    open_the_three(page, statbus, IMPORT_JOBS)
     seen = first_events(page, driver, a)
     before = {name: len(page.events(name)) for name in seen}
 
