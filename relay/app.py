@@ -76,6 +76,7 @@ class Relay:
         self.config = config
         self.metrics = Metrics()
         # source: the listener first. What hears it is built below and subscribed then.
+        # Besides its own: the channels relayed as named events and the feeds' (the dispatch's).
         relayed = (*config.channels, *(c for feed in config.feeds for c in feed.channels))
         self.listener = Listener(
             config.database,
