@@ -17,7 +17,7 @@ from relay.config import CorsConfig, HttpConfig
 from relay.fanout.sse import Grant
 from relay.http import api
 from relay.http.auth import Authenticator, Denial, unauthorized
-from relay.http.sockets import Address, TrustedProxies
+from relay.http.proxies import Address, TrustedProxies
 from relay.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -154,7 +154,7 @@ class AddressLimit:
     proxy that adds a line of its own instead of appending to the client's is read right.
     Policy when full: 429 (JSON) with ``Retry-After``. Every connection of a peer that is not
     a trusted proxy is also counted against the same limit, at the socket level, before HTTP
-    (``relay/http/sockets.py``): there, idle and half-sent sockets count too.
+    (``relay/http/gate.py``): there, idle and half-sent sockets count too.
     """
 
     def __init__(self, settings: HttpConfig, metrics: Metrics) -> None:
