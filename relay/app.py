@@ -225,10 +225,6 @@ class Relay:
         """The webhook sender of this relay's term as leader; None before its first."""
         return self.leading.webhooks
 
-    @webhooks.setter
-    def webhooks(self, sender: WebhookSender) -> None:
-        self.leading.webhooks = sender
-
     @property
     def port(self) -> int:
         """The bound port (useful with ``listen: 127.0.0.1:0``)."""

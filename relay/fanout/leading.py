@@ -64,13 +64,6 @@ class Leading:
         """The term's sender; None while this relay has not led."""
         return self._term.webhooks if self._term is not None else None
 
-    @webhooks.setter
-    def webhooks(self, sender: WebhookSender) -> None:
-        """Give the term another sender (tests act out a change of leader with it)."""
-        if self._term is None:
-            raise RuntimeError("no term to give a webhook sender to: this relay has not led")
-        self._term.webhooks = sender
-
     async def on_leadership(self, leading: bool) -> None:
         if self._stopping:
             return  # elected while stopping: the term is closing or never was; start nothing

@@ -432,11 +432,16 @@ async def test_a_new_sender_takes_over_from_a_closed_one_through_the_state_file(
                 await old.start()
             await execute(db_dsn, START)
             await state_is(relay, State.PROCESSING)
-            relay.webhooks = WebhookSender(
+            # The next leader's sender: a sender of its own, hearing the same transitions.
+            new = WebhookSender(
                 cfg.webhooks, relay.stability, relay.metrics, state_directory=tmp_path
             )
-            await relay.webhooks.start()
-            await ci.wait_for(2)
-            await execute(db_dsn, FINISH)
-            await ci.wait_for(3)
+            relay.stability.subscribe(new.on_change)
+            await new.start()
+            try:
+                await ci.wait_for(2)
+                await execute(db_dsn, FINISH)
+                await ci.wait_for(3)
+            finally:
+                await new.aclose()
     assert ci.states == ["stable", "processing", "stable"]
