@@ -16,8 +16,9 @@ Startup: SSE hub, feeds, details, signals → HTTP (serving ``unknown``) → lis
 election (a term starts once elected) → systemd ``READY=1``.
 Shutdown, within one ``http.shutdown_timeout``: ``STOPPING=1`` (an election starts nothing from
 now on) → stop accepting → waits answer → listener → SSE streams → feeds → the term: webhooks
-drain (still leader), then the history writer → leave the election → HTTP handlers → fresh
-reads → signals → details → systemd. Each step gets what is left of the deadline.
+finish what is on the wire (still leader), then the history writer → leave the election → HTTP
+handlers → fresh reads → signals → details → systemd. Each step gets what is left of the
+deadline.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Relay:
                 eta=lambda: self.details.latest_eta,
             ),
             hooks=config.webhooks,
-            drain_timeout=config.http.shutdown_timeout,
+            close_timeout=config.http.shutdown_timeout,
         )
         # Only a relay whose listener knows the state campaigns (never a standby's, a refused
         # pooler's or one not yet connected).
@@ -287,20 +288,22 @@ class Relay:
         self._state = "closing"
         self.notifier.stopping()
         self.leading.stopping()  # elected from now on: start nothing
-        # Those without a timeout of their own are cut off when their time is up.
+        # Each closes within the time it is given; the two with no timeout of their own are
+        # cancelled when it is up (cut_off).
         steps: list[tuple[str, ShutdownStep]] = [
             ("stop_accepting", cut_off(self._stop_accepting)),
-            ("waits", cut_off(self.waits.aclose)),  # long polls answer now, not at cleanup
-            ("listener", lambda left: self.listener.aclose(timeout=left)),
-            ("sse", cut_off(self.hub.aclose)),
-            ("feeds", cut_off(self.feeds.aclose)),
-            # The term: webhooks drain while still the leader, then the history writer.
-            ("leading", lambda left: self.leading.aclose(timeout=left)),
-            ("leadership", lambda left: self.leadership.aclose(timeout=left)),
+            ("waits", self.waits.aclose),  # long polls answer now, not at cleanup
+            ("listener", self.listener.aclose),
+            ("sse", self.hub.aclose),
+            ("feeds", self.feeds.aclose),
+            # The term: webhooks finish what is on the wire while still the leader, then the
+            # history writer.
+            ("leading", self.leading.aclose),
+            ("leadership", self.leadership.aclose),
             ("http", self._http_cleanup),
-            ("fresh_reads", cut_off(self.fresh.aclose)),
-            ("signals", cut_off(self.signals.aclose)),
-            ("details", lambda left: self.details.aclose(timeout=left)),
+            ("fresh_reads", self.fresh.aclose),
+            ("signals", self.signals.aclose),
+            ("details", self.details.aclose),
             ("systemd", cut_off(self.notifier.aclose)),
         ]
         await run_steps(steps, self.config.http.shutdown_timeout)

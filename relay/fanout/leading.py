@@ -8,8 +8,8 @@ state file (what each target was told and is owed) and the targets of the last r
                   election), then the webhook sender (it tells each target the state);
                   ``relay_webhook_leader`` is 1 only once the sender runs
     not leading → ``relay_webhook_leader`` 0; the history writer stops, then the webhooks
-                  drain (bounded by ``drain_timeout``) and save what they owe, for whoever
-                  leads next
+                  finish what is on the wire (within ``close_timeout``) and save what they
+                  owe, for whoever leads next
 
 A term that fails to start is started again by the election each interval (the same term).
 Transitions reach the running term only, the history writer first. Once the relay is
@@ -49,13 +49,13 @@ class Leading:
         history: Callable[[], HistoryWriter],
         webhooks: Callable[[Sequence[WebhookConfig]], WebhookSender],
         hooks: Sequence[WebhookConfig],
-        drain_timeout: float,
+        close_timeout: float,
     ) -> None:
         self._metrics = metrics
         self._history = history
         self._webhooks = webhooks
         self._hooks = tuple(hooks)
-        self._drain_timeout = drain_timeout
+        self._close_timeout = close_timeout
         self._term: Term | None = None
         self._stopping = False
 
@@ -77,7 +77,7 @@ class Leading:
             self._metrics.webhook_leader.set(0)
             if self._term is not None:
                 await self._term.history.aclose()
-                await self._term.webhooks.aclose(timeout=self._drain_timeout)
+                await self._term.webhooks.aclose(timeout=self._close_timeout)
                 self._term = None  # only now: a close that failed is repeated by the election
 
     def on_change(self, snapshot: Snapshot) -> None:
@@ -97,16 +97,16 @@ class Leading:
         self._stopping = True
 
     async def aclose(self, timeout: float | None = None) -> None:
-        """Drain the webhooks (still the leader), then stop the history writer; within
-        ``timeout`` when given, else ``drain_timeout`` for the drain."""
+        """Close the webhooks (still the leader), then stop the history writer; within
+        ``timeout`` when given, else ``close_timeout`` for the webhooks."""
         self._stopping = True
         if self._term is None:
             return
         loop = asyncio.get_running_loop()
-        drain = self._drain_timeout if timeout is None else timeout
-        deadline = loop.time() + drain
+        given = self._close_timeout if timeout is None else timeout
+        deadline = loop.time() + given
         try:
-            await self._term.webhooks.aclose(timeout=drain)
+            await self._term.webhooks.aclose(timeout=given)
         finally:
             left = None if timeout is None else max(0.1, deadline - loop.time())
             await asyncio.wait_for(self._term.history.aclose(), timeout=left)

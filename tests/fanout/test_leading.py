@@ -48,7 +48,7 @@ class Built:
             history=history,
             webhooks=webhooks,
             hooks=config.webhooks,
-            drain_timeout=1.0,
+            close_timeout=1.0,
         )
 
     @property
