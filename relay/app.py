@@ -12,13 +12,13 @@ them in data-path order and subscribes them; it handles no event and swaps no in
 The listener is built first and told later whom to tell (``Listener.subscribe``): those who
 hear it come after it on the data path. The election is built after ``Leading``, its callback.
 
-Startup: SSE hub, feeds, details, signals → HTTP (serving ``unknown``) → listener → leader
-election (a term starts once elected) → systemd ``READY=1``.
+Startup: SSE hub, feeds, read pool, details, estimates' sampler, signals → HTTP (serving
+``unknown``) → listener → leader election (a term starts once elected) → systemd ``READY=1``.
 Shutdown, within one ``http.shutdown_timeout``: ``STOPPING=1`` (an election starts nothing from
 now on) → stop accepting → waits answer → listener → SSE streams → feeds → the term: webhooks
 finish what is on the wire (still leader), then the history writer → leave the election → HTTP
-handlers → fresh reads → signals → details → systemd. Each step gets what is left of the
-deadline.
+handlers → fresh reads → signals → estimates' sampler → details → read pool (its users close
+first: relay/state/readpool.py) → systemd. Each step gets what is left of the deadline.
 """
 
 from __future__ import annotations
@@ -57,11 +57,12 @@ from relay.shutdown import ShutdownStep, cut_off, run_steps
 from relay.source.election import Leadership
 from relay.source.listener import Listener
 from relay.state.details import Details
+from relay.state.eta import Estimates, Sampler
 from relay.state.history import History, HistoryWriter
-from relay.state.sharedread import SharedRead
+from relay.state.readpool import ReadPool
 from relay.state.signals import SignalsReader
 from relay.state.stability import Stability
-from relay.state.waits import Waits
+from relay.state.waits import Waits, fresh_reads
 
 log = get_logger("relay.app")
 
@@ -95,18 +96,26 @@ class Relay:
 
         # state
         self.stability = Stability({a.name: a.label for a in config.activities})
+        # The one pool for short reads and writes: the details, fresh reads, history, signals
+        # and the feeds' enrichment read on it.
+        self.read_pool = ReadPool(config.database, config.details)
+        self.estimates = Estimates()
         self.details = Details(
             config.database,
             config.details,
             self.metrics,
             self.stability,
+            self.read_pool,
+            self.estimates,
         )
-        # Stalled, overdue, depth and lag: read on the details pool while work is active.
+        # While the system is busy, a details round every few seconds: the estimates' samples.
+        self.eta_sampler = Sampler(self.stability, self.details.fetch)
+        # Stalled, overdue, depth and lag: read on the read pool while work is active.
         self.signals = SignalsReader(
             config.activities,
             config.signals,
             self.stability,
-            lambda: self.details.pool,
+            self.read_pool,
             self.metrics,
         )
         self.metrics.watch_signals(
@@ -115,20 +124,15 @@ class Relay:
             lambda: self.signals.refusal is not None,
         )
         self.details.signals = self.signals.details
-        self.fresh = SharedRead(
-            self.details.read_activities,
-            name="fresh-read",
-            max_waiting=config.wait.max_fresh_waiting,
-            counter=self.metrics.fresh_reads,
-        )
+        self.fresh = fresh_reads(self.read_pool, config.wait, self.metrics)
         self.waits = Waits(
             self.stability,
             self.fresh,
             config.wait,
             self.metrics,
-            eta=lambda: self.details.latest_eta,
+            eta=lambda: self.estimates.latest,
         )
-        self.history = History(self.details, list(config.activity_names))
+        self.history = History(self.read_pool, list(config.activity_names))
 
         # fan-out
         self.notifier = notifier or Notifier()  # systemd; a no-op without $NOTIFY_SOCKET
@@ -139,14 +143,14 @@ class Relay:
         self.metrics.sse_takeover.set(1 if refusal is None else 0)
         self._sse_path_reason = refusal
         self.hub = Hub(self.stability, config.http, self.metrics, self.capacity)
-        # Feeds that enrich call their functions on the details pool.
+        # Feeds that enrich call their functions on the read pool.
         self.feeds = Feeds(
             config.feeds,
             self.stability,
             config.http,
             self.metrics,
             self.capacity,
-            call=pool_call(lambda: self.details.pool),
+            call=pool_call(self.read_pool),
         )
         self.gauges = StateGauges(
             self.metrics,
@@ -169,14 +173,14 @@ class Relay:
         # webhooks, each term with a history writer and a sender of its own.
         self.leading = Leading(
             self.metrics,
-            history=lambda: HistoryWriter(self.stability, self.details, config.history.retention),
+            history=lambda: HistoryWriter(self.stability, self.read_pool, config.history.retention),
             webhooks=lambda hooks: WebhookSender(
                 hooks,
                 self.stability,
                 self.metrics,
                 state_directory=config.state_directory,
                 public_url=config.http.public_url,
-                eta=lambda: self.details.latest_eta,
+                eta=lambda: self.estimates.latest,
             ),
             hooks=config.webhooks,
             close_timeout=config.http.shutdown_timeout,
@@ -255,7 +259,9 @@ class Relay:
             )
         await self.hub.start()
         await self.feeds.start()
+        await self.read_pool.start()
         await self.details.start()
+        await self.eta_sampler.start()
         await self.signals.start()
         quiet_malformed_requests()
         self._runner = web.AppRunner(
@@ -303,7 +309,10 @@ class Relay:
             ("http", self._http_cleanup),
             ("fresh_reads", self.fresh.aclose),
             ("signals", self.signals.aclose),
+            ("eta_sampler", self.eta_sampler.aclose),
             ("details", self.details.aclose),
+            # Last of the state: every user of the pool has closed (relay/state/readpool.py).
+            ("read_pool", self.read_pool.aclose),
             ("systemd", cut_off(self.notifier.aclose)),
         ]
         await run_steps(steps, self.config.http.shutdown_timeout)

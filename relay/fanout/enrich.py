@@ -53,18 +53,16 @@ class EnrichFailed(Exception):
     """The function's answer is not an array as long as the payloads."""
 
 
-def pool_call(pool: ReadPool | Callable[[], ReadPool]) -> Call:
+def pool_call(pool: ReadPool) -> Call:
     """Calls on the relay's read pool (``relay/state/readpool.py``; the functions run as their
-    owner). A callable (transition, issue 22: ``relay/app.py`` builds the feeds before the
-    pool) is asked for the pool at each call; take a :class:`ReadPool` only once it passes one."""
+    owner)."""
 
     async def call(function: str, payloads: str) -> str:
         schema, name = function.split(".")
         query = sql.SQL("SELECT {}.{}(%s::pg_catalog.jsonb)::pg_catalog.text").format(
             sql.Identifier(schema), sql.Identifier(name)
         )
-        read_pool = pool if isinstance(pool, ReadPool) else pool()
-        async with read_pool.connection() as conn:
+        async with pool.connection() as conn:
             cursor = await conn.execute(query, (payloads,))
             row = await cursor.fetchone()
         return str(row[0]) if row is not None else "null"

@@ -47,11 +47,10 @@ from relay.config import DatabaseConfig, DetailsConfig
 from relay.errors import DatabaseUnavailable
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.state.eta import Estimates, Sampler
+from relay.state.eta import Estimates
 from relay.state.readpool import ReadPool
 from relay.state.sharedread import SharedRead
 from relay.state.stability import Snapshot, Stability, State
-from relay.state.waits import read_activities
 from relay.tasks import cancel_and_wait
 
 log = get_logger("relay.state.details")
@@ -102,11 +101,9 @@ class _Round:
 
 class Details:
     """What ``GET /api/system-status/details`` and ``/indicators`` answer (``relay/http/api.py``
-    serves them). ``start()`` then ``aclose()``; both idempotent, not reopenable.
-
-    Reads on ``pool``, which its owner starts before and closes after it. Without one (the
-    wiring of ``relay/app.py`` until it passes one), it builds and runs its own pool, estimates
-    and sampler, as it did when it owned them."""
+    serves them). ``start()`` then ``aclose()``; both idempotent, not reopenable. Reads on
+    ``pool``, which its owner starts before and closes after it; each round puts in the
+    ``estimates``."""
 
     def __init__(
         self,
@@ -114,21 +111,15 @@ class Details:
         settings: DetailsConfig,
         metrics: Metrics,
         stability: Stability,
-        pool: ReadPool | None = None,
-        estimates: Estimates | None = None,
+        pool: ReadPool,
+        estimates: Estimates,
     ) -> None:
         self._database = database
         self._settings = settings
         self._metrics = metrics
         self._stability = stability
-        # Transition (issue 22): None builds the parts Details used to own, started and
-        # closed with it; remove once relay/app.py passes the pool and the estimates.
-        self._owned: tuple[ReadPool, Sampler] | None = None
-        if pool is None:
-            pool = ReadPool(database, settings)
-            self._owned = (pool, Sampler(stability, self.fetch))
         self._pool = pool
-        self.estimates = estimates or Estimates()
+        self._estimates = estimates
         self._cached: _Round | None = None  # served only while its state is current
         # At most one round in flight per state: one of an earlier state may still be
         # answering the requests that arrived in it.
@@ -147,44 +138,17 @@ class Details:
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("closed details service cannot be started again")
-        if self._started:
-            return
         self._started = True
-        if self._owned is not None:
-            for part in self._owned:
-                await part.start()
 
     async def aclose(self, timeout: float | None = None) -> None:
+        """The rounds in flight are cancelled; the indicators' line hears "unavailable"."""
         if self._closed:
             return
         self._closed = True
-        try:
-            async with asyncio.timeout(timeout):
-                if self._owned is not None:
-                    await self._owned[1].aclose()  # the sampler asks for rounds: first
-                for round_ in list(self._rounds.values()):
-                    await cancel_and_wait(round_)  # shielded from its callers, not the close
-                await self._indicators.aclose()
-        finally:
-            if self._owned is not None:
-                await self._owned[0].aclose(timeout=5.0 if timeout is None else timeout)
-
-    @property
-    def pool(self) -> ReadPool:
-        """Transition (issue 22): the read pool, for the wiring's lambdas of ``relay/app.py``
-        until it builds the pool itself; remove with ``_owned``."""
-        return self._pool
-
-    @property
-    def latest_eta(self) -> dict[str, Any] | None:
-        """Transition (issue 22): :attr:`Estimates.latest`, for ``relay/app.py``'s lambdas
-        until it holds the estimates itself; remove with ``_owned``."""
-        return self.estimates.latest
-
-    async def read_activities(self) -> dict[str, Any]:
-        """Transition (issue 22): :func:`relay.state.waits.read_activities` on this pool, for
-        ``relay/app.py``'s fresh reads until it builds them with :func:`fresh_reads`."""
-        return await read_activities(self._pool)
+        async with asyncio.timeout(timeout):
+            for round_ in list(self._rounds.values()):
+                await cancel_and_wait(round_)  # shielded from its callers, not from the close
+            await self._indicators.aclose()
 
     def on_change(self, _snapshot: Snapshot) -> None:
         """An observer of the state: requests waiting for a newer state look again."""
@@ -266,7 +230,7 @@ class Details:
         began = time.time()
         row = await self._row(QUERY, (self._settings.max_items,))
         details, typical = json.loads(row[0]), json.loads(row[1] or "{}")
-        annotated = self.estimates.annotate(details, typical, now=began)
+        annotated = self._estimates.annotate(details, typical, now=began)
         if self.signals is not None:
             _put_signals(annotated, *self.signals())
         return annotated

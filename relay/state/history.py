@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
@@ -32,9 +32,6 @@ from relay.source import pg
 from relay.state.readpool import ReadPool
 from relay.state.stability import ActivityStates, Snapshot, Stability, State
 from relay.tasks import cancel_and_wait, spawn
-
-if TYPE_CHECKING:
-    from relay.state.details import Details
 
 log = get_logger("relay.state.history")
 
@@ -56,9 +53,9 @@ OVERALL = ""  # the system as a whole, in the table
 class HistoryWriter:
     """Runs while this relay leads. ``start()`` then ``aclose()``; not reopenable."""
 
-    def __init__(self, stability: Stability, pool: ReadPool | Details, retention: float) -> None:
+    def __init__(self, stability: Stability, pool: ReadPool, retention: float) -> None:
         self._stability = stability
-        self._pool = _read_pool(pool)
+        self._pool = pool
         self._retention = retention
         self._latest: Snapshot | None = None
         self._observed: ActivityStates = ()
@@ -132,8 +129,8 @@ class History:
     """The periods and their summary, read on the read pool (``relay/http/api.py`` serves
     ``GET /api/system-status/history``)."""
 
-    def __init__(self, pool: ReadPool | Details, activities: list[str]) -> None:
-        self._pool = _read_pool(pool)
+    def __init__(self, pool: ReadPool, activities: list[str]) -> None:
+        self._pool = pool
         self.activities = activities
 
     async def read(
@@ -152,9 +149,3 @@ class History:
             raise DatabaseUnavailable(reason) from None
         assert row is not None
         return json.loads(row[0]), json.loads(row[1])
-
-
-def _read_pool(pool: ReadPool | Details) -> ReadPool:
-    """Transition (issue 22): ``relay/app.py`` still passes the details; remove (and take a
-    :class:`ReadPool` only) once it passes the read pool."""
-    return pool if isinstance(pool, ReadPool) else pool.pool

@@ -94,7 +94,7 @@ class SignalsReader:
         activities: Sequence[Activity],
         settings: SignalsConfig,
         stability: Stability,
-        pool: ReadPool | Callable[[], ReadPool],
+        pool: ReadPool,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,9 +102,7 @@ class SignalsReader:
         self._fingerprint = signals_fingerprint(activities)
         self._settings = settings
         self._stability = stability
-        # Transition (issue 22): relay/app.py still passes `lambda: details.pool`; take a
-        # ReadPool only once it passes the read pool.
-        self._pool = pool if isinstance(pool, ReadPool) else pool()
+        self._pool = pool
         self._metrics = metrics
         self._clock = clock
         self._reading: Reading | None = None

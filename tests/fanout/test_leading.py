@@ -13,8 +13,8 @@ from relay.config import Config, WebhookConfig
 from relay.fanout.leading import Leading
 from relay.fanout.webhooks import WebhookSender
 from relay.metrics import Metrics
-from relay.state.details import Details
 from relay.state.history import HistoryWriter
+from relay.state.readpool import ReadPool
 from relay.state.stability import Stability
 from tests.support import registry_sample, relay_config
 from tests.webhook_receiver import hook
@@ -28,12 +28,12 @@ class Built:
     def __init__(self, config: Config) -> None:
         self.metrics = Metrics()
         stability = Stability({a.name: a.label for a in config.activities})
-        details = Details(config.database, config.details, self.metrics, stability)
+        pool = ReadPool(config.database, config.details)  # never started: nothing is written
         self.writers: list[HistoryWriter] = []
         self.senders: list[WebhookSender] = []
 
         def history() -> HistoryWriter:
-            self.writers.append(HistoryWriter(stability, details, config.history.retention))
+            self.writers.append(HistoryWriter(stability, pool, config.history.retention))
             return self.writers[-1]
 
         def webhooks(hooks: Sequence[WebhookConfig]) -> WebhookSender:
