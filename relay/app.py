@@ -294,8 +294,8 @@ class Relay:
         self._state = "closing"
         self.notifier.stopping()
         self.leading.stopping()  # elected from now on: start nothing
-        # Each closes within the time it is given; the two with no timeout of their own are
-        # cancelled when it is up (cut_off).
+        # Each closes within the time it is given; stopping the accepting socket has no
+        # timeout of its own and is cancelled when it is up (cut_off).
         steps: list[tuple[str, ShutdownStep]] = [
             ("stop_accepting", cut_off(self._stop_accepting)),
             ("waits", self.waits.aclose),  # long polls answer now, not at cleanup
@@ -313,7 +313,7 @@ class Relay:
             ("details", self.details.aclose),
             # Last of the state: every user of the pool has closed (relay/state/readpool.py).
             ("read_pool", self.read_pool.aclose),
-            ("systemd", cut_off(self.notifier.aclose)),
+            ("systemd", self.notifier.aclose),
         ]
         await run_steps(steps, self.config.http.shutdown_timeout)
         self._restore_loop_handler()

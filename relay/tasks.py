@@ -28,8 +28,10 @@ def spawn(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
     return task
 
 
-async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has finished; its outcome is not raised."""
+async def cancel_and_wait(task: asyncio.Future[Any] | None, timeout: float | None = None) -> None:
+    """Cancel ``task`` (if any) and wait until it has finished, at most ``timeout`` seconds
+    (then ``TimeoutError``; None: no bound); its outcome is not raised."""
     if task is not None:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(task, return_exceptions=True)

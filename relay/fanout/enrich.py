@@ -103,8 +103,7 @@ class Enricher:
 
     async def aclose(self, timeout: float | None = None) -> None:
         self._closed = True
-        async with asyncio.timeout(timeout):
-            await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, timeout)
         self._line.clear()
         self._waiting.clear()
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 from relay.logs import get_logger
 from relay.state.stability import Snapshot, Stability, State
+from relay.tasks import spawn
 
 log = get_logger("relay.fanout.systemd")
 
@@ -100,14 +101,12 @@ class Notifier:
         self._sock.setblocking(False)
         self._phase = "waiting"
         if self.watchdog_interval is not None:
-            self._tasks.append(
-                asyncio.create_task(self._watchdog(self.watchdog_interval), name="systemd-watchdog")
-            )
+            self._tasks.append(spawn(self._watchdog(self.watchdog_interval), "systemd-watchdog"))
         current = self._stability.current if self._stability is not None else None
         if current is not None and current.stable is not None:
             self._ready(current)
         else:
-            self._tasks.append(asyncio.create_task(self._ready_deadline(), name="systemd-ready"))
+            self._tasks.append(spawn(self._ready_deadline(), "systemd-ready"))
 
     def stopping(self) -> None:
         """Shutdown begins: systemd shows the unit as deactivating."""
@@ -115,17 +114,19 @@ class Notifier:
             self._phase = "stopping"
             self.send("STOPPING=1", "STATUS=stopping")
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         self.stopping()
         self._phase = "closed"
         for task in self._tasks:
             task.cancel()
-        if self._tasks:  # wait() does not raise, so a cancellation of aclose() itself propagates
-            await asyncio.wait(self._tasks)
-        self._tasks.clear()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        try:
+            if self._tasks:  # wait() does not raise: a cancellation of aclose() propagates
+                await asyncio.wait(self._tasks, timeout=timeout)
+        finally:
+            self._tasks.clear()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
     def send(self, *lines: str) -> bool:
         """One datagram, newline-separated assignments. Never blocks; a failure is logged."""

@@ -204,8 +204,7 @@ class Sampler:
         if self._closed:
             return
         self._closed = True
-        async with asyncio.timeout(timeout):
-            await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, timeout)
 
     async def _run(self) -> None:
         while True:

@@ -76,8 +76,7 @@ class HistoryWriter:
         if self._closed:
             return
         self._closed = True
-        async with asyncio.timeout(timeout):
-            await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, timeout)
 
     def observe(self, snapshot: Snapshot) -> None:
         """A transition; heard only while this writer runs (on the leader)."""

@@ -132,8 +132,7 @@ class SignalsReader:
         if self._closed:
             return
         self._closed = True
-        async with asyncio.timeout(timeout):
-            await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, timeout)
 
     # -- the state's observer ------------------------------------------------------------
     def on_change(self, snapshot: Snapshot) -> None:
