@@ -5,7 +5,7 @@ checks, around every draw, that the global ``random`` state did not change (a st
 used the ``random`` module would not replay), and that state is one per process, shared by
 every thread. A relay in the test's process, serving on the event loop while Hypothesis drew
 in another thread, changed it: psycopg_pool draws from the global ``random`` for every
-connection it opens (the details pool opens one on demand for ``/details``), so a draw that
+connection it opens (the read pool opens one on demand for ``/details``), so a draw that
 overlapped a request failed the test with ``HypothesisDeprecationWarning: Do not use the
 random module inside strategies``. (Hypothesis also reseeds the global ``random`` around
 each example, which a relay in the process would have drawn from.) In its own process the
