@@ -31,8 +31,6 @@ from aiohttp.typedefs import Middleware
 from relay.config import HttpConfig
 from relay.http.gate import Connection, Gate
 from relay.http.listening import Listening
-from relay.http.proxies import Address as Address  # re-exported: relay/http/access.py
-from relay.http.proxies import TrustedProxies as TrustedProxies  # re-exported: access.py
 from relay.http.reserve import RESERVED_PATHS
 from relay.logs import get_logger
 from relay.metrics import Metrics
