@@ -54,6 +54,7 @@ from relay.http.sockets import GuardedSite
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.shutdown import ShutdownStep, cut_off, run_steps
+from relay.source import pg
 from relay.source.election import Leadership
 from relay.source.listener import Listener
 from relay.state.details import Details
@@ -77,6 +78,9 @@ class Relay:
     def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        # What the servers refused (a pooler's `options`), remembered for this relay's
+        # connections: the listener's, the hold flag's, the election's and the read pool's.
+        self.connector = pg.Connector()
         # source: the listener first. What hears it is built below and subscribed then.
         # Besides its own: the channels relayed as named events and the feeds' (the dispatch's).
         relayed = (*config.channels, *(c for feed in config.feeds for c in feed.channels))
@@ -87,6 +91,7 @@ class Relay:
             activities=config.activities,
             profile=config.profile,
             extra_channels=relayed,
+            connector=self.connector,
         )
         self.metrics.watch_database(
             lambda: self.listener.refusal_kind,
@@ -98,7 +103,7 @@ class Relay:
         self.stability = Stability({a.name: a.label for a in config.activities})
         # The one pool for short reads and writes: the details, fresh reads, history, signals
         # and the feeds' enrichment read on it.
-        self.read_pool = ReadPool(config.database, config.details)
+        self.read_pool = ReadPool(config.database, config.details, self.connector)
         self.estimates = Estimates()
         self.details = Details(
             config.database,
@@ -191,6 +196,7 @@ class Relay:
             config.database,
             self.leading.on_leadership,
             eligible=lambda: self.listener.connected.is_set(),
+            connector=self.connector,
         )
         # Who hears a transition, in the order they are told.
         for observer in (

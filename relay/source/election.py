@@ -94,10 +94,12 @@ def lock_ids(key: int) -> dict[str, int]:
     return {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
 
 
-async def connect(settings: DatabaseConfig) -> AsyncConnection[Any]:
+async def connect(
+    settings: DatabaseConfig, connector: pg.Connector = pg.DEFAULT_CONNECTOR
+) -> AsyncConnection[Any]:
     """The lock's connection: keepalives and ``tcp_user_timeout`` on both ends
     (``relay.source.pg``)."""
-    conn = await pg.connect(settings, f"{settings.application_name} (leader election)")
+    conn = await connector.connect(settings, f"{settings.application_name} (leader election)")
     log.debug("leader_connected", target=pg.describe_dsn(settings.dsn))
     return conn
 
@@ -119,8 +121,10 @@ class Leadership:
         key: int = LOCK_KEY,
         interval: float | None = None,
         eligible: Callable[[], bool] | None = None,
+        connector: pg.Connector = pg.DEFAULT_CONNECTOR,
     ) -> None:
         self._settings = settings
+        self._connector = connector
         self._on_change = on_change
         self._eligible = eligible or (lambda: True)
         self._key = key
@@ -137,7 +141,7 @@ class Leadership:
         self._closed = False
         self._loop = Reconnect(
             self._backoff,
-            connect=lambda: connect(self._settings),
+            connect=lambda: connect(self._settings, self._connector),
             session=self._session,
             ended=self._ended,
             closed=lambda: self._closed,

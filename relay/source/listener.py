@@ -95,8 +95,10 @@ class Listener:
         activities: Sequence[Activity],
         profile: str | None = None,
         extra_channels: Sequence[str] = (),
+        connector: pg.Connector = pg.DEFAULT_CONNECTOR,
     ) -> None:
         self._settings = settings
+        self._connector = connector
         self._events: list[ListenerEvents] = []
         self._metrics = metrics
         self._activities = tuple(activities)
@@ -112,7 +114,9 @@ class Listener:
         self._uses_triggers = any(activity.hint_triggers for activity in activities)
         self._take_holds = stability.hold_when_busy and self._uses_triggers
         self._release_after = stability.hold_release_after
-        self._flag = HoldFlag(settings, metrics, retry_after=stability.hold_release_after)
+        self._flag = HoldFlag(
+            settings, metrics, retry_after=stability.hold_release_after, connector=connector
+        )
         self._truth = TruthReader(self._activities, metrics, self._deadline)
         self._refusals = Refusals()
         self._backoff = Backoff(
@@ -184,7 +188,7 @@ class Listener:
         self._attempted = True
         target = pg.describe_dsn(self._settings.dsn)
         try:
-            return await pg.connect(self._settings, self._settings.application_name)
+            return await self._connector.connect(self._settings, self._settings.application_name)
         except DatabaseReadOnly as error:
             raise DatabaseReadOnly(f"cannot connect to {target}: {error}") from None
         except DatabaseUnavailable as error:
@@ -266,6 +270,7 @@ class Listener:
                 listen=self._listen,
                 dispatch=self._dispatch,
                 deadline=self._deadline,
+                connector=self._connector,
             )
         self._flag.new_session()
         hold = Hold(self._release_after, time.monotonic(), polling=self._uses_triggers)

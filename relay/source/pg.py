@@ -15,8 +15,10 @@ statements are always off (``prepare_threshold=None``): a pooler may hand the ba
 another client, where ``_pg3_0`` does not exist.
 
 What connecting remembers from one connection to the next (those refusals, and the handshakes
-given up but not yet ended) belongs to a :class:`Connector`. The module's :func:`connect` and
-:class:`RelayConnection` use one made at import, ``DEFAULT_CONNECTOR``, shared by the process.
+given up but not yet ended) belongs to a :class:`Connector`. A relay makes its own
+(``relay/app.py``) and gives it to the listener, the hold flag, the election and the read pool;
+the module's :func:`connect` and :class:`RelayConnection`, for the one-shot CLI commands and
+tests, use one made at import, ``DEFAULT_CONNECTOR``.
 """
 
 from __future__ import annotations

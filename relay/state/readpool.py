@@ -42,8 +42,14 @@ CLOSE_TIMEOUT = 5.0
 class ReadPool:
     """``start()`` then ``aclose(timeout)``; both idempotent, not reopenable."""
 
-    def __init__(self, database: DatabaseConfig, settings: DetailsConfig) -> None:
+    def __init__(
+        self,
+        database: DatabaseConfig,
+        settings: DetailsConfig,
+        connector: pg.Connector = pg.DEFAULT_CONNECTOR,
+    ) -> None:
         self._database = database
+        self._connector = connector
         self._settings = settings
         self._pool: AsyncConnectionPool[Any] | None = None
         self._closed = False
@@ -66,7 +72,7 @@ class ReadPool:
             ),
             # Gets past a pooler that refuses `options` (relay/source/pg.py), as every
             # relay connection does.
-            connection_class=pg.RelayConnection,
+            connection_class=self._connector.connection_class,
             check=AsyncConnectionPool.check_connection,
             open=False,
             name="relay-details",

@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from relay.config import DatabaseConfig
 from relay.devtools.embedded import EmbeddedPostgres
 from relay.source import election as leader
+from relay.source import pg
 from relay.source.election import LOCK_KEY, Leadership
 from tests.scenarios.faults.proxy import SilentProxy
 from tests.support import eventually, relay_config
@@ -142,11 +143,13 @@ async def test_an_unexpected_error_in_a_session_is_logged_and_the_election_goes_
     real_connect = leader.connect
     failed: list[bool] = []
 
-    async def buggy_once(settings: DatabaseConfig) -> psycopg.AsyncConnection[Any]:
+    async def buggy_once(
+        settings: DatabaseConfig, connector: pg.Connector = pg.DEFAULT_CONNECTOR
+    ) -> psycopg.AsyncConnection[Any]:
         if not failed:
             failed.append(True)
             raise RuntimeError("a bug, not a database error")
-        return await real_connect(settings)
+        return await real_connect(settings, connector)
 
     monkeypatch.setattr(leader, "connect", buggy_once)
     with structlog.testing.capture_logs() as logs:
