@@ -33,6 +33,7 @@ from bench.common import ROOT
 from bench.figures import KINDS, PARTS, figures, verdict
 
 DEFAULT_BUDGET = 0.15
+COLUMNS = ("figure", "kind", "base", "head", "ratio", "spread", "verdict")
 # What finishes in a few minutes with --quick on two shared cores (docs/benchmarks.md, the
 # section on this command); fanout (1,000 clients, four servers) takes longer, and waiters
 # waits for 1,000 long polls that the relay's per-address cap (100) never lets in.
@@ -52,12 +53,16 @@ class Side:
     python: Path
     runs: list[dict[str, tuple[str, float]]] = field(default_factory=list)
 
-    def medians(self) -> dict[str, tuple[str, float]]:
+    def medians(self) -> dict[str, tuple[str, float, float]]:
+        """Each figure's kind, median over the runs and spread: (max - min) / median."""
         names = {name: kind for run in self.runs for name, (kind, _) in run.items()}
-        return {
-            name: (kind, statistics.median(run[name][1] for run in self.runs if name in run))
-            for name, kind in names.items()
-        }
+        found = {}
+        for name, kind in names.items():
+            values = [run[name][1] for run in self.runs if name in run]
+            middle = statistics.median(values)
+            spread = (max(values) - min(values)) / middle if middle else 0.0
+            found[name] = (kind, middle, spread)
+        return found
 
 
 def _git(*args: str, cwd: Path = ROOT) -> str:
@@ -161,6 +166,7 @@ class Row:
     base: float | None
     head: float | None
     ratio: float | None
+    spread: float
     verdict: str
 
 
@@ -171,11 +177,12 @@ def compare(base: Side, head: Side, budgets: dict[str, float]) -> list[Row]:
         kind = (ours.get(name) or theirs[name])[0]
         a = ours[name][1] if name in ours else None
         b = theirs[name][1] if name in theirs else None
+        spread = max(side[name][2] for side in (ours, theirs) if name in side)
         if a is None or b is None:
-            rows.append(Row(name, kind, a, b, None, "missing"))
+            rows.append(Row(name, kind, a, b, None, spread, "missing"))
             continue
         ratio = b / a if a else (1.0 if b == 0 else float("inf"))
-        rows.append(Row(name, kind, a, b, ratio, verdict(kind, ratio, budgets[kind])))
+        rows.append(Row(name, kind, a, b, ratio, spread, verdict(kind, ratio, budgets[kind])))
     return rows
 
 
@@ -186,15 +193,18 @@ def _value(v: float | None) -> str:
 
 
 def table(rows: list[Row], budgets: dict[str, float]) -> list[str]:
-    lines = ["| figure | kind | base | head | ratio | verdict |", "|---|---|---:|---:|---:|---|"]
+    lines = [f"| {' | '.join(COLUMNS)} |", "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
         mark = f"**{r.verdict}**" if r.verdict in ("worse", "missing") else r.verdict
-        lines.append(
-            f"| {r.figure} | {r.kind} | {_value(r.base)} | {_value(r.head)} | {ratio} | {mark} |"
-        )
+        values = (_value(r.base), _value(r.head), ratio, f"{100 * r.spread:.0f}%", mark)
+        lines.append(f"| {r.figure} | {r.kind} | {' | '.join(values)} |")
     rule = ", ".join(f"{kind} {100 * budgets[kind]:g}%" for kind in KINDS)
-    lines += ["", f"ratio = head / base, medians of each side's runs; noise budgets: {rule}."]
+    lines += [
+        "",
+        f"ratio = head / base, medians of each side's runs; noise budgets: {rule}; spread: "
+        "(max - min) / median of one side's runs, the larger side's (a ratio within it is noise).",
+    ]
     return lines
 
 

@@ -40,16 +40,17 @@ def test_compare_prints_a_row_per_figure_against_head() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("base HEAD (") and " against head " in lines[0]
-    header = lines.index("| figure | kind | base | head | ratio | verdict |")
+    header = lines.index("| figure | kind | base | head | ratio | spread | verdict |")
     cells = [line.strip("|").split("|") for line in lines[header + 2 :] if line.startswith("|")]
     rows = [[cell.strip() for cell in row] for row in cells]
     assert [row[0] for row in rows] == [
         f"notify {n} listeners {figure}" for n in (1, 50, 200) for figure in ("tps", "latency_ms")
     ]
-    for name, kind, base, head, ratio, mark in rows:
+    for name, kind, base, head, ratio, spread, mark in rows:
         assert kind in KINDS, name
         assert float(base.replace(",", "")) > 0 and float(head.replace(",", "")) > 0, name
         assert float(ratio) > 0, name
+        assert spread == "0%", name  # one run a side
         assert mark.strip(" *") in VERDICTS, name
     assert _compare_worktrees() == []
 
