@@ -233,7 +233,7 @@ class Relay:
 
     @property
     def webhooks(self) -> WebhookSender | None:
-        """The webhook sender of this relay's term as leader; None before its first."""
+        """The webhook sender of this relay's term as leader, or of its next term."""
         return self.leading.webhooks
 
     @property

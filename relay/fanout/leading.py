@@ -1,8 +1,10 @@
 """What only the elected relay runs (``relay/source/election.py`` elects it): a term.
 
-A term is a history writer and a webhook sender, built fresh at each election and closed for
-good when it ends; the next term shares nothing with it but what the sender saved in its
-state file (what each target was told and is owed) and the targets of the last reload.
+A term is a history writer and a webhook sender, new for each election and closed for good
+when it ends; the next term shares nothing with it but what the sender saved in its state file
+(what each target was told and is owed) and the targets of the last reload. The next term's
+sender is built ahead and left unstarted, so that a relay that does not lead exports its
+targets' ``relay_webhook_pending`` (0) and takes reloads, as the leader does.
 
     elected     → a new term: the history writer starts (it catches up with the state at
                   election), then the webhook sender (it tells each target the state);
@@ -57,28 +59,35 @@ class Leading:
         self._hooks = tuple(hooks)
         self._close_timeout = close_timeout
         self._term: Term | None = None
+        # The next term's sender, built and not started: on a relay that does not lead, its
+        # targets export their pending count (0) and take reloads, as on the leader.
+        self._next: WebhookSender | None = webhooks(self._hooks)
         self._stopping = False
 
     @property
     def webhooks(self) -> WebhookSender | None:
-        """The term's sender; None while this relay has not led."""
-        return self._term.webhooks if self._term is not None else None
+        """The running (or last) term's sender, else the next term's, built and not started."""
+        return self._term.webhooks if self._term is not None else self._next
 
     async def on_leadership(self, leading: bool) -> None:
         if self._stopping:
             return  # elected while stopping: the term is closing or never was; start nothing
         if leading:
             if self._term is None:
-                self._term = Term(self._history(), self._webhooks(self._hooks))
+                sender, self._next = self._next or self._webhooks(self._hooks), None
+                self._term = Term(self._history(), sender)
             await self._term.history.start()
             await self._term.webhooks.start()
             self._metrics.webhook_leader.set(1)  # only once the sender really runs
         else:
             self._metrics.webhook_leader.set(0)
-            if self._term is not None:
-                await self._term.history.aclose()
-                await self._term.webhooks.aclose(timeout=self._close_timeout)
-                self._term = None  # only now: a close that failed is repeated by the election
+            term, self._term = self._term, None  # dropped even if a close fails: never reused
+            if term is not None:
+                try:
+                    await term.history.aclose()
+                    await term.webhooks.aclose(timeout=self._close_timeout)
+                finally:
+                    self._next = self._webhooks(self._hooks)
 
     def on_change(self, snapshot: Snapshot) -> None:
         """A transition, for the running term (each part ignores it until started)."""
@@ -87,10 +96,10 @@ class Leading:
             self._term.webhooks.on_change(snapshot)
 
     def reload(self, hooks: Sequence[WebhookConfig]) -> None:
-        """New webhook targets: the running term's, and every later term's."""
+        """New webhook targets: the running term's (or the next's), and every later term's."""
         self._hooks = tuple(hooks)
-        if self._term is not None:
-            self._term.webhooks.reload(self._hooks)
+        if self.webhooks is not None:
+            self.webhooks.reload(self._hooks)
 
     def stopping(self) -> None:
         """The relay is stopping: from now on an election changes nothing."""
@@ -100,6 +109,9 @@ class Leading:
         """Close the webhooks (still the leader), then stop the history writer; within
         ``timeout`` when given, else ``close_timeout`` for the webhooks."""
         self._stopping = True
+        if self._next is not None:  # never started: nothing on the wire, nothing to write
+            sender, self._next = self._next, None
+            await sender.aclose(timeout)
         if self._term is None:
             return
         loop = asyncio.get_running_loop()
@@ -109,4 +121,4 @@ class Leading:
             await self._term.webhooks.aclose(timeout=given)
         finally:
             left = None if timeout is None else max(0.1, deadline - loop.time())
-            await asyncio.wait_for(self._term.history.aclose(), timeout=left)
+            await self._term.history.aclose(left)

@@ -71,18 +71,19 @@ async def assert_closed_for_good(writer: HistoryWriter, sender: WebhookSender) -
 async def test_each_election_builds_a_fresh_term_and_losing_closes_it(tmp_path: Path) -> None:
     built = Built(config(tmp_path))
     leading = built.leading
-    assert leading.webhooks is None and built.leader_gauge == 0
+    assert leading.webhooks is built.senders[0] and built.leader_gauge == 0  # the next term's
+    assert built.writers == []
     await leading.on_leadership(True)
     first = leading.webhooks
     assert first is built.senders[0] and built.leader_gauge == 1
     await leading.on_leadership(True)  # the election repeating a call: the same term
-    assert leading.webhooks is first and len(built.writers) == 1
+    assert leading.webhooks is first and len(built.writers) == 1 and len(built.senders) == 1
     await leading.on_leadership(False)
-    assert leading.webhooks is None and built.leader_gauge == 0
+    assert leading.webhooks is built.senders[1] and built.leader_gauge == 0
     await assert_closed_for_good(built.writers[0], first)
     await leading.on_leadership(True)
     assert leading.webhooks is built.senders[1] and built.leader_gauge == 1
-    assert len(built.writers) == 2
+    assert len(built.writers) == 2 and len(built.senders) == 2
     await leading.aclose(timeout=1.0)
     await assert_closed_for_good(built.writers[1], built.senders[1])
 
@@ -102,6 +103,7 @@ async def test_reloaded_targets_go_to_the_running_term_and_to_the_next(tmp_path:
         await leading.on_leadership(True)
         assert leading.webhooks is built.senders[1]
         assert list(leading.webhooks.targets) == ["chat"]
+        assert len(built.senders) == 2
     finally:
         await leading.aclose(timeout=1.0)
 
@@ -111,7 +113,10 @@ async def test_an_election_while_the_relay_stops_starts_nothing(tmp_path: Path) 
     leading = built.leading
     leading.stopping()
     await leading.on_leadership(True)
-    assert leading.webhooks is None and built.senders == [] and built.leader_gauge == 0
+    assert built.writers == [] and built.leader_gauge == 0
+    await leading.aclose(timeout=1.0)
+    with pytest.raises(RuntimeError):  # the next term's sender, closed unstarted
+        await built.senders[0].start()
 
 
 async def test_closing_ends_the_term_and_a_later_election_changes_nothing(
@@ -126,3 +131,28 @@ async def test_closing_ends_the_term_and_a_later_election_changes_nothing(
     await leading.on_leadership(False)
     await leading.on_leadership(True)
     assert built.senders == [leading.webhooks], "no new term; the closed one is still shown"
+
+
+async def test_a_relay_that_does_not_lead_exports_its_targets_and_takes_reloads(
+    tmp_path: Path,
+) -> None:
+    """Its targets' pending counts are exported (0) before any election and after a lost one,
+    as the leader's are; a target a reload removes is no longer exported."""
+    built = Built(config(tmp_path, hook("ci", UNREACHABLE), hook("chat", UNREACHABLE)))
+    leading = built.leading
+
+    def pending(name: str) -> float:
+        return registry_sample(built.metrics.registry, "relay_webhook_pending", webhook=name)
+
+    try:
+        assert pending("ci") == 0 and pending("chat") == 0
+        leading.reload(config(tmp_path, hook("ci", UNREACHABLE)).webhooks)
+        assert pending("ci") == 0
+        with pytest.raises(KeyError):
+            pending("chat")
+        await leading.on_leadership(True)
+        await leading.on_leadership(False)
+        assert leading.webhooks is built.senders[1]
+        assert pending("ci") == 0
+    finally:
+        await leading.aclose(timeout=1.0)
