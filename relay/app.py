@@ -244,10 +244,10 @@ class Relay:
         return int(address[1])
 
     async def start(self) -> None:
-        if self._state in ("closing", "closed"):
-            raise RuntimeError(f"relay cannot start: it is {self._state}")
-        if self._state != "new":
+        if self._state == "running":
             return
+        if self._state != "new":  # closed, or a start under way or failed half-way: close it
+            raise RuntimeError(f"relay cannot start: it is {self._state}")
         self._state = "starting"
         warn_if_fd_limit_low(self.config.http.max_clients, self.config.http.fd_reserve)
         self._restore_loop_handler = LoopErrors(self.metrics.loop_errors).install(
