@@ -189,13 +189,6 @@ class Activity(Section):
         return self
 
     @property
-    def rows_table(self) -> str | None:
-        """The table of the activity's rows (module docstring), None when it has none."""
-        if self.table is not None:
-            return self.table
-        return self.details.table if self.details is not None else None
-
-    @property
     def read_tables(self) -> tuple[str, ...]:
         """Every table this activity (and its details) reads, the main one first."""
         own = (self.table,) if self.table else ()

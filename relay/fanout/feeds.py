@@ -353,10 +353,6 @@ class Feeds:
                 self._by_channel.setdefault(channel, []).append(feed)
 
     @property
-    def channels(self) -> tuple[str, ...]:
-        return tuple(self._by_channel)
-
-    @property
     def paths(self) -> tuple[str, ...]:
         return tuple(feed.config.path for feed in self.feeds)
 

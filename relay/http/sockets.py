@@ -17,7 +17,7 @@ asyncio's server, whose accept loop, at the open-file limit, reports every faile
   and the middleware that holds a reserve connection to one request for a reserved path.
 
 The rest of the reserve is for what the relay opens itself: the listener's reconnect, the
-election, the details pool, webhook deliveries, static files.
+election, the read pool, webhook deliveries, static files.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ async def connect(
 
 
 class Leadership:
-    """Holds the advisory lock while leading. ``start()`` once, ``aclose()`` once.
+    """Holds the advisory lock while leading. ``start()`` then ``aclose()``; both idempotent,
+    not reopenable.
 
     ``on_change(leading)`` is awaited, in order, each time this relay becomes the leader or
     stops being it; if it raises, the error is logged and the call is repeated every

@@ -151,7 +151,7 @@ class Listener:
         return self._refusals.refusal_kind
 
     def subscribe(self, events: ListenerEvents) -> None:
-        """Tell ``events`` what the database says, from the next session on."""
+        """Tell ``events`` what the database says (subscribe before ``start()``)."""
         self._events.append(events)
 
     async def start(self) -> None:

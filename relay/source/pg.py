@@ -1,6 +1,6 @@
 """PostgreSQL plumbing shared by every connection the relay opens: the listener's, the hold
-flag's, the leader election's, the CLI's, and the details pool (which also carries the
-history's reads and writes).
+flag's, the leader election's, the CLI's, and the read pool's (relay/state/readpool.py, which
+also carries the history's reads and writes).
 
 Every connection detects a dead peer on both ends: client-side TCP keepalives and
 ``tcp_user_timeout``, and the same settings asked of the server (``options``), so a backend
@@ -59,7 +59,7 @@ def connect_options(
     user_timeout_ms = round(settings.tcp_user_timeout * 1000)
     # synchronous_commit=local, on every session: a slow synchronous standby must not stall
     # the hold calls (the flag is not durable state). It also covers the relay's one durable
-    # write, the history's (relay/state/history.py: the leader, on the details pool): a
+    # write, the history's (relay/state/history.py: the leader, on the read pool): a
     # period written just before a fail-over to a synchronous standby may be missing there.
     # The next leader writes the current state when elected, so at worst a start or an end
     # is recorded late, or a period that began and ended in that moment is lost.

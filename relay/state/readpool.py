@@ -17,8 +17,9 @@ enrichers) and each gives its connection back as it unwinds; the pool then has o
 connections to close. Closed first, the pool would fail every read waiting for a connection
 with ``PoolClosed``, and the users still running would log and answer that as a database
 failure (``signals_read_failed``, ``history_write_failed``, a 503) when nothing is wrong with
-the database. In ``relay/app.py``: feeds, history writer, fresh reads, signals, details, then
-the pool, each step bounded by what is left of the shutdown deadline.
+the database. In ``relay/app.py``: feeds, the leader's term (its history writer), HTTP
+handlers, fresh reads, signals, the estimates' sampler, details, then the pool, each step
+bounded by what is left of the shutdown deadline.
 """
 
 from __future__ import annotations
@@ -86,11 +87,6 @@ class ReadPool:
         self._closed = True
         if self._pool is not None:
             await self._pool.close(timeout=CLOSE_TIMEOUT if timeout is None else timeout)
-
-    @property
-    def statement_timeout(self) -> float:
-        """Each connection's statement timeout, in seconds."""
-        return self._settings.statement_timeout
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:

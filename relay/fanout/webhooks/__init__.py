@@ -19,18 +19,7 @@ restarts (docs/webhooks.md).
 | ``records``   | what that file holds per target, and its format |
 """
 
-from relay.fanout.webhooks.delivery import Outcome, Result, send_test
-from relay.fanout.webhooks.payloads import Transition
+from relay.fanout.webhooks.delivery import send_test
 from relay.fanout.webhooks.sender import WebhookSender
-from relay.fanout.webhooks.signing import sign
-from relay.fanout.webhooks.target import Target
 
-__all__ = [
-    "Outcome",
-    "Result",
-    "Target",
-    "Transition",
-    "WebhookSender",
-    "send_test",
-    "sign",
-]
+__all__ = ["WebhookSender", "send_test"]
