@@ -322,15 +322,16 @@ class Feed(Fanout):
         (TimeoutError past it)."""
         if self.closed:
             return
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         self.flush()
         self._write_outbox()
         try:
             await super().aclose(timeout)
         finally:
             if self._enricher is not None:
-                async with asyncio.timeout_at(deadline):
-                    await self._enricher.aclose()
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                await self._enricher.aclose(left)
 
 
 class Feeds:

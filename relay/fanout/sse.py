@@ -168,8 +168,7 @@ class Fanout:
             return
         self._closed = True
         try:
-            async with asyncio.timeout(timeout):
-                await cancel_and_wait(self._task)
+            await cancel_and_wait(self._task, timeout)
         finally:
             self.broadcast(self._retry)
             count = len(self._clients)

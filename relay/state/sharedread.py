@@ -99,8 +99,7 @@ class SharedRead(Generic[T]):
             if future is not None and not future.done():
                 future.set_exception(DatabaseUnavailable(f"{self._name}: stopping"))
         self._next = None
-        async with asyncio.timeout(timeout):
-            await cancel_and_wait(self._running)
+        await cancel_and_wait(self._running, timeout)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
