@@ -121,7 +121,9 @@ class Notifier:
             task.cancel()
         try:
             if self._tasks:  # wait() does not raise: a cancellation of aclose() propagates
-                await asyncio.wait(self._tasks, timeout=timeout)
+                _done, late = await asyncio.wait(self._tasks, timeout=timeout)
+                if late:
+                    raise TimeoutError  # the shutdown logs the step as overrun, as it did
         finally:
             self._tasks.clear()
             if self._sock is not None:
