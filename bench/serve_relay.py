@@ -79,6 +79,9 @@ async def main(args: argparse.Namespace) -> None:
     tree: dict[str, Any] = {
         "database": {"dsn": args.dsn, "application_name": args.name},
         "http": {"listen": f"127.0.0.1:{args.port}", "max_clients": 20_000},
+        # Every bench client comes from 127.0.0.1: the per-address cap on long polls (100 by
+        # default) would hold the waiters bench below its 1,000.
+        "wait": {"max_waiters_per_address": None},
         "logging": {"level": "warning", "format": "json"},
     }
     if args.feed:

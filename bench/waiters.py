@@ -71,7 +71,10 @@ async def _run(dsn: str, port: int, waiters: int, rate: float, seconds: float) -
             latencies.append(1000 * (time.monotonic() - started))
 
         waiting = [asyncio.create_task(wait()) for _ in range(waiters)]
-        while await _metric(http, base, "relay_waiters") < waiters:  # noqa: ASYNC110 (a poll)
+        deadline = asyncio.get_running_loop().time() + 60
+        while (held := await _metric(http, base, "relay_waiters")) < waiters:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the relay holds {held:.0f} of {waiters} waiters after 60 s")
             await asyncio.sleep(0.1)
         issued_before = await _metric(http, base, "relay_fresh_reads_total")
         latencies: list[float] = []
