@@ -5,8 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest soak bench clean browser-deps screenshot ops-deps \
-        image-deps image-test clients queue-packages
+.PHONY: install demo test lint typecheck pytest soak bench bench-compare clean browser-deps \
+        screenshot ops-deps image-deps image-test clients queue-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -152,6 +152,13 @@ image-test: install image-deps
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
+
+# The benchmarks against another revision, in the same run (bench/compare.py), e.g.
+# make bench-compare BASE=fd2cc15 ONLY="notify details" ARGS="--quick --fail-over"
+bench-compare: install
+	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=<git rev> [ONLY=...] [ARGS=...]" >&2; exit 2; }
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.compare --base $(BASE) $(if $(ONLY),--only $(ONLY)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(REACT)/node_modules $(REACT)/dist \
