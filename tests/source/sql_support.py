@@ -26,18 +26,6 @@ NO_HOLD, HELD, REQUESTED = 0, 1, 2
 # The advisory lock that request, confirm and release take (b"stabhold").
 HOLD_LOCK = 8319381486946970724
 
-IMPORT_STATES = [
-    "waiting_for_upload",
-    "upload_completed",
-    "preparing_data",
-    "analysing_data",
-    "waiting_for_review",
-    "approved",
-    "rejected",
-    "processing_data",
-    "failed",
-    "finished",
-]
 ACTIVE_IMPORT_STATES = {
     "upload_completed",
     "preparing_data",
@@ -45,7 +33,6 @@ ACTIVE_IMPORT_STATES = {
     "approved",
     "processing_data",
 }
-TASK_STATES = ["pending", "processing", "waiting", "interrupted", "completed", "failed"]
 ACTIVE_TASK_STATES = {"pending", "processing", "waiting"}
 COMMAND_OF_QUEUE = {
     "analytics": "derive_reports",

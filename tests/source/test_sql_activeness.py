@@ -12,20 +12,21 @@ from tests.source.sql_support import (
     ACTIVE_IMPORT_STATES,
     ACTIVE_TASK_STATES,
     COMMAND_OF_QUEUE,
-    IMPORT_STATES,
-    TASK_STATES,
     Conn,
     insert_task,
     is_stable,
     json_rows,
 )
 
+# The demo schema (sql/demo_schema.sql) takes statbus's import and task states.
+from tests.statbus_driver import IMPORT_JOB_STATES, TASK_STATES
+
 
 async def test_system_is_stable_when_nothing_is_queued(conn: Conn) -> None:
     assert await is_stable(conn) is True
 
 
-@pytest.mark.parametrize("state", IMPORT_STATES)
+@pytest.mark.parametrize("state", IMPORT_JOB_STATES)
 async def test_an_import_job_makes_the_system_unstable_only_while_active(
     conn: Conn, state: str
 ) -> None:
