@@ -40,7 +40,14 @@ from psycopg import sql
 
 from bench import npm_queues
 from bench.common import ROOT, database, median, server_cpu_seconds
-from bench.triggers import IMPORT_JOBS, SQL, pgbench, pgbench_gone, postmaster_pid
+from bench.triggers import (
+    IMPORT_JOBS,
+    SQL,
+    add_import_jobs,
+    pgbench,
+    pgbench_gone,
+    postmaster_pid,
+)
 from relay.devtools.embedded import pgbench_path
 
 VARIANTS = ("none", "ours", "held")
@@ -157,13 +164,7 @@ def _schema(profile: str, dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DROP TRIGGER IF EXISTS import_job_progress_notify ON public.import_job")
             conn.execute((SQL / "statbus_triggers.sql").read_text())
-            conn.execute("CREATE INDEX IF NOT EXISTS tasks_state_idx ON worker.tasks (state)")
-            for n in range(1, IMPORT_JOBS + 1):
-                conn.execute(
-                    "INSERT INTO public.import_job (id, slug, state, total_rows) "
-                    "VALUES (%s, %s, 'finished', 1000000) ON CONFLICT (id) DO NOTHING",
-                    (n, f"bench-job-{n}"),
-                )
+            add_import_jobs(conn)
 
 
 def _switch(dsn: str, profile: Profile, variant: str) -> None:
