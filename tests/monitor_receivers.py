@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -31,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support import eventually
+from tests.support import eventually, serve_on_loopback
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Fake:
         self.hits: list[Hit] = []
         self.refused: list[tuple[int, str]] = []
         self.scripted: list[Hit] = []
-        self._runner: web.AppRunner | None = None
+        self._serving = AsyncExitStack()
         self.port = 0
 
     @property
@@ -91,11 +92,7 @@ class Fake:
     async def __aenter__(self) -> Fake:
         app = web.Application()
         self.routes(app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await self._serving.enter_async_context(serve_on_loopback(app, access_log=None))
         return self
 
     async def __aexit__(
@@ -104,8 +101,7 @@ class Fake:
         _value: BaseException | None,
         _traceback: TracebackType | None,
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._serving.aclose()
 
     async def _hit(self, request: web.Request) -> Hit:
         body = await request.read()

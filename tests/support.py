@@ -136,11 +136,14 @@ async def running_relay(config: Config, **options: Any) -> AsyncIterator[Relay]:
 
 
 @asynccontextmanager
-async def serve_on_loopback(app: web.Application, **runner_options: Any) -> AsyncIterator[int]:
-    """Serve an aiohttp app on a free loopback port (a stand-in web app, receiver, ...)."""
+async def serve_on_loopback(
+    app: web.Application, port: int = 0, **runner_options: Any
+) -> AsyncIterator[int]:
+    """Serve an aiohttp app on loopback (a stand-in web app, receiver, ...), on ``port`` (0: a
+    free one); yields the port."""
     runner = web.AppRunner(app, **runner_options)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield int(runner.addresses[0][1])
     finally:

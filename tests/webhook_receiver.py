@@ -9,13 +9,14 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
-from tests.support import eventually
+from tests.support import eventually, serve_on_loopback
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef-test-key").decode()
 
@@ -68,7 +69,7 @@ class Receiver:
         self.path = path
         self.requests: list[Received] = []
         self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
+        self._serving = AsyncExitStack()
         self.port = 0
 
     @property
@@ -92,11 +93,9 @@ class Receiver:
     async def __aenter__(self) -> Receiver:
         app = web.Application()
         app.router.add_post(self.path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await self._serving.enter_async_context(
+            serve_on_loopback(app, self.port, access_log=None, handler_cancellation=True)
+        )
         return self
 
     async def __aexit__(
@@ -106,8 +105,7 @@ class Receiver:
         _traceback: TracebackType | None,
     ) -> None:
         self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._serving.aclose()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
