@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -342,6 +342,10 @@ class HintLog:
         self.arrived = asyncio.Event()
         self.relay_count_before = 0.0
 
+    def heard(self, note: psycopg.Notify) -> None:
+        self.payloads.append(note.payload)
+        self.arrived.set()
+
     def relay_count(self) -> float:
         return sample(self.relay, "relay_notifications_total", channel=self.channel)
 
@@ -369,19 +373,29 @@ async def hint_log(relay: Relay, dsn: str) -> AsyncIterator[HintLog]:
     """A :class:`HintLog` from here on. Enter while no notification is on its way to the
     relay (it is counted from here, by both)."""
     log = HintLog(relay, dsn)
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(log.channel)))
+    async with listening(dsn, [log.channel], log.heard):
         log.relay_count_before = log.relay_count()
+        yield log
+
+
+@asynccontextmanager
+async def listening(
+    dsn: str, channels: Iterable[str], heard: Callable[[psycopg.Notify], None]
+) -> AsyncIterator[None]:
+    """A connection of its own LISTENing on ``channels``: each notification to ``heard``,
+    from the moment the block begins until it ends."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for channel in channels:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
         async def collect() -> None:
             async with aclosing(conn.notifies()) as notifies:
                 async for note in notifies:
-                    log.payloads.append(note.payload)
-                    log.arrived.set()
+                    heard(note)
 
-        task = asyncio.create_task(collect(), name="tests-hint-log")
+        task = asyncio.create_task(collect(), name="tests-listening")
         try:
-            yield log
+            yield
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -29,7 +29,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from tests.support import (
     base_url,
     eventually,
     fresh_database,
+    listening,
     relay_config,
     running_relay,
     sample,
@@ -245,26 +246,16 @@ class Capture:
                 await self.arrived.wait()
         return self.payloads(channel)
 
+    def heard(self, note: psycopg.Notify) -> None:
+        self.notes.append((note.channel, note.payload))
+        self.arrived.set()
+
 
 @asynccontextmanager
 async def captured(dsn: str, *channels: str) -> AsyncIterator[Capture]:
     capture = Capture()
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for channel in channels:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-
-        async def collect() -> None:
-            async with aclosing(conn.notifies()) as notes:
-                async for note in notes:
-                    capture.notes.append((note.channel, note.payload))
-                    capture.arrived.set()
-
-        task = asyncio.create_task(collect(), name="tests-capture")
-        try:
-            yield capture
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async with listening(dsn, channels, capture.heard):
+        yield capture
 
 
 # --- the fixture's facts these routes rest on -----------------------------------------------
