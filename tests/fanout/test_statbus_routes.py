@@ -258,6 +258,22 @@ async def captured(dsn: str, *channels: str) -> AsyncIterator[Capture]:
         yield capture
 
 
+async def worker_status_frames(
+    statbus_dsn: str, owner: sb.AsyncConn, channel: str, payloads: list[str]
+) -> list[RawFrame]:
+    """The frames /api/sse/worker_status sends one client for ``payloads`` on ``channel``,
+    sent one by one once the client is counted."""
+    async with (
+        statbus_relay(statbus_dsn) as relay,
+        open_raw(base_url(relay) + WORKER_STATUS) as stream,
+    ):
+        await past_connected(stream)
+        await clients_in(relay, 1)
+        for payload in payloads:
+            await sb.notify_raw(owner, channel, payload)
+        return await stream.data_frames(len(payloads))
+
+
 # --- the fixture's facts these routes rest on -----------------------------------------------
 
 
@@ -403,20 +419,12 @@ async def test_worker_status_numbers_and_text_as_json_stringify_writes_them(
         '{"type":"small","a":0.000001,"b":0.0000001,"c":0.00001,"d":2.5e-7}',
         '{"type":"text","t":"ø \\u00e6 \\"q\\" \\n \\u0001 \\/","2":1,"10":2}',
     ]
-    async with (
-        statbus_relay(statbus_dsn) as relay,
-        open_raw(base_url(relay) + WORKER_STATUS) as stream,
-    ):
-        await past_connected(stream)
-        await clients_in(relay, 1)
-        for payload in payloads:
-            await sb.notify_raw(owner, "worker_status", payload)
-        frames = await stream.data_frames(len(payloads))
-        assert [f.body for f in frames] == [unnamed(js_json(p)) for p in payloads]
-        assert frames[0].body == b'data: {"type":"pct","a":12.5,"b":40,"c":0,"d":100}\n\n'
-        assert frames[2].body == (
-            b'data: {"type":"small","a":0.000001,"b":1e-7,"c":0.00001,"d":2.5e-7}\n\n'
-        )
+    frames = await worker_status_frames(statbus_dsn, owner, "worker_status", payloads)
+    assert [f.body for f in frames] == [unnamed(js_json(p)) for p in payloads]
+    assert frames[0].body == b'data: {"type":"pct","a":12.5,"b":40,"c":0,"d":100}\n\n'
+    assert frames[2].body == (
+        b'data: {"type":"small","a":0.000001,"b":1e-7,"c":0.00001,"d":2.5e-7}\n\n'
+    )
 
 
 async def test_worker_status_debounce_is_trailing_per_type(
@@ -509,27 +517,18 @@ async def test_worker_status_progress_keys_absent_null_and_extra(
         '"total_rows":null}',
         '{"type":"not_this","job_id":904,"analysis_rows_per_sec":1}',
     ]
-    async with (
-        statbus_relay(statbus_dsn) as relay,
-        open_raw(base_url(relay) + WORKER_STATUS) as stream,
-    ):
-        await past_connected(stream)
-        await clients_in(relay, 1)
-        for payload in payloads:
-            await sb.notify_raw(owner, "import_job_progress", payload)
-        frames = await stream.data_frames(len(payloads))
-        assert [f.body for f in frames] == [unnamed(reshaped_progress(p)) for p in payloads]
-        assert [f.body for f in frames] == [
-            b'data: {"type":"import_job_progress","job_id":901,"state":"analysing_data",'
-            b'"total_rows":10,"analysis_completed_pct":12.5,"imported_rows":0,'
-            b'"import_completed_pct":0,"error_count":0,"warning_count":0}\n\n',
-            b'data: {"type":"import_job_progress","job_id":902,"state":"finished",'
-            b'"error_count":0,"warning_count":0}\n\n',
-            b'data: {"type":"import_job_progress","job_id":903,"total_rows":null,'
-            b'"imported_rows":5,"error_count":1,"warning_count":4}\n\n',
-            b'data: {"type":"import_job_progress","job_id":904,'
-            b'"error_count":0,"warning_count":0}\n\n',
-        ]
+    frames = await worker_status_frames(statbus_dsn, owner, "import_job_progress", payloads)
+    assert [f.body for f in frames] == [unnamed(reshaped_progress(p)) for p in payloads]
+    assert [f.body for f in frames] == [
+        b'data: {"type":"import_job_progress","job_id":901,"state":"analysing_data",'
+        b'"total_rows":10,"analysis_completed_pct":12.5,"imported_rows":0,'
+        b'"import_completed_pct":0,"error_count":0,"warning_count":0}\n\n',
+        b'data: {"type":"import_job_progress","job_id":902,"state":"finished",'
+        b'"error_count":0,"warning_count":0}\n\n',
+        b'data: {"type":"import_job_progress","job_id":903,"total_rows":null,'
+        b'"imported_rows":5,"error_count":1,"warning_count":4}\n\n',
+        b'data: {"type":"import_job_progress","job_id":904,"error_count":0,"warning_count":0}\n\n',
+    ]
 
 
 async def test_worker_status_progress_and_status_debounce_independently(
